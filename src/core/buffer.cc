@@ -1,0 +1,74 @@
+#include "core/buffer.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <new>
+
+namespace relayfs::core {
+
+namespace {
+
+constexpr int kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW;
+
+void init_header(ShmHeader* h, const Geometry& g, const Layout& l) {
+  // The memfd is fresh and zero-filled; construct the atomics in place so their lifetime
+  // begins properly, then fill the immutable part.
+  new (h) ShmHeader{};
+  h->magic = kShmMagic;
+  h->version = kShmVersion;
+  h->subbuf_size = g.subbuf_size;
+  h->n_subbufs = g.n_subbufs;
+  h->data_offset = l.data_offset;
+  h->total_size = l.total_size;
+  // Not started: a Producer's open() begins sub-buffer 0 through the subbuf_start hook.
+  h->wpos.store(make_word(0, 0, kOffStopped), std::memory_order_relaxed);
+}
+
+}  // namespace
+
+int Buffer::create(const Geometry& g, const char* name, Buffer* out) noexcept {
+  const Layout l = Layout::of(g);
+  UniqueFd fd(::memfd_create(name ? name : "relayfs-buffer", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd) return -errno;
+  if (::ftruncate(fd.get(), static_cast<off_t>(l.total_size)) != 0) return -errno;
+  if (::fcntl(fd.get(), F_ADD_SEALS, kRequiredSeals | F_SEAL_SEAL) != 0) return -errno;
+  Mapping m;
+  if (int rc = Mapping::map(fd.get(), l.total_size, PROT_READ | PROT_WRITE, &m); rc) return rc;
+  init_header(reinterpret_cast<ShmHeader*>(m.bytes()), g, l);
+  auto* meta = reinterpret_cast<SubbufMeta*>(m.bytes() + l.meta_offset);
+  for (uint32_t i = 0; i < g.n_subbufs; ++i) new (&meta[i]) SubbufMeta{};
+  out->fd_ = std::move(fd);
+  out->map_ = std::move(m);
+  out->geo_ = g;
+  out->layout_ = l;
+  return 0;
+}
+
+int Buffer::attach(UniqueFd fd, const Geometry& g, int prot, bool check_header, Buffer* out) noexcept {
+  if (!fd) return -EBADF;
+  const Layout l = Layout::of(g);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return -errno;
+  if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != l.total_size) return -EINVAL;
+  const int seals = ::fcntl(fd.get(), F_GET_SEALS);
+  if (seals < 0) return -errno;
+  if ((seals & kRequiredSeals) != kRequiredSeals) return -EINVAL;
+  Mapping m;
+  if (int rc = Mapping::map(fd.get(), l.total_size, prot, &m); rc) return rc;
+  if (check_header) {
+    const auto* h = reinterpret_cast<const ShmHeader*>(m.bytes());
+    if (h->magic != kShmMagic || h->version != kShmVersion || h->subbuf_size != g.subbuf_size ||
+        h->n_subbufs != g.n_subbufs || h->data_offset != l.data_offset)
+      return -EINVAL;
+  }
+  out->fd_ = std::move(fd);
+  out->map_ = std::move(m);
+  out->geo_ = g;
+  out->layout_ = l;
+  return 0;
+}
+
+}  // namespace relayfs::core

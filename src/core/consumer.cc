@@ -1,0 +1,249 @@
+#include "core/consumer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#if defined(__SANITIZE_THREAD__)
+extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
+#endif
+
+namespace relayfs::core {
+
+namespace {
+
+// Steps that make no progress (skipping empty or lapped sub-buffers, retrying a copy the writer
+// overwrote) are bounded per call, so a producer that keeps rewriting the control area cannot
+// hold the caller in a loop. Legitimate states need at most n_subbufs + a few such steps.
+constexpr unsigned kSlackSteps = 8;
+
+// Copies bytes that a writer may be overwriting at the same moment (overwrite mode): the copy is
+// validated afterwards (still_valid) and discarded if it raced, the seqlock way. Under TSan the
+// racing reads are expected, so they are hidden from it.
+void copy_racy(void* dst, const char* src, size_t n) {
+#if defined(__SANITIZE_THREAD__)
+  AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+#endif
+  std::memcpy(dst, src, n);
+#if defined(__SANITIZE_THREAD__)
+  AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+#endif
+}
+
+}  // namespace
+
+Consumer::Consumer(const Buffer& buf) noexcept
+    : hdr_(buf.header()),
+      meta_(buf.meta()),
+      data_(buf.data()),
+      hdr_rw_(buf.header()),
+      size_(buf.geometry().subbuf_size),
+      n_(buf.geometry().n_subbufs) {
+  gen_ = hdr_->reset_gen.load(std::memory_order_acquire) & ~1u;
+}
+
+bool Consumer::producer_closed() const noexcept {
+  return hdr_->closed.load(std::memory_order_acquire) != 0;
+}
+
+void Consumer::publish() noexcept {
+  // Tagged with the reset generation, so a value published just before a reset cannot pass for
+  // progress made after it (the producer ignores a stale tag). release: our reads of the
+  // consumed sub-buffers happen before the producer, acquiring this, reuses them.
+  hdr_rw_->consumed.store(consumed_tag(gen_, consumed_), std::memory_order_release);
+  hdr_rw_->bytes_consumed.store(total_read_, std::memory_order_relaxed);
+}
+
+// Returns true if the position is usable now: adopts a finished reset, and reports false while
+// one is in progress.
+bool Consumer::sync_reset() noexcept {
+  const uint32_t g = hdr_->reset_gen.load(std::memory_order_acquire);
+  if (g == gen_) return true;
+  if (g & 1) return false;
+  gen_ = g;
+  consumed_ = 0;
+  bytes_consumed_ = 0;
+  ready_seq_ = ~uint64_t{0};
+  ready_ = 0;
+  publish();
+  return true;
+}
+
+int Consumer::corrupt() noexcept {
+  // A reset that started after our check explains any inconsistency; only then is it news.
+  if (hdr_->reset_gen.load(std::memory_order_acquire) != gen_) return 0;
+  ++corrupt_events_;
+  return -EIO;
+}
+
+void Consumer::consume_one() noexcept {
+  ++consumed_;
+  bytes_consumed_ = 0;
+  publish();
+}
+
+// The longest prefix of sub-buffer seq known to be wholly committed.
+uint32_t Consumer::proven_prefix(uint64_t seq, uint32_t slot, uint64_t base, bool current) const noexcept {
+  uint32_t best = ready_seq_ == seq ? ready_ : 0;
+  const SubbufMeta& m = meta_[slot];
+  // The writers' own proof (Producer::commit). Values of other laps fall outside [base, base+S].
+  const uint64_t r = m.ready.load(std::memory_order_acquire);
+  if (r >= base && r - base <= size_) best = std::max(best, static_cast<uint32_t>(r - base));
+  if (current) {
+    // Our own proof: load commit, then the position word. Every commit counted was reserved
+    // before the word we load, so if the count equals the reserved offset, nothing is in flight.
+    const uint64_t commit = m.commit.load(std::memory_order_acquire);
+    const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
+    uint32_t off = word_off(w);
+    const bool ours = word_slot(w) == slot && word_seq(w) == static_cast<uint16_t>(seq);
+    if (ours && off == kOffClosed && hdr_->closed.load(std::memory_order_acquire) != 0)
+      off = hdr_->close_off.load(std::memory_order_relaxed);
+    if (ours && off <= size_ && commit == base + off) best = std::max(best, off);
+  }
+  return best;
+}
+
+uint32_t Consumer::remember_prefix(uint64_t seq, uint32_t prefix) noexcept {
+  ready_seq_ = seq;
+  ready_ = prefix;
+  return prefix;
+}
+
+int Consumer::next_span(Span* s) noexcept {
+  s->len = 0;
+  for (uint64_t step = 0; step < uint64_t{n_} + kSlackSteps; ++step) {
+    // acquire: the padding, commit and ready values of every sub-buffer closed before `produced`
+    // was stored are visible below.
+    const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
+    if (produced < consumed_) return corrupt();
+    if (produced - consumed_ >= n_) {
+      // The writer lapped us (overwrite mode): resume at the oldest sub-buffer it has not
+      // begun to reuse, as the kernel does.
+      const uint64_t resume = produced - n_ + 1;
+      overruns_ += resume - consumed_;
+      consumed_ = resume;
+      bytes_consumed_ = 0;
+      publish();
+    }
+    const uint64_t seq = consumed_;
+    const uint32_t slot = static_cast<uint32_t>(seq % n_);
+    const uint64_t base = (seq / n_) * size_;
+    if (seq < produced) {
+      const uint32_t padding = meta_[slot].padding.load(std::memory_order_relaxed);
+      if (padding > size_) return corrupt();
+      const uint32_t end = size_ - padding;
+      if (bytes_consumed_ >= end) {  // read to its padding: consumed
+        consume_one();
+        continue;
+      }
+      const uint64_t commit = meta_[slot].commit.load(std::memory_order_acquire);
+      // Closed, but writers may still be committing into it: read only the proven prefix.
+      const uint32_t limit =
+          commit == base + size_
+              ? end
+              : std::min(end, remember_prefix(seq, proven_prefix(seq, slot, base, false)));
+      if (limit > bytes_consumed_) *s = {seq, slot, bytes_consumed_, limit - bytes_consumed_, end, true};
+      return 0;
+    }
+    const uint32_t limit = remember_prefix(seq, proven_prefix(seq, slot, base, true));
+    if (limit > bytes_consumed_) *s = {seq, slot, bytes_consumed_, limit - bytes_consumed_, 0, false};
+    return 0;
+  }
+  return 0;
+}
+
+bool Consumer::still_valid(const Span& s) const noexcept {
+  // Seqlock reader side: the copy's loads are ordered before these loads; a writer that began
+  // reusing the slot stored `produced` before its first byte landed there (Producer::reserve).
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (hdr_->reset_gen.load(std::memory_order_relaxed) != gen_) return false;
+  const uint64_t produced = hdr_->produced.load(std::memory_order_relaxed);
+  return produced >= s.seq && produced - s.seq < n_;
+}
+
+ssize_t Consumer::read(void* dst, size_t count) noexcept {
+  if (count == 0) return 0;
+  if (!sync_reset()) return 0;
+  char* out = static_cast<char*>(dst);
+  size_t done = 0;
+  unsigned stalls = 0;
+  while (done < count) {
+    Span s;
+    const int rc = next_span(&s);
+    if (rc < 0) return done ? static_cast<ssize_t>(done) : rc;
+    if (s.len == 0) break;
+    const size_t n = std::min<size_t>(count - done, s.len);
+    copy_racy(out + done, data_ + uint64_t{s.slot} * size_ + s.off, n);
+    if (!still_valid(s)) {
+      // Lapped or reset while we copied: drop the copy; next_span skips what was overwritten.
+      if (++stalls > n_ + kSlackSteps || !sync_reset()) break;
+      continue;
+    }
+    bytes_consumed_ += static_cast<uint32_t>(n);
+    done += n;
+    total_read_ += n;
+    // As the kernel does, a closed sub-buffer read up to its padding is consumed at once, so
+    // poll() stops reporting it.
+    if (s.closed && bytes_consumed_ >= s.end) consume_one();
+  }
+  hdr_rw_->bytes_consumed.store(total_read_, std::memory_order_relaxed);
+  return static_cast<ssize_t>(done);
+}
+
+bool Consumer::data_available() noexcept {
+  if (!sync_reset()) return false;
+  Span s;
+  return next_span(&s) == 0 && s.len != 0;
+}
+
+int Consumer::subbufs_consumed(uint64_t n) noexcept {
+  if (n == 0) return -EINVAL;
+  if (!sync_reset()) return 0;
+  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
+  if (produced < consumed_) return corrupt();
+  const uint64_t step = std::min(n, produced - consumed_);
+  if (step == 0) return 0;  // nothing closed to release: keep our place in the current one
+  consumed_ += step;
+  bytes_consumed_ = 0;
+  publish();
+  return 0;
+}
+
+void Consumer::arm_doorbell() noexcept {
+  // seq_cst: the Dekker pair of Producer::commit's add-then-load; the caller re-checks for data.
+  hdr_rw_->waiters.store(1, std::memory_order_seq_cst);
+}
+
+uint64_t Consumer::bytes_produced() noexcept {
+  sync_reset();
+  uint64_t total = hdr_->bytes_produced.load(std::memory_order_acquire);
+  // The producer's counter runs on across resets; if it went backwards, count on from what we
+  // had already reported rather than shrink.
+  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
+  if (produced >= consumed_ && produced - consumed_ < n_) {
+    const uint32_t slot = static_cast<uint32_t>(produced % n_);
+    total += proven_prefix(produced, slot, (produced / n_) * size_, true);
+  }
+  bytes_produced_seen_ = std::max(bytes_produced_seen_, total);
+  return bytes_produced_seen_;
+}
+
+BufferStats Consumer::stats() noexcept {
+  BufferStats st;
+  st.subbuf_size = size_;
+  st.n_subbufs = n_;
+  st.bytes_produced = bytes_produced();
+  st.subbufs_produced = hdr_->produced.load(std::memory_order_acquire);
+  st.subbufs_consumed = consumed_;
+  st.bytes_consumed = total_read_;
+  st.lost_full = hdr_->lost_full.load(std::memory_order_relaxed);
+  st.lost_too_big = hdr_->lost_too_big.load(std::memory_order_relaxed);
+  st.lost_wrap = hdr_->lost_wrap.load(std::memory_order_relaxed);
+  st.overruns = overruns_;
+  st.corrupt = corrupt_events_;
+  return st;
+}
+
+}  // namespace relayfs::core

@@ -1,0 +1,102 @@
+// Consumer: the reading side of one relay buffer, run by the daemon in another process than
+// the producer. It implements the kernel's relay read(): sub-buffer padding is removed, what is
+// returned is consumed, header bytes are kept, partial reads work, and all readers share one
+// read position.
+//
+// Everything in the shared control area can be written by the producer at any moment, so this
+// class treats it as hostile: the geometry and the read position are private copies, every
+// shared value is loaded once, checked, and used only within the buffer's bounds, and every loop
+// has a bound that does not depend on shared values. A corrupt buffer yields -EIO or an empty
+// read, never a crash, a hang or an access outside the mapping.
+//
+// Not thread-safe: the caller serialises calls per buffer.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/buffer.h"
+#include "core/stats.h"
+
+namespace relayfs::core {
+
+class Consumer {
+ public:
+  // buf must outlive the Consumer. Its geometry is trusted: it came from whoever created the
+  // buffer, not from the shared control area.
+  explicit Consumer(const Buffer& buf) noexcept;
+
+  // Copies up to count bytes of produced data into dst and consumes them. Returns the number of
+  // bytes copied (0: nothing readable now), or -EIO if the control area is inconsistent and
+  // nothing could be copied. Never blocks.
+  ssize_t read(void* dst, size_t count) noexcept;
+
+  // True if read() would return data now (POLLIN). Like the kernel's check, it may consume
+  // sub-buffers that hold nothing more to read, and skip those the writer lapped.
+  bool data_available() noexcept;
+
+  // relay_subbufs_consumed() for mmap-style readers: n more sub-buffers are consumed, clamped
+  // to the number produced. Returns 0, or -EINVAL for n == 0.
+  int subbufs_consumed(uint64_t n) noexcept;
+
+  // The channel will produce nothing more (its producer closed or died). A finalized and
+  // drained buffer reports POLLERR.
+  void finalize() noexcept { finalized_ = true; }
+  bool finalized() const noexcept { return finalized_; }
+  bool drained() noexcept { return finalized_ && !data_available(); }
+  // The producer says it closed the buffer (a hint from shared memory, not a decision).
+  bool producer_closed() const noexcept;
+
+  // Arms the doorbell: producers ring the wake-up on their next commit or switch. The caller
+  // must re-check data_available() after arming; a commit that raced the arming is seen there.
+  void arm_doorbell() noexcept;
+
+  // Total bytes produced into the buffer so far, including the readable part of the sub-buffer
+  // being written. Never decreases, even across a reset (st_size of the relay file).
+  uint64_t bytes_produced() noexcept;
+
+  BufferStats stats() noexcept;
+
+ private:
+  struct Span {
+    uint64_t seq;   // sub-buffer sequence number
+    uint32_t slot;  // its index in the buffer
+    uint32_t off;   // where to read inside it
+    uint32_t len;   // how much is readable there (0: nothing now)
+    uint32_t end;   // for a closed sub-buffer, where its padding begins; else 0
+    bool closed;
+  };
+
+  int next_span(Span* s) noexcept;
+  uint32_t proven_prefix(uint64_t seq, uint32_t slot, uint64_t base, bool current) const noexcept;
+  uint32_t remember_prefix(uint64_t seq, uint32_t prefix) noexcept;
+  bool still_valid(const Span& s) const noexcept;
+  void consume_one() noexcept;
+  void publish() noexcept;
+  bool sync_reset() noexcept;
+  int corrupt() noexcept;
+
+  const ShmHeader* hdr_;
+  const SubbufMeta* meta_;
+  const char* data_;
+  ShmHeader* hdr_rw_;  // for the fields the consumer publishes (consumed, bytes_consumed, waiters)
+  uint32_t size_;
+  uint32_t n_;
+
+  // Private read position: the consumer never trusts the copy it publishes.
+  uint64_t consumed_ = 0;        // sub-buffers consumed
+  uint32_t bytes_consumed_ = 0;  // bytes read inside sub-buffer consumed_
+  uint64_t ready_seq_ = ~uint64_t{0};
+  uint32_t ready_ = 0;           // proven-committed prefix of sub-buffer ready_seq_
+  uint32_t gen_ = 0;             // reset generation the position belongs to
+  bool finalized_ = false;
+
+  uint64_t total_read_ = 0;
+  uint64_t overruns_ = 0;
+  uint64_t corrupt_events_ = 0;
+  uint64_t bytes_produced_seen_ = 0;
+};
+
+}  // namespace relayfs::core

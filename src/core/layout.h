@@ -1,0 +1,111 @@
+// The shared-memory layout of one relay buffer, as seen by the producer process and by the
+// daemon. It holds offsets and counters only, never pointers.
+//
+//   [ ShmHeader | SubbufMeta x n_subbufs | pad to page ][ data: n_subbufs * subbuf_size ]
+//
+// Trust: the producer writes almost everything here, so the consumer (daemon) reads every
+// field through an atomic load and validates it before use (consumer.cc). The consumer keeps
+// its own copy of the geometry and of its read position; the copies in shared memory are
+// published for the producer and never read back by the consumer.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace relayfs::core {
+
+inline constexpr uint32_t kShmMagic = 0x52454c59;  // "RELY"
+inline constexpr uint32_t kShmVersion = 1;
+inline constexpr size_t kCacheLine = 64;
+
+// The position word: where the next record goes.
+//   bits  0..31  offset inside the current sub-buffer, or kOffBusy / kOffStopped
+//   bits 32..47  index of the current sub-buffer (its slot, 0..n_subbufs-1)
+//   bits 48..63  low 16 bits of the current sub-buffer's sequence number
+// Writers reserve with one CAS on this word. kOffBusy means one writer is switching
+// sub-buffers; kOffClosed means the producer closed the buffer; kOffStopped means the last
+// switch was refused (no-overwrite buffer full, the
+// kernel's "offset == subbuf_size + 1"). Both are above any subbuf_size, so the fast-path test
+// "offset + len > subbuf_size" sends every writer to the slow path in those states.
+inline constexpr uint32_t kOffClosed = 0xfffffffd;
+inline constexpr uint32_t kOffBusy = 0xfffffffe;
+inline constexpr uint32_t kOffStopped = 0xffffffff;
+
+inline constexpr uint64_t make_word(uint32_t slot, uint64_t seq, uint32_t off) {
+  return (seq << 48) | (uint64_t{slot} << 32) | off;
+}
+inline constexpr uint32_t word_off(uint64_t w) { return static_cast<uint32_t>(w); }
+inline constexpr uint32_t word_slot(uint64_t w) { return static_cast<uint32_t>(w >> 32) & 0xffff; }
+inline constexpr uint16_t word_seq(uint64_t w) { return static_cast<uint16_t>(w >> 48); }
+
+// The consumed count the consumer publishes carries the reset generation it belongs to:
+//   bits 0..47 sub-buffers consumed, bits 48..63 low bits of ShmHeader::reset_gen.
+// A producer that finds a tag other than the current generation treats the count as 0, so a
+// value published just before a reset never passes for progress made after it.
+inline constexpr uint64_t kConsumedMask = (uint64_t{1} << 48) - 1;
+inline constexpr uint64_t consumed_tag(uint32_t gen, uint64_t consumed) {
+  return (uint64_t{gen & 0xffff} << 48) | (consumed & kConsumedMask);
+}
+
+struct ShmHeader {
+  // Written once by the creator before the object is shared; informational for attachers.
+  uint32_t magic;
+  uint32_t version;
+  uint32_t subbuf_size;
+  uint32_t n_subbufs;
+  uint64_t data_offset;
+  uint64_t total_size;
+
+  // Hot producer line: every reservation CASes it.
+  alignas(kCacheLine) std::atomic<uint64_t> wpos;
+
+  // Switch line: written by the one writer that holds the switch (wpos == kOffBusy), read by
+  // the consumer. `produced` is stored with release after the closed sub-buffer's padding and
+  // commit are in place, so a consumer that acquires it sees them.
+  alignas(kCacheLine) std::atomic<uint64_t> produced;  // sub-buffers switched away from
+  std::atomic<uint64_t> bytes_produced;                // sum of (subbuf_size - padding) over them
+  std::atomic<uint32_t> prev_padding;                  // kernel's buf->prev_padding
+  std::atomic<uint32_t> prev_slot;                     // where that padding belongs
+  // Reset generation: odd while relay_reset is rewriting the control area.
+  std::atomic<uint32_t> reset_gen;
+  std::atomic<uint32_t> closed;     // set (release) after close_off: the producer closed it
+  std::atomic<uint32_t> close_off;  // offset in the current sub-buffer when it was closed
+
+  // Loss counters: written on the slow path only.
+  alignas(kCacheLine) std::atomic<uint64_t> lost_full;     // switch refused (buffer full)
+  std::atomic<uint64_t> lost_too_big;                      // record larger than a sub-buffer
+  std::atomic<uint64_t> lost_wrap;                         // next sub-buffer still being committed
+
+  // Consumer line: written by the consumer only, read by producers. Kept apart from the producer
+  // lines so a reader publishing progress does not steal the writers' cache lines.
+  alignas(kCacheLine) std::atomic<uint64_t> consumed;        // consumed_tag(gen, sub-buffers)
+  std::atomic<uint64_t> bytes_consumed;                      // bytes handed to readers
+
+  // Doorbell: non-zero while a reader waits for data. Producers load it after each commit
+  // (a plain load on x86) and ring the wake-up only when it is set.
+  alignas(kCacheLine) std::atomic<uint32_t> waiters;
+};
+
+// Per-sub-buffer bookkeeping. `commit` counts bytes committed into this slot over its whole
+// life: header bytes, records and the padding added when the sub-buffer closes. Every lap adds
+// exactly subbuf_size, so the sub-buffer of lap L is complete when commit == (L + 1) * size.
+// `ready` is a lower bound on the committed prefix of the sub-buffer being written, in the
+// same units (lap base + offset); writers raise it when they find no reservation in flight.
+struct SubbufMeta {
+  std::atomic<uint64_t> commit;
+  std::atomic<uint64_t> ready;
+  std::atomic<uint32_t> padding;
+  uint32_t unused;
+  uint64_t unused2;
+};
+
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must be address-free");
+static_assert(std::atomic<uint32_t>::is_always_lock_free, "shared atomics must be address-free");
+static_assert(sizeof(SubbufMeta) == 32);
+static_assert(offsetof(ShmHeader, wpos) % kCacheLine == 0);
+static_assert(offsetof(ShmHeader, produced) - offsetof(ShmHeader, wpos) >= kCacheLine);
+static_assert(offsetof(ShmHeader, consumed) % kCacheLine == 0);
+static_assert(offsetof(ShmHeader, waiters) % kCacheLine == 0);
+
+}  // namespace relayfs::core

@@ -1,0 +1,257 @@
+// The producer's slow path: sub-buffer switches, flush, reset and close.
+#include "core/producer.h"
+
+#include <sched.h>
+
+#include <algorithm>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define RELAYFS_CPU_RELAX() _mm_pause()
+#else
+#define RELAYFS_CPU_RELAX() ((void)0)
+#endif
+
+namespace relayfs::core {
+
+namespace {
+
+// The Producer whose switch this thread holds, if any. A write that finds the switch taken by
+// its own thread comes from the subbuf_start hook or from a signal handler that interrupted the
+// switch; waiting would deadlock, so such a record is dropped and counted instead.
+thread_local const Producer* tl_switch_owner = nullptr;
+
+void relax(unsigned spins) {
+  if (spins < 128)
+    RELAYFS_CPU_RELAX();
+  else
+    ::sched_yield();  // the switching writer was descheduled: let it run
+}
+
+}  // namespace
+
+Producer::Producer(Buffer& buf, const ProducerHooks& hooks)
+    : buf_(&buf),
+      hdr_(buf.header()),
+      meta_(buf.meta()),
+      data_(buf.data()),
+      size_(buf.geometry().subbuf_size),
+      n_(buf.geometry().n_subbufs),
+      hooks_(hooks),
+      lap_base_(new uint64_t[buf.geometry().n_subbufs]()) {
+  open();
+}
+
+bool Producer::buf_full() const noexcept {
+  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire) & kConsumedMask;
+  const uint64_t tagged = hdr_->consumed.load(std::memory_order_acquire);
+  const uint32_t gen = hdr_->reset_gen.load(std::memory_order_relaxed);
+  // A count published for another reset generation means nothing has been consumed since.
+  const uint64_t consumed = consumed_tag(gen, 0) == (tagged & ~kConsumedMask) ? tagged & kConsumedMask : 0;
+  // A count above produced cannot come from an honest reader; read it as "nothing consumed".
+  return consumed <= produced ? produced - consumed >= n_ : produced >= n_;
+}
+
+void Producer::ring() noexcept {
+  // exchange: one wake-up per arming, however many writers see the doorbell set.
+  if (hdr_->waiters.exchange(0, std::memory_order_acq_rel) != 0 && hooks_.wakeup)
+    hooks_.wakeup(hooks_.ctx, *this);
+}
+
+void Producer::on_complete(uint32_t slot) noexcept {
+  if (hooks_.deliver) hooks_.deliver(hooks_.ctx, *this, slot, subbuf_data(slot));
+}
+
+bool Producer::commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept {
+  const uint64_t v = meta_[slot].commit.fetch_add(len, std::memory_order_seq_cst) + len;
+  return v == base + size_;
+}
+
+// Claims the switch: turns the position word *w into kOffBusy. Returns false if *w changed
+// under us (the caller re-examines it).
+bool Producer::take_switch(uint64_t* w) noexcept {
+  const uint64_t busy = (*w & ~uint64_t{0xffffffff}) | kOffBusy;
+  // acquire: the previous switcher's release of the word, and so all its bookkeeping, is
+  // visible to us before we touch produced, lap_base_ or the sub-buffer metadata.
+  return hdr_->wpos.compare_exchange_strong(*w, busy, std::memory_order_acquire,
+                                            std::memory_order_relaxed);
+}
+
+int Producer::reserve_slow(size_t len, Reservation* r) noexcept {
+  if (len == 0) return -EINVAL;
+  if (len > size_) {
+    // As in the kernel, a record that can never fit does not cause a switch.
+    hdr_->lost_too_big.fetch_add(1, std::memory_order_relaxed);
+    return -EMSGSIZE;
+  }
+  uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
+  for (unsigned spins = 0;; ++spins) {
+    const uint32_t off = word_off(w);
+    if (off == kOffClosed) return -EPIPE;
+    if (off == kOffBusy) {
+      if (tl_switch_owner == this) {
+        hdr_->lost_full.fetch_add(1, std::memory_order_relaxed);
+        return -ENOSPC;
+      }
+      relax(spins);
+      w = hdr_->wpos.load(std::memory_order_acquire);
+      continue;
+    }
+    if (off != kOffStopped && off + len <= size_) return reserve(len, r);  // someone switched
+    if (take_switch(&w)) return switch_locked(w, static_cast<uint32_t>(len), r, false);
+  }
+}
+
+// With the switch held (wpos == kOffBusy), w being the word before we took it: closes the current
+// sub-buffer unless the buffer is stopped, then asks subbuf_start to begin the next one. len > 0
+// also reserves a record in it. Releases the switch by storing the new position word.
+int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool opening) noexcept {
+  ShmHeader* h = hdr_;
+  tl_switch_owner = this;
+  const uint32_t off = word_off(w);
+  // Only the switch holder writes `produced`, and our acquiring CAS ordered us after the last one.
+  uint64_t seq = h->produced.load(std::memory_order_relaxed);
+  uint32_t prev_slot;
+  uint32_t prev_padding;
+  const bool closing = off != kOffStopped;
+  if (closing) {
+    prev_slot = word_slot(w);
+    prev_padding = size_ - off;
+    meta_[prev_slot].padding.store(prev_padding, std::memory_order_relaxed);
+    h->prev_padding.store(prev_padding, std::memory_order_relaxed);
+    h->prev_slot.store(prev_slot, std::memory_order_relaxed);
+    h->bytes_produced.store(h->bytes_produced.load(std::memory_order_relaxed) + off,
+                            std::memory_order_relaxed);
+    // The padding counts as committed, so the last of this sub-buffer's writers (or we, if they
+    // are all done) sees the counter reach a full lap.
+    if (prev_padding != 0 && commit_bytes(prev_slot, lap_base_[prev_slot], prev_padding))
+      on_complete(prev_slot);
+    // seq_cst: release publishes padding and commit to readers that acquire `produced`; and
+    // with the load of `waiters` below it is the Dekker pair of a reader arming the doorbell.
+    h->produced.store(++seq, std::memory_order_seq_cst);
+  } else {
+    // Retrying a refused switch: the kernel passes the same prev_subbuf and prev_padding again.
+    prev_slot = h->prev_slot.load(std::memory_order_relaxed);
+    prev_padding = h->prev_padding.load(std::memory_order_relaxed);
+  }
+
+  const uint32_t slot = static_cast<uint32_t>(seq % n_);
+  const uint64_t base = (seq / n_) * size_;
+  char* subbuf = subbuf_data(slot);
+  char* prev = seq == 0 ? nullptr : subbuf_data(prev_slot);
+  bool ok;
+  bool wrapped = false;
+  // The slot may be reused only once its previous lap is wholly committed; otherwise a writer
+  // still copying an old record would tear a new one (overwrite mode, LTTng's "lost_wrap").
+  if (meta_[slot].commit.load(std::memory_order_acquire) != base) {
+    ok = false;
+    wrapped = !buf_full();
+  } else {
+    header_ = 0;
+    ok = hooks_.subbuf_start ? hooks_.subbuf_start(hooks_.ctx, *this, subbuf, prev, prev_padding)
+                             : !buf_full();
+    ok = ok || opening;  // the kernel ignores the hook's answer at open
+  }
+  if (closing && h->waiters.load(std::memory_order_seq_cst) != 0) ring();
+
+  if (!ok) {
+    if (len != 0) (wrapped ? h->lost_wrap : h->lost_full).fetch_add(1, std::memory_order_relaxed);
+    if (closing && !wrapped && hooks_.buf_full) hooks_.buf_full(hooks_.ctx, *this, prev_slot, prev);
+    tl_switch_owner = nullptr;
+    h->wpos.store(make_word(slot, seq, kOffStopped), std::memory_order_release);
+    return len != 0 ? -ENOSPC : 0;
+  }
+
+  const uint32_t hdr_len = static_cast<uint32_t>(std::min<uint64_t>(header_, size_));
+  lap_base_[slot] = base;
+  meta_[slot].padding.store(0, std::memory_order_relaxed);
+  if (hdr_len != 0 && commit_bytes(slot, base, hdr_len)) on_complete(slot);
+  // Nothing else is reserved yet, so the header is a proven-committed prefix.
+  meta_[slot].ready.store(base + hdr_len, std::memory_order_release);
+  tl_switch_owner = nullptr;
+  if (len == 0 || hdr_len + len > size_) {
+    h->wpos.store(make_word(slot, seq, hdr_len), std::memory_order_release);
+    if (len == 0) return 0;
+    // The record fitted a sub-buffer but not what the header left of it: too big, as in the kernel.
+    h->lost_too_big.fetch_add(1, std::memory_order_relaxed);
+    return -EMSGSIZE;
+  }
+  // release: publishes lap_base_, the header and the metadata above to the writers that CAS on
+  // the word next.
+  h->wpos.store(make_word(slot, seq, hdr_len + len), std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_release);  // seqlock writer side, as in reserve()
+  r->ptr = subbuf + hdr_len;
+  r->len = len;
+  r->slot = slot;
+  r->off = hdr_len;
+  r->base = base;
+  return 0;
+}
+
+void Producer::open() noexcept {
+  uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
+  // A fresh or reset buffer is "stopped" at sequence 0: the switch below begins sub-buffer 0
+  // without closing anything, with prev_subbuf == nullptr.
+  while (!take_switch(&w)) {
+  }
+  switch_locked(w, 0, nullptr, true);
+}
+
+int Producer::flush() noexcept {
+  uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
+  for (unsigned spins = 0;; ++spins) {
+    const uint32_t off = word_off(w);
+    if (off == kOffClosed) return -EPIPE;
+    if (off == kOffBusy) {
+      if (tl_switch_owner == this) return -EDEADLK;
+      relax(spins);
+      w = hdr_->wpos.load(std::memory_order_acquire);
+      continue;
+    }
+    if (take_switch(&w)) return switch_locked(w, 0, nullptr, false);
+  }
+}
+
+void Producer::reset() noexcept {
+  ShmHeader* h = hdr_;
+  // Odd generation: readers discard whatever they copy until it is even again.
+  h->reset_gen.fetch_add(1, std::memory_order_seq_cst);
+  h->wpos.store(make_word(0, 0, kOffStopped), std::memory_order_relaxed);
+  for (uint32_t i = 0; i < n_; ++i) {
+    meta_[i].commit.store(0, std::memory_order_relaxed);
+    meta_[i].ready.store(0, std::memory_order_relaxed);
+    meta_[i].padding.store(0, std::memory_order_relaxed);
+    lap_base_[i] = 0;
+  }
+  h->produced.store(0, std::memory_order_relaxed);
+  h->prev_padding.store(0, std::memory_order_relaxed);
+  h->prev_slot.store(0, std::memory_order_relaxed);
+  h->consumed.store(0, std::memory_order_relaxed);
+  h->reset_gen.fetch_add(1, std::memory_order_seq_cst);
+  open();
+}
+
+void Producer::close() noexcept {
+  uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
+  for (unsigned spins = 0;; ++spins) {
+    const uint32_t off = word_off(w);
+    if (off == kOffClosed) return;
+    if (off == kOffBusy) {
+      if (tl_switch_owner == this) return;
+      relax(spins);
+      w = hdr_->wpos.load(std::memory_order_acquire);
+      continue;
+    }
+    // The current sub-buffer stays as it is: readers drain it up to its committed prefix, which
+    // they prove against close_off once no writer can reserve any more.
+    if (hdr_->wpos.compare_exchange_weak(w, (w & ~uint64_t{0xffffffff}) | kOffClosed,
+                                         std::memory_order_acq_rel, std::memory_order_relaxed))
+      break;
+  }
+  hdr_->close_off.store(word_off(w) == kOffStopped ? 0 : word_off(w), std::memory_order_relaxed);
+  // seq_cst: releases close_off to readers that acquire `closed`, and pairs with `waiters`.
+  hdr_->closed.store(1, std::memory_order_seq_cst);
+  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+}
+
+}  // namespace relayfs::core

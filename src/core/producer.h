@@ -1,0 +1,190 @@
+// Producer: the writing side of one relay buffer. Any number of threads of the producer process
+// may write the same buffer at once; the fast path takes no lock and makes no system call.
+//
+// A write is a reservation (one CAS on the position word), a copy into the shared data area, and
+// a commit (one atomic add on the sub-buffer's commit counter). A record that does not fit in
+// the current sub-buffer takes the slow path (producer.cc): one writer claims the switch, closes
+// the sub-buffer with its padding, runs the subbuf_start hook and opens the next one, while the
+// others wait for it. Records are never split across sub-buffers.
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+
+#include "core/buffer.h"
+#include "core/layout.h"
+
+namespace relayfs::core {
+
+class Producer;
+
+// The client's hooks: the core's form of the spec's struct rchan_callbacks (and of the 2005
+// code's deliver and buf_full). Every member may be null. ctx is passed back untouched.
+struct ProducerHooks {
+  // At every sub-buffer switch, and once at open and at reset with prev_subbuf == nullptr.
+  // prev_padding is the number of unused bytes at the end of prev_subbuf. May call
+  // Producer::subbuf_start_reserve() to keep header bytes at the start of subbuf. Returns true to
+  // switch, false to refuse it: the record is dropped and counted, and the next write asks again
+  // with the same arguments. Null means the spec's default: switch unless the buffer is full.
+  // Runs with the switch held: it must not write to the same buffer.
+  bool (*subbuf_start)(void* ctx, Producer& p, void* subbuf, void* prev_subbuf,
+                       uint32_t prev_padding) = nullptr;
+  // A sub-buffer whose reserved slots have all been committed, and which can take no more.
+  void (*deliver)(void* ctx, Producer& p, uint32_t slot, void* subbuf) = nullptr;
+  // The buffer just became full: a switch was refused for lack of a consumed sub-buffer.
+  void (*buf_full)(void* ctx, Producer& p, uint32_t slot, void* subbuf) = nullptr;
+  // A reader armed the doorbell (ShmHeader::waiters) and new data became readable.
+  void (*wakeup)(void* ctx, Producer& p) = nullptr;
+  void* ctx = nullptr;
+};
+
+// A slot handed out by reserve(): write exactly len bytes at ptr, then commit().
+struct Reservation {
+  char* ptr = nullptr;
+  uint32_t len = 0;
+  uint32_t slot = 0;
+  uint32_t off = 0;   // offset of ptr inside its sub-buffer
+  uint64_t base = 0;  // commit-counter value at the start of this sub-buffer's lap
+};
+
+class Producer {
+ public:
+  // Opens buf for writing: begins sub-buffer 0 by running subbuf_start with prev_subbuf ==
+  // nullptr (its return value is ignored there, as in the kernel). buf must outlive this object,
+  // and only one Producer may drive a buffer.
+  explicit Producer(Buffer& buf, const ProducerHooks& hooks = {});
+  Producer(const Producer&) = delete;
+  Producer& operator=(const Producer&) = delete;
+
+  // Copies one record into the buffer. Thread-safe.
+  // Returns 0, or
+  //   -EINVAL   len == 0;
+  //   -EMSGSIZE the record can never fit a sub-buffer (counted in lost_too_big);
+  //   -ENOSPC   the switch to a new sub-buffer was refused: no-overwrite buffer full, or the next
+  //             sub-buffer still being committed from its last lap (lost_full / lost_wrap);
+  //   -EPIPE    the buffer was closed.
+  inline int write(const void* data, size_t len) noexcept;
+
+  // Reserves len bytes for the caller to fill and then commit(). Same returns as write().
+  // Until the commit, readers stop short of the reserved bytes.
+  inline int reserve(size_t len, Reservation* r) noexcept;
+
+  // Publishes a reservation's bytes to readers.
+  inline void commit(const Reservation& r) noexcept;
+
+  // Forces a switch: the current sub-buffer, even empty, becomes a produced one (relay_flush).
+  // Returns 0, or -EPIPE when closed.
+  int flush() noexcept;
+
+  // Returns the buffer to its initial state (relay_reset): all data discarded, sub-buffer 0
+  // begun again through subbuf_start. The caller guarantees that no writer is active. Loss
+  // counters and bytes_produced keep counting, so a reset never hides a loss or shrinks a file.
+  void reset() noexcept;
+
+  // No more writes: later writes fail with -EPIPE. What was committed stays readable.
+  void close() noexcept;
+
+  // relay_buf_full(): every sub-buffer is produced and none of them consumed.
+  bool buf_full() const noexcept;
+
+  // subbuf_start_reserve(): inside subbuf_start only, keeps len more header bytes at the start
+  // of the new sub-buffer. Header bytes are data: readers see them.
+  void subbuf_start_reserve(size_t len) noexcept { header_ += len; }
+
+  uint32_t subbuf_size() const noexcept { return size_; }
+  uint32_t n_subbufs() const noexcept { return n_; }
+  Buffer& buffer() const noexcept { return *buf_; }
+  char* subbuf_data(uint32_t slot) const noexcept { return data_ + uint64_t{slot} * size_; }
+  void* hook_ctx() const noexcept { return hooks_.ctx; }
+
+ private:
+  int reserve_slow(size_t len, Reservation* r) noexcept;
+  int switch_locked(uint64_t w, uint32_t len, Reservation* r, bool opening) noexcept;
+  bool take_switch(uint64_t* w) noexcept;
+  bool commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept;
+  void on_complete(uint32_t slot) noexcept;
+  void ring() noexcept;
+  void open() noexcept;
+
+  Buffer* buf_;
+  ShmHeader* hdr_;
+  SubbufMeta* meta_;
+  char* data_;
+  uint32_t size_;
+  uint32_t n_;
+  ProducerHooks hooks_;
+  // Commit-counter value at the start of each slot's current lap. Written by the switching
+  // writer before it publishes the new position word with release, read by writers after their
+  // acquiring CAS on that word.
+  std::unique_ptr<uint64_t[]> lap_base_;
+  // Header bytes reserved by the running subbuf_start hook; touched only with the switch held.
+  uint64_t header_ = 0;
+};
+
+inline int Producer::reserve(size_t len, Reservation* r) noexcept {
+  uint64_t w = hdr_->wpos.load(std::memory_order_relaxed);
+  for (;;) {
+    const uint32_t off = word_off(w);
+    // One test covers "does not fit", "switching", "stopped" and "closed": the marker offsets
+    // are above every sub-buffer size. len is checked alone first so off + len cannot wrap.
+    if (len - 1 >= size_ || off + len > size_) [[unlikely]]
+      return reserve_slow(len, r);
+    // acquire: pairs with the switching writer's release of this word, so lap_base_ and the new
+    // sub-buffer's header are visible before we use the slot.
+    if (hdr_->wpos.compare_exchange_weak(w, w + len, std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+      // Seqlock writer side: a reader copying an overwrite-mode sub-buffer re-reads `produced`
+      // after its copy; this fence keeps our data stores after everything that made this slot
+      // ours, so a reader that sees our bytes also sees the `produced` that lapped it.
+      std::atomic_thread_fence(std::memory_order_release);
+      const uint32_t slot = word_slot(w);
+      r->ptr = data_ + uint64_t{slot} * size_ + off;
+      r->len = static_cast<uint32_t>(len);
+      r->slot = slot;
+      r->off = off;
+      r->base = lap_base_[slot];
+      return 0;
+    }
+  }
+}
+
+inline void Producer::commit(const Reservation& r) noexcept {
+  SubbufMeta& m = meta_[r.slot];
+  // seq_cst: releases the record's bytes to readers that acquire `commit`; and, with the load
+  // of `waiters` below, forms the Dekker pair with a reader that arms the doorbell and then
+  // re-checks for data, so one of the two always sees the other.
+  const uint64_t v = m.commit.fetch_add(r.len, std::memory_order_seq_cst) + r.len;
+  // Raise the sub-buffer's proven-committed prefix (`ready`) so readers can return our record.
+  // If every byte reserved so far is committed, the whole reserved prefix is proven: a plain
+  // store. relaxed suffices for the word: the seq_cst add above already ordered the load after
+  // every reservation it counted. Otherwise, if our record starts where the proof ends, extend it
+  // over our record; out-of-order commits wait for the next quiet moment. A stale store can only
+  // lower `ready`, which is a lower bound either way.
+  const uint64_t w = hdr_->wpos.load(std::memory_order_relaxed);
+  if (word_slot(w) == r.slot && v == r.base + word_off(w)) {
+    m.ready.store(v, std::memory_order_release);
+  } else {
+    uint64_t start = r.base + r.off;
+    m.ready.compare_exchange_strong(start, start + r.len, std::memory_order_release,
+                                    std::memory_order_relaxed);
+  }
+  if (v == r.base + size_) [[unlikely]]
+    on_complete(r.slot);
+  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+    ring();
+}
+
+inline int Producer::write(const void* data, size_t len) noexcept {
+  Reservation r;
+  if (int rc = reserve(len, &r); rc != 0) [[unlikely]]
+    return rc;
+  std::memcpy(r.ptr, data, len);
+  commit(r);
+  return 0;
+}
+
+}  // namespace relayfs::core
