@@ -99,7 +99,7 @@ uint32_t Consumer::proven_prefix(uint64_t seq, uint32_t slot, uint64_t base, boo
     uint32_t off = word_off(w);
     const bool ours = word_slot(w) == slot && word_seq(w) == static_cast<uint16_t>(seq);
     if (ours && off == kOffClosed && hdr_->closed.load(std::memory_order_acquire) != 0)
-      off = hdr_->close_off.load(std::memory_order_relaxed);
+      off = hdr_->close_off.load(std::memory_order_relaxed);  // kOffStopped if never begun
     if (ours && off <= size_ && commit == base + off) best = std::max(best, off);
   }
   return best;
@@ -118,7 +118,7 @@ int Consumer::next_span(Span* s) noexcept {
     // was stored are visible below.
     const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
     if (produced < consumed_) return corrupt();
-    if (produced - consumed_ >= n_) {
+    if (lapped(consumed_, produced)) {
       // The writer lapped us (overwrite mode): resume at the oldest sub-buffer it has not
       // begun to reuse, as the kernel does.
       const uint64_t resume = produced - n_ + 1;
@@ -154,13 +154,29 @@ int Consumer::next_span(Span* s) noexcept {
   return 0;
 }
 
+// Has the writer begun reusing the slot of sub-buffer seq? Sub-buffers up to produced - 1 are
+// closed, and `produced` itself has begun unless the writer is stopped (a refused switch, or a
+// close from that state). A switch in progress counts as begun: the hook may be writing there.
+bool Consumer::lapped(uint64_t seq, uint64_t produced) const noexcept {
+  const uint64_t ahead = produced - seq;
+  if (ahead != n_) return ahead > n_;
+  const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
+  if (word_seq(w) != static_cast<uint16_t>(produced)) return true;  // moved on already
+  uint32_t off = word_off(w);
+  if (off == kOffClosed)
+    off = hdr_->closed.load(std::memory_order_acquire) ? hdr_->close_off.load(std::memory_order_relaxed)
+                                                        : kOffBusy;
+  return off != kOffStopped;
+}
+
 bool Consumer::still_valid(const Span& s) const noexcept {
-  // Seqlock reader side: the copy's loads are ordered before these loads; a writer that began
-  // reusing the slot stored `produced` before its first byte landed there (Producer::reserve).
+  // Seqlock reader side: the copy's loads are ordered before these loads. A writer that begins
+  // reusing the slot first stores `produced` (a switch) or the busy word (a retried switch), and
+  // only then writes there (Producer::reserve, Producer::take_switch).
   std::atomic_thread_fence(std::memory_order_acquire);
   if (hdr_->reset_gen.load(std::memory_order_relaxed) != gen_) return false;
-  const uint64_t produced = hdr_->produced.load(std::memory_order_relaxed);
-  return produced >= s.seq && produced - s.seq < n_;
+  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
+  return produced >= s.seq && !lapped(s.seq, produced);
 }
 
 ssize_t Consumer::read(void* dst, size_t count) noexcept {
@@ -222,7 +238,7 @@ uint64_t Consumer::bytes_produced() noexcept {
   // The producer's counter runs on across resets; if it went backwards, count on from what we
   // had already reported rather than shrink.
   const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
-  if (produced >= consumed_ && produced - consumed_ < n_) {
+  if (produced >= consumed_ && !lapped(consumed_, produced)) {
     const uint32_t slot = static_cast<uint32_t>(produced % n_);
     total += proven_prefix(produced, slot, (produced / n_) * size_, true);
   }

@@ -73,8 +73,13 @@ bool Producer::take_switch(uint64_t* w) noexcept {
   const uint64_t busy = (*w & ~uint64_t{0xffffffff}) | kOffBusy;
   // acquire: the previous switcher's release of the word, and so all its bookkeeping, is
   // visible to us before we touch produced, lap_base_ or the sub-buffer metadata.
-  return hdr_->wpos.compare_exchange_strong(*w, busy, std::memory_order_acquire,
-                                            std::memory_order_relaxed);
+  if (!hdr_->wpos.compare_exchange_strong(*w, busy, std::memory_order_acquire,
+                                          std::memory_order_relaxed))
+    return false;
+  // Seqlock writer side: the hook may write into a slot a reader is copying; the busy word is
+  // stored before any such byte (see Consumer::still_valid).
+  std::atomic_thread_fence(std::memory_order_release);
+  return true;
 }
 
 int Producer::reserve_slow(size_t len, Reservation* r) noexcept {
@@ -248,7 +253,8 @@ void Producer::close() noexcept {
                                          std::memory_order_acq_rel, std::memory_order_relaxed))
       break;
   }
-  hdr_->close_off.store(word_off(w) == kOffStopped ? 0 : word_off(w), std::memory_order_relaxed);
+  // kOffStopped when nothing had begun: readers then find nothing in the current sub-buffer.
+  hdr_->close_off.store(word_off(w), std::memory_order_relaxed);
   // seq_cst: releases close_off to readers that acquire `closed`, and pairs with `waiters`.
   hdr_->closed.store(1, std::memory_order_seq_cst);
   if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
