@@ -24,7 +24,8 @@ namespace relayfs::core {
 
 class Consumer {
  public:
-  // buf must outlive the Consumer. Its geometry is trusted: it came from whoever created the
+  // buf must outlive the Consumer and be mapped read-write: the consumer publishes its position
+  // and arms the doorbell there. Its geometry is trusted: it came from whoever created the
   // buffer, not from the shared control area.
   explicit Consumer(const Buffer& buf) noexcept;
 

@@ -221,6 +221,12 @@ void Producer::reset() noexcept {
   ShmHeader* h = hdr_;
   // Odd generation: readers discard whatever they copy until it is even again.
   h->reset_gen.fetch_add(1, std::memory_order_seq_cst);
+  // The bytes of the sub-buffer being written were produced too, even though nobody will read
+  // them now: count them, so the file size never goes back.
+  const uint32_t off = word_off(h->wpos.load(std::memory_order_relaxed));
+  if (off <= size_)
+    h->bytes_produced.store(h->bytes_produced.load(std::memory_order_relaxed) + off,
+                            std::memory_order_relaxed);
   h->wpos.store(make_word(0, 0, kOffStopped), std::memory_order_relaxed);
   for (uint32_t i = 0; i < n_; ++i) {
     meta_[i].commit.store(0, std::memory_order_relaxed);

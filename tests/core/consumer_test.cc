@@ -1,0 +1,164 @@
+// The consumer side: the kernel's read() semantics, consumption, lapping, reset, attach.
+#include "core/consumer.h"
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "harness.h"
+
+using namespace relayfs;
+using test::Mode;
+using test::Rig;
+using test::SpecHook;
+
+TEST_CASE("read removes padding and keeps header bytes") {
+  SpecHook hook{Mode::kNoOverwrite, 4};
+  Rig rig(16, 4, hook.hooks());
+  REQUIRE(rig.write("abcdefgh") == 0);  // header(4) + 8: 4 bytes left
+  REQUIRE(rig.write("ijklmn") == 0);    // does not fit: sub-buffer 0 closes with padding 4
+  REQUIRE(rig.prod->flush() == 0);       // sub-buffer 1 closes; sub-buffer 2 begins with its header
+  const std::string got = rig.drain();
+  REQUIRE(got.size() == 4 + 8 + 4 + 6 + 4);
+  uint32_t pad0;
+  std::memcpy(&pad0, got.data(), 4);
+  CHECK(pad0 == 4);  // the spec's callback stored sub-buffer 0's padding in its header
+  CHECK(got.substr(4, 8) == "abcdefgh");
+  CHECK(got.substr(16, 6) == "ijklmn");
+}
+
+TEST_CASE("reads of any size return the same stream") {
+  for (size_t chunk : {1, 2, 3, 7, 16, 31, 1000}) {
+    CAPTURE(chunk);
+    Rig rig(32, 8);
+    std::string want;
+    for (int i = 0; i < 40; ++i) {
+      const std::string rec = "rec" + std::to_string(i) + ";";
+      if (rig.write(rec) == 0) want += rec;
+    }
+    rig.prod->flush();
+    CHECK(rig.drain(chunk) == want);
+  }
+}
+
+TEST_CASE("a reserved record is invisible until committed; what precedes it is readable") {
+  Rig rig(64, 2);
+  REQUIRE(rig.write("before") == 0);
+  core::Reservation r;
+  REQUIRE(rig.prod->reserve(5, &r) == 0);
+  std::memcpy(r.ptr, "HALF", 4);  // half written
+  CHECK(rig.drain() == "before");
+  REQUIRE(rig.write("after") == 0);
+  CHECK(rig.drain().empty());  // "after" waits behind the record in flight
+  r.ptr[4] = '!';
+  rig.prod->commit(r);
+  CHECK(rig.drain() == "HALF!after");
+}
+
+TEST_CASE("data_available and drained follow the buffer") {
+  Rig rig(32, 2);
+  CHECK_FALSE(rig.cons->data_available());
+  rig.write("x");
+  CHECK(rig.cons->data_available());
+  rig.drain();
+  CHECK_FALSE(rig.cons->data_available());
+  CHECK_FALSE(rig.cons->drained());
+  rig.cons->finalize();
+  CHECK(rig.cons->drained());
+}
+
+TEST_CASE("subbufs_consumed releases sub-buffers and is clamped to those produced") {
+  Rig rig(8, 2);
+  REQUIRE(rig.write("aaaaaaaa") == 0);
+  REQUIRE(rig.write("bbbbbbbb") == 0);
+  CHECK(rig.write("cccccccc") == -ENOSPC);
+  CHECK(rig.cons->subbufs_consumed(0) == -EINVAL);
+  CHECK(rig.cons->subbufs_consumed(1) == 0);  // an mmap reader finished sub-buffer 0
+  CHECK(rig.write("dddddddd") == 0);
+  CHECK(rig.cons->subbufs_consumed(100) == 0);
+  CHECK(rig.cons->stats().subbufs_consumed == 2);
+  CHECK(rig.drain() == "dddddddd");
+}
+
+TEST_CASE("a lapped overwrite reader skips to the oldest intact sub-buffer") {
+  SpecHook hook{Mode::kOverwrite, 0};
+  Rig rig(4, 3, hook.hooks());
+  for (char c = 'a'; c <= 'j'; ++c) REQUIRE(rig.write(std::string(4, c)) == 0);
+  CHECK(rig.drain(3) == "hhhhiiiijjjj");
+  CHECK(rig.cons->stats().overruns == 7);
+}
+
+TEST_CASE("bytes_produced includes the readable part of the current sub-buffer and never shrinks") {
+  Rig rig(64, 2);
+  CHECK(rig.cons->bytes_produced() == 0);
+  rig.write("12345");
+  CHECK(rig.cons->bytes_produced() == 5);
+  rig.prod->flush();
+  rig.write("678");
+  CHECK(rig.cons->bytes_produced() == 8);
+  rig.prod->reset();
+  CHECK(rig.cons->bytes_produced() >= 8);
+  rig.write("9");
+  CHECK(rig.cons->bytes_produced() >= 9);
+}
+
+TEST_CASE("a reset restarts the reader's position at the beginning") {
+  Rig rig(8, 2);
+  rig.write("aaaa");
+  rig.write("bbbbbbbb");
+  std::vector<char> tmp(2);
+  REQUIRE(rig.cons->read(tmp.data(), 2) == 2);
+  rig.prod->reset();
+  rig.write("cc");
+  CHECK(rig.drain() == "cc");
+  REQUIRE(rig.write("dddddddd") == 0);  // sub-buffer 0 closes
+  CHECK(rig.drain() == "dddddddd");     // and is consumed, in the new generation
+  // The producer counts that progress: sub-buffer 2 may reuse slot 0.
+  REQUIRE(rig.write("eeeeeeee") == 0);
+  CHECK(rig.drain() == "eeeeeeee");
+}
+
+TEST_CASE("a consumed count published before a reset does not count after it") {
+  Rig rig(8, 2);
+  rig.write("aaaaaaaa");
+  rig.write("bbbbbbbb");
+  rig.drain();  // publishes consumed = 2 for the old generation
+  rig.prod->reset();
+  // The reader has not looked since the reset: the producer must not count its old progress.
+  rig.write("cccccccc");
+  rig.write("dddddddd");
+  CHECK(rig.write("eeeeeeee") == -ENOSPC);
+}
+
+TEST_CASE("Buffer::attach maps a sealed buffer fd and refuses anything else") {
+  core::Geometry g;
+  REQUIRE(core::make_geometry(4096, 4, &g) == 0);
+  core::Buffer a;
+  REQUIRE(core::Buffer::create(g, "t", &a) == 0);
+  core::Buffer b;
+  // The consumer publishes its position and arms the doorbell: it needs a writable mapping.
+  REQUIRE(core::Buffer::attach(core::UniqueFd(::dup(a.fd())), g, PROT_READ | PROT_WRITE, true, &b) == 0);
+  core::Producer p(a);
+  core::Consumer c(b);
+  REQUIRE(p.write("shared", 6) == 0);
+  char out[16];
+  CHECK(c.read(out, sizeof out) == 6);
+  CHECK(std::string(out, 6) == "shared");
+
+  core::Geometry other;
+  REQUIRE(core::make_geometry(4096, 8, &other) == 0);
+  core::Buffer bad;
+  CHECK(core::Buffer::attach(core::UniqueFd(::dup(a.fd())), other, PROT_READ, true, &bad) == -EINVAL);
+  // An unsealed memfd of the right size could shrink under the reader: refused.
+  core::UniqueFd raw(::memfd_create("unsealed", MFD_CLOEXEC));
+  REQUIRE(raw);
+  REQUIRE(::ftruncate(raw.get(), static_cast<off_t>(core::Layout::of(g).total_size)) == 0);
+  CHECK(core::Buffer::attach(std::move(raw), g, PROT_READ, false, &bad) == -EINVAL);
+  CHECK(core::Buffer::attach(core::UniqueFd(), g, PROT_READ, false, &bad) == -EBADF);
+}

@@ -1,0 +1,255 @@
+// The producer side: hooks, loss accounting, flush, reset, close, deliver, the doorbell.
+#include "core/producer.h"
+
+#include <doctest/doctest.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "harness.h"
+
+using namespace relayfs;
+using test::Mode;
+using test::Rig;
+using test::SpecHook;
+
+TEST_CASE("open runs subbuf_start once, with a null prev_subbuf") {
+  SpecHook hook{Mode::kNoOverwrite, 4};
+  Rig rig(64, 4, hook.hooks());
+  CHECK(hook.calls == 1);
+  CHECK(hook.calls_with_null_prev == 1);
+  // The reserved header is data: the reader sees it before any record.
+  REQUIRE(rig.write("x") == 0);
+  CHECK(rig.drain().size() == 5);
+}
+
+TEST_CASE("a full no-overwrite buffer drops records and counts them as lost_full") {
+  Rig rig(16, 2);
+  const std::string rec(8, 'a');
+  int ok = 0;
+  for (int i = 0; i < 10; ++i)
+    if (rig.write(rec) == 0) ++ok;
+  // Two sub-buffers of two records each; the switch into a third is refused.
+  CHECK(ok == 4);
+  CHECK(rig.prod->buf_full());
+  CHECK(rig.write(rec) == -ENOSPC);
+  const auto st = rig.cons->stats();
+  CHECK(st.lost_full == 7);
+  CHECK(st.lost_too_big == 0);
+  CHECK(rig.drain() == std::string(32, 'a'));
+  CHECK_FALSE(rig.prod->buf_full());
+  CHECK(rig.write("b") == 0);  // the refused switch is retried and now succeeds
+  CHECK(rig.drain() == "b");
+}
+
+TEST_CASE("a refused switch is retried with the same prev_subbuf and prev_padding") {
+  struct Spy {
+    std::vector<std::pair<void*, uint32_t>> seen;
+    static bool start(void* ctx, core::Producer& p, void*, void* prev, uint32_t pad) {
+      static_cast<Spy*>(ctx)->seen.emplace_back(prev, pad);
+      return !p.buf_full();
+    }
+  } spy;
+  core::ProducerHooks hk;
+  hk.subbuf_start = &Spy::start;
+  hk.ctx = &spy;
+  Rig rig(16, 1, hk);
+  REQUIRE(rig.write(std::string(10, 'a')) == 0);
+  CHECK(rig.write(std::string(10, 'b')) == -ENOSPC);  // closes sub-buffer 0 (padding 6), refused
+  CHECK(rig.write(std::string(3, 'c')) == -ENOSPC);   // retried: same arguments
+  REQUIRE(spy.seen.size() == 3);
+  CHECK(spy.seen[0].first == nullptr);
+  CHECK(spy.seen[1] == spy.seen[2]);
+  CHECK(spy.seen[1].first == rig.prod->subbuf_data(0));
+  CHECK(spy.seen[1].second == 6);
+}
+
+TEST_CASE("records larger than a sub-buffer are counted as too big and cause no switch") {
+  Rig rig(32, 4);
+  REQUIRE(rig.write("abc") == 0);
+  CHECK(rig.write(std::string(33, 'x')) == -EMSGSIZE);
+  CHECK(rig.write(std::string(1000, 'x')) == -EMSGSIZE);
+  const auto st = rig.cons->stats();
+  CHECK(st.lost_too_big == 2);
+  CHECK(st.subbufs_produced == 0);
+  CHECK(rig.write(std::string(29, 'd')) == 0);  // still fits beside "abc": no switch happened
+  CHECK(rig.drain() == "abc" + std::string(29, 'd'));
+}
+
+TEST_CASE("a record that fits a sub-buffer but not beside its header is too big") {
+  SpecHook hook{Mode::kNoOverwrite, 4};
+  Rig rig(32, 4, hook.hooks());
+  CHECK(rig.write(std::string(30, 'x')) == -EMSGSIZE);  // switches, then cannot fit 4 + 30
+  CHECK(rig.cons->stats().lost_too_big == 1);
+  CHECK(rig.write(std::string(28, 'y')) == 0);
+}
+
+TEST_CASE("zero-length writes and reservations are refused with EINVAL") {
+  Rig rig(32, 2);
+  core::Reservation r;
+  CHECK(rig.prod->write("", 0) == -EINVAL);
+  CHECK(rig.prod->reserve(0, &r) == -EINVAL);
+  const auto st = rig.cons->stats();
+  CHECK(st.lost_full + st.lost_too_big + st.lost_wrap == 0);
+}
+
+TEST_CASE("flush turns a partly filled sub-buffer into a produced one") {
+  Rig rig(64, 4);
+  REQUIRE(rig.write("hello") == 0);
+  CHECK(rig.cons->stats().subbufs_produced == 0);
+  REQUIRE(rig.prod->flush() == 0);
+  CHECK(rig.cons->stats().subbufs_produced == 1);
+  CHECK(rig.cons->stats().bytes_produced == 5);
+  SUBCASE("an empty sub-buffer is produced too, as in the kernel") {
+    REQUIRE(rig.prod->flush() == 0);
+    CHECK(rig.cons->stats().subbufs_produced == 2);
+  }
+  CHECK(rig.drain() == "hello");
+}
+
+TEST_CASE("reset discards unread data and begins sub-buffer 0 again") {
+  SpecHook hook{Mode::kNoOverwrite, 0};
+  Rig rig(16, 2, hook.hooks());
+  for (int i = 0; i < 8; ++i) rig.write("12345678");
+  const auto before = rig.cons->stats();
+  REQUIRE(before.lost_full > 0);
+  rig.prod->reset();
+  CHECK(hook.calls_with_null_prev == 2);
+  auto st = rig.cons->stats();
+  CHECK(st.subbufs_produced == 0);
+  CHECK(st.lost_full == before.lost_full);            // losses stay visible
+  CHECK(st.bytes_produced >= before.bytes_produced);  // the file size never shrinks
+  CHECK(rig.drain().empty());
+  REQUIRE(rig.write("after") == 0);
+  CHECK(rig.drain() == "after");
+  CHECK(rig.cons->stats().subbufs_consumed == 0);
+}
+
+TEST_CASE("close refuses later writes and keeps committed data readable") {
+  Rig rig(64, 2);
+  REQUIRE(rig.write("one") == 0);
+  REQUIRE(rig.prod->flush() == 0);
+  REQUIRE(rig.write("two") == 0);
+  rig.prod->close();
+  CHECK(rig.cons->producer_closed());
+  CHECK(rig.write("three") == -EPIPE);
+  CHECK(rig.prod->flush() == -EPIPE);
+  rig.cons->finalize();
+  CHECK_FALSE(rig.cons->drained());
+  CHECK(rig.drain() == "onetwo");
+  CHECK(rig.cons->drained());
+}
+
+TEST_CASE("a record committed after close is still readable") {
+  Rig rig(64, 2);
+  core::Reservation r;
+  REQUIRE(rig.prod->reserve(4, &r) == 0);
+  rig.prod->close();
+  CHECK(rig.drain().empty());
+  std::memcpy(r.ptr, "late", 4);
+  rig.prod->commit(r);
+  CHECK(rig.drain() == "late");
+}
+
+TEST_CASE("deliver fires once per sub-buffer when every reservation is committed") {
+  struct Count {
+    std::vector<uint32_t> slots;
+    static void deliver(void* ctx, core::Producer&, uint32_t slot, void*) {
+      static_cast<Count*>(ctx)->slots.push_back(slot);
+    }
+  } count;
+  core::ProducerHooks hk;
+  hk.deliver = &Count::deliver;
+  hk.ctx = &count;
+  Rig rig(16, 4, hk);
+  core::Reservation a, b;
+  REQUIRE(rig.prod->reserve(6, &a) == 0);
+  REQUIRE(rig.prod->reserve(6, &b) == 0);
+  rig.prod->commit(b);                  // out of order
+  REQUIRE(rig.write("xxxxxx") == 0);    // switches: sub-buffer 0 closed with a in flight
+  CHECK(count.slots.empty());
+  rig.prod->commit(a);
+  REQUIRE(count.slots.size() == 1);
+  CHECK(count.slots[0] == 0);
+  REQUIRE(rig.write(std::string(10, 'y')) == 0);  // fills sub-buffer 1 exactly
+  REQUIRE(count.slots.size() == 2);
+  CHECK(count.slots[1] == 1);
+}
+
+TEST_CASE("buf_full fires once when the buffer becomes full") {
+  struct Count {
+    int full = 0;
+    static void buf_full(void* ctx, core::Producer&, uint32_t, void*) { ++static_cast<Count*>(ctx)->full; }
+  } count;
+  core::ProducerHooks hk;
+  hk.buf_full = &Count::buf_full;
+  hk.ctx = &count;
+  Rig rig(8, 2, hk);
+  for (int i = 0; i < 10; ++i) rig.write("abcdefgh");
+  CHECK(count.full == 1);
+  rig.drain();
+  for (int i = 0; i < 10; ++i) rig.write("abcdefgh");
+  CHECK(count.full == 2);
+}
+
+TEST_CASE("the wake-up rings only after a reader armed the doorbell, once per arming") {
+  struct Count {
+    int rings = 0;
+    static void wake(void* ctx, core::Producer&) { ++static_cast<Count*>(ctx)->rings; }
+  } count;
+  core::ProducerHooks hk;
+  hk.wakeup = &Count::wake;
+  hk.ctx = &count;
+  Rig rig(64, 4, hk);
+  for (int i = 0; i < 10; ++i) REQUIRE(rig.write("abc") == 0);
+  CHECK(count.rings == 0);
+  rig.cons->arm_doorbell();
+  rig.write("d");
+  rig.write("e");
+  CHECK(count.rings == 1);
+  rig.cons->arm_doorbell();
+  rig.prod->flush();  // a sub-buffer boundary rings too
+  CHECK(count.rings == 2);
+  rig.cons->arm_doorbell();
+  rig.prod->close();
+  CHECK(count.rings == 3);
+}
+
+TEST_CASE("a write from inside subbuf_start is dropped instead of deadlocking") {
+  struct Reentrant {
+    int inner_rc = 1;
+    static bool start(void* ctx, core::Producer& p, void*, void* prev, uint32_t) {
+      if (prev) static_cast<Reentrant*>(ctx)->inner_rc = p.write("z", 1);
+      return true;
+    }
+  } re;
+  core::ProducerHooks hk;
+  hk.subbuf_start = &Reentrant::start;
+  hk.ctx = &re;
+  Rig rig(8, 2, hk);
+  REQUIRE(rig.write("12345678") == 0);
+  REQUIRE(rig.write("9") == 0);  // switch: the hook's own write must not hang
+  CHECK(re.inner_rc == -ENOSPC);
+  CHECK(rig.cons->stats().lost_full == 1);
+}
+
+TEST_CASE("overwrite mode never refuses a write and keeps the newest data") {
+  SpecHook hook{Mode::kOverwrite, 0};
+  Rig rig(8, 4, hook.hooks());
+  for (int i = 0; i < 100; ++i) {
+    char rec[8];
+    std::snprintf(rec, sizeof rec, "%07d", i);
+    REQUIRE(rig.prod->write(rec, 8) == 0);
+  }
+  const auto st = rig.cons->stats();
+  CHECK(st.lost_full == 0);
+  // Each record fills one sub-buffer. Record 99 sits in the current sub-buffer, which reuses the
+  // slot of record 95, so the reader resumes at 96: three closed sub-buffers and the current one.
+  const std::string got = rig.drain();
+  CHECK(got == "0000096" + std::string(1, '\0') + "0000097" + std::string(1, '\0') + "0000098" +
+                   std::string(1, '\0') + "0000099" + std::string(1, '\0'));
+  CHECK(rig.cons->stats().overruns == 96);
+}
