@@ -19,6 +19,16 @@ namespace {
 // hold the caller in a loop. Legitimate states need at most n_subbufs + a few such steps.
 constexpr unsigned kSlackSteps = 8;
 
+// How long to wait for a switch in progress (see Consumer::reused): ~100 pause instructions are a
+// few microseconds, far longer than a subbuf_start call.
+constexpr unsigned kBusySpins = 256;
+
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 // Copies bytes that a writer may be overwriting at the same moment (overwrite mode): the copy is
 // validated afterwards (still_valid) and discarded if it raced, the seqlock way. Under TSan the
 // racing reads are expected, so they are hidden from it.
@@ -118,7 +128,9 @@ int Consumer::next_span(Span* s) noexcept {
     // was stored are visible below.
     const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
     if (produced < consumed_) return corrupt();
-    if (lapped(consumed_, produced)) {
+    const Reuse reuse = reused(consumed_, produced);
+    if (reuse == Reuse::kMaybe) return 0;  // a switch into our slot is undecided: nothing now
+    if (reuse == Reuse::kYes) {
       // The writer lapped us (overwrite mode): resume at the oldest sub-buffer it has not
       // begun to reuse, as the kernel does.
       const uint64_t resume = produced - n_ + 1;
@@ -156,17 +168,33 @@ int Consumer::next_span(Span* s) noexcept {
 
 // Has the writer begun reusing the slot of sub-buffer seq? Sub-buffers up to produced - 1 are
 // closed, and `produced` itself has begun unless the writer is stopped (a refused switch, or a
-// close from that state). A switch in progress counts as begun: the hook may be writing there.
-bool Consumer::lapped(uint64_t seq, uint64_t produced) const noexcept {
+// close from that state). While a switch is being decided (kOffBusy) the answer is not known yet:
+// the subbuf_start hook may accept and write the new header into that slot, or refuse (the
+// contract is that a refusing hook writes nothing there). Such a decision takes a moment, so we
+// wait for it, boundedly: a producer that stays busy gets kMaybe.
+Consumer::Reuse Consumer::reused(uint64_t seq, uint64_t produced) const noexcept {
   const uint64_t ahead = produced - seq;
-  if (ahead != n_) return ahead > n_;
-  const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
-  if (word_seq(w) != static_cast<uint16_t>(produced)) return true;  // moved on already
-  uint32_t off = word_off(w);
-  if (off == kOffClosed)
-    off = hdr_->closed.load(std::memory_order_acquire) ? hdr_->close_off.load(std::memory_order_relaxed)
-                                                        : kOffBusy;
-  return off != kOffStopped;
+  if (ahead != n_) return ahead > n_ ? Reuse::kYes : Reuse::kNo;
+  for (unsigned spins = 0; spins < kBusySpins; ++spins) {
+    const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
+    const uint16_t lag = static_cast<uint16_t>(static_cast<uint16_t>(produced) - word_seq(w));
+    uint32_t off = word_off(w);
+    // A closing switch publishes `produced` while the busy word still carries the sequence of the
+    // sub-buffer it closes: the next one is undecided. Any later word has moved past `produced`.
+    if (lag == 1 && off == kOffBusy) {
+      cpu_relax();
+      continue;
+    }
+    if (lag != 0) return Reuse::kYes;
+    if (off == kOffClosed)
+      off = hdr_->closed.load(std::memory_order_acquire)
+                ? hdr_->close_off.load(std::memory_order_relaxed)
+                : kOffBusy;
+    if (off == kOffStopped) return Reuse::kNo;
+    if (off != kOffBusy) return Reuse::kYes;
+    cpu_relax();
+  }
+  return Reuse::kMaybe;
 }
 
 bool Consumer::still_valid(const Span& s) const noexcept {
@@ -176,7 +204,7 @@ bool Consumer::still_valid(const Span& s) const noexcept {
   std::atomic_thread_fence(std::memory_order_acquire);
   if (hdr_->reset_gen.load(std::memory_order_relaxed) != gen_) return false;
   const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
-  return produced >= s.seq && !lapped(s.seq, produced);
+  return produced >= s.seq && reused(s.seq, produced) == Reuse::kNo;
 }
 
 ssize_t Consumer::read(void* dst, size_t count) noexcept {
@@ -238,7 +266,7 @@ uint64_t Consumer::bytes_produced() noexcept {
   // The producer's counter runs on across resets; if it went backwards, count on from what we
   // had already reported rather than shrink.
   const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
-  if (produced >= consumed_ && !lapped(consumed_, produced)) {
+  if (produced >= consumed_ && reused(consumed_, produced) == Reuse::kNo) {
     const uint32_t slot = static_cast<uint32_t>(produced % n_);
     total += proven_prefix(produced, slot, (produced / n_) * size_, true);
   }

@@ -73,7 +73,8 @@ class Consumer {
   int next_span(Span* s) noexcept;
   uint32_t proven_prefix(uint64_t seq, uint32_t slot, uint64_t base, bool current) const noexcept;
   uint32_t remember_prefix(uint64_t seq, uint32_t prefix) noexcept;
-  bool lapped(uint64_t seq, uint64_t produced) const noexcept;
+  enum class Reuse { kNo, kYes, kMaybe };
+  Reuse reused(uint64_t seq, uint64_t produced) const noexcept;
   bool still_valid(const Span& s) const noexcept;
   void consume_one() noexcept;
   void publish() noexcept;
