@@ -1,0 +1,225 @@
+// Producer benchmark: the cost of one record written through the core, against one write(2) per
+// record into a pipe drained by `cat`, measured in the same run.
+//
+// Configurations (a reader thread drains every buffer concurrently in all of them):
+//   1 thread,  per-CPU buffer   the writer pinned to CPU 0, the reader to CPU 1
+//   2 threads, per-CPU buffers  one writer pinned to each CPU, each on its own buffer (relay's design)
+//   2 threads, shared buffer    both writers on one buffer (a global channel)
+// Buffers are big enough to hold the whole run and pre-faulted, so what is timed is the record
+// path, not page faults or a full buffer. Each figure is the median of several runs; machines are
+// shared and noisy, so compare ratios within one run rather than absolute times across runs.
+//
+// Usage: producer_bench [--runs N] [--records N] [--sizes 16,64,...]
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/consumer.h"
+#include "core/producer.h"
+
+extern char** environ;
+
+using namespace relayfs::core;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Options {
+  int runs = 5;
+  uint64_t records = 2'000'000;
+  uint64_t pipe_records = 200'000;
+  std::vector<uint32_t> sizes = {16, 64, 256, 1024};
+};
+
+void pin(int cpu) {
+  const int ncpu = static_cast<int>(std::thread::hardware_concurrency());
+  if (ncpu <= 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu % ncpu, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Run {
+  double ns_per_record;
+  uint64_t lost;
+};
+
+// One timed run: `writers` threads write `per_writer` records of `size` bytes; `shared` puts them
+// all on one buffer, otherwise each has its own. A reader thread drains everything meanwhile.
+Run run_relay(uint32_t size, int writers, bool shared, uint64_t per_writer) {
+  const int nbuf = shared ? 1 : writers;
+  // Sub-buffers of 1 MiB; enough of them to hold the run without the reader keeping up.
+  const uint64_t bytes = per_writer * size * (shared ? writers : 1);
+  const uint64_t subbuf = 1 << 20;
+  const uint64_t n = std::min<uint64_t>(1024, bytes / subbuf + 2);
+  Geometry g;
+  if (make_geometry(subbuf, n, &g) != 0) std::abort();
+  std::vector<Buffer> bufs(nbuf);
+  std::vector<std::unique_ptr<Producer>> prods;
+  std::vector<std::unique_ptr<Consumer>> cons;
+  for (auto& b : bufs) {
+    if (Buffer::create(g, "bench", &b) != 0) std::abort();
+    std::memset(b.data(), 0, g.data_size());  // pre-fault
+    prods.push_back(std::make_unique<Producer>(b));
+    cons.push_back(std::make_unique<Consumer>(b));
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int> ready{0};
+  std::thread reader([&] {
+    if (writers == 1) pin(1);
+    std::vector<char> sink(1 << 20);
+    for (;;) {
+      const bool last = stop.load(std::memory_order_acquire);
+      size_t got = 0;
+      for (auto& c : cons) got += static_cast<size_t>(std::max<ssize_t>(0, c->read(sink.data(), sink.size())));
+      if (got == 0) {
+        if (last) break;
+        std::this_thread::yield();
+      }
+    }
+  });
+  std::vector<double> elapsed(writers);
+  std::vector<std::thread> threads;
+  std::atomic<bool> go{false};
+  for (int w = 0; w < writers; ++w) {
+    threads.emplace_back([&, w] {
+      pin(w);
+      Producer& p = *prods[shared ? 0 : w];
+      std::vector<char> rec(size, static_cast<char>('a' + w));
+      ready.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) {
+      }
+      const auto t0 = Clock::now();
+      for (uint64_t i = 0; i < per_writer; ++i) {
+        std::memcpy(rec.data(), &i, sizeof i);
+        p.write(rec.data(), size);
+      }
+      elapsed[w] = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
+    });
+  }
+  while (ready.load() != writers) {
+  }
+  go.store(true, std::memory_order_release);
+  for (auto& t : threads) t.join();
+  for (auto& p : prods) p->flush();
+  stop.store(true, std::memory_order_release);
+  reader.join();
+  uint64_t lost = 0;
+  for (auto& c : cons) {
+    const BufferStats st = c->stats();
+    lost += st.lost_full + st.lost_too_big + st.lost_wrap;
+  }
+  // Cost per record as the writers see it: wall time of the slowest writer over its records.
+  const double slowest = *std::max_element(elapsed.begin(), elapsed.end());
+  return {slowest / static_cast<double>(per_writer), lost};
+}
+
+// Baseline: one write(2) per record into a pipe whose other end `cat` copies to /dev/null.
+double run_pipe(uint32_t size, uint64_t records) {
+  int fds[2];
+  if (::pipe(fds) != 0) std::abort();
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[0], 0);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addclose(&fa, fds[1]);
+  char cat[] = "cat";
+  char* argv[] = {cat, nullptr};
+  pid_t pid;
+  if (posix_spawnp(&pid, "cat", &fa, nullptr, argv, environ) != 0) std::abort();
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(fds[0]);
+  std::vector<char> rec(size, 'p');
+  const auto t0 = Clock::now();
+  for (uint64_t i = 0; i < records; ++i) {
+    std::memcpy(rec.data(), &i, sizeof i);
+    if (::write(fds[1], rec.data(), size) != static_cast<ssize_t>(size)) std::abort();
+  }
+  const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
+  ::close(fds[1]);
+  int status;
+  ::waitpid(pid, &status, 0);
+  return ns / static_cast<double>(records);
+}
+
+std::vector<uint32_t> parse_sizes(const char* s) {
+  std::vector<uint32_t> v;
+  for (const char* p = s; *p;) {
+    v.push_back(static_cast<uint32_t>(std::strtoul(p, const_cast<char**>(&p), 10)));
+    if (*p == ',') ++p;
+  }
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--runs" && i + 1 < argc) o.runs = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--records" && i + 1 < argc) o.records = std::strtoull(argv[++i], nullptr, 10);
+    else if (a == "--sizes" && i + 1 < argc) o.sizes = parse_sizes(argv[++i]);
+    else {
+      std::fprintf(stderr, "usage: %s [--runs N] [--records N] [--sizes 16,64,...]\n", argv[0]);
+      return 2;
+    }
+  }
+  std::printf("relayfs producer benchmark: median of %d runs, %llu records per writer per run\n",
+              o.runs, static_cast<unsigned long long>(o.records));
+  std::printf("CPUs: %u. Every configuration has a reader thread draining the buffers.\n\n",
+              std::thread::hardware_concurrency());
+  std::printf("%-6s %-30s %12s %10s %14s %12s\n", "record", "configuration", "ns/record", "lost",
+              "pipe ns/rec", "pipe/relayfs");
+  for (uint32_t size : o.sizes) {
+    std::vector<double> pipe_ns;
+    for (int r = 0; r < o.runs; ++r) pipe_ns.push_back(run_pipe(size, o.pipe_records));
+    const double pipe = median(pipe_ns);
+    struct Config {
+      const char* name;
+      int writers;
+      bool shared;
+    } configs[] = {{"1 thread, per-CPU buffer", 1, false},
+                   {"2 threads, per-CPU buffers", 2, false},
+                   {"2 threads, one shared buffer", 2, true}};
+    double one_thread = 0;
+    for (const Config& c : configs) {
+      std::vector<double> ns;
+      uint64_t lost = 0;
+      for (int r = 0; r < o.runs; ++r) {
+        const Run run = run_relay(size, c.writers, c.shared, o.records);
+        ns.push_back(run.ns_per_record);
+        lost += run.lost;
+      }
+      const double m = median(ns);
+      if (c.writers == 1) one_thread = m;
+      std::printf("%4u B %-30s %12.1f %10llu %14.1f %11.0fx", size, c.name, m,
+                  static_cast<unsigned long long>(lost), pipe, pipe / m);
+      if (c.writers > 1)
+        std::printf("   throughput vs 1 thread: %.2fx", c.writers * one_thread / m);
+      std::printf("\n");
+    }
+  }
+  return 0;
+}
