@@ -103,6 +103,12 @@ int Producer::reserve_slow(size_t len, Reservation* r) noexcept {
       continue;
     }
     if (off != kOffStopped && off + len <= size_) return reserve(len, r);  // someone switched
+    if (off == kOffStopped && !hooks_.subbuf_start && buf_full()) {
+      // The default callback would refuse again, and it has no side effects to run: drop the
+      // record without taking the switch, so a full buffer costs its writers little.
+      hdr_->lost_full.fetch_add(1, std::memory_order_relaxed);
+      return -ENOSPC;
+    }
     if (take_switch(&w)) return switch_locked(w, static_cast<uint32_t>(len), r, false);
   }
 }
