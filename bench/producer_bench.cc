@@ -5,8 +5,8 @@
 // woken the way the spec wakes poll(): when a sub-buffer is produced ("boundary"); a second row
 // shows a reader that re-reads continuously ("spinning"), the worst case for the writer's caches.
 //   1 thread,  per-CPU buffer   the writer pinned to CPU 0, the reader to CPU 1
-//   2 threads, per-CPU buffers  one writer pinned to each CPU, each on its own buffer (relay's design)
-//   2 threads, shared buffer    both writers on one buffer (a global channel)
+//   2 threads, per-CPU buffers  one writer pinned to each CPU, each on its own buffer (relay's
+//   design) 2 threads, shared buffer    both writers on one buffer (a global channel)
 // Each buffer has the geometry of a typical relay channel, 8 sub-buffers of 1 MiB, pre-faulted;
 // the reader keeps it drained, and records it could not take are reported as lost. (A buffer big
 // enough to hold a whole run would mostly time DRAM write bandwidth: on the 2-vCPU development
@@ -14,7 +14,8 @@
 // several runs; machines are shared and noisy, so compare ratios within one run rather than
 // absolute times across runs.
 //
-// Usage: producer_bench [--runs N] [--records N] [--sizes 16,64,...] [--subbuf-size B] [--n-subbufs N]
+// Usage: producer_bench [--runs N] [--records N] [--sizes 16,64,...] [--subbuf-size B] [--n-subbufs
+// N]
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -100,7 +101,8 @@ Run run_relay(uint32_t size, int writers, bool shared, uint64_t per_writer, Read
     for (;;) {
       const bool last = stop.load(std::memory_order_acquire);
       size_t got = 0;
-      for (auto& c : cons) got += static_cast<size_t>(std::max<ssize_t>(0, c->read(sink.data(), sink.size())));
+      for (auto& c : cons)
+        got += static_cast<size_t>(std::max<ssize_t>(0, c->read(sink.data(), sink.size())));
       if (got != 0) continue;
       if (last) break;
       if (mode == Reader::kSpinning) continue;
@@ -197,11 +199,16 @@ int main(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--runs" && i + 1 < argc) o.runs = std::max(1, std::atoi(argv[++i]));
-    else if (a == "--records" && i + 1 < argc) o.records = std::strtoull(argv[++i], nullptr, 10);
-    else if (a == "--sizes" && i + 1 < argc) o.sizes = parse_sizes(argv[++i]);
-    else if (a == "--subbuf-size" && i + 1 < argc) o_subbuf_size = std::strtoull(argv[++i], nullptr, 10);
-    else if (a == "--n-subbufs" && i + 1 < argc) o_n_subbufs = std::strtoull(argv[++i], nullptr, 10);
+    if (a == "--runs" && i + 1 < argc)
+      o.runs = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--records" && i + 1 < argc)
+      o.records = std::strtoull(argv[++i], nullptr, 10);
+    else if (a == "--sizes" && i + 1 < argc)
+      o.sizes = parse_sizes(argv[++i]);
+    else if (a == "--subbuf-size" && i + 1 < argc)
+      o_subbuf_size = std::strtoull(argv[++i], nullptr, 10);
+    else if (a == "--n-subbufs" && i + 1 < argc)
+      o_n_subbufs = std::strtoull(argv[++i], nullptr, 10);
     else {
       std::fprintf(stderr,
                    "usage: %s [--runs N] [--records N] [--sizes 16,64,...] [--subbuf-size B] "
@@ -212,9 +219,10 @@ int main(int argc, char** argv) {
   }
   std::printf("relayfs producer benchmark: median of %d runs, %llu records per writer per run\n",
               o.runs, static_cast<unsigned long long>(o.records));
-  std::printf("ns/write: cost of one write() call as the writer sees it (accepted or dropped).\n"
-              "written: share of records accepted (the rest were dropped and counted as lost).\n"
-              "scaling: records written per second against 1 thread.\n");
+  std::printf(
+      "ns/write: cost of one write() call as the writer sees it (accepted or dropped).\n"
+      "written: share of records accepted (the rest were dropped and counted as lost).\n"
+      "scaling: records written per second against 1 thread.\n");
   std::printf("CPUs: %u. Buffers of %llu x %llu bytes; a reader thread drains them throughout.\n\n",
               std::thread::hardware_concurrency(), static_cast<unsigned long long>(o_n_subbufs),
               static_cast<unsigned long long>(o_subbuf_size));
@@ -249,7 +257,8 @@ int main(int argc, char** argv) {
       const double attempted = static_cast<double>(o.records) * c.writers * o.runs;
       std::printf("%4u B %-30s %10.1f %8.1f%% %12.1f %11.0fx", size, c.name, m,
                   100.0 * (attempted - static_cast<double>(lost)) / attempted, pipe, pipe / m);
-      if (c.writers > 1 && c.reader == Reader::kBoundary) std::printf(" %9.2fx", written_rate / one_thread);
+      if (c.writers > 1 && c.reader == Reader::kBoundary)
+        std::printf(" %9.2fx", written_rate / one_thread);
       std::printf("\n");
     }
   }

@@ -47,7 +47,8 @@ int Buffer::create(const Geometry& g, const char* name, Buffer* out) noexcept {
   return 0;
 }
 
-int Buffer::attach(UniqueFd fd, const Geometry& g, int prot, bool check_header, Buffer* out) noexcept {
+int Buffer::attach(UniqueFd fd, const Geometry& g, int prot, bool check_header,
+                   Buffer* out) noexcept {
   if (!fd) return -EBADF;
   const Layout l = Layout::of(g);
   struct stat st;

@@ -25,7 +25,8 @@ class Buffer {
   // and sealed against shrinking and growing, so that no later ftruncate by the other side
   // can turn an access into SIGBUS. prot is PROT_READ or PROT_READ | PROT_WRITE.
   // Returns 0, or -EINVAL (wrong size, missing seals, bad magic when check_header), -errno.
-  static int attach(UniqueFd fd, const Geometry& g, int prot, bool check_header, Buffer* out) noexcept;
+  static int attach(UniqueFd fd, const Geometry& g, int prot, bool check_header,
+                    Buffer* out) noexcept;
 
   ShmHeader* header() const noexcept { return reinterpret_cast<ShmHeader*>(map_.bytes()); }
   SubbufMeta* meta() const noexcept {

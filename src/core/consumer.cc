@@ -95,7 +95,8 @@ void Consumer::consume_one() noexcept {
 }
 
 // The longest prefix of sub-buffer seq known to be wholly committed.
-uint32_t Consumer::proven_prefix(uint64_t seq, uint32_t slot, uint64_t base, bool current) const noexcept {
+uint32_t Consumer::proven_prefix(uint64_t seq, uint32_t slot, uint64_t base,
+                                 bool current) const noexcept {
   uint32_t best = ready_seq_ == seq ? ready_ : 0;
   const SubbufMeta& m = meta_[slot];
   // The writers' own proof (Producer::commit). Values of other laps fall outside [base, base+S].
@@ -156,11 +157,13 @@ int Consumer::next_span(Span* s) noexcept {
           commit == base + size_
               ? end
               : std::min(end, remember_prefix(seq, proven_prefix(seq, slot, base, false)));
-      if (limit > bytes_consumed_) *s = {seq, slot, bytes_consumed_, limit - bytes_consumed_, end, true};
+      if (limit > bytes_consumed_)
+        *s = {seq, slot, bytes_consumed_, limit - bytes_consumed_, end, true};
       return 0;
     }
     const uint32_t limit = remember_prefix(seq, proven_prefix(seq, slot, base, true));
-    if (limit > bytes_consumed_) *s = {seq, slot, bytes_consumed_, limit - bytes_consumed_, 0, false};
+    if (limit > bytes_consumed_)
+      *s = {seq, slot, bytes_consumed_, limit - bytes_consumed_, 0, false};
     return 0;
   }
   return 0;

@@ -92,8 +92,8 @@ class Consumer {
   uint64_t consumed_ = 0;        // sub-buffers consumed
   uint32_t bytes_consumed_ = 0;  // bytes read inside sub-buffer consumed_
   uint64_t ready_seq_ = ~uint64_t{0};
-  uint32_t ready_ = 0;           // proven-committed prefix of sub-buffer ready_seq_
-  uint32_t gen_ = 0;             // reset generation the position belongs to
+  uint32_t ready_ = 0;  // proven-committed prefix of sub-buffer ready_seq_
+  uint32_t gen_ = 0;    // reset generation the position belongs to
   bool finalized_ = false;
 
   uint64_t total_read_ = 0;

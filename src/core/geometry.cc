@@ -10,7 +10,9 @@ namespace relayfs::core {
 
 namespace {
 
-uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
+uint64_t round_up(uint64_t v, uint64_t to) {
+  return (v + to - 1) / to * to;
+}
 
 int fail(int err, std::string* why, std::string msg) {
   if (why) *why = std::move(msg);

@@ -34,14 +34,15 @@ struct Geometry {
 //   -EINVAL  a size is zero;
 //   -EFBIG   a size, or their product, is above the limits above.
 // When why is not null it receives a sentence naming the offending value and the limit.
-int make_geometry(uint64_t subbuf_size, uint64_t n_subbufs, Geometry* out, std::string* why = nullptr);
+int make_geometry(uint64_t subbuf_size, uint64_t n_subbufs, Geometry* out,
+                  std::string* why = nullptr);
 
 // Where things sit inside a buffer's shared-memory object. Every offset is page aligned, so
 // the data area can be mapped, registered with io_uring or handed to O_DIRECT on its own.
 struct Layout {
-  uint64_t meta_offset = 0;   // SubbufMeta[n_subbufs]
-  uint64_t data_offset = 0;   // n_subbufs * subbuf_size bytes
-  uint64_t total_size = 0;    // size of the memfd
+  uint64_t meta_offset = 0;  // SubbufMeta[n_subbufs]
+  uint64_t data_offset = 0;  // n_subbufs * subbuf_size bytes
+  uint64_t total_size = 0;   // size of the memfd
 
   static Layout of(const Geometry& g);
 };

@@ -35,9 +35,15 @@ inline constexpr uint32_t kOffStopped = 0xffffffff;
 inline constexpr uint64_t make_word(uint32_t slot, uint64_t seq, uint32_t off) {
   return (seq << 48) | (uint64_t{slot} << 32) | off;
 }
-inline constexpr uint32_t word_off(uint64_t w) { return static_cast<uint32_t>(w); }
-inline constexpr uint32_t word_slot(uint64_t w) { return static_cast<uint32_t>(w >> 32) & 0xffff; }
-inline constexpr uint16_t word_seq(uint64_t w) { return static_cast<uint16_t>(w >> 48); }
+inline constexpr uint32_t word_off(uint64_t w) {
+  return static_cast<uint32_t>(w);
+}
+inline constexpr uint32_t word_slot(uint64_t w) {
+  return static_cast<uint32_t>(w >> 32) & 0xffff;
+}
+inline constexpr uint16_t word_seq(uint64_t w) {
+  return static_cast<uint16_t>(w >> 48);
+}
 
 // The consumed count the consumer publishes carries the reset generation it belongs to:
 //   bits 0..47 sub-buffers consumed, bits 48..63 low bits of ShmHeader::reset_gen.
@@ -73,14 +79,14 @@ struct ShmHeader {
   std::atomic<uint32_t> close_off;  // offset in the current sub-buffer when it was closed
 
   // Loss counters: written on the slow path only.
-  alignas(kCacheLine) std::atomic<uint64_t> lost_full;     // switch refused (buffer full)
-  std::atomic<uint64_t> lost_too_big;                      // record larger than a sub-buffer
-  std::atomic<uint64_t> lost_wrap;                         // next sub-buffer still being committed
+  alignas(kCacheLine) std::atomic<uint64_t> lost_full;  // switch refused (buffer full)
+  std::atomic<uint64_t> lost_too_big;                   // record larger than a sub-buffer
+  std::atomic<uint64_t> lost_wrap;                      // next sub-buffer still being committed
 
   // Consumer line: written by the consumer only, read by producers. Kept apart from the producer
   // lines so a reader publishing progress does not steal the writers' cache lines.
-  alignas(kCacheLine) std::atomic<uint64_t> consumed;        // consumed_tag(gen, sub-buffers)
-  std::atomic<uint64_t> bytes_consumed;                      // bytes handed to readers
+  alignas(kCacheLine) std::atomic<uint64_t> consumed;  // consumed_tag(gen, sub-buffers)
+  std::atomic<uint64_t> bytes_consumed;                // bytes handed to readers
 
   // Doorbell: non-zero while a reader waits for data. Producers load it after each commit
   // (a plain load on x86) and ring the wake-up only when it is set.

@@ -9,7 +9,8 @@ namespace relayfs::core {
 int Mapping::map(int fd, size_t len, int prot, Mapping* out) noexcept {
   const size_t guard = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   const size_t outer_len = len + 2 * guard;
-  void* outer = ::mmap(nullptr, outer_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* outer =
+      ::mmap(nullptr, outer_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (outer == MAP_FAILED) return -errno;
   void* want = static_cast<char*>(outer) + guard;
   void* p = ::mmap(want, len, prot, MAP_SHARED | MAP_FIXED, fd, 0);

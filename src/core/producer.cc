@@ -47,7 +47,8 @@ bool Producer::buf_full() const noexcept {
   const uint64_t tagged = hdr_->consumed.load(std::memory_order_acquire);
   const uint32_t gen = hdr_->reset_gen.load(std::memory_order_relaxed);
   // A count published for another reset generation means nothing has been consumed since.
-  const uint64_t consumed = consumed_tag(gen, 0) == (tagged & ~kConsumedMask) ? tagged & kConsumedMask : 0;
+  const uint64_t consumed =
+      consumed_tag(gen, 0) == (tagged & ~kConsumedMask) ? tagged & kConsumedMask : 0;
   // A count above produced cannot come from an honest reader; read it as "nothing consumed".
   return consumed <= produced ? produced - consumed >= n_ : produced >= n_;
 }
@@ -82,6 +83,17 @@ bool Producer::take_switch(uint64_t* w) noexcept {
   return true;
 }
 
+// Reloads *w until no switch is in progress. Returns false if the switch is held by this very
+// thread (a write from subbuf_start or from a signal handler): waiting would never end.
+bool Producer::wait_switch(uint64_t* w) const noexcept {
+  for (unsigned spins = 0; word_off(*w) == kOffBusy; ++spins) {
+    if (tl_switch_owner == this) return false;
+    relax(spins);
+    *w = hdr_->wpos.load(std::memory_order_acquire);
+  }
+  return true;
+}
+
 int Producer::reserve_slow(size_t len, Reservation* r) noexcept {
   if (len == 0) return -EINVAL;
   if (len > size_) {
@@ -90,18 +102,13 @@ int Producer::reserve_slow(size_t len, Reservation* r) noexcept {
     return -EMSGSIZE;
   }
   uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
-  for (unsigned spins = 0;; ++spins) {
+  for (;;) {
+    if (!wait_switch(&w)) {
+      hdr_->lost_full.fetch_add(1, std::memory_order_relaxed);
+      return -ENOSPC;
+    }
     const uint32_t off = word_off(w);
     if (off == kOffClosed) return -EPIPE;
-    if (off == kOffBusy) {
-      if (tl_switch_owner == this) {
-        hdr_->lost_full.fetch_add(1, std::memory_order_relaxed);
-        return -ENOSPC;
-      }
-      relax(spins);
-      w = hdr_->wpos.load(std::memory_order_acquire);
-      continue;
-    }
     if (off != kOffStopped && off + len <= size_) return reserve(len, r);  // someone switched
     if (off == kOffStopped && !hooks_.subbuf_start && buf_full()) {
       // The default callback would refuse again, and it has no side effects to run: drop the
@@ -210,15 +217,9 @@ void Producer::open() noexcept {
 
 int Producer::flush() noexcept {
   uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
-  for (unsigned spins = 0;; ++spins) {
-    const uint32_t off = word_off(w);
-    if (off == kOffClosed) return -EPIPE;
-    if (off == kOffBusy) {
-      if (tl_switch_owner == this) return -EDEADLK;
-      relax(spins);
-      w = hdr_->wpos.load(std::memory_order_acquire);
-      continue;
-    }
+  for (;;) {
+    if (!wait_switch(&w)) return -EDEADLK;
+    if (word_off(w) == kOffClosed) return -EPIPE;
     if (take_switch(&w)) return switch_locked(w, 0, nullptr, false);
   }
 }
@@ -250,15 +251,8 @@ void Producer::reset() noexcept {
 
 void Producer::close() noexcept {
   uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
-  for (unsigned spins = 0;; ++spins) {
-    const uint32_t off = word_off(w);
-    if (off == kOffClosed) return;
-    if (off == kOffBusy) {
-      if (tl_switch_owner == this) return;
-      relax(spins);
-      w = hdr_->wpos.load(std::memory_order_acquire);
-      continue;
-    }
+  for (;;) {
+    if (!wait_switch(&w) || word_off(w) == kOffClosed) return;
     // The current sub-buffer stays as it is: readers drain it up to its committed prefix, which
     // they prove against close_off once no writer can reserve any more.
     if (hdr_->wpos.compare_exchange_weak(w, (w & ~uint64_t{0xffffffff}) | kOffClosed,

@@ -105,6 +105,7 @@ class Producer {
   int reserve_slow(size_t len, Reservation* r) noexcept;
   int switch_locked(uint64_t w, uint32_t len, Reservation* r, bool opening) noexcept;
   bool take_switch(uint64_t* w) noexcept;
+  bool wait_switch(uint64_t* w) const noexcept;
   bool commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept;
   void on_complete(uint32_t slot) noexcept;
   void ring() noexcept;

@@ -23,7 +23,7 @@ TEST_CASE("read removes padding and keeps header bytes") {
   Rig rig(16, 4, hook.hooks());
   REQUIRE(rig.write("abcdefgh") == 0);  // header(4) + 8: 4 bytes left
   REQUIRE(rig.write("ijklmn") == 0);    // does not fit: sub-buffer 0 closes with padding 4
-  REQUIRE(rig.prod->flush() == 0);       // sub-buffer 1 closes; sub-buffer 2 begins with its header
+  REQUIRE(rig.prod->flush() == 0);      // sub-buffer 1 closes; sub-buffer 2 begins with its header
   const std::string got = rig.drain();
   REQUIRE(got.size() == 4 + 8 + 4 + 6 + 4);
   uint32_t pad0;
@@ -143,7 +143,8 @@ TEST_CASE("Buffer::attach maps a sealed buffer fd and refuses anything else") {
   REQUIRE(core::Buffer::create(g, "t", &a) == 0);
   core::Buffer b;
   // The consumer publishes its position and arms the doorbell: it needs a writable mapping.
-  REQUIRE(core::Buffer::attach(core::UniqueFd(::dup(a.fd())), g, PROT_READ | PROT_WRITE, true, &b) == 0);
+  REQUIRE(core::Buffer::attach(core::UniqueFd(::dup(a.fd())), g, PROT_READ | PROT_WRITE, true,
+                               &b) == 0);
   core::Producer p(a);
   core::Consumer c(b);
   REQUIRE(p.write("shared", 6) == 0);
@@ -154,7 +155,8 @@ TEST_CASE("Buffer::attach maps a sealed buffer fd and refuses anything else") {
   core::Geometry other;
   REQUIRE(core::make_geometry(4096, 8, &other) == 0);
   core::Buffer bad;
-  CHECK(core::Buffer::attach(core::UniqueFd(::dup(a.fd())), other, PROT_READ, true, &bad) == -EINVAL);
+  CHECK(core::Buffer::attach(core::UniqueFd(::dup(a.fd())), other, PROT_READ, true, &bad) ==
+        -EINVAL);
   // An unsealed memfd of the right size could shrink under the reader: refused.
   core::UniqueFd raw(::memfd_create("unsealed", MFD_CLOEXEC));
   REQUIRE(raw);

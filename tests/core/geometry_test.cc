@@ -44,9 +44,15 @@ TEST_CASE("make_geometry rejects sizes above the limits with EFBIG") {
 
 TEST_CASE("the layout is page aligned and holds the control area and the data") {
   Geometry g;
-  SUBCASE("sizes that are not page multiples") { REQUIRE(make_geometry(1000, 3, &g) == 0); }
-  SUBCASE("many small sub-buffers") { REQUIRE(make_geometry(64, 1000, &g) == 0); }
-  SUBCASE("page-sized sub-buffers") { REQUIRE(make_geometry(4096, 4, &g) == 0); }
+  SUBCASE("sizes that are not page multiples") {
+    REQUIRE(make_geometry(1000, 3, &g) == 0);
+  }
+  SUBCASE("many small sub-buffers") {
+    REQUIRE(make_geometry(64, 1000, &g) == 0);
+  }
+  SUBCASE("page-sized sub-buffers") {
+    REQUIRE(make_geometry(4096, 4, &g) == 0);
+  }
   const Layout l = Layout::of(g);
   const uint64_t ps = page_size();
   CHECK(l.data_offset % ps == 0);

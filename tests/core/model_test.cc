@@ -19,10 +19,10 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
-#include <map>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <map>
 #include <random>
 
 #include "harness.h"
@@ -123,7 +123,8 @@ class KernelModel {
             continue;
           }
           closed = true;
-          limit = first_open(consumed_) == kNone ? end : std::min<uint64_t>(end, proven_[consumed_]);
+          limit =
+              first_open(consumed_) == kNone ? end : std::min<uint64_t>(end, proven_[consumed_]);
         } else if (!stopped_) {
           if (first_open(produced_) == kNone) proven_[produced_] = offset_;  // the reader's proof
           limit = proven_[produced_];
@@ -281,10 +282,14 @@ void run_sequence(uint64_t seed, const Scenario& sc, int steps) {
   auto len_of = [&] {
     // Mostly records that fit a few times per sub-buffer; some that fill it or cannot fit.
     switch (rng() % 10) {
-      case 0: return static_cast<uint32_t>(sc.S - rng() % 3);
-      case 1: return static_cast<uint32_t>(sc.S + 1 + rng() % 4);
-      case 2: return static_cast<uint32_t>(0);
-      default: return static_cast<uint32_t>(1 + rng() % std::max<uint32_t>(1, sc.S / 3));
+      case 0:
+        return static_cast<uint32_t>(sc.S - rng() % 3);
+      case 1:
+        return static_cast<uint32_t>(sc.S + 1 + rng() % 4);
+      case 2:
+        return static_cast<uint32_t>(0);
+      default:
+        return static_cast<uint32_t>(1 + rng() % std::max<uint32_t>(1, sc.S / 3));
     }
   };
 
@@ -386,12 +391,24 @@ void run_many(const Scenario& base, int sequences, int steps) {
 
 TEST_CASE("randomised sequences match the kernel model byte for byte") {
   Scenario sc{0, 0, 0, Mode::kNoOverwrite};
-  SUBCASE("no-overwrite, no header") { sc = {0, 0, 0, Mode::kNoOverwrite}; }
-  SUBCASE("no-overwrite, the spec's 4-byte padding header") { sc = {0, 0, 4, Mode::kNoOverwrite}; }
-  SUBCASE("no-overwrite, 12-byte header") { sc = {0, 0, 12, Mode::kNoOverwrite}; }
-  SUBCASE("overwrite, no header") { sc = {0, 0, 0, Mode::kOverwrite}; }
-  SUBCASE("overwrite, the spec's 4-byte padding header") { sc = {0, 0, 4, Mode::kOverwrite}; }
-  SUBCASE("overwrite, 12-byte header") { sc = {0, 0, 12, Mode::kOverwrite}; }
+  SUBCASE("no-overwrite, no header") {
+    sc = {0, 0, 0, Mode::kNoOverwrite};
+  }
+  SUBCASE("no-overwrite, the spec's 4-byte padding header") {
+    sc = {0, 0, 4, Mode::kNoOverwrite};
+  }
+  SUBCASE("no-overwrite, 12-byte header") {
+    sc = {0, 0, 12, Mode::kNoOverwrite};
+  }
+  SUBCASE("overwrite, no header") {
+    sc = {0, 0, 0, Mode::kOverwrite};
+  }
+  SUBCASE("overwrite, the spec's 4-byte padding header") {
+    sc = {0, 0, 4, Mode::kOverwrite};
+  }
+  SUBCASE("overwrite, 12-byte header") {
+    sc = {0, 0, 12, Mode::kOverwrite};
+  }
   run_many(sc, 150, 600);
 }
 
@@ -400,14 +417,14 @@ TEST_CASE("the model itself follows the spec on a hand-checked sequence") {
   KernelModel m(8, 2, Mode::kNoOverwrite, 0);
   auto bytes = [](const char* s) { return std::vector<uint8_t>(s, s + std::strlen(s)); };
   CHECK(m.write(bytes("abcde")) == 0);
-  CHECK(m.write(bytes("fgh")) == 0);     // exactly fills sub-buffer 0
-  CHECK(m.write(bytes("ijklm")) == 0);   // switch: padding 0
-  CHECK(m.write(bytes("nop")) == 0);     // fills sub-buffer 1
-  CHECK(m.write(bytes("q")) == -ENOSPC); // both produced? no: one produced, switch makes two: full
+  CHECK(m.write(bytes("fgh")) == 0);      // exactly fills sub-buffer 0
+  CHECK(m.write(bytes("ijklm")) == 0);    // switch: padding 0
+  CHECK(m.write(bytes("nop")) == 0);      // fills sub-buffer 1
+  CHECK(m.write(bytes("q")) == -ENOSPC);  // both produced? no: one produced, switch makes two: full
   CHECK(m.lost_full == 1);
   const auto r = m.read(100);
   CHECK(std::string(r.begin(), r.end()) == "abcdefghijklmnop");
-  CHECK(m.write(bytes("qr")) == 0);      // consumed: the refused switch is retried and succeeds
+  CHECK(m.write(bytes("qr")) == 0);  // consumed: the refused switch is retried and succeeds
   const auto r2 = m.read(100);
   CHECK(std::string(r2.begin(), r2.end()) == "qr");
 }

@@ -168,8 +168,8 @@ TEST_CASE("deliver fires once per sub-buffer when every reservation is committed
   core::Reservation a, b;
   REQUIRE(rig.prod->reserve(6, &a) == 0);
   REQUIRE(rig.prod->reserve(6, &b) == 0);
-  rig.prod->commit(b);                  // out of order
-  REQUIRE(rig.write("xxxxxx") == 0);    // switches: sub-buffer 0 closed with a in flight
+  rig.prod->commit(b);                // out of order
+  REQUIRE(rig.write("xxxxxx") == 0);  // switches: sub-buffer 0 closed with a in flight
   CHECK(count.slots.empty());
   rig.prod->commit(a);
   REQUIRE(count.slots.size() == 1);
@@ -182,7 +182,9 @@ TEST_CASE("deliver fires once per sub-buffer when every reservation is committed
 TEST_CASE("buf_full fires once when the buffer becomes full") {
   struct Count {
     int full = 0;
-    static void buf_full(void* ctx, core::Producer&, uint32_t, void*) { ++static_cast<Count*>(ctx)->full; }
+    static void buf_full(void* ctx, core::Producer&, uint32_t, void*) {
+      ++static_cast<Count*>(ctx)->full;
+    }
   } count;
   core::ProducerHooks hk;
   hk.buf_full = &Count::buf_full;

@@ -47,7 +47,8 @@ uint32_t checksum(const uint8_t* p, size_t n) {
 void fill_record(uint8_t* out, uint32_t len, uint16_t writer, uint64_t seq) {
   RecHeader h{len, writer, kMagic, seq};
   std::memcpy(out, &h, sizeof h);
-  for (uint32_t i = sizeof h; i < len - 4; ++i) out[i] = static_cast<uint8_t>(writer * 31 + seq * 7 + i);
+  for (uint32_t i = sizeof h; i < len - 4; ++i)
+    out[i] = static_cast<uint8_t>(writer * 31 + seq * 7 + i);
   const uint32_t c = checksum(out, len - 4);
   std::memcpy(out + len - 4, &c, 4);
 }
@@ -81,7 +82,8 @@ void run_writers(core::Producer& prod, char* reports, uint64_t per_writer) {
       std::mt19937_64 rng(w * 7919 + 1);
       uint8_t rec[kMaxRecord];
       for (uint64_t seq = 0; seq < per_writer; ++seq) {
-        const uint32_t len = kMinRecord + static_cast<uint32_t>(rng() % (kMaxRecord - kMinRecord + 1));
+        const uint32_t len =
+            kMinRecord + static_cast<uint32_t>(rng() % (kMaxRecord - kMinRecord + 1));
         int rc;
         if (seq % 5 == 0) {  // zero-copy path
           core::Reservation r;
@@ -112,7 +114,10 @@ void run_writers(core::Producer& prod, char* reports, uint64_t per_writer) {
 
 // Parses the stream of records a reader gets, checking each one and that none repeats.
 struct Checker {
-  explicit Checker(uint64_t per_writer) : per_writer(per_writer), seen(kWriters, std::vector<uint8_t>(per_writer, 0)), last(kWriters, -1) {}
+  explicit Checker(uint64_t per_writer)
+      : per_writer(per_writer),
+        seen(kWriters, std::vector<uint8_t>(per_writer, 0)),
+        last(kWriters, -1) {}
 
   uint64_t per_writer;
   std::vector<std::vector<uint8_t>> seen;
@@ -143,8 +148,9 @@ struct Checker {
         uint32_t lastd = h.len;
         while (lastd > 0 && want[lastd - 1] == pending[at + lastd - 1]) --lastd;
         MESSAGE("torn: writer " << h.writer << " seq " << h.seq << " len " << h.len
-                << " differs in [" << first << "," << lastd << ") stream offset " << (consumed_bytes + at)
-                << " got byte " << int(pending[at + first]) << " want " << int(want[first]));
+                                << " differs in [" << first << "," << lastd << ") stream offset "
+                                << (consumed_bytes + at) << " got byte " << int(pending[at + first])
+                                << " want " << int(want[first]));
         return fail("torn record");
       }
       if (seen[h.writer][h.seq]++) return fail("record read twice");
@@ -166,14 +172,15 @@ struct Checker {
 
 struct Outcome {
   uint64_t read = 0, ok = 0, failed = 0, other = 0, lost = 0, overruns = 0;
-  bool subset = true;     // every record read was accepted by a writer
-  bool complete = true;   // every accepted record was read
+  bool subset = true;       // every record read was accepted by a writer
+  bool complete = true;     // every accepted record was read
   bool whole_reads = true;  // every read ended on a record boundary
 };
 
 // Reads until `done()` and the buffer is drained; then checks the stream against the reports.
 Outcome read_and_check(core::Consumer& cons, Mode mode, const std::function<bool()>& done,
-                       const char* reports, uint64_t per_writer, const std::function<const core::BufferStats()>& stats) {
+                       const char* reports, uint64_t per_writer,
+                       const std::function<const core::BufferStats()>& stats) {
   Checker chk(per_writer);
   std::mt19937_64 rng(5);
   std::vector<char> buf(1 << 20);
@@ -182,7 +189,8 @@ Outcome read_and_check(core::Consumer& cons, Mode mode, const std::function<bool
   while (true) {
     // Overwrite readers read big, so that every read ends on a record boundary (a record cut
     // between two reads could be overwritten before its second half is read).
-    const size_t count = mode == Mode::kOverwrite ? buf.size() : 1 + rng() % (rng() % 2 ? 64 : 65536);
+    const size_t count =
+        mode == Mode::kOverwrite ? buf.size() : 1 + rng() % (rng() % 2 ? 64 : 65536);
     const ssize_t n = cons.read(buf.data(), count);
     REQUIRE(n >= 0);
     if (n > 0) {
@@ -191,8 +199,10 @@ Outcome read_and_check(core::Consumer& cons, Mode mode, const std::function<bool
       continue;
     }
     if (finished) break;
-    if (done()) finished = true;  // one more pass after the writers finished
-    else std::this_thread::yield();
+    if (done())
+      finished = true;  // one more pass after the writers finished
+    else
+      std::this_thread::yield();
   }
   REQUIRE(chk.bad == 0);
   CHECK(chk.pending.empty());
@@ -216,8 +226,8 @@ Outcome read_and_check(core::Consumer& cons, Mode mode, const std::function<bool
 
 void check_outcome(const Outcome& o, Mode mode, uint64_t per_writer) {
   MESSAGE("records: attempted " << kWriters * per_writer << ", written " << o.ok << ", read "
-                                << o.read << ", lost (counted) " << o.lost << ", overrun sub-buffers "
-                                << o.overruns);
+                                << o.read << ", lost (counted) " << o.lost
+                                << ", overrun sub-buffers " << o.overruns);
   CHECK(o.other == 0);
   CHECK(o.ok + o.failed == kWriters * per_writer);
   CHECK(o.failed == o.lost);  // every refused record is counted, exactly
@@ -252,8 +262,12 @@ constexpr uint32_t kSubbufs = 8;
 
 TEST_CASE("writer threads and a reader thread: every record intact, once, or counted lost") {
   Mode mode = Mode::kNoOverwrite;
-  SUBCASE("no-overwrite") { mode = Mode::kNoOverwrite; }
-  SUBCASE("overwrite") { mode = Mode::kOverwrite; }
+  SUBCASE("no-overwrite") {
+    mode = Mode::kNoOverwrite;
+  }
+  SUBCASE("overwrite") {
+    mode = Mode::kOverwrite;
+  }
   const uint64_t per_writer = records_per_writer();
   Reports reports(per_writer);
   test::SpecHook hook{mode, 0};
@@ -278,8 +292,12 @@ TEST_CASE("writer threads and a reader thread: every record intact, once, or cou
 
 TEST_CASE("writers in another process: every record intact, once, or counted lost") {
   Mode mode = Mode::kNoOverwrite;
-  SUBCASE("no-overwrite") { mode = Mode::kNoOverwrite; }
-  SUBCASE("overwrite") { mode = Mode::kOverwrite; }
+  SUBCASE("no-overwrite") {
+    mode = Mode::kNoOverwrite;
+  }
+  SUBCASE("overwrite") {
+    mode = Mode::kOverwrite;
+  }
   const uint64_t per_writer = records_per_writer();
   Reports reports(per_writer);
   core::Geometry g;
@@ -293,7 +311,8 @@ TEST_CASE("writers in another process: every record intact, once, or counted los
   if (child == 0) {
     // The producer process: maps the buffer anew from its fd and writes from several threads.
     core::Buffer mine;
-    if (core::Buffer::attach(core::UniqueFd(::dup(buf.fd())), g, PROT_READ | PROT_WRITE, true, &mine) != 0)
+    if (core::Buffer::attach(core::UniqueFd(::dup(buf.fd())), g, PROT_READ | PROT_WRITE, true,
+                             &mine) != 0)
       ::_exit(3);
     test::SpecHook hook{mode, 0};
     core::Producer prod(mine, hook.hooks());

@@ -37,26 +37,35 @@ std::vector<Field> all_fields() {
   auto h = [](core::Buffer& b) { return b.header(); };
   f.push_back({"wpos", [=](core::Buffer& b, uint64_t v) { h(b)->wpos.store(v); }});
   f.push_back({"produced", [=](core::Buffer& b, uint64_t v) { h(b)->produced.store(v); }});
-  f.push_back({"bytes_produced", [=](core::Buffer& b, uint64_t v) { h(b)->bytes_produced.store(v); }});
-  f.push_back({"prev_padding", [=](core::Buffer& b, uint64_t v) { h(b)->prev_padding.store(uint32_t(v)); }});
-  f.push_back({"prev_slot", [=](core::Buffer& b, uint64_t v) { h(b)->prev_slot.store(uint32_t(v)); }});
-  f.push_back({"reset_gen", [=](core::Buffer& b, uint64_t v) { h(b)->reset_gen.store(uint32_t(v)); }});
+  f.push_back(
+      {"bytes_produced", [=](core::Buffer& b, uint64_t v) { h(b)->bytes_produced.store(v); }});
+  f.push_back({"prev_padding",
+               [=](core::Buffer& b, uint64_t v) { h(b)->prev_padding.store(uint32_t(v)); }});
+  f.push_back(
+      {"prev_slot", [=](core::Buffer& b, uint64_t v) { h(b)->prev_slot.store(uint32_t(v)); }});
+  f.push_back(
+      {"reset_gen", [=](core::Buffer& b, uint64_t v) { h(b)->reset_gen.store(uint32_t(v)); }});
   f.push_back({"closed", [=](core::Buffer& b, uint64_t v) { h(b)->closed.store(uint32_t(v)); }});
-  f.push_back({"close_off", [=](core::Buffer& b, uint64_t v) { h(b)->close_off.store(uint32_t(v)); }});
+  f.push_back(
+      {"close_off", [=](core::Buffer& b, uint64_t v) { h(b)->close_off.store(uint32_t(v)); }});
   f.push_back({"lost_full", [=](core::Buffer& b, uint64_t v) { h(b)->lost_full.store(v); }});
   f.push_back({"lost_too_big", [=](core::Buffer& b, uint64_t v) { h(b)->lost_too_big.store(v); }});
   f.push_back({"lost_wrap", [=](core::Buffer& b, uint64_t v) { h(b)->lost_wrap.store(v); }});
   f.push_back({"consumed", [=](core::Buffer& b, uint64_t v) { h(b)->consumed.store(v); }});
-  f.push_back({"bytes_consumed", [=](core::Buffer& b, uint64_t v) { h(b)->bytes_consumed.store(v); }});
+  f.push_back(
+      {"bytes_consumed", [=](core::Buffer& b, uint64_t v) { h(b)->bytes_consumed.store(v); }});
   f.push_back({"waiters", [=](core::Buffer& b, uint64_t v) { h(b)->waiters.store(uint32_t(v)); }});
   f.push_back({"magic", [=](core::Buffer& b, uint64_t v) { h(b)->magic = uint32_t(v); }});
-  f.push_back({"subbuf_size", [=](core::Buffer& b, uint64_t v) { h(b)->subbuf_size = uint32_t(v); }});
+  f.push_back(
+      {"subbuf_size", [=](core::Buffer& b, uint64_t v) { h(b)->subbuf_size = uint32_t(v); }});
   f.push_back({"n_subbufs", [=](core::Buffer& b, uint64_t v) { h(b)->n_subbufs = uint32_t(v); }});
   f.push_back({"data_offset", [=](core::Buffer& b, uint64_t v) { h(b)->data_offset = v; }});
   for (uint32_t i = 0; i < kN; ++i) {
     const std::string s = std::to_string(i);
-    f.push_back({"commit[" + s + "]", [=](core::Buffer& b, uint64_t v) { b.meta()[i].commit.store(v); }});
-    f.push_back({"ready[" + s + "]", [=](core::Buffer& b, uint64_t v) { b.meta()[i].ready.store(v); }});
+    f.push_back(
+        {"commit[" + s + "]", [=](core::Buffer& b, uint64_t v) { b.meta()[i].commit.store(v); }});
+    f.push_back(
+        {"ready[" + s + "]", [=](core::Buffer& b, uint64_t v) { b.meta()[i].ready.store(v); }});
     f.push_back({"padding[" + s + "]",
                  [=](core::Buffer& b, uint64_t v) { b.meta()[i].padding.store(uint32_t(v)); }});
   }
@@ -226,8 +235,8 @@ TEST_CASE("a producer rewriting the control area while reads run cannot trap the
 
 TEST_CASE("the position word, commit count and proven prefix agreeing on an impossible offset") {
   // Single-field corruption cannot make these three agree; a hostile producer can.
-  for (uint64_t x : {uint64_t{kS} + 1, uint64_t{2} * kS, uint64_t{kS} * kN + 5, uint64_t{0x7fffffff},
-                     uint64_t{core::kOffClosed} - 1}) {
+  for (uint64_t x : {uint64_t{kS} + 1, uint64_t{2} * kS, uint64_t{kS} * kN + 5,
+                     uint64_t{0x7fffffff}, uint64_t{core::kOffClosed} - 1}) {
     for (uint64_t seq : {uint64_t{0}, uint64_t{1}, uint64_t{5}}) {
       CAPTURE(x);
       CAPTURE(seq);
