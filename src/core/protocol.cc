@@ -1,0 +1,181 @@
+#include "core/protocol.h"
+
+#include <cerrno>
+#include <cstring>
+
+namespace relayfs::proto {
+
+namespace {
+
+// Appends a header and the fixed part of a payload.
+template <typename Fixed>
+std::vector<char> message(Type t, uint32_t seq, const Fixed& fixed, const std::string& tail = {}) {
+  const Header h{kMagic, kVersion, static_cast<uint16_t>(t),
+                 static_cast<uint32_t>(sizeof(Fixed) + tail.size()), seq};
+  std::vector<char> out(sizeof h + sizeof fixed);
+  std::memcpy(out.data(), &h, sizeof h);
+  std::memcpy(out.data() + sizeof h, &fixed, sizeof fixed);
+  out.insert(out.end(), tail.begin(), tail.end());
+  return out;
+}
+
+// Wire forms: fixed-size, no pointers, explicit padding.
+struct OpenWire {
+  uint64_t parent_ino;
+  uint32_t subbuf_size;
+  uint32_t n_subbufs;
+  uint32_t mode;
+  uint32_t flags;
+  uint32_t name_len;
+  uint32_t reserved;
+};
+struct OpenReplyWire {
+  int32_t status;
+  uint32_t channel_id;
+  uint32_t n_buffers;
+  uint32_t subbuf_size;
+  uint32_t n_subbufs;
+  uint32_t reserved;
+};
+struct CloseWire {
+  uint32_t channel_id;
+  uint32_t reserved;
+};
+struct StatusWire {
+  int32_t status;
+  uint32_t reserved;
+};
+struct EventWire {
+  uint32_t channel_id;
+  uint32_t buffer;
+};
+struct ConsumedWire {
+  uint32_t channel_id;
+  uint32_t buffer;
+  uint64_t count;
+};
+
+template <typename Wire>
+int fixed(const char* p, size_t len, Wire* w, size_t* tail) {
+  if (len < sizeof(Wire)) return -EPROTO;
+  std::memcpy(w, p, sizeof(Wire));
+  *tail = len - sizeof(Wire);
+  return 0;
+}
+
+}  // namespace
+
+bool valid_name(const std::string& name) {
+  if (name.empty() || name.size() > kMaxName || name == "." || name == "..") return false;
+  for (unsigned char c : name)
+    if (c == '/' || c < 0x20 || c == 0x7f) return false;
+  return true;
+}
+
+int check_header(const Header& h) {
+  if (h.magic != kMagic) return -EPROTO;
+  if (h.version != kVersion) return -EPROTONOSUPPORT;
+  if (h.type < static_cast<uint16_t>(Type::kOpen) ||
+      h.type > static_cast<uint16_t>(Type::kConsumed))
+    return -EPROTO;
+  if (h.length > kMaxPayload) return -EPROTO;
+  return 0;
+}
+
+std::vector<char> encode(const OpenRequest& m, uint32_t seq) {
+  const OpenWire w{m.parent_ino,
+                   m.subbuf_size,
+                   m.n_subbufs,
+                   m.mode,
+                   m.flags,
+                   static_cast<uint32_t>(m.base_filename.size()),
+                   0};
+  return message(Type::kOpen, seq, w, m.base_filename);
+}
+
+std::vector<char> encode(const OpenReply& m, uint32_t seq) {
+  const OpenReplyWire w{m.status, m.channel_id, m.n_buffers, m.subbuf_size, m.n_subbufs, 0};
+  return message(Type::kOpenReply, seq, w);
+}
+
+std::vector<char> encode(const CloseRequest& m, uint32_t seq) {
+  return message(Type::kClose, seq, CloseWire{m.channel_id, 0});
+}
+
+std::vector<char> encode_status(Type t, const Status& m, uint32_t seq) {
+  return message(t, seq, StatusWire{m.status, 0});
+}
+
+std::vector<char> encode_event(Type t, const BufferEvent& m) {
+  return message(t, 0, EventWire{m.channel_id, m.buffer});
+}
+
+std::vector<char> encode(const ConsumedRequest& m, uint32_t seq) {
+  return message(Type::kConsumed, seq, ConsumedWire{m.channel_id, m.buffer, m.count});
+}
+
+int decode(const char* p, size_t len, ConsumedRequest* out) {
+  ConsumedWire w;
+  size_t tail;
+  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
+  if (tail != 0) return -EPROTO;
+  *out = {w.channel_id, w.buffer, w.count};
+  return 0;
+}
+
+int decode(const char* p, size_t len, OpenRequest* out) {
+  OpenWire w;
+  size_t tail;
+  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
+  if (w.name_len != tail) return -EPROTO;
+  if (w.reserved != 0) return -EPROTO;
+  out->parent_ino = w.parent_ino;
+  out->subbuf_size = w.subbuf_size;
+  out->n_subbufs = w.n_subbufs;
+  out->mode = w.mode;
+  out->flags = w.flags;
+  out->base_filename.assign(p + sizeof w, tail);
+  if ((w.flags & ~kFlagsKnown) != 0 || (w.mode & ~07777u) != 0) return -EINVAL;
+  if (!valid_name(out->base_filename)) return -EINVAL;
+  return 0;
+}
+
+int decode(const char* p, size_t len, OpenReply* out) {
+  OpenReplyWire w;
+  size_t tail;
+  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
+  if (tail != 0) return -EPROTO;
+  if (w.status > 0 || (w.status == 0 && (w.n_buffers == 0 || w.n_buffers >= kMaxFds)))
+    return -EPROTO;
+  *out = {w.status, w.channel_id, w.n_buffers, w.subbuf_size, w.n_subbufs};
+  return 0;
+}
+
+int decode(const char* p, size_t len, CloseRequest* out) {
+  CloseWire w;
+  size_t tail;
+  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
+  if (tail != 0) return -EPROTO;
+  out->channel_id = w.channel_id;
+  return 0;
+}
+
+int decode(const char* p, size_t len, Status* out) {
+  StatusWire w;
+  size_t tail;
+  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
+  if (tail != 0 || w.status > 0) return -EPROTO;
+  out->status = w.status;
+  return 0;
+}
+
+int decode(const char* p, size_t len, BufferEvent* out) {
+  EventWire w;
+  size_t tail;
+  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
+  if (tail != 0) return -EPROTO;
+  *out = {w.channel_id, w.buffer};
+  return 0;
+}
+
+}  // namespace relayfs::proto

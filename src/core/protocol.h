@@ -1,0 +1,113 @@
+// The control protocol between producers (librelayfs) and the daemon, over a Unix stream socket.
+//
+// Every message is a fixed header followed by `length` payload bytes. The header carries a magic
+// number and a protocol version, so a stranger or an incompatible peer is refused at once; the
+// length is bounded, so a peer cannot make the receiver allocate or wait for more than
+// kMaxPayload bytes. File descriptors (the buffers' memfds, the doorbell eventfd) travel with a
+// reply as SCM_RIGHTS. All integers are in the host's byte order: both ends run on one machine.
+//
+// The parser (decode_*) treats its input as hostile: it checks every length and field and
+// returns -EPROTO / -EINVAL instead of reading past the message.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace relayfs::proto {
+
+inline constexpr uint32_t kMagic = 0x52465343;  // "RFSC"
+inline constexpr uint16_t kVersion = 1;
+inline constexpr uint32_t kMaxPayload = 8192;
+inline constexpr size_t kMaxName = 255;  // NAME_MAX
+inline constexpr size_t kMaxFds = 253;   // SCM_MAX_FD
+
+enum class Type : uint16_t {
+  kOpen = 1,   // producer -> daemon: create a channel
+  kOpenReply,  // daemon -> producer: status, geometry, fds
+  kClose,      // producer -> daemon: close a channel (finalize; files go once drained)
+  kCloseReply,
+  kMapped,    // daemon -> producer: a reader opened a buffer's file (buf_mapped)
+  kUnmapped,  // daemon -> producer: the last reader closed it (buf_unmapped)
+  kError,     // daemon -> producer: a message was refused
+  kConsumed,  // producer -> daemon: relay_subbufs_consumed (no reply)
+};
+
+struct Header {
+  uint32_t magic;
+  uint16_t version;
+  uint16_t type;
+  uint32_t length;  // payload bytes after the header
+  uint32_t seq;     // chosen by the requester, echoed in the reply
+};
+static_assert(sizeof(Header) == 16);
+
+// Channel flags (OpenRequest::flags).
+inline constexpr uint32_t kFlagGlobal = 1u << 0;  // one buffer for all CPUs (the spec's is_global)
+inline constexpr uint32_t kFlagsKnown = kFlagGlobal;
+
+struct OpenRequest {
+  uint64_t parent_ino = 0;  // the directory, by its inode number in the mount
+  uint32_t subbuf_size = 0;
+  uint32_t n_subbufs = 0;
+  uint32_t mode = 0;  // permission bits of the relay files (0 means the spec's 0400)
+  uint32_t flags = 0;
+  std::string base_filename;
+};
+
+struct OpenReply {
+  int32_t status = 0;  // 0 or -errno
+  uint32_t channel_id = 0;
+  uint32_t n_buffers = 0;  // one fd per buffer follows, then the doorbell eventfd
+  uint32_t subbuf_size = 0;
+  uint32_t n_subbufs = 0;
+};
+
+struct CloseRequest {
+  uint32_t channel_id = 0;
+};
+
+struct Status {  // kCloseReply, kError
+  int32_t status = 0;
+};
+
+struct BufferEvent {  // kMapped, kUnmapped
+  uint32_t channel_id = 0;
+  uint32_t buffer = 0;
+};
+
+struct ConsumedRequest {  // kConsumed
+  uint32_t channel_id = 0;
+  uint32_t buffer = 0;
+  uint64_t count = 0;
+};
+
+// Encoding: returns the whole message (header + payload).
+std::vector<char> encode(const OpenRequest& m, uint32_t seq);
+std::vector<char> encode(const OpenReply& m, uint32_t seq);
+std::vector<char> encode(const CloseRequest& m, uint32_t seq);
+std::vector<char> encode_status(Type t, const Status& m, uint32_t seq);
+std::vector<char> encode_event(Type t, const BufferEvent& m);
+std::vector<char> encode(const ConsumedRequest& m, uint32_t seq);
+
+// Checks a header. Returns 0, or -EPROTO (bad magic, unknown type, length above kMaxPayload),
+// or -EPROTONOSUPPORT (another protocol version).
+int check_header(const Header& h);
+
+// Decoding of a payload whose header passed check_header and whose type matches. Returns 0, or
+// -EPROTO when the payload is malformed (wrong size, lengths that do not add up), or -EINVAL when
+// a field is out of range (empty or over-long name, a name with '/' or a control character, "."
+// or "..", unknown flags).
+int decode(const char* payload, size_t len, OpenRequest* out);
+int decode(const char* payload, size_t len, OpenReply* out);
+int decode(const char* payload, size_t len, CloseRequest* out);
+int decode(const char* payload, size_t len, Status* out);
+int decode(const char* payload, size_t len, BufferEvent* out);
+int decode(const char* payload, size_t len, ConsumedRequest* out);
+
+// Is this a valid name for one directory entry? Not empty, at most kMaxName bytes, not "." or
+// "..", no '/', no NUL and no control character.
+bool valid_name(const std::string& name);
+
+}  // namespace relayfs::proto

@@ -1,0 +1,68 @@
+#include "core/wire.h"
+
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace relayfs::proto {
+
+int send_message(int sock, const std::vector<char>& msg, const int* fds, size_t nfds) {
+  if (nfds > kMaxFds) return -EINVAL;
+  iovec iov{const_cast<char*>(msg.data()), msg.size()};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  std::vector<char> cbuf;
+  if (nfds) {
+    cbuf.assign(CMSG_SPACE(sizeof(int) * nfds), 0);
+    mh.msg_control = cbuf.data();
+    mh.msg_controllen = cbuf.size();
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    std::memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  for (;;) {
+    const ssize_t n = ::sendmsg(sock, &mh, MSG_NOSIGNAL);
+    if (n >= 0) return static_cast<size_t>(n) == msg.size() ? 0 : -EMSGSIZE;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+int recv_message(int sock, Received* out, size_t max_fds) {
+  std::vector<char> buf(sizeof(Header) + kMaxPayload + 1);
+  iovec iov{buf.data(), buf.size()};
+  msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  std::vector<char> cbuf(max_fds ? CMSG_SPACE(sizeof(int) * max_fds) : 0);
+  mh.msg_control = cbuf.empty() ? nullptr : cbuf.data();
+  mh.msg_controllen = cbuf.size();
+  ssize_t n;
+  do n = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  if (n == 0) return 0;
+  // Take ownership of every descriptor first, so none leaks whatever is wrong with the message.
+  out->fds.clear();
+  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      out->fds.emplace_back(fd);
+    }
+  }
+  if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return -EPROTO;
+  if (static_cast<size_t>(n) < sizeof(Header)) return -EPROTO;
+  std::memcpy(&out->header, buf.data(), sizeof(Header));
+  if (int rc = check_header(out->header); rc) return rc;
+  if (out->header.length != static_cast<size_t>(n) - sizeof(Header)) return -EPROTO;
+  out->payload.assign(buf.data() + sizeof(Header), buf.data() + n);
+  return 1;
+}
+
+}  // namespace relayfs::proto

@@ -1,0 +1,29 @@
+// Sending and receiving protocol messages, with file descriptors, over a Unix SOCK_SEQPACKET
+// socket. A seqpacket socket keeps message boundaries, so one malformed message can be refused
+// without losing the framing of the next.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "core/fd.h"
+#include "core/protocol.h"
+
+namespace relayfs::proto {
+
+// Sends one whole message with fds (may be empty). Returns 0 or -errno. Never raises SIGPIPE.
+int send_message(int sock, const std::vector<char>& msg, const int* fds = nullptr, size_t nfds = 0);
+
+struct Received {
+  Header header{};
+  std::vector<char> payload;
+  std::vector<core::UniqueFd> fds;
+};
+
+// Receives one message. Returns 1 with *out filled, 0 at end of stream, -EAGAIN when a
+// non-blocking socket has nothing, -EPROTO / -EPROTONOSUPPORT for a malformed message (header too
+// short, bad magic or version, length that does not match what arrived, descriptors truncated),
+// or -errno. With max_fds == 0 any descriptors sent along are closed by the kernel.
+int recv_message(int sock, Received* out, size_t max_fds = 0);
+
+}  // namespace relayfs::proto

@@ -1,0 +1,198 @@
+// The control protocol: encoding round trips, the parser against malformed input, and messages
+// with descriptors over a real socket pair.
+#include "core/protocol.h"
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/wire.h"
+
+using namespace relayfs;
+using namespace relayfs::proto;
+
+namespace {
+
+Header header_of(const std::vector<char>& m) {
+  Header h;
+  std::memcpy(&h, m.data(), sizeof h);
+  return h;
+}
+
+const char* payload_of(const std::vector<char>& m) {
+  return m.data() + sizeof(Header);
+}
+
+struct Pair {
+  core::UniqueFd a, b;
+  Pair() {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+    a.reset(sv[0]);
+    b.reset(sv[1]);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("an open request round-trips") {
+  OpenRequest in{42, 4096, 8, 0640, kFlagGlobal, "cpu"};
+  const auto m = encode(in, 7);
+  const Header h = header_of(m);
+  REQUIRE(check_header(h) == 0);
+  CHECK(h.type == static_cast<uint16_t>(Type::kOpen));
+  CHECK(h.seq == 7);
+  OpenRequest out;
+  REQUIRE(decode(payload_of(m), h.length, &out) == 0);
+  CHECK(out.parent_ino == 42);
+  CHECK(out.subbuf_size == 4096);
+  CHECK(out.n_subbufs == 8);
+  CHECK(out.mode == 0640);
+  CHECK(out.flags == kFlagGlobal);
+  CHECK(out.base_filename == "cpu");
+}
+
+TEST_CASE("every other message round-trips") {
+  OpenReply r{0, 3, 2, 4096, 8};
+  auto m = encode(r, 1);
+  OpenReply r2;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &r2) == 0);
+  CHECK(r2.channel_id == 3);
+  CHECK(r2.n_buffers == 2);
+  CloseRequest c{9};
+  m = encode(c, 2);
+  CloseRequest c2;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &c2) == 0);
+  CHECK(c2.channel_id == 9);
+  m = encode_status(Type::kError, Status{-EINVAL}, 3);
+  Status s;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &s) == 0);
+  CHECK(s.status == -EINVAL);
+  m = encode_event(Type::kMapped, BufferEvent{4, 1});
+  BufferEvent e;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &e) == 0);
+  CHECK(e.channel_id == 4);
+  CHECK(e.buffer == 1);
+  m = encode(ConsumedRequest{5, 1, 3}, 4);
+  ConsumedRequest cr;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &cr) == 0);
+  CHECK(cr.count == 3);
+}
+
+TEST_CASE("headers with a bad magic, version, type or length are refused") {
+  Header h{kMagic, kVersion, static_cast<uint16_t>(Type::kOpen), 10, 0};
+  CHECK(check_header(h) == 0);
+  Header bad = h;
+  bad.magic = 0x12345678;
+  CHECK(check_header(bad) == -EPROTO);
+  bad = h;
+  bad.version = 2;
+  CHECK(check_header(bad) == -EPROTONOSUPPORT);
+  bad = h;
+  bad.type = 0;
+  CHECK(check_header(bad) == -EPROTO);
+  bad.type = 999;
+  CHECK(check_header(bad) == -EPROTO);
+  bad = h;
+  bad.length = kMaxPayload + 1;
+  CHECK(check_header(bad) == -EPROTO);
+}
+
+TEST_CASE("malformed open payloads are refused without reading past them") {
+  const auto good = encode(OpenRequest{1, 4096, 4, 0, 0, "x"}, 0);
+  const size_t len = header_of(good).length;
+  OpenRequest out;
+  SUBCASE("every truncation") {
+    for (size_t n = 0; n < len; ++n) {
+      std::vector<char> cut(payload_of(good),
+                            payload_of(good) + n);  // heap copy: ASan sees overreads
+      CHECK(decode(cut.data(), n, &out) == -EPROTO);
+    }
+  }
+  SUBCASE("a name length that does not match") {
+    std::vector<char> p(payload_of(good), payload_of(good) + len);
+    p.push_back('y');
+    CHECK(decode(p.data(), p.size(), &out) == -EPROTO);
+  }
+  SUBCASE("unknown flags, mode bits and bad names") {
+    CHECK(decode(payload_of(encode(OpenRequest{1, 1, 1, 0, 0x80, "x"}, 0)), len, &out) == -EINVAL);
+    CHECK(decode(payload_of(encode(OpenRequest{1, 1, 1, 010000, 0, "x"}, 0)), len, &out) ==
+          -EINVAL);
+    for (const char* name : {".", "..", "a/b", "/", "tab\there", "nl\n"}) {
+      CAPTURE(name);
+      const auto m = encode(OpenRequest{1, 1, 1, 0, 0, name}, 0);
+      CHECK(decode(payload_of(m), header_of(m).length, &out) == -EINVAL);
+    }
+    const auto empty = encode(OpenRequest{1, 1, 1, 0, 0, ""}, 0);
+    CHECK(decode(payload_of(empty), header_of(empty).length, &out) == -EINVAL);
+    const auto longname = encode(OpenRequest{1, 1, 1, 0, 0, std::string(256, 'a')}, 0);
+    CHECK(decode(payload_of(longname), header_of(longname).length, &out) == -EINVAL);
+    const auto maxname = encode(OpenRequest{1, 1, 1, 0, 0, std::string(255, 'a')}, 0);
+    CHECK(decode(payload_of(maxname), header_of(maxname).length, &out) == 0);
+  }
+}
+
+TEST_CASE("valid_name accepts ordinary names, including UTF-8") {
+  CHECK(valid_name("cpu"));
+  CHECK(valid_name("trace-2026.log"));
+  CHECK(valid_name("caf\xc3\xa9"));
+  CHECK_FALSE(valid_name(std::string("a\0b", 3)));
+  CHECK_FALSE(valid_name("del\x7f"));
+}
+
+TEST_CASE("messages carry descriptors over a seqpacket socket") {
+  Pair p;
+  core::UniqueFd memfd(::memfd_create("t", MFD_CLOEXEC));
+  REQUIRE(memfd);
+  REQUIRE(::write(memfd.get(), "hello", 5) == 5);
+  const int fds[] = {memfd.get()};
+  REQUIRE(send_message(p.a.get(), encode(OpenReply{0, 1, 1, 4096, 2}, 5), fds, 1) == 0);
+  Received r;
+  REQUIRE(recv_message(p.b.get(), &r, 4) == 1);
+  CHECK(r.header.seq == 5);
+  REQUIRE(r.fds.size() == 1);
+  char buf[5];
+  CHECK(::pread(r.fds[0].get(), buf, 5, 0) == 5);
+  CHECK(std::string(buf, 5) == "hello");
+}
+
+TEST_CASE("the receiver refuses garbage, short and lying messages, and survives them") {
+  Pair p;
+  Received r;
+  SUBCASE("garbage") {
+    REQUIRE(::send(p.a.get(), "not a message at all", 20, 0) == 20);
+    CHECK(recv_message(p.b.get(), &r) == -EPROTO);
+  }
+  SUBCASE("shorter than a header") {
+    REQUIRE(::send(p.a.get(), "abc", 3, 0) == 3);
+    CHECK(recv_message(p.b.get(), &r) == -EPROTO);
+  }
+  SUBCASE("a length that is not what arrived") {
+    auto m = encode(CloseRequest{1}, 0);
+    Header h = header_of(m);
+    h.length += 4;
+    std::memcpy(m.data(), &h, sizeof h);
+    REQUIRE(send_message(p.a.get(), m) == 0);
+    CHECK(recv_message(p.b.get(), &r) == -EPROTO);
+  }
+  SUBCASE("descriptors nobody asked for are closed, not leaked") {
+    core::UniqueFd extra(::memfd_create("extra", MFD_CLOEXEC));
+    const int fds[] = {extra.get()};
+    REQUIRE(send_message(p.a.get(), encode(CloseRequest{1}, 0), fds, 1) == 0);
+    CHECK(recv_message(p.b.get(), &r, 0) == -EPROTO);  // control data truncated
+    CHECK(r.fds.empty());
+  }
+  // The next, good message still arrives whole.
+  REQUIRE(send_message(p.a.get(), encode(CloseRequest{8}, 9)) == 0);
+  REQUIRE(recv_message(p.b.get(), &r) == 1);
+  CloseRequest c;
+  REQUIRE(decode(r.payload.data(), r.payload.size(), &c) == 0);
+  CHECK(c.channel_id == 8);
+  p.a.reset();
+  CHECK(recv_message(p.b.get(), &r) == 0);  // end of stream
+}
