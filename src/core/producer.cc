@@ -42,6 +42,22 @@ Producer::Producer(Buffer& buf, const ProducerHooks& hooks)
   open();
 }
 
+bool Producer::commit_at(void* ptr, size_t len) noexcept {
+  char* p = static_cast<char*>(ptr);
+  const uint64_t total = uint64_t{size_} * n_;
+  if (p < data_ || p >= data_ + total || len == 0 || len > size_) return false;
+  const uint64_t at = static_cast<uint64_t>(p - data_);
+  Reservation r;
+  r.ptr = p;
+  r.len = static_cast<uint32_t>(len);
+  r.slot = static_cast<uint32_t>(at / size_);
+  r.off = static_cast<uint32_t>(at % size_);
+  // Stable while the reservation is uncommitted: its slot cannot begin another lap before.
+  r.base = lap_base_[r.slot];
+  commit(r);
+  return true;
+}
+
 bool Producer::buf_full() const noexcept {
   const uint64_t produced = hdr_->produced.load(std::memory_order_acquire) & kConsumedMask;
   const uint64_t tagged = hdr_->consumed.load(std::memory_order_acquire);

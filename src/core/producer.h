@@ -76,6 +76,10 @@ class Producer {
   // Publishes a reservation's bytes to readers.
   inline void commit(const Reservation& r) noexcept;
 
+  // Commits the reservation that begins at ptr and is len bytes long, when all the caller kept
+  // is the pointer (relay_commit). Returns false if ptr is not inside this buffer.
+  bool commit_at(void* ptr, size_t len) noexcept;
+
   // Forces a switch: the current sub-buffer, even empty, becomes a produced one (relay_flush).
   // Returns 0, or -EPIPE when closed.
   int flush() noexcept;

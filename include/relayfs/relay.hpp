@@ -1,0 +1,58 @@
+// A thin RAII wrapper over the relayfs C API (relay.h). Errors throw std::system_error; the
+// hot path (write, reserve, commit) returns like the C functions, so callers choose.
+#pragma once
+
+#include <relayfs/relay.h>
+
+#include <cerrno>
+#include <string>
+#include <system_error>
+#include <utility>
+
+namespace relayfs {
+
+class Channel {
+ public:
+  // relay_open; throws std::system_error with the errno on failure.
+  Channel(const std::string& base_filename, const char* parent, size_t subbuf_size,
+          size_t n_subbufs, const rchan_callbacks* cb = nullptr, void* private_data = nullptr)
+      : chan_(relay_open(base_filename.c_str(), parent, subbuf_size, n_subbufs, cb, private_data)) {
+    if (!chan_)
+      throw std::system_error(errno, std::generic_category(), "relay_open " + base_filename);
+  }
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+  Channel(Channel&& o) noexcept : chan_(std::exchange(o.chan_, nullptr)) {}
+  Channel& operator=(Channel&& o) noexcept {
+    if (this != &o) {
+      close();
+      chan_ = std::exchange(o.chan_, nullptr);
+    }
+    return *this;
+  }
+  ~Channel() { close(); }
+
+  // relay_write: true if the record was written; false if dropped (errno says why).
+  bool write(const void* data, size_t length) noexcept {
+    return relay_write(chan_, data, length) == 0;
+  }
+  void* reserve(size_t length) noexcept { return relay_reserve(chan_, length); }
+  void commit(void* reserved, size_t count) noexcept { relay_commit(chan_, reserved, count); }
+  void flush() { check(relay_flush(chan_), "relay_flush"); }
+  void reset() { check(relay_reset(chan_), "relay_reset"); }
+
+  // relay_close; a channel closed twice is closed once.
+  void close() noexcept {
+    if (chan_) relay_close(std::exchange(chan_, nullptr));
+  }
+
+  rchan* get() const noexcept { return chan_; }
+
+ private:
+  static void check(int rc, const char* what) {
+    if (rc != 0) throw std::system_error(errno, std::generic_category(), what);
+  }
+  rchan* chan_;
+};
+
+}  // namespace relayfs

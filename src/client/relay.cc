@@ -1,0 +1,341 @@
+// librelayfs: the relay API over src/core's Producer and the daemon's control socket.
+// Exceptions stop here: every exported function catches and reports errno.
+#include "relayfs/relay.h"
+
+#include <sched.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/geometry.h"
+#include "core/producer.h"
+#include "core/protocol.h"
+#include "core/wire.h"
+
+namespace {
+
+using relayfs::core::UniqueFd;
+namespace core = relayfs::core;
+namespace proto = relayfs::proto;
+
+constexpr const char* kControlXattr = "user.relayfs.control";
+constexpr auto kReplyTimeout = std::chrono::seconds(5);
+
+struct Chan;
+
+struct Buf {
+  rchan_buf pub{};
+  core::Buffer buffer;
+  std::unique_ptr<core::Producer> producer;
+  // The producer, reachable from callbacks too: opening runs subbuf_start (which may call
+  // relay_buf_full or subbuf_start_reserve) before the constructor has returned.
+  core::Producer* p = nullptr;
+  Chan* chan = nullptr;
+};
+
+struct Chan {
+  rchan pub{};
+  rchan_callbacks cb{};
+  std::vector<std::unique_ptr<Buf>> bufs;
+  std::vector<rchan_buf*> bufptrs;
+  UniqueFd sock;
+  UniqueFd doorbell;
+  uint32_t id = 0;
+  std::atomic<uint32_t> seq{1};
+  std::thread events;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool close_replied = false;
+  int close_status = 0;
+};
+
+Chan* impl(rchan* c) {
+  return static_cast<Chan*>(c->impl);
+}
+Buf* impl(rchan_buf* b) {
+  return static_cast<Buf*>(b->impl);
+}
+
+int fail(int err) {
+  errno = err;
+  return -1;
+}
+
+// The daemon of the mount that holds dir, found through the xattr every relayfs directory has.
+int connect_daemon(const char* dir, UniqueFd* out) {
+  char name[108];
+  const ssize_t n = ::getxattr(dir, kControlXattr, name, sizeof name - 1);
+  if (n < 0) return errno == ENOENT ? ENOENT : ENOTSUP;  // not a relayfs directory
+  if (n < 2 || name[0] != '@') return ENOTSUP;
+  UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!s) return errno;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));  // abstract: leading NUL
+  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + static_cast<size_t>(n));
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return errno;
+  timeval tv{static_cast<time_t>(kReplyTimeout.count()), 0};
+  ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  *out = std::move(s);
+  return 0;
+}
+
+unsigned current_cpu() {
+  // glibc 2.35+ reads the CPU from its registered rseq area: no system call.
+  const int cpu = ::sched_getcpu();
+  return cpu < 0 ? 0 : static_cast<unsigned>(cpu);
+}
+
+bool hook_subbuf_start(void* ctx, core::Producer& p, void* subbuf, void* prev, uint32_t pad) {
+  Buf* b = static_cast<Buf*>(ctx);
+  b->p = &p;
+  return b->chan->cb.subbuf_start(&b->pub, subbuf, prev, pad) != 0;
+}
+
+void hook_wakeup(void* ctx, core::Producer&) {
+  Buf* b = static_cast<Buf*>(ctx);
+  const uint64_t one = 1;
+  // Only when a reader armed the doorbell; a full eventfd counter cannot happen in practice.
+  if (::write(b->chan->doorbell.get(), &one, sizeof one) < 0) {
+  }
+}
+
+// Receives the daemon's events: buf_mapped / buf_unmapped, and the reply to relay_close.
+void event_loop(Chan* c) {
+  for (;;) {
+    proto::Received r;
+    const int rc = proto::recv_message(c->sock.get(), &r);
+    if (rc == -EAGAIN || rc == -EPROTO) continue;  // receive timeout, or noise: keep listening
+    if (rc <= 0) break;
+    const auto type = static_cast<proto::Type>(r.header.type);
+    if (type == proto::Type::kMapped || type == proto::Type::kUnmapped) {
+      proto::BufferEvent ev;
+      if (proto::decode(r.payload.data(), r.payload.size(), &ev) != 0) continue;
+      if (ev.channel_id != c->id || ev.buffer >= c->bufs.size()) continue;
+      auto fn = type == proto::Type::kMapped ? c->cb.buf_mapped : c->cb.buf_unmapped;
+      if (fn) fn(&c->bufs[ev.buffer]->pub, nullptr);
+    } else if (type == proto::Type::kCloseReply) {
+      proto::Status st;
+      std::lock_guard lk(c->mu);
+      c->close_status =
+          proto::decode(r.payload.data(), r.payload.size(), &st) == 0 ? st.status : -EIO;
+      c->close_replied = true;
+      c->cv.notify_all();
+    }
+  }
+  std::lock_guard lk(c->mu);
+  c->close_replied = true;  // the daemon is gone: nobody will confirm
+  if (c->close_status == 0) c->close_status = -EIO;
+  c->cv.notify_all();
+}
+
+int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_size,
+                 size_t n_subbufs) {
+  if (!base || !proto::valid_name(base)) return EINVAL;
+  if (!parent || !*parent) parent = std::getenv("RELAYFS_MOUNT");
+  if (!parent || !*parent) return EINVAL;
+  core::Geometry g;
+  if (int rc = core::make_geometry(subbuf_size, n_subbufs, &g); rc) return -rc;
+  struct stat st;
+  if (::stat(parent, &st) != 0) return errno;
+  if (!S_ISDIR(st.st_mode)) return ENOTDIR;
+
+  // create_buf_file decides the mode and whether the channel is global.
+  mode_t mode = 0400;
+  int is_global = 0;
+  if (c->cb.create_buf_file) {
+    const unsigned ncpu = static_cast<unsigned>(std::max(1, get_nprocs_conf()));
+    rchan_buf probe{&c->pub, 0, nullptr};
+    for (unsigned i = 0; i < ncpu && !is_global; ++i) {
+      probe.cpu = i;
+      const std::string file = std::string(base) + std::to_string(i);
+      if (c->cb.create_buf_file(file.c_str(), parent, &mode, &probe, &is_global) != 0) return EPERM;
+    }
+  }
+  if (int err = connect_daemon(parent, &c->sock); err) return err;
+
+  proto::OpenRequest req;
+  req.parent_ino = st.st_ino;
+  req.subbuf_size = g.subbuf_size;
+  req.n_subbufs = g.n_subbufs;
+  req.mode = mode & 07777;
+  req.flags = is_global ? proto::kFlagGlobal : 0;
+  req.base_filename = base;
+  const uint32_t seq = c->seq.fetch_add(1);
+  if (int rc = proto::send_message(c->sock.get(), proto::encode(req, seq)); rc) return -rc;
+  proto::Received r;
+  const int rc = proto::recv_message(c->sock.get(), &r, proto::kMaxFds);
+  if (rc <= 0) return rc == 0 || rc == -EAGAIN ? EIO : -rc;
+  proto::OpenReply reply;
+  if (static_cast<proto::Type>(r.header.type) != proto::Type::kOpenReply ||
+      proto::decode(r.payload.data(), r.payload.size(), &reply) != 0)
+    return EIO;
+  if (reply.status < 0) return -reply.status;
+  if (reply.subbuf_size != g.subbuf_size || reply.n_subbufs != g.n_subbufs ||
+      r.fds.size() != reply.n_buffers + 1)
+    return EIO;
+
+  c->id = reply.channel_id;
+  c->doorbell = std::move(r.fds.back());
+  c->pub.subbuf_size = g.subbuf_size;
+  c->pub.n_subbufs = g.n_subbufs;
+  c->pub.n_buffers = reply.n_buffers;
+  c->pub.is_global = is_global;
+  for (uint32_t i = 0; i < reply.n_buffers; ++i) {
+    auto b = std::make_unique<Buf>();
+    b->chan = c;
+    b->pub = {&c->pub, i, b.get()};
+    if (int err =
+            core::Buffer::attach(std::move(r.fds[i]), g, PROT_READ | PROT_WRITE, true, &b->buffer))
+      return -err;
+    c->bufptrs.push_back(&b->pub);
+    c->bufs.push_back(std::move(b));
+  }
+  c->pub.buf = c->bufptrs.data();
+  // Opening runs subbuf_start with a NULL prev_subbuf, so every buffer must be in place first.
+  for (auto& b : c->bufs) {
+    core::ProducerHooks hooks;
+    hooks.ctx = b.get();
+    if (c->cb.subbuf_start) hooks.subbuf_start = &hook_subbuf_start;
+    hooks.wakeup = &hook_wakeup;
+    b->producer = std::make_unique<core::Producer>(b->buffer, hooks);
+    b->p = b->producer.get();
+  }
+  timeval none{0, 0};  // from now on the event thread waits for as long as the channel lives
+  ::setsockopt(c->sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+  c->events = std::thread(event_loop, c);
+  return 0;
+}
+
+core::Producer* producer_for(rchan* chan) {
+  Chan* c = impl(chan);
+  const unsigned i = c->pub.is_global ? 0 : current_cpu() % c->pub.n_buffers;
+  return c->bufs[i]->producer.get();
+}
+
+}  // namespace
+
+extern "C" {
+
+RELAY_API rchan* relay_open(const char* base_filename, const char* parent, size_t subbuf_size,
+                            size_t n_subbufs, const rchan_callbacks* cb, void* private_data) {
+  try {
+    auto c = std::make_unique<Chan>();
+    c->pub.private_data = private_data;
+    c->pub.impl = c.get();
+    if (cb) c->cb = *cb;
+    if (int err = open_channel(c.get(), base_filename, parent, subbuf_size, n_subbufs); err) {
+      errno = err;
+      return nullptr;
+    }
+    return &c.release()->pub;
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+  } catch (...) {
+    errno = EIO;
+  }
+  return nullptr;
+}
+
+RELAY_API int relay_close(rchan* chan) {
+  if (!chan) return fail(EINVAL);
+  std::unique_ptr<Chan> c(impl(chan));
+  for (auto& b : c->bufs) b->producer->close();
+  int status = 0;
+  try {
+    const uint32_t seq = c->seq.fetch_add(1);
+    if (proto::send_message(c->sock.get(), proto::encode(proto::CloseRequest{c->id}, seq)) == 0) {
+      std::unique_lock lk(c->mu);
+      if (!c->cv.wait_for(lk, kReplyTimeout, [&] { return c->close_replied; }))
+        status = -EIO;
+      else
+        status = c->close_status;
+    } else {
+      status = -EIO;
+    }
+  } catch (...) {
+    status = -EIO;
+  }
+  ::shutdown(c->sock.get(), SHUT_RDWR);  // ends the event thread
+  if (c->events.joinable()) c->events.join();
+  return status ? fail(EIO) : 0;
+}
+
+RELAY_API int relay_flush(rchan* chan) {
+  if (!chan) return fail(EINVAL);
+  for (auto& b : impl(chan)->bufs)
+    if (int rc = b->producer->flush(); rc) return fail(-rc);
+  return 0;
+}
+
+RELAY_API int relay_reset(rchan* chan) {
+  if (!chan) return fail(EINVAL);
+  for (auto& b : impl(chan)->bufs) b->producer->reset();
+  return 0;
+}
+
+RELAY_API int relay_write(rchan* chan, const void* data, size_t length) {
+  if (int rc = producer_for(chan)->write(data, length); rc) [[unlikely]]
+    return fail(-rc);
+  return 0;
+}
+
+RELAY_API int __relay_write(rchan* chan, const void* data, size_t length) {
+  return relay_write(chan, data, length);
+}
+
+RELAY_API void* relay_reserve(rchan* chan, size_t length) {
+  core::Reservation r;
+  if (int rc = producer_for(chan)->reserve(length, &r); rc) {
+    errno = -rc;
+    return nullptr;
+  }
+  return r.ptr;
+}
+
+RELAY_API void relay_commit(rchan* chan, void* reserved, size_t count) {
+  // The thread may have moved to another CPU since it reserved: find the buffer by address.
+  for (auto& b : impl(chan)->bufs)
+    if (b->producer->commit_at(reserved, count)) return;
+}
+
+RELAY_API int relay_subbufs_consumed(rchan* chan, unsigned int cpu, size_t subbufs_consumed) {
+  Chan* c = impl(chan);
+  if (cpu >= c->pub.n_buffers) return fail(EINVAL);
+  if (subbufs_consumed == 0) return 0;
+  try {
+    const auto msg =
+        proto::encode(proto::ConsumedRequest{c->id, cpu, subbufs_consumed}, c->seq.fetch_add(1));
+    if (proto::send_message(c->sock.get(), msg) != 0) return fail(EIO);
+  } catch (...) {
+    return fail(ENOMEM);
+  }
+  return 0;
+}
+
+RELAY_API int relay_buf_full(rchan_buf* buf) {
+  return impl(buf)->p->buf_full() ? 1 : 0;
+}
+
+RELAY_API void subbuf_start_reserve(rchan_buf* buf, size_t length) {
+  impl(buf)->p->subbuf_start_reserve(length);
+}
+
+}  // extern "C"

@@ -1,0 +1,317 @@
+// Control connections: producers open and close channels here. Everything a producer sends is
+// checked; a malformed message gets an error reply and the daemon carries on.
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <string>
+
+#include "core/geometry.h"
+#include "core/protocol.h"
+#include "fs/relayfs.h"
+
+namespace relayfs::fs {
+
+namespace {
+
+enum Source : uint64_t { kConn = 3, kDoorbell = 4 };
+constexpr uint64_t tag(Source s, uint64_t id) {
+  return (uint64_t{s} << 56) | id;
+}
+
+// May the peer create entries in dir: search on every ancestor, write and search on dir itself,
+// as creating a file there would require.
+bool may_create(Tree& t, Node* dir, const Connection& c) {
+  if (c.uid == 0) return true;
+  auto allowed = [&](const Node* n, mode_t want) {  // want: bits for "other"
+    if (n->uid == c.uid) return (n->mode & (want << 6)) == (want << 6);
+    bool member = n->gid == c.gid;
+    for (gid_t g : c.groups) member = member || g == n->gid;
+    if (member) return (n->mode & (want << 3)) == (want << 3);
+    return (n->mode & want) == want;
+  };
+  if (!allowed(dir, S_IWOTH | S_IXOTH)) return false;
+  for (Node* n = t.get(dir->parent); n; n = n->ino == FUSE_ROOT_ID ? nullptr : t.get(n->parent))
+    if (!allowed(n, S_IXOTH)) return false;
+  return true;
+}
+
+}  // namespace
+
+void RelayFs::on_accept() {
+  for (;;) {
+    core::UniqueFd fd(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!fd) return;  // EAGAIN, or a connection that vanished
+    auto c = std::make_shared<Connection>();
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) continue;
+    c->uid = cred.uid;
+    c->gid = cred.gid;
+    c->pid = cred.pid;
+    gid_t groups[256];
+    len = sizeof groups;
+    if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
+      c->groups.assign(groups, groups + len / sizeof(gid_t));
+    c->fd = std::move(fd);
+    {
+      std::lock_guard lk(conns_mu_);
+      c->id = next_conn_id_++;
+      conns_.emplace(c->id, c);
+    }
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (!sqe) {
+      io_uring_submit(&ring_);
+      sqe = io_uring_get_sqe(&ring_);
+    }
+    io_uring_prep_poll_multishot(sqe, c->fd.get(), POLLIN);
+    io_uring_sqe_set_data64(sqe, tag(kConn, c->id));
+  }
+}
+
+void RelayFs::on_connection(const std::shared_ptr<Connection>& c) {
+  // Bounded per wake-up, so one chatty producer cannot starve the others.
+  for (int i = 0; i < 64; ++i) {
+    proto::Received r;
+    const int rc = proto::recv_message(c->fd.get(), &r);
+    if (rc == -EAGAIN) return;
+    if (rc == 1) {
+      on_message(*c, r);
+      continue;
+    }
+    if (rc == -EPROTO || rc == -EPROTONOSUPPORT) {
+      std::lock_guard lk(c->send_mu);
+      proto::send_message(c->fd.get(),
+                          proto::encode_status(proto::Type::kError, {rc}, r.header.seq));
+      continue;
+    }
+    close_connection(c->id);  // end of stream, or the socket failed
+    return;
+  }
+}
+
+void RelayFs::on_message(Connection& c, const proto::Received& r) {
+  const auto type = static_cast<proto::Type>(r.header.type);
+  switch (type) {
+    case proto::Type::kOpen:
+      handle_open(c, r.header.seq, r.payload.data(), r.payload.size());
+      return;
+    case proto::Type::kClose:
+      handle_close(c, r.header.seq, r.payload.data(), r.payload.size());
+      return;
+    case proto::Type::kConsumed:
+      handle_consumed(c, r.payload.data(), r.payload.size());
+      return;
+    default: {  // a reply or event type: producers do not send those
+      std::lock_guard lk(c.send_mu);
+      proto::send_message(c.fd.get(),
+                          proto::encode_status(proto::Type::kError, {-EPROTO}, r.header.seq));
+    }
+  }
+}
+
+void RelayFs::handle_open(Connection& c, uint32_t seq, const char* payload, size_t len) {
+  proto::OpenRequest req;
+  proto::OpenReply reply;
+  std::shared_ptr<Channel> ch;
+  auto fail = [&](int err) {
+    reply = {};
+    reply.status = -err;
+    std::lock_guard lk(c.send_mu);
+    proto::send_message(c.fd.get(), proto::encode(reply, seq));
+  };
+  if (int rc = proto::decode(payload, len, &req); rc) return fail(-rc);
+  core::Geometry g;
+  if (int rc = core::make_geometry(req.subbuf_size, req.n_subbufs, &g); rc) return fail(-rc);
+  const bool global = req.flags & proto::kFlagGlobal;
+  const unsigned n = global ? 1 : static_cast<unsigned>(std::max(1, get_nprocs_conf()));
+  {
+    std::lock_guard lk(tree.mu);
+    Node* dir = tree.get(req.parent_ino);
+    if (!dir || (!dir->parent && dir->ino != FUSE_ROOT_ID)) return fail(ENOENT);
+    if (!dir->is_dir()) return fail(ENOTDIR);
+    if (!may_create(tree, dir, c)) return fail(EACCES);
+    std::vector<std::string> names;
+    for (unsigned i = 0; i < n; ++i) {
+      names.push_back(req.base_filename + std::to_string(i));
+      if (names.back().size() > proto::kMaxName) return fail(ENAMETOOLONG);
+      if (tree.child(dir, names.back())) return fail(EEXIST);
+    }
+    ch = std::make_shared<Channel>();
+    ch->id = next_channel_id_++;
+    ch->owner = c.id;
+    ch->base = req.base_filename;
+    ch->parent = dir->ino;
+    ch->global = global;
+    ch->subbuf_size = g.subbuf_size;
+    ch->n_subbufs = g.n_subbufs;
+    ch->doorbell.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!ch->doorbell) return fail(errno);
+    for (unsigned i = 0; i < n; ++i) {
+      core::Buffer buf;
+      if (int rc = core::Buffer::create(g, names[i].c_str(), &buf); rc) return fail(-rc);
+      ch->buffers.push_back(std::make_shared<RelayBuffer>(std::move(buf), ch->id, c.id, i));
+    }
+    const mode_t mode = S_IFREG | (req.mode ? (req.mode & 07777) : 0400);
+    for (unsigned i = 0; i < n; ++i) {
+      Node* node = tree.add(dir, names[i], mode, c.uid, c.gid);
+      node->buffer = ch->buffers[i];
+      ch->buffers[i]->ino = node->ino;
+      register_buffer(*ch->buffers[i]);
+    }
+    channels_.emplace(ch->id, ch);
+  }
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (!sqe) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  io_uring_prep_poll_multishot(sqe, ch->doorbell.get(), POLLIN);
+  io_uring_sqe_set_data64(sqe, tag(kDoorbell, ch->id));
+
+  reply = {0, ch->id, n, g.subbuf_size, g.n_subbufs};
+  std::vector<int> fds;
+  for (auto& b : ch->buffers) fds.push_back(b->buf.fd());
+  fds.push_back(ch->doorbell.get());
+  std::lock_guard lk(c.send_mu);
+  if (proto::send_message(c.fd.get(), proto::encode(reply, seq), fds.data(), fds.size()) != 0)
+    finalize_channel(ch);  // the producer is gone already
+}
+
+void RelayFs::handle_close(Connection& c, uint32_t seq, const char* payload, size_t len) {
+  proto::CloseRequest req;
+  int status = proto::decode(payload, len, &req);
+  std::shared_ptr<Channel> ch;
+  if (status == 0) {
+    std::lock_guard lk(tree.mu);
+    auto it = channels_.find(req.channel_id);
+    // A producer may close only its own channels.
+    if (it == channels_.end() || it->second->owner != c.id)
+      status = -ENOENT;
+    else
+      ch = it->second;
+  }
+  if (ch) finalize_channel(ch);
+  std::lock_guard lk(c.send_mu);
+  proto::send_message(c.fd.get(), proto::encode_status(proto::Type::kCloseReply, {status}, seq));
+}
+
+void RelayFs::handle_consumed(Connection& c, const char* payload, size_t len) {
+  proto::ConsumedRequest req;
+  if (proto::decode(payload, len, &req) != 0) return;
+  std::shared_ptr<RelayBuffer> b;
+  {
+    std::lock_guard lk(tree.mu);
+    auto it = channels_.find(req.channel_id);
+    if (it == channels_.end() || it->second->owner != c.id) return;
+    if (req.buffer >= it->second->buffers.size()) return;
+    b = it->second->buffers[req.buffer];
+  }
+  {
+    std::lock_guard lk(b->mu);
+    if (req.count) b->cons.subbufs_consumed(req.count);
+  }
+  service(b);
+}
+
+void RelayFs::close_connection(uint64_t id) {
+  std::shared_ptr<Connection> c;
+  {
+    std::lock_guard lk(conns_mu_);
+    auto it = conns_.find(id);
+    if (it == conns_.end()) return;
+    c = it->second;
+    conns_.erase(it);
+  }
+  // The producer exited, was killed, or hung up: its channels are finalized. What it committed
+  // stays readable until drained; then the files go.
+  std::vector<std::shared_ptr<Channel>> owned;
+  {
+    std::lock_guard lk(tree.mu);
+    for (auto& [cid, ch] : channels_)
+      if (ch->owner == id) owned.push_back(ch);
+  }
+  for (auto& ch : owned) finalize_channel(ch);
+  retire(tag(kConn, id));
+  std::lock_guard lk(c->send_mu);  // a FUSE worker may be sending a buf_mapped event
+  c->fd.reset();
+}
+
+void RelayFs::finalize_channel(const std::shared_ptr<Channel>& ch) {
+  {
+    std::lock_guard lk(tree.mu);
+    if (ch->finalized) return;
+    ch->finalized = true;
+    for (auto& b : ch->buffers) {
+      std::lock_guard blk(b->mu);
+      b->cons.finalize();
+    }
+  }
+  for (auto& b : ch->buffers) {
+    service(b);  // parked readers get their data or EOF, pollers POLLERR once drained
+    maybe_remove(b);
+  }
+}
+
+// Removes the file of a finalized, drained buffer, and frees the channel once all its files
+// are gone and closed. Any thread.
+void RelayFs::maybe_remove(const std::shared_ptr<RelayBuffer>& b) {
+  bool free_it = false;
+  {
+    std::lock_guard lk(tree.mu);
+    {
+      std::lock_guard blk(b->mu);
+      if (!b->cons.finalized() || !b->cons.drained()) return;
+      if (!b->unlinked) {
+        b->unlinked = true;
+        if (Node* n = tree.get(b->ino)) tree.unlink(n);
+      }
+    }
+    auto it = channels_.find(b->channel_id());
+    if (it == channels_.end()) return;
+    free_it = true;
+    for (auto& other : it->second->buffers) {
+      std::lock_guard blk(other->mu);
+      if (!other->unlinked || other->opens) free_it = false;
+    }
+  }
+  if (free_it) post({LoopEvent::kFree, b->channel_id(), nullptr});
+}
+
+void RelayFs::free_channel(uint32_t id) {
+  std::shared_ptr<Channel> ch;
+  {
+    std::lock_guard lk(tree.mu);
+    auto it = channels_.find(id);
+    if (it == channels_.end()) return;
+    for (auto& b : it->second->buffers) {
+      std::lock_guard blk(b->mu);
+      if (!b->unlinked || b->opens) return;  // reopened meanwhile? not possible once unlinked
+    }
+    ch = it->second;
+    channels_.erase(it);
+  }
+  for (auto& b : ch->buffers) unregister_buffer(*b);
+  retire(tag(kDoorbell, id));
+  ch->doorbell.reset();
+}
+
+void RelayFs::notify_owner(const RelayBuffer& b, bool mapped) {
+  std::shared_ptr<Connection> c;
+  {
+    std::lock_guard lk(conns_mu_);
+    auto it = conns_.find(b.owner());
+    if (it == conns_.end()) return;
+    c = it->second;
+  }
+  const auto msg = proto::encode_event(mapped ? proto::Type::kMapped : proto::Type::kUnmapped,
+                                       {b.channel_id(), b.index()});
+  std::lock_guard lk(c->send_mu);
+  if (c->fd) proto::send_message(c->fd.get(), msg);
+}
+
+}  // namespace relayfs::fs

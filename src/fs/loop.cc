@@ -1,0 +1,340 @@
+// The daemon's event loop, on io_uring: it waits for control connections and their messages, for
+// producers' doorbells, and for work handed over by FUSE workers (parked reads, interrupts),
+// and it owns every channel buffer's registration with the ring.
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+#include "fs/relayfs.h"
+
+namespace relayfs::fs {
+
+namespace {
+
+// user_data of a multishot poll: what it watches, and which one.
+enum Source : uint64_t { kListen = 1, kNotify = 2, kConn = 3, kDoorbell = 4, kCancel = 5 };
+constexpr uint64_t tag(Source s, uint64_t id) {
+  return (uint64_t{s} << 56) | id;
+}
+constexpr Source source_of(uint64_t ud) {
+  return static_cast<Source>(ud >> 56);
+}
+constexpr uint64_t id_of(uint64_t ud) {
+  return ud & ((uint64_t{1} << 56) - 1);
+}
+
+// The kernel's limit on registered buffers (IORING_MAX_REG_BUFFERS).
+constexpr unsigned kFixedSlots = 1 << 14;
+constexpr size_t kMaxRead = 1 << 20;
+
+}  // namespace
+
+RelayFs::RelayFs(const Options& o) : opts_(o) {}
+
+RelayFs::~RelayFs() {
+  stop();
+  if (ring_ok_) io_uring_queue_exit(&ring_);
+}
+
+size_t RelayFs::channel_count() {
+  std::lock_guard lk(tree.mu);
+  return channels_.size();
+}
+
+void RelayFs::post(const LoopEvent& ev) {
+  while (!events_.push(ev)) {  // only fails if the queue cannot grow: retry
+  }
+  const uint64_t one = 1;
+  if (::write(notify_fd_.get(), &one, sizeof one) < 0) {
+    // The eventfd counter cannot overflow in practice; nothing else to do.
+  }
+}
+
+int RelayFs::start() {
+  // The control socket: abstract, named after this daemon and a random nonce, so no file is
+  // left behind and no other process can guess it before we bind.
+  std::random_device rd;
+  char name[64];
+  std::snprintf(name, sizeof name, "relayfs-%d-%08x%08x", static_cast<int>(::getpid()), rd(), rd());
+  control_name_ = std::string("@") + name;
+  listen_fd_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!listen_fd_) return -errno;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path + 1, name, std::strlen(name));
+  const socklen_t alen =
+      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + std::strlen(name));
+  if (::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), alen) != 0) return -errno;
+  if (::listen(listen_fd_.get(), 128) != 0) return -errno;
+
+  notify_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!notify_fd_) return -errno;
+
+  if (int rc = io_uring_queue_init(256, &ring_, 0); rc < 0) return rc;
+  ring_ok_ = true;
+  // A sparse table of fixed buffers, filled as channels come and go. Pinning counts against
+  // RLIMIT_MEMLOCK for unprivileged daemons: if the table cannot be had, relayfs works on
+  // without it (only recording to disk from fixed buffers needs it).
+  if (int rc = io_uring_register_buffers_sparse(&ring_, kFixedSlots); rc == 0)
+    fixed_used_.assign(kFixedSlots, false);
+  else
+    std::fprintf(stderr, "relayfs: io_uring fixed buffers unavailable (%s)\n", std::strerror(-rc));
+
+  auto arm = [&](int fd, uint64_t ud) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    io_uring_prep_poll_multishot(sqe, fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, ud);
+  };
+  arm(listen_fd_.get(), tag(kListen, 0));
+  arm(notify_fd_.get(), tag(kNotify, 0));
+  io_uring_submit(&ring_);
+  loop_ = std::thread([this] { loop_main(); });
+  return 0;
+}
+
+void RelayFs::stop() {
+  if (!loop_.joinable()) return;
+  stopping_.store(true, std::memory_order_release);
+  post({LoopEvent::kFree, 0, nullptr});  // wakes the loop
+  loop_.join();
+  // Answer whatever is still parked: the mount is going away.
+  for (auto& [id, pr] : parked_) {
+    fuse_req_interrupt_func(pr->req, nullptr, nullptr);
+    fuse_reply_buf(pr->req, nullptr, 0);
+    delete pr;
+  }
+  parked_.clear();
+  LoopEvent ev;
+  while (events_.pop(ev))
+    if (ev.kind == LoopEvent::kPark) {
+      fuse_req_interrupt_func(ev.read->req, nullptr, nullptr);
+      fuse_reply_buf(ev.read->req, nullptr, 0);
+      delete ev.read;
+    }
+}
+
+void RelayFs::loop_main() {
+  std::vector<uint64_t> rearm;
+  while (!stopping_.load(std::memory_order_acquire)) {
+    io_uring_cqe* cqe;
+    int rc = io_uring_submit_and_wait(&ring_, 1);
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+      std::fprintf(stderr, "relayfs: io_uring wait failed: %s\n", std::strerror(-rc));
+      break;
+    }
+    unsigned head, seen = 0;
+    rearm.clear();
+    std::vector<std::pair<uint64_t, int>> ready;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      ++seen;
+      const uint64_t ud = io_uring_cqe_get_data64(cqe);
+      const bool more = cqe->flags & IORING_CQE_F_MORE;
+      ready.emplace_back(ud, cqe->res);
+      if (!more && cqe->res != -ECANCELED) rearm.push_back(ud);
+    }
+    io_uring_cq_advance(&ring_, seen);
+    for (auto& [ud, res] : ready) {
+      if (res < 0 && res != -ECANCELED && source_of(ud) != kCancel)
+        std::fprintf(stderr, "relayfs: poll failed on source %llu: %s\n",
+                     static_cast<unsigned long long>(ud), std::strerror(-res));
+      if (res < 0) continue;
+      switch (source_of(ud)) {
+        case kListen:
+          on_accept();
+          break;
+        case kNotify: {
+          uint64_t v;
+          while (::read(notify_fd_.get(), &v, sizeof v) > 0) {
+          }
+          drain_events();
+          break;
+        }
+        case kConn: {
+          std::shared_ptr<Connection> c;
+          {
+            std::lock_guard lk(conns_mu_);
+            auto it = conns_.find(id_of(ud));
+            if (it != conns_.end()) c = it->second;
+          }
+          if (c) on_connection(c);
+          break;
+        }
+        case kDoorbell:
+          on_doorbell(static_cast<uint32_t>(id_of(ud)));
+          break;
+        case kCancel:
+          break;
+      }
+    }
+    // A multishot poll that ended (the kernel may end one under pressure): arm it again.
+    for (uint64_t ud : rearm) {
+      int fd = -1;
+      switch (source_of(ud)) {
+        case kListen:
+          fd = listen_fd_.get();
+          break;
+        case kNotify:
+          fd = notify_fd_.get();
+          break;
+        case kConn: {
+          std::lock_guard lk(conns_mu_);
+          auto it = conns_.find(id_of(ud));
+          if (it != conns_.end()) fd = it->second->fd.get();
+          break;
+        }
+        case kDoorbell: {
+          std::lock_guard lk(tree.mu);
+          auto it = channels_.find(static_cast<uint32_t>(id_of(ud)));
+          if (it != channels_.end()) fd = it->second->doorbell.get();
+          break;
+        }
+        case kCancel:
+          break;
+      }
+      if (fd < 0) continue;
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      if (!sqe) break;
+      io_uring_prep_poll_multishot(sqe, fd, POLLIN);
+      io_uring_sqe_set_data64(sqe, ud);
+    }
+  }
+}
+
+// Stops watching a descriptor. The caller may close it at once: the pending poll holds its own
+// reference to the file until the removal completes.
+void RelayFs::retire(uint64_t ud) {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (!sqe) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  io_uring_prep_poll_remove(sqe, ud);
+  io_uring_sqe_set_data64(sqe, tag(kCancel, 0));
+}
+
+void RelayFs::drain_events() {
+  LoopEvent ev;
+  while (events_.pop(ev)) {
+    switch (ev.kind) {
+      case LoopEvent::kPark: {
+        ParkedRead* pr = ev.read;
+        parked_.emplace(pr->id, pr);
+        auto b = pr->buffer;
+        b->parked.push_back(pr);
+        service(b);
+        break;
+      }
+      case LoopEvent::kInterrupt: {
+        auto it = parked_.find(ev.id);
+        if (it == parked_.end()) break;  // answered already
+        ParkedRead* pr = it->second;
+        auto& q = pr->buffer->parked;
+        q.erase(std::remove(q.begin(), q.end(), pr), q.end());
+        finish_read(pr, nullptr, -EINTR);
+        break;
+      }
+      case LoopEvent::kFree:
+        if (ev.id) free_channel(static_cast<uint32_t>(ev.id));
+        break;
+    }
+  }
+}
+
+void RelayFs::finish_read(ParkedRead* pr, const char* data, ssize_t n) {
+  // After this no interrupt callback runs for the request (it waits for one in progress).
+  fuse_req_interrupt_func(pr->req, nullptr, nullptr);
+  if (n >= 0)
+    fuse_reply_buf(pr->req, data, static_cast<size_t>(n));
+  else
+    fuse_reply_err(pr->req, static_cast<int>(-n));
+  parked_.erase(pr->id);
+  delete pr;
+}
+
+// Answers parked reads and pollers of one buffer for which there is news.
+void RelayFs::service(const std::shared_ptr<RelayBuffer>& b) {
+  static thread_local std::unique_ptr<char[]> tmp(new char[kMaxRead]);
+  bool check_removal = false;
+  {
+    std::lock_guard lk(b->mu);
+    // Bounded: each pass answers a read, or arms the doorbell once and re-checks.
+    for (int pass = 0; pass < 2; ++pass) {
+      while (!b->parked.empty()) {
+        ParkedRead* pr = b->parked.front();
+        const ssize_t n = b->cons.read(tmp.get(), std::min(pr->size, kMaxRead));
+        if (n == 0 && !b->cons.drained()) break;
+        b->parked.pop_front();
+        if (n == 0) check_removal = true;
+        finish_read(pr, tmp.get(), n);
+      }
+      if (!b->polls.empty()) {
+        const bool news = b->cons.data_available() || b->cons.drained();
+        if (news) {
+          for (fuse_pollhandle* ph : b->polls) {
+            fuse_lowlevel_notify_poll(ph);
+            fuse_pollhandle_destroy(ph);
+          }
+          b->polls.clear();
+        }
+      }
+      if (b->parked.empty() && b->polls.empty()) break;
+      // Someone still waits: have the producer ring on its next record, then look again for a
+      // record that came before the doorbell was armed.
+      b->cons.arm_doorbell();
+      if (!b->cons.data_available() && !b->cons.drained()) break;
+    }
+  }
+  if (check_removal) maybe_remove(b);
+}
+
+void RelayFs::on_doorbell(uint32_t channel_id) {
+  std::shared_ptr<Channel> ch;
+  {
+    std::lock_guard lk(tree.mu);
+    auto it = channels_.find(channel_id);
+    if (it == channels_.end()) return;
+    ch = it->second;
+  }
+  uint64_t v;
+  while (::read(ch->doorbell.get(), &v, sizeof v) > 0) {
+  }
+  for (auto& b : ch->buffers) service(b);
+}
+
+int RelayFs::register_buffer(RelayBuffer& b) {
+  if (fixed_used_.empty()) return -ENOTSUP;
+  auto it = std::find(fixed_used_.begin(), fixed_used_.end(), false);
+  if (it == fixed_used_.end()) return -ENOSPC;
+  const unsigned slot = static_cast<unsigned>(it - fixed_used_.begin());
+  iovec iov{b.buf.data(), b.buf.geometry().data_size()};
+  __u64 tag_value = 0;
+  const int rc = io_uring_register_buffers_update_tag(&ring_, slot, &iov, &tag_value, 1);
+  if (rc < 0) return rc;
+  fixed_used_[slot] = true;
+  b.fixed_index = static_cast<int>(slot);
+  return 0;
+}
+
+void RelayFs::unregister_buffer(RelayBuffer& b) {
+  if (b.fixed_index < 0) return;
+  iovec iov{nullptr, 0};
+  __u64 tag_value = 0;
+  io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(b.fixed_index), &iov,
+                                       &tag_value, 1);
+  fixed_used_[static_cast<size_t>(b.fixed_index)] = false;
+  b.fixed_index = -1;
+}
+
+size_t RelayFs::fixed_buffers_registered() const {
+  return static_cast<size_t>(std::count(fixed_used_.begin(), fixed_used_.end(), true));
+}
+
+}  // namespace relayfs::fs

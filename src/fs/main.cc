@@ -1,0 +1,230 @@
+// relayfs [SOURCE] MOUNTPOINT [-o OPTIONS] [-f] [-d]
+//
+// Mounts a relayfs tree. SOURCE is accepted and ignored (mount(8) and mount.fuse3 pass one), and
+// shown as the fsname in /proc/mounts. Runs in the background unless -f is given; SIGTERM,
+// SIGINT or fusermount3 -u unmount it cleanly.
+#include <fuse_lowlevel.h>
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "fs/relayfs.h"
+
+using relayfs::fs::RelayFs;
+
+namespace {
+
+RelayFs* fs_of(fuse_req_t req) {
+  return static_cast<RelayFs*>(fuse_req_userdata(req));
+}
+
+// No exception may cross into libfuse: a handler that throws replies with an errno instead.
+template <typename F>
+void guarded(fuse_req_t req, F&& f) {
+  try {
+    f();
+  } catch (const std::bad_alloc&) {
+    fuse_reply_err(req, ENOMEM);
+  } catch (...) {
+    fuse_reply_err(req, EIO);
+  }
+}
+
+const fuse_lowlevel_ops kOps = [] {
+  fuse_lowlevel_ops o{};
+  o.lookup = [](fuse_req_t r, fuse_ino_t p, const char* n) {
+    guarded(r, [&] { fs_of(r)->lookup(r, p, n); });
+  };
+  o.forget = [](fuse_req_t r, fuse_ino_t i, uint64_t n) {
+    try {
+      fs_of(r)->forget(i, n);
+    } catch (...) {
+    }
+    fuse_reply_none(r);
+  };
+  o.forget_multi = [](fuse_req_t r, size_t count, fuse_forget_data* f) {
+    try {
+      for (size_t i = 0; i < count; ++i) fs_of(r)->forget(f[i].ino, f[i].nlookup);
+    } catch (...) {
+    }
+    fuse_reply_none(r);
+  };
+  o.getattr = [](fuse_req_t r, fuse_ino_t i, fuse_file_info*) {
+    guarded(r, [&] { fs_of(r)->getattr(r, i); });
+  };
+  o.setattr = [](fuse_req_t r, fuse_ino_t i, struct stat* a, int s, fuse_file_info*) {
+    guarded(r, [&] { fs_of(r)->setattr(r, i, a, s); });
+  };
+  o.mkdir = [](fuse_req_t r, fuse_ino_t p, const char* n, mode_t m) {
+    guarded(r, [&] { fs_of(r)->mkdir(r, p, n, m); });
+  };
+  o.rmdir = [](fuse_req_t r, fuse_ino_t p, const char* n) {
+    guarded(r, [&] { fs_of(r)->rmdir(r, p, n); });
+  };
+  o.opendir = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f) {
+    guarded(r, [&] { fs_of(r)->opendir(r, i, f); });
+  };
+  o.readdir = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info* f) {
+    guarded(r, [&] { fs_of(r)->readdir(r, i, s, off, f); });
+  };
+  o.releasedir = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f) {
+    guarded(r, [&] { fs_of(r)->releasedir(r, i, f); });
+  };
+  o.open = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f) {
+    guarded(r, [&] { fs_of(r)->open(r, i, f); });
+  };
+  o.read = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info* f) {
+    guarded(r, [&] { fs_of(r)->read(r, i, s, off, f); });
+  };
+  o.release = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f) {
+    guarded(r, [&] { fs_of(r)->release(r, i, f); });
+  };
+  o.poll = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f, fuse_pollhandle* ph) {
+    guarded(r, [&] { fs_of(r)->poll(r, i, f, ph); });
+  };
+  o.getxattr = [](fuse_req_t r, fuse_ino_t i, const char* n, size_t s) {
+    guarded(r, [&] { fs_of(r)->getxattr(r, i, n, s); });
+  };
+  o.listxattr = [](fuse_req_t r, fuse_ino_t i, size_t s) {
+    guarded(r, [&] { fs_of(r)->listxattr(r, i, s); });
+  };
+  o.statfs = [](fuse_req_t r, fuse_ino_t i) { guarded(r, [&] { fs_of(r)->statfs(r, i); }); };
+  // Users cannot create, write, rename or remove relay files, nor make other kinds of file.
+  o.create = [](fuse_req_t r, fuse_ino_t, const char*, mode_t, fuse_file_info*) {
+    fuse_reply_err(r, EPERM);
+  };
+  o.mknod = [](fuse_req_t r, fuse_ino_t, const char*, mode_t, dev_t) { fuse_reply_err(r, EPERM); };
+  o.symlink = [](fuse_req_t r, const char*, fuse_ino_t, const char*) { fuse_reply_err(r, EPERM); };
+  o.link = [](fuse_req_t r, fuse_ino_t, fuse_ino_t, const char*) { fuse_reply_err(r, EPERM); };
+  o.unlink = [](fuse_req_t r, fuse_ino_t, const char*) { fuse_reply_err(r, EPERM); };
+  o.rename = [](fuse_req_t r, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) {
+    fuse_reply_err(r, EPERM);
+  };
+  o.write = [](fuse_req_t r, fuse_ino_t, const char*, size_t, off_t, fuse_file_info*) {
+    fuse_reply_err(r, EBADF);
+  };
+  o.setxattr = [](fuse_req_t r, fuse_ino_t, const char*, const char*, size_t, int) {
+    fuse_reply_err(r, EPERM);
+  };
+  o.removexattr = [](fuse_req_t r, fuse_ino_t, const char*) { fuse_reply_err(r, EPERM); };
+  o.fallocate = [](fuse_req_t r, fuse_ino_t, int, off_t, off_t, fuse_file_info*) {
+    fuse_reply_err(r, EPERM);
+  };
+  return o;
+}();
+
+struct Conf {
+  int blocking = 0;
+};
+
+const fuse_opt kOpts[] = {
+    {"blocking", offsetof(Conf, blocking), 1},
+    FUSE_OPT_END,
+};
+
+void usage(const char* prog) {
+  std::printf(
+      "usage: %s [SOURCE] MOUNTPOINT [-o OPTIONS] [-f] [-d]\n"
+      "\n"
+      "Mounts a relayfs tree of relay channels at MOUNTPOINT.\n"
+      "\n"
+      "  SOURCE           ignored (shown as the file system name in /proc/mounts)\n"
+      "  -f               stay in the foreground\n"
+      "  -d               debug: foreground, and print every FUSE request\n"
+      "  -o blocking      an empty read waits for data (Ctrl-C interrupts it) instead of\n"
+      "                   returning 0 at once; O_NONBLOCK readers still get EAGAIN\n"
+      "  -o allow_other   let other users than the mounter see the tree\n"
+      "  -o OPTION        any other libfuse mount option\n"
+      "\n"
+      "See relayfs(8).\n",
+      prog);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // mount(8) runs "relayfs SOURCE MOUNTPOINT -o OPTS"; libfuse takes one positional argument.
+  std::vector<std::string> positional, rest;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      usage(argv[0]);
+      return 0;
+    }
+    if (a == "-V" || a == "--version") {
+      std::printf("relayfs 0.1.0 (libfuse %s)\n", fuse_pkgversion());
+      return 0;
+    }
+    if (a == "-o" && i + 1 < argc) {
+      rest.push_back(a);
+      rest.push_back(argv[++i]);
+    } else if (!a.empty() && a[0] == '-') {
+      rest.push_back(a);
+    } else {
+      positional.push_back(a);
+    }
+  }
+  if (positional.empty() || positional.size() > 2) {
+    usage(argv[0]);
+    return 2;
+  }
+  relayfs::fs::Options opts;
+  if (positional.size() == 2) opts.fsname = positional[0];
+  std::vector<std::string> fargs = {argv[0], positional.back()};
+  fargs.insert(fargs.end(), rest.begin(), rest.end());
+  // Permissions are the kernel's to enforce, with the owners and modes producers give.
+  fargs.insert(fargs.end(), {"-o", "subtype=relayfs,default_permissions,fsname=" + opts.fsname});
+  std::vector<char*> fargv;
+  for (auto& s : fargs) fargv.push_back(s.data());
+
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(fargv.size()), fargv.data());
+  Conf conf;
+  if (fuse_opt_parse(&args, &conf, kOpts, nullptr) != 0) return 2;
+  opts.blocking = conf.blocking;
+  fuse_cmdline_opts cmd{};
+  if (fuse_parse_cmdline(&args, &cmd) != 0) return 2;
+  if (!cmd.mountpoint) {
+    usage(argv[0]);
+    return 2;
+  }
+  opts.foreground = cmd.foreground;
+  opts.debug = cmd.debug;
+
+  int rc = 1;
+  {
+    RelayFs fs(opts);
+    fuse_session* se = fuse_session_new(&args, &kOps, sizeof kOps, &fs);
+    if (!se) {
+      fuse_opt_free_args(&args);
+      free(cmd.mountpoint);
+      return 1;
+    }
+    fs.set_session(se);
+    if (fuse_set_signal_handlers(se) == 0) {
+      if (fuse_session_mount(se, cmd.mountpoint) == 0) {
+        // mount(8) waits for the parent to exit: it does once the mount is up.
+        fuse_daemonize(cmd.foreground);
+        if (int err = fs.start(); err != 0) {
+          std::fprintf(stderr, "relayfs: cannot start: %s\n", std::strerror(-err));
+        } else {
+          fuse_loop_config* cfg = fuse_loop_cfg_create();
+          fuse_loop_cfg_set_clone_fd(cfg, cmd.clone_fd);
+          fuse_loop_cfg_set_max_threads(cfg, cmd.max_threads ? cmd.max_threads : 16);
+          rc = fuse_session_loop_mt(se, cfg);
+          fuse_loop_cfg_destroy(cfg);
+        }
+        fs.stop();
+        fuse_session_unmount(se);
+      }
+      fuse_remove_signal_handlers(se);
+    }
+    fuse_session_destroy(se);
+  }
+  fuse_opt_free_args(&args);
+  free(cmd.mountpoint);
+  return rc ? 1 : 0;
+}

@@ -1,0 +1,438 @@
+// FUSE operations. Each do_* style body returns an errno (or replies itself on success); every
+// handler replies exactly once, and no exception leaves it (see the adapters in main.cc).
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/xattr.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "core/protocol.h"
+#include "fs/relayfs.h"
+
+namespace relayfs::fs {
+
+namespace {
+
+// Per-thread read buffer: one FUSE read is at most 1 MiB (libfuse 3.14's largest request).
+constexpr size_t kMaxRead = 1 << 20;
+char* read_buffer() {
+  thread_local std::unique_ptr<char[]> buf(new char[kMaxRead]);
+  return buf.get();
+}
+
+// What fi->fh holds for an open relay file.
+struct FileHandle {
+  std::shared_ptr<RelayBuffer> buffer;
+};
+
+// A directory listing snapshot taken at opendir, served by offset.
+struct DirHandle {
+  struct Entry {
+    std::string name;
+    fuse_ino_t ino;
+    mode_t mode;
+  };
+  std::vector<Entry> entries;
+};
+
+}  // namespace
+
+int RelayFs::node_stat(Node* n, struct stat* st) {
+  tree.fill_stat(n, st);
+  if (n->buffer) {
+    RelayBuffer& b = *n->buffer;
+    std::lock_guard lk(b.mu);
+    const uint64_t size = b.cons.bytes_produced();
+    // st_mtime moves when data arrives, so tail -f, which compares sizes and times, reads it.
+    if (size != b.last_size || b.mtime.tv_sec == 0) {
+      b.last_size = size;
+      b.mtime = now();
+    }
+    st->st_size = static_cast<off_t>(size);
+    st->st_mtim = b.mtime;
+    st->st_blocks = static_cast<blkcnt_t>((size + 511) / 512);
+  }
+  return 0;
+}
+
+int RelayFs::do_lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e) {
+  std::lock_guard lk(tree.mu);
+  Node* dir = tree.get(parent);
+  if (!dir) return ENOENT;
+  if (!dir->is_dir()) return ENOTDIR;
+  if (std::strlen(name) > proto::kMaxName) return ENAMETOOLONG;
+  Node* n = tree.child(dir, name);
+  if (!n) return ENOENT;
+  *e = {};
+  e->ino = n->ino;
+  e->attr_timeout = 0;   // sizes and times change with every record
+  e->entry_timeout = 0;  // files come and go with channels
+  node_stat(n, &e->attr);
+  ++n->nlookup;
+  return 0;
+}
+
+void RelayFs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  fuse_entry_param e;
+  if (int err = do_lookup(parent, name, &e)) {
+    fuse_reply_err(req, err);
+    return;
+  }
+  fuse_reply_entry(req, &e);
+}
+
+void RelayFs::forget(fuse_ino_t ino, uint64_t n) {
+  std::lock_guard lk(tree.mu);
+  tree.forget(ino, n);
+}
+
+void RelayFs::getattr(fuse_req_t req, fuse_ino_t ino) {
+  struct stat st;
+  {
+    std::lock_guard lk(tree.mu);
+    Node* n = tree.get(ino);
+    if (!n) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    node_stat(n, &st);
+  }
+  fuse_reply_attr(req, &st, 0);
+}
+
+void RelayFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set) {
+  struct stat st;
+  int err = 0;
+  {
+    std::lock_guard lk(tree.mu);
+    Node* n = tree.get(ino);
+    const fuse_ctx* ctx = fuse_req_ctx(req);
+    if (!n) {
+      err = ENOENT;
+    } else if (n->buffer) {
+      // Relay files are the producer's: no truncate, chmod, chown or touch.
+      err = EPERM;
+    } else {
+      // Directories: the kernel (default_permissions) has checked who may do what.
+      if (to_set & FUSE_SET_ATTR_MODE) n->mode = (n->mode & S_IFMT) | (attr->st_mode & 07777);
+      if (to_set & FUSE_SET_ATTR_UID) n->uid = attr->st_uid;
+      if (to_set & FUSE_SET_ATTR_GID) n->gid = attr->st_gid;
+      if (to_set & FUSE_SET_ATTR_ATIME) n->atime = attr->st_atim;
+      if (to_set & FUSE_SET_ATTR_MTIME) n->mtime = attr->st_mtim;
+      if (to_set & FUSE_SET_ATTR_ATIME_NOW) n->atime = now();
+      if (to_set & FUSE_SET_ATTR_MTIME_NOW) n->mtime = now();
+      if (to_set & FUSE_SET_ATTR_SIZE) err = EISDIR;
+      n->ctime = now();
+      (void)ctx;
+      if (!err) node_stat(n, &st);
+    }
+  }
+  if (err)
+    fuse_reply_err(req, err);
+  else
+    fuse_reply_attr(req, &st, 0);
+}
+
+void RelayFs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  fuse_entry_param e{};
+  int err = 0;
+  {
+    std::lock_guard lk(tree.mu);
+    const fuse_ctx* ctx = fuse_req_ctx(req);
+    Node* dir = tree.get(parent);
+    if (!dir)
+      err = ENOENT;
+    else if (!dir->is_dir())
+      err = ENOTDIR;
+    else if (!proto::valid_name(name))
+      err = std::strlen(name) > proto::kMaxName ? ENAMETOOLONG : EINVAL;
+    else if (tree.child(dir, name))
+      err = EEXIST;
+    else {
+      Node* n = tree.add(dir, name, S_IFDIR | (mode & 07777 & ~ctx->umask), ctx->uid, ctx->gid);
+      e.ino = n->ino;
+      ++n->nlookup;
+      node_stat(n, &e.attr);
+    }
+  }
+  if (err)
+    fuse_reply_err(req, err);
+  else
+    fuse_reply_entry(req, &e);
+}
+
+void RelayFs::rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  int err = 0;
+  {
+    std::lock_guard lk(tree.mu);
+    Node* dir = tree.get(parent);
+    Node* n = dir ? tree.child(dir, name) : nullptr;
+    if (!n)
+      err = ENOENT;
+    else if (!n->is_dir())
+      err = ENOTDIR;
+    else if (!n->children.empty())
+      err = ENOTEMPTY;
+    else
+      tree.unlink(n);
+  }
+  fuse_reply_err(req, err);
+}
+
+void RelayFs::opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto h = std::make_unique<DirHandle>();
+  {
+    std::lock_guard lk(tree.mu);
+    Node* n = tree.get(ino);
+    if (!n) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    if (!n->is_dir()) {
+      fuse_reply_err(req, ENOTDIR);
+      return;
+    }
+    h->entries.push_back({".", n->ino, S_IFDIR});
+    h->entries.push_back({"..", n->parent ? n->parent : n->ino, S_IFDIR});
+    for (auto& [name, cino] : n->children)
+      if (Node* c = tree.get(cino)) h->entries.push_back({name, cino, c->mode});
+  }
+  fi->fh = reinterpret_cast<uint64_t>(h.release());
+  fi->cache_readdir = 0;
+  if (fuse_reply_open(req, fi) != 0) delete reinterpret_cast<DirHandle*>(fi->fh);
+}
+
+void RelayFs::readdir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  auto* h = reinterpret_cast<DirHandle*>(fi->fh);
+  std::vector<char> buf(std::min<size_t>(size, 1 << 16));
+  size_t used = 0;
+  for (size_t i = static_cast<size_t>(std::max<off_t>(off, 0)); i < h->entries.size(); ++i) {
+    struct stat st {};
+    st.st_ino = h->entries[i].ino;
+    st.st_mode = h->entries[i].mode;
+    const size_t need =
+        fuse_add_direntry(req, buf.data() + used, buf.size() - used, h->entries[i].name.c_str(),
+                          &st, static_cast<off_t>(i + 1));
+    if (need > buf.size() - used) break;
+    used += need;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void RelayFs::releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  delete reinterpret_cast<DirHandle*>(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void RelayFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  std::shared_ptr<RelayBuffer> b;
+  bool first = false;
+  {
+    std::lock_guard lk(tree.mu);
+    Node* n = tree.get(ino);
+    if (!n) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    if (n->is_dir()) {
+      fuse_reply_err(req, EISDIR);
+      return;
+    }
+    if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+      fuse_reply_err(req, EPERM);  // relay files are written by their producer only
+      return;
+    }
+    b = n->buffer;
+    std::lock_guard blk(b->mu);
+    first = b->opens++ == 0;
+  }
+  // A consuming file: no page cache, no seeking, every read goes to read().
+  fi->direct_io = 1;
+  fi->nonseekable = 1;
+  fi->keep_cache = 0;
+  auto* fh = new FileHandle{b};
+  fi->fh = reinterpret_cast<uint64_t>(fh);
+  if (fuse_reply_open(req, fi) != 0) {
+    // The opener went away (interrupted): undo; the kernel sends no release for it.
+    delete fh;
+    std::lock_guard blk(b->mu);
+    --b->opens;
+    return;
+  }
+  if (first) notify_owner(*b, true);
+}
+
+void RelayFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  auto* fh = reinterpret_cast<FileHandle*>(fi->fh);
+  std::shared_ptr<RelayBuffer> b = std::move(fh->buffer);
+  delete fh;
+  bool last;
+  {
+    std::lock_guard lk(tree.mu);
+    {
+      std::lock_guard blk(b->mu);
+      last = --b->opens == 0;
+    }
+    if (last && b->unlinked) {
+      if (Node* n = tree.get(b->ino)) tree.maybe_free(n);
+    }
+  }
+  if (last) notify_owner(*b, false);
+  fuse_reply_err(req, 0);
+  if (last) maybe_remove(b);
+}
+
+void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t, fuse_file_info* fi) {
+  std::shared_ptr<RelayBuffer> b = reinterpret_cast<FileHandle*>(fi->fh)->buffer;
+  char* out = read_buffer();
+  size = std::min(size, kMaxRead);
+  ssize_t n;
+  bool drained;
+  {
+    std::lock_guard lk(b->mu);
+    n = b->cons.read(out, size);
+    drained = n == 0 && b->cons.drained();
+  }
+  if (n > 0) {
+    fuse_reply_buf(req, out, static_cast<size_t>(n));
+    return;
+  }
+  if (n < 0) {
+    fuse_reply_err(req, static_cast<int>(-n));
+    return;
+  }
+  if (drained) {
+    fuse_reply_buf(req, nullptr, 0);  // end of file: finalized and drained
+    maybe_remove(b);
+    return;
+  }
+  if (fi->flags & O_NONBLOCK) {
+    fuse_reply_err(req, EAGAIN);
+    return;
+  }
+  if (!opts_.blocking) {
+    fuse_reply_buf(req, nullptr, 0);  // the kernel's read never blocks: "nothing now"
+    return;
+  }
+  park(req, size, std::move(b));
+}
+
+namespace {
+// The read this thread is parking: libfuse calls the interrupt callback from inside
+// fuse_req_interrupt_func when the request is already interrupted.
+thread_local uint64_t tl_parking = 0;
+thread_local bool tl_interrupted = false;
+}  // namespace
+
+void RelayFs::park(fuse_req_t req, size_t size, std::shared_ptr<RelayBuffer> b) {
+  auto* pr = new ParkedRead{next_read_id_.fetch_add(1), req, size, std::move(b)};
+  // Registered before the loop can see the read, so the loop never answers a request whose
+  // interrupt callback is not in place (and deregisters it before answering).
+  tl_parking = pr->id;
+  tl_interrupted = false;
+  fuse_req_interrupt_func(
+      req,
+      [](fuse_req_t r, void* data) {
+        auto* fs = static_cast<RelayFs*>(fuse_req_userdata(r));
+        fs->interrupt(reinterpret_cast<uint64_t>(data));
+      },
+      reinterpret_cast<void*>(pr->id));
+  tl_parking = 0;
+  if (tl_interrupted) {  // Ctrl-C came before we parked: answer now
+    fuse_req_interrupt_func(req, nullptr, nullptr);
+    fuse_reply_err(req, EINTR);
+    delete pr;
+    return;
+  }
+  post({LoopEvent::kPark, pr->id, pr});
+}
+
+void RelayFs::interrupt(uint64_t read_id) {
+  if (read_id == tl_parking) {
+    tl_interrupted = true;
+    return;
+  }
+  post({LoopEvent::kInterrupt, read_id, nullptr});
+}
+
+void RelayFs::poll(fuse_req_t req, fuse_ino_t, fuse_file_info* fi, fuse_pollhandle* ph) {
+  std::shared_ptr<RelayBuffer> b = reinterpret_cast<FileHandle*>(fi->fh)->buffer;
+  unsigned revents = 0;
+  {
+    std::lock_guard lk(b->mu);
+    if (b->cons.data_available())
+      revents = POLLIN | POLLRDNORM;
+    else if (b->cons.drained())
+      revents = POLLERR;
+    if (ph) {
+      if (revents) {
+        fuse_pollhandle_destroy(ph);
+      } else {
+        // Kept until data arrives: the loop notifies it when the producer rings the doorbell.
+        b->polls.push_back(ph);
+        b->cons.arm_doorbell();
+        // A record committed between the check above and the arming is seen here.
+        if (b->cons.data_available()) revents = POLLIN | POLLRDNORM;
+      }
+    }
+  }
+  fuse_reply_poll(req, revents);
+}
+
+void RelayFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  std::string value;
+  {
+    std::lock_guard lk(tree.mu);
+    Node* n = tree.get(ino);
+    if (!n) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    if (!n->is_dir() || std::strcmp(name, kControlXattr) != 0) {
+      fuse_reply_err(req, ENODATA);
+      return;
+    }
+    value = control_name_;
+  }
+  if (size == 0)
+    fuse_reply_xattr(req, value.size());
+  else if (size < value.size())
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, value.data(), value.size());
+}
+
+void RelayFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  std::string names;
+  {
+    std::lock_guard lk(tree.mu);
+    Node* n = tree.get(ino);
+    if (!n) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    if (n->is_dir()) names.append(kControlXattr).push_back('\0');
+  }
+  if (size == 0)
+    fuse_reply_xattr(req, names.size());
+  else if (size < names.size())
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, names.data(), names.size());
+}
+
+void RelayFs::statfs(fuse_req_t req, fuse_ino_t) {
+  struct statvfs sv {};
+  sv.f_bsize = 1 << 20;
+  sv.f_frsize = 1 << 20;
+  sv.f_namemax = proto::kMaxName;
+  {
+    std::lock_guard lk(tree.mu);
+    sv.f_files = tree.size();
+  }
+  fuse_reply_statfs(req, &sv);
+}
+
+}  // namespace relayfs::fs

@@ -1,0 +1,150 @@
+// The relayfs daemon's state: the tree, the channels, the control connections, and the io_uring
+// event loop that serves them. FUSE callbacks (ops.cc) run on libfuse's worker threads; control
+// messages, doorbells and parked reads are handled on the loop thread (loop.cc, control.cc).
+#pragma once
+
+#include <fuse_lowlevel.h>
+#include <liburing.h>
+
+#include <atomic>
+#include <boost/lockfree/queue.hpp>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "core/fd.h"
+#include "core/wire.h"
+#include "fs/channel.h"
+#include "fs/tree.h"
+
+namespace relayfs::fs {
+
+struct Options {
+  std::string fsname = "relayfs";  // SOURCE, shown in /proc/mounts
+  bool blocking = false;           // -o blocking: an empty read waits for data
+  bool foreground = false;
+  bool debug = false;
+};
+
+// What a FUSE worker hands to the loop thread.
+struct LoopEvent {
+  enum Kind : uint32_t { kPark, kInterrupt, kFree } kind;
+  uint64_t id;       // kInterrupt: parked read id; kFree: channel id
+  ParkedRead* read;  // kPark
+};
+
+// A control connection from one producer process.
+struct Connection {
+  uint64_t id = 0;
+  core::UniqueFd fd;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  pid_t pid = 0;
+  std::vector<gid_t> groups;
+  std::mutex send_mu;  // FUSE workers send buf_mapped events; the loop sends replies
+};
+
+// The name the xattr on every directory gives: how a producer finds this daemon.
+inline constexpr const char* kControlXattr = "user.relayfs.control";
+
+class RelayFs {
+ public:
+  explicit RelayFs(const Options& o);
+  ~RelayFs();
+
+  // Creates the control socket and the ring and starts the loop thread. Returns 0 or -errno.
+  int start();
+  // Stops the loop thread; parked reads are answered with EOF. Call after the FUSE session ends.
+  void stop();
+
+  const Options& options() const { return opts_; }
+  const std::string& control_name() const { return control_name_; }
+  void set_session(fuse_session* se) { se_ = se; }
+
+  Tree tree;
+
+  // ---- FUSE side (ops.cc); each replies exactly once.
+  void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
+  void forget(fuse_ino_t ino, uint64_t n);
+  void getattr(fuse_req_t req, fuse_ino_t ino);
+  void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set);
+  void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode);
+  void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name);
+  void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi);
+  void releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi);
+  void release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void poll(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, fuse_pollhandle* ph);
+  void getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size);
+  void listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+  void statfs(fuse_req_t req, fuse_ino_t ino);
+
+  // Interrupt callback of a parked read (libfuse worker thread).
+  void interrupt(uint64_t read_id);
+
+  // ---- loop side (loop.cc, control.cc)
+  size_t channel_count();
+  size_t fixed_buffers_registered() const;
+
+ private:
+  int do_lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e);
+  int node_stat(Node* n, struct stat* st);
+  void post(const LoopEvent& ev);
+  void park(fuse_req_t req, size_t size, std::shared_ptr<RelayBuffer> b);
+  void notify_owner(const RelayBuffer& b, bool mapped);
+  void maybe_remove(const std::shared_ptr<RelayBuffer>& b);
+
+  // Loop thread.
+  void loop_main();
+  void on_accept();
+  void on_connection(const std::shared_ptr<Connection>& c);
+  void on_message(Connection& c, const proto::Received& r);
+  void close_connection(uint64_t id);
+  void handle_open(Connection& c, uint32_t seq, const char* payload, size_t len);
+  void handle_close(Connection& c, uint32_t seq, const char* payload, size_t len);
+  void handle_consumed(Connection& c, const char* payload, size_t len);
+  void finalize_channel(const std::shared_ptr<Channel>& ch);
+  void free_channel(uint32_t id);
+  void on_doorbell(uint32_t channel_id);
+  void drain_events();
+  void service(const std::shared_ptr<RelayBuffer>& b);
+  void finish_read(ParkedRead* pr, const char* data, ssize_t n);
+  int register_buffer(RelayBuffer& b);
+  void unregister_buffer(RelayBuffer& b);
+  void retire(uint64_t user_data);
+
+  Options opts_;
+  fuse_session* se_ = nullptr;
+  std::string control_name_;
+  core::UniqueFd listen_fd_;
+  core::UniqueFd notify_fd_;  // eventfd: FUSE workers wake the loop
+  io_uring ring_{};
+  bool ring_ok_ = false;
+  std::thread loop_;
+  std::atomic<bool> stopping_{false};
+  boost::lockfree::queue<LoopEvent> events_{1024};
+  std::atomic<uint64_t> next_read_id_{1};
+
+  // Guarded by tree.mu.
+  std::map<uint32_t, std::shared_ptr<Channel>> channels_;
+  uint32_t next_channel_id_ = 1;
+
+  // Loop thread only.
+  std::unordered_map<uint64_t, ParkedRead*> parked_;
+  std::unordered_set<uint64_t> early_interrupts_;
+  std::vector<bool> fixed_used_;
+
+  std::mutex conns_mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<Connection>> conns_;
+  uint64_t next_conn_id_ = 1;
+};
+
+}  // namespace relayfs::fs
