@@ -24,26 +24,32 @@ static void on_signal(int sig) {
   stop = 1;
 }
 
-int main(int argc, char **argv) {
-  const char *base = "demo";
+int main(int argc, char** argv) {
+  const char* base = "demo";
   double rate = 10;
   long long count = -1;
   int opt;
   while ((opt = getopt(argc, argv, "n:r:c:h")) != -1) {
     switch (opt) {
-      case 'n': base = optarg; break;
-      case 'r': rate = atof(optarg); break;
-      case 'c': count = atoll(optarg); break;
+      case 'n':
+        base = optarg;
+        break;
+      case 'r':
+        rate = atof(optarg);
+        break;
+      case 'c':
+        count = atoll(optarg);
+        break;
       default:
         fprintf(stderr, "usage: %s [-n BASE] [-r RECORDS_PER_SECOND] [-c COUNT] [DIR]\n", argv[0]);
         return 2;
     }
   }
-  const char *dir = optind < argc ? argv[optind] : NULL;
-  struct rchan *chan = relay_open(base, dir, 64 * 1024, 8, NULL, NULL);
+  const char* dir = optind < argc ? argv[optind] : NULL;
+  struct rchan* chan = relay_open(base, dir, 64 * 1024, 8, NULL, NULL);
   if (!chan) {
-    fprintf(stderr, "relayfs-demo: relay_open %s in %s: %s\n", base,
-            dir ? dir : "$RELAYFS_MOUNT", strerror(errno));
+    fprintf(stderr, "relayfs-demo: relay_open %s in %s: %s\n", base, dir ? dir : "$RELAYFS_MOUNT",
+            strerror(errno));
     return 1;
   }
   signal(SIGINT, on_signal);

@@ -5,6 +5,7 @@
 // SIGINT or fusermount3 -u unmount it cleanly.
 #include <fuse_lowlevel.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -216,6 +217,8 @@ int main(int argc, char** argv) {
           fuse_loop_cfg_set_max_threads(cfg, cmd.max_threads ? cmd.max_threads : 16);
           rc = fuse_session_loop_mt(se, cfg);
           fuse_loop_cfg_destroy(cfg);
+          // libfuse reports the signal that ended the loop; being asked to stop is success.
+          if (rc == SIGTERM || rc == SIGINT || rc == SIGHUP) rc = 0;
         }
         fs.stop();
         fuse_session_unmount(se);

@@ -1,0 +1,154 @@
+// A real relayfs mount for a test: the daemon runs in the foreground as a child of the test, in
+// a fresh temporary directory. The mount is always taken down and the daemon always killed, even
+// when the test fails: the destructor unmounts lazily and kills; if the test process itself
+// dies, PR_SET_PDEATHSIG takes the daemon with it.
+#pragma once
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace relayfs::test {
+
+inline std::string daemon_path() {
+  const char* p = std::getenv("RELAYFS_DAEMON");
+  return p ? p : "relayfs";
+}
+
+// True if `dir` is a relayfs mount point now.
+inline bool is_mounted(const std::string& dir) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ss(line);
+    std::string f[5];
+    for (auto& x : f) ss >> x;
+    if (f[4] != dir) continue;
+    const auto dash = line.find(" - ");
+    if (dash != std::string::npos && line.compare(dash + 3, 12, "fuse.relayfs") == 0) return true;
+  }
+  return false;
+}
+
+// The mount tests need /dev/fuse and fusermount3; without them the whole program skips.
+inline bool fuse_available() {
+  return ::access("/dev/fuse", R_OK | W_OK) == 0 &&
+         (::access("/usr/bin/fusermount3", X_OK) == 0 || ::access("/bin/fusermount3", X_OK) == 0);
+}
+
+inline int run(const std::string& cmd) {
+  const int st = std::system(cmd.c_str());
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+class Mount {
+ public:
+  explicit Mount(const std::vector<std::string>& opts = {}) {
+    char tmpl[] = "/tmp/relayfs-test-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    dir = tmpl;
+    pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      std::vector<std::string> args = {daemon_path(), "none", dir, "-f"};
+      args.insert(args.end(), opts.begin(), opts.end());
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      const int devnull = ::open("/dev/null", O_WRONLY);
+      if (!std::getenv("RELAYFS_TEST_DEBUG")) ::dup2(devnull, 1);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!is_mounted(dir)) {
+      int st;
+      if (::waitpid(pid, &st, WNOHANG) == pid) {
+        pid = -1;
+        FAIL("relayfs exited before mounting");
+      }
+      if (std::chrono::steady_clock::now() > until) FAIL("relayfs did not mount in 10 s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  Mount(const Mount&) = delete;
+  Mount& operator=(const Mount&) = delete;
+
+  ~Mount() {
+    run("fusermount3 -u -z '" + dir + "' 2>/dev/null");
+    stop_daemon(SIGTERM);
+    ::rmdir(dir.c_str());
+  }
+
+  // Sends sig and waits up to 5 s, then SIGKILL. Returns the wait status.
+  int stop_daemon(int sig) {
+    if (pid <= 0) return -1;
+    ::kill(pid, sig);
+    int st = -1;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (::waitpid(pid, &st, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > until) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &st, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    pid = -1;
+    return st;
+  }
+
+  std::string path(const std::string& rel) const { return dir + "/" + rel; }
+
+  std::string dir;
+  pid_t pid = -1;
+};
+
+// Reads a whole file (or what a consuming read gives until it returns 0).
+inline std::string slurp(const std::string& path, size_t chunk = 1 << 16) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  std::string out;
+  std::vector<char> buf(chunk);
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    REQUIRE(n >= 0);
+    if (n == 0) break;
+    out.append(buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+// The output of a shell command.
+inline std::string capture(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[65536];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
+
+inline bool exists(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+}  // namespace relayfs::test

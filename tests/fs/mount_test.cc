@@ -1,0 +1,474 @@
+// relayfs mounted for real, driven with real tools (cat, tail -f, dd, head, poll) and with the
+// producer library. Every test mounts its own tree and takes it down, even when it fails.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+#include <poll.h>
+#include <relayfs/relay.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "core/protocol.h"
+#include "core/wire.h"
+#include "mount.h"
+
+using namespace relayfs::test;
+
+namespace {
+
+unsigned ncpus() {
+  return static_cast<unsigned>(std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF)));
+}
+
+// Numbered records, each a whole line: "rec 000042\n" (11 bytes).
+std::string record(int i) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "rec %06d\n", i);
+  return buf;
+}
+
+// A global channel: one file, whatever CPU the test runs on, so a test knows where data goes.
+int make_global(const char*, const char*, mode_t* mode, rchan_buf*, int* is_global) {
+  *is_global = 1;
+  *mode = 0440;
+  return 0;
+}
+
+rchan* open_global(const std::string& dir, const char* base, size_t subbuf = 4096, size_t n = 8) {
+  rchan_callbacks cb{};
+  cb.create_buf_file = &make_global;
+  rchan* c = relay_open(base, dir.c_str(), subbuf, n, &cb, nullptr);
+  REQUIRE_MESSAGE(c != nullptr, "relay_open: " << std::strerror(errno));
+  return c;
+}
+
+std::string write_records(rchan* c, int from, int to) {
+  std::string all;
+  for (int i = from; i < to; ++i) {
+    const std::string r = record(i);
+    REQUIRE(relay_write(c, r.data(), r.size()) == 0);
+    all += r;
+  }
+  return all;
+}
+
+char proc_state(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string s;
+  std::getline(in, s);
+  const auto p = s.rfind(')');
+  return p == std::string::npos || p + 2 >= s.size() ? '?' : s[p + 2];
+}
+
+}  // namespace
+
+TEST_CASE("directories are made and removed with mkdir and rmdir") {
+  Mount m;
+  REQUIRE(::mkdir(m.path("a").c_str(), 0755) == 0);
+  REQUIRE(::mkdir(m.path("a/b").c_str(), 0700) == 0);
+  struct stat st;
+  REQUIRE(::stat(m.path("a/b").c_str(), &st) == 0);
+  CHECK(S_ISDIR(st.st_mode));
+  CHECK((st.st_mode & 07777) == (0700 & ~[] {
+          mode_t u = ::umask(0);
+          ::umask(u);
+          return u;
+        }()));
+  CHECK(::mkdir(m.path("a").c_str(), 0755) == -1);
+  CHECK(errno == EEXIST);
+  CHECK(::rmdir(m.path("a").c_str()) == -1);
+  CHECK(errno == ENOTEMPTY);
+  REQUIRE(::rmdir(m.path("a/b").c_str()) == 0);
+  REQUIRE(::rmdir(m.path("a").c_str()) == 0);
+  CHECK_FALSE(exists(m.path("a")));
+}
+
+TEST_CASE("a channel's files appear with the producer's mode and vanish once closed and drained") {
+  Mount m;
+  REQUIRE(::mkdir(m.path("app").c_str(), 0755) == 0);
+  SUBCASE("per-CPU: one file per possible CPU, mode 0400 by default") {
+    rchan* c = relay_open("cpu", m.path("app").c_str(), 4096, 4, nullptr, nullptr);
+    REQUIRE_MESSAGE(c != nullptr, std::strerror(errno));
+    CHECK(c->n_buffers == ncpus());
+    for (unsigned i = 0; i < ncpus(); ++i) {
+      struct stat st;
+      REQUIRE(::stat(m.path("app/cpu" + std::to_string(i)).c_str(), &st) == 0);
+      CHECK(S_ISREG(st.st_mode));
+      CHECK((st.st_mode & 07777) == 0400);
+      CHECK(st.st_uid == ::getuid());
+      CHECK(st.st_blksize == 1 << 20);
+    }
+    CHECK_FALSE(exists(m.path("app/cpu" + std::to_string(ncpus()))));
+    REQUIRE(relay_close(c) == 0);
+    // Nothing was written: drained at once, so the files go.
+    for (unsigned i = 0; i < ncpus(); ++i)
+      CHECK_FALSE(exists(m.path("app/cpu" + std::to_string(i))));
+  }
+  SUBCASE("global: one file; data stays readable after close until drained") {
+    rchan* c = open_global(m.path("app"), "g");
+    CHECK(c->n_buffers == 1);
+    struct stat st;
+    REQUIRE(::stat(m.path("app/g0").c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == 0440);
+    CHECK_FALSE(exists(m.path("app/g1")));
+    const std::string want = write_records(c, 0, 100);
+    REQUIRE(relay_close(c) == 0);
+    CHECK(exists(m.path("app/g0")));
+    CHECK(slurp(m.path("app/g0")) == want);
+    CHECK_FALSE(exists(m.path("app/g0")));
+  }
+  CHECK(::rmdir(m.path("app").c_str()) == 0);
+}
+
+TEST_CASE("relay_open reports clear errors") {
+  Mount m;
+  REQUIRE(::mkdir(m.path("app").c_str(), 0755) == 0);
+  errno = 0;
+  CHECK(relay_open("x", m.path("missing").c_str(), 4096, 4, nullptr, nullptr) == nullptr);
+  CHECK(errno == ENOENT);
+  CHECK(relay_open("x", "/tmp", 4096, 4, nullptr, nullptr) == nullptr);
+  CHECK(errno == ENOTSUP);
+  CHECK(relay_open("x", m.path("app").c_str(), 0, 4, nullptr, nullptr) == nullptr);
+  CHECK(errno == EINVAL);
+  CHECK(relay_open("x", m.path("app").c_str(), 4096, 0, nullptr, nullptr) == nullptr);
+  CHECK(errno == EINVAL);
+  CHECK(relay_open("x", m.path("app").c_str(), size_t{1} << 31, 4, nullptr, nullptr) == nullptr);
+  CHECK(errno == EFBIG);
+  for (const char* bad : {"", ".", "..", "a/b"}) {
+    CAPTURE(bad);
+    CHECK(relay_open(bad, m.path("app").c_str(), 4096, 4, nullptr, nullptr) == nullptr);
+    CHECK(errno == EINVAL);
+  }
+  ::unsetenv("RELAYFS_MOUNT");
+  CHECK(relay_open("x", nullptr, 4096, 4, nullptr, nullptr) == nullptr);
+  CHECK(errno == EINVAL);
+  ::setenv("RELAYFS_MOUNT", m.dir.c_str(), 1);
+  rchan* c = relay_open("env", nullptr, 4096, 4, nullptr, nullptr);
+  REQUIRE(c != nullptr);
+  CHECK(exists(m.path("env0")));
+  CHECK(relay_open("env", nullptr, 4096, 4, nullptr, nullptr) == nullptr);
+  CHECK(errno == EEXIST);
+  CHECK(relay_close(c) == 0);
+  ::unsetenv("RELAYFS_MOUNT");
+}
+
+TEST_CASE("users cannot create, write, truncate, rename or remove relay files") {
+  Mount m;
+  rchan* c = open_global(m.dir, "f");
+  const std::string f = m.path("f0");
+  errno = 0;
+  CHECK(::open(f.c_str(), O_WRONLY) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::open(f.c_str(), O_RDWR) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::truncate(f.c_str(), 0) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::rename(f.c_str(), m.path("g0").c_str()) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::unlink(f.c_str()) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::chmod(f.c_str(), 0644) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::open(m.path("new").c_str(), O_WRONLY | O_CREAT, 0644) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::mknod(m.path("fifo").c_str(), S_IFIFO | 0644, 0) == -1);
+  CHECK(errno == EPERM);
+  CHECK(::symlink("f0", m.path("link").c_str()) == -1);
+  CHECK(errno == EPERM);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("st_size counts bytes produced and never shrinks; st_mtime moves with data") {
+  Mount m;
+  rchan* c = open_global(m.dir, "s", 64, 4);
+  struct stat a, b;
+  REQUIRE(::stat(m.path("s0").c_str(), &a) == 0);
+  CHECK(a.st_size == 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  write_records(c, 0, 3);  // 33 bytes in the first sub-buffer
+  REQUIRE(::stat(m.path("s0").c_str(), &b) == 0);
+  CHECK(b.st_size == 33);
+  CHECK((b.st_mtim.tv_sec > a.st_mtim.tv_sec ||
+         (b.st_mtim.tv_sec == a.st_mtim.tv_sec && b.st_mtim.tv_nsec > a.st_mtim.tv_nsec)));
+  CHECK(slurp(m.path("s0")).size() == 33);  // reading consumes, the size stays
+  REQUIRE(::stat(m.path("s0").c_str(), &b) == 0);
+  CHECK(b.st_size == 33);
+  write_records(c, 3, 10);  // switches: padding is not counted
+  REQUIRE(::stat(m.path("s0").c_str(), &b) == 0);
+  CHECK(b.st_size == 110);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("cat reads every record and never a padding byte") {
+  Mount m;
+  // 11-byte records in 64-byte sub-buffers: 5 per sub-buffer, 9 bytes of padding each.
+  rchan* c = open_global(m.dir, "c", 64, 16);
+  const std::string want = write_records(c, 0, 60);
+  REQUIRE(relay_flush(c) == 0);
+  CHECK(capture("cat " + m.path("c0")) == want);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("dd with several block sizes, and head -c") {
+  Mount m;
+  rchan* c = open_global(m.dir, "d", 4096, 64);
+  for (const char* bs : {"1", "7", "512", "4096", "1M", "4M"}) {
+    CAPTURE(bs);
+    const std::string want = write_records(c, 0, 2000);
+    CHECK(capture(std::string("dd if=") + m.path("d0") + " bs=" + bs + " status=none") == want);
+  }
+  const std::string want = write_records(c, 0, 100);
+  CHECK(capture("head -c 33 " + m.path("d0")) == want.substr(0, 33));
+  CHECK(capture("cat " + m.path("d0")) == want.substr(33));  // head consumed what it read
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("tail -f follows a relay file as records arrive") {
+  Mount m;
+  rchan* c = open_global(m.dir, "t");
+  const std::string out = m.dir + ".tail";
+  // tail polls fstat once a second on a FUSE file; give it a few rounds.
+  FILE* p = ::popen(("timeout 4 tail -f -s 0.2 " + m.path("t0") + " > " + out).c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string want;
+  for (int round = 0; round < 5; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    want += write_records(c, round * 10, round * 10 + 10);
+  }
+  ::pclose(p);
+  std::ifstream in(out);
+  std::stringstream got;
+  got << in.rdbuf();
+  ::unlink(out.c_str());
+  CHECK(got.str() == want);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("empty reads return 0, or EAGAIN with O_NONBLOCK") {
+  Mount m;
+  rchan* c = open_global(m.dir, "e");
+  const int fd = ::open(m.path("e0").c_str(), O_RDONLY);
+  char buf[64];
+  CHECK(::read(fd, buf, sizeof buf) == 0);
+  ::fcntl(fd, F_SETFL, O_NONBLOCK);
+  CHECK(::read(fd, buf, sizeof buf) == -1);
+  CHECK(errno == EAGAIN);
+  ::close(fd);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("poll and epoll report data as it arrives, and POLLERR once finalized and drained") {
+  Mount m;
+  rchan* c = open_global(m.dir, "p");
+  const int fd = ::open(m.path("p0").c_str(), O_RDONLY | O_NONBLOCK);
+  REQUIRE(fd >= 0);
+  pollfd pfd{fd, POLLIN | POLLRDNORM, 0};
+  CHECK(::poll(&pfd, 1, 0) == 0);
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    write_records(c, 0, 1);
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(::poll(&pfd, 1, 5000) == 1);
+  CHECK((pfd.revents & (POLLIN | POLLRDNORM)) == (POLLIN | POLLRDNORM));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(4));
+  writer.join();
+  char buf[64];
+  CHECK(::read(fd, buf, sizeof buf) == 11);
+
+  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev{EPOLLIN, {}};
+  REQUIRE(::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0);
+  epoll_event got;
+  CHECK(::epoll_wait(ep, &got, 1, 0) == 0);
+  std::thread writer2([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    write_records(c, 1, 2);
+  });
+  CHECK(::epoll_wait(ep, &got, 1, 5000) == 1);
+  writer2.join();
+  CHECK(::read(fd, buf, sizeof buf) == 11);
+  ::close(ep);
+
+  CHECK(relay_close(c) == 0);
+  pfd.revents = 0;
+  CHECK(::poll(&pfd, 1, 2000) == 1);
+  CHECK((pfd.revents & POLLERR) != 0);
+  ::close(fd);
+}
+
+TEST_CASE("blocking mode: a reader waits for data, gets EOF at close, and Ctrl-C interrupts it") {
+  Mount m({"-o", "blocking"});
+  rchan* c = open_global(m.dir, "b");
+  SUBCASE("data wakes a blocked read") {
+    const int fd = ::open(m.path("b0").c_str(), O_RDONLY);
+    std::thread writer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      write_records(c, 0, 1);
+    });
+    char buf[64];
+    CHECK(::read(fd, buf, sizeof buf) == 11);
+    writer.join();
+    ::fcntl(fd, F_SETFL, O_NONBLOCK);
+    CHECK(::read(fd, buf, sizeof buf) == -1);  // O_NONBLOCK still gets EAGAIN
+    CHECK(errno == EAGAIN);
+    ::close(fd);
+  }
+  SUBCASE("cat blocks in state S, not D, and SIGINT ends it") {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::execlp("cat", "cat", m.path("b0").c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const char state = proc_state(pid);
+    CHECK(state == 'S');
+    ::kill(pid, SIGINT);
+    int st = 0;
+    pid_t r = 0;
+    for (int i = 0; i < 300 && r == 0; ++i) {
+      r = ::waitpid(pid, &st, WNOHANG);
+      if (r == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (r == 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &st, 0);
+    }
+    CHECK(r == pid);
+    CHECK(WIFSIGNALED(st));
+  }
+  SUBCASE("the channel's close ends a blocked read with end of file") {
+    const int fd = ::open(m.path("b0").c_str(), O_RDONLY);
+    std::thread closer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      REQUIRE(relay_close(c) == 0);
+      c = nullptr;
+    });
+    char buf[64];
+    CHECK(::read(fd, buf, sizeof buf) == 0);
+    closer.join();
+    ::close(fd);
+  }
+  if (c) CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("a producer killed with SIGKILL mid-stream: what it committed stays readable") {
+  Mount m;
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    rchan_callbacks cb{};
+    cb.create_buf_file = &make_global;
+    rchan* c = relay_open("k", m.dir.c_str(), 1 << 16, 64, &cb, nullptr);
+    if (!c) ::_exit(1);
+    if (::write(ready[1], "x", 1) != 1) ::_exit(1);
+    for (int i = 0;; ++i) {
+      const std::string r = record(i % 1000000);
+      relay_write(c, r.data(), r.size());
+    }
+  }
+  char x;
+  REQUIRE(::read(ready[0], &x, 1) == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  // Everything readable is whole records, in order; then the file goes.
+  std::string got;
+  for (int i = 0; i < 100 && exists(m.path("k0")); ++i) got += slurp(m.path("k0"));
+  CHECK(got.size() > 0);
+  CHECK(got.size() % 11 == 0);
+  bool in_order = true;
+  for (size_t at = 0, i = 0; at + 11 <= got.size(); at += 11, ++i)
+    if (got.compare(at, 11, record(static_cast<int>(i % 1000000))) != 0) in_order = false;
+  CHECK(in_order);
+  CHECK_FALSE(exists(m.path("k0")));
+  CHECK(is_mounted(m.dir));  // the daemon runs on
+  ::close(ready[0]);
+  ::close(ready[1]);
+}
+
+TEST_CASE("malformed control messages get an error reply and the daemon carries on") {
+  Mount m;
+  char name[108];
+  const ssize_t n = ::getxattr(m.dir.c_str(), "user.relayfs.control", name, sizeof name);
+  REQUIRE(n > 1);
+  const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));
+  REQUIRE(::connect(s, reinterpret_cast<sockaddr*>(&addr),
+                    static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) +
+                                           static_cast<size_t>(n))) == 0);
+  namespace proto = relayfs::proto;
+  auto expect_error = [&](int want) {
+    proto::Received r;
+    REQUIRE(proto::recv_message(s, &r) == 1);
+    proto::Status st;
+    REQUIRE(proto::decode(r.payload.data(), r.payload.size(), &st) == 0);
+    CHECK(st.status == want);
+  };
+  REQUIRE(::send(s, "garbage!", 8, 0) == 8);
+  expect_error(-EPROTO);
+  auto bad = proto::encode(proto::CloseRequest{1}, 1);
+  proto::Header h;
+  std::memcpy(&h, bad.data(), sizeof h);
+  h.version = 99;
+  std::memcpy(bad.data(), &h, sizeof h);
+  REQUIRE(proto::send_message(s, bad) == 0);
+  expect_error(-EPROTONOSUPPORT);
+  // A well-formed open with a bad name: refused with EINVAL on the same connection.
+  struct stat st;
+  REQUIRE(::stat(m.dir.c_str(), &st) == 0);
+  REQUIRE(proto::send_message(
+              s, proto::encode(proto::OpenRequest{st.st_ino, 4096, 4, 0, 0, "a/b"}, 2)) == 0);
+  proto::Received r;
+  REQUIRE(proto::recv_message(s, &r) == 1);
+  proto::OpenReply rep;
+  REQUIRE(proto::decode(r.payload.data(), r.payload.size(), &rep) == 0);
+  CHECK(rep.status == -EINVAL);
+  // Closing someone else's (or no) channel.
+  REQUIRE(proto::send_message(s, proto::encode(proto::CloseRequest{12345}, 3)) == 0);
+  expect_error(-ENOENT);
+  ::close(s);
+  // The daemon still serves producers.
+  rchan* c = open_global(m.dir, "after");
+  write_records(c, 0, 3);
+  CHECK(slurp(m.path("after0")).size() == 33);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("SIGTERM unmounts cleanly") {
+  Mount m;
+  const int st = m.stop_daemon(SIGTERM);
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 0);
+  CHECK_FALSE(is_mounted(m.dir));
+}
+
+TEST_CASE("fusermount3 -u unmounts cleanly and the daemon exits") {
+  Mount m;
+  REQUIRE(run("fusermount3 -u " + m.dir) == 0);
+  int st = 0;
+  for (int i = 0; i < 300 && ::waitpid(m.pid, &st, WNOHANG) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(WIFEXITED(st));
+  m.pid = -1;
+  CHECK_FALSE(is_mounted(m.dir));
+}
+
+int main(int argc, char** argv) {
+  if (!fuse_available()) {
+    std::fprintf(stderr, "SKIP: /dev/fuse or fusermount3 is missing\n");
+    return 77;
+  }
+  doctest::Context ctx(argc, argv);
+  return ctx.run();
+}
