@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
     }
   }
   const char* dir = optind < argc ? argv[optind] : NULL;
-  struct rchan* chan = relay_open(base, dir, 64 * 1024, 8, NULL, NULL);
+  const struct rchan_callbacks cb = {.create_buf_file = create_buf_file};
+  struct rchan* chan = relay_open(base, dir, 64 * 1024, 8, &cb, NULL);
   if (!chan) {
     fprintf(stderr, "relayfs-demo: relay_open %s in %s: %s\n", base, dir ? dir : "$RELAYFS_MOUNT",
             strerror(errno));
