@@ -2,6 +2,7 @@
 // producer library. Every test mounts its own tree and takes it down, even when it fails.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
+#include <grp.h>
 #include <poll.h>
 #include <relayfs/relay.h>
 #include <sys/epoll.h>
@@ -442,6 +443,139 @@ TEST_CASE("malformed control messages get an error reply and the daemon carries 
   rchan* c = open_global(m.dir, "after");
   write_records(c, 0, 3);
   CHECK(slurp(m.path("after0")).size() == 33);
+  CHECK(relay_close(c) == 0);
+}
+
+namespace {
+
+// Buffers the daemon has registered with its io_uring: non-empty entries in the ring's fdinfo.
+int registered_buffers(pid_t daemon) {
+  const std::string fds = "/proc/" + std::to_string(daemon) + "/fd/";
+  for (int fd = 0; fd < 1024; ++fd) {
+    char link[64] = {};
+    if (::readlink((fds + std::to_string(fd)).c_str(), link, sizeof link - 1) <= 0) continue;
+    if (std::string(link) != "anon_inode:[io_uring]") continue;
+    std::ifstream in("/proc/" + std::to_string(daemon) + "/fdinfo/" + std::to_string(fd));
+    std::string line;
+    int n = 0;
+    bool in_bufs = false;
+    while (std::getline(in, line)) {
+      if (line.rfind("UserBufs:", 0) == 0)
+        in_bufs = true;
+      else if (in_bufs && line.find(": 0x") != std::string::npos)
+        n += line.find("/0") == line.size() - 2 ? 0 : 1;
+      else if (in_bufs)
+        break;
+    }
+    return n;
+  }
+  return -1;
+}
+
+// A user made for the permission tests, or -1 if users cannot be made here (not root).
+uid_t test_user(gid_t* gid) {
+  if (::getuid() != 0) return static_cast<uid_t>(-1);
+  run("id relayfs-test >/dev/null 2>&1 || useradd --system --no-create-home relayfs-test");
+  const std::string uid = capture("id -u relayfs-test");
+  const std::string g = capture("id -g relayfs-test");
+  if (uid.empty() || g.empty()) return static_cast<uid_t>(-1);
+  *gid = static_cast<gid_t>(std::stoul(g));
+  return static_cast<uid_t>(std::stoul(uid));
+}
+
+// Runs f in a child process as uid/gid; returns what f returned (an errno, 0 for success).
+template <typename F>
+int as_user(uid_t uid, gid_t gid, F f) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(250);
+    ::_exit(f());
+  }
+  int st;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 251;
+}
+
+std::atomic<int> g_mapped{0}, g_unmapped{0};
+
+}  // namespace
+
+TEST_CASE("every channel buffer is registered with the daemon's io_uring while the channel lives") {
+  Mount m;
+  CHECK(registered_buffers(m.pid) == 0);
+  rchan* c = relay_open("r", m.dir.c_str(), 4096, 4, nullptr, nullptr);
+  REQUIRE(c != nullptr);
+  CHECK(registered_buffers(m.pid) == static_cast<int>(c->n_buffers));
+  rchan* g = open_global(m.dir, "rg");
+  CHECK(registered_buffers(m.pid) == static_cast<int>(c->n_buffers) + 1);
+  CHECK(relay_close(c) == 0);
+  CHECK(relay_close(g) == 0);
+  // Closed and empty: the files go, and the channel with them.
+  for (int i = 0; i < 100 && registered_buffers(m.pid) != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(registered_buffers(m.pid) == 0);
+}
+
+TEST_CASE(
+    "buf_mapped fires when a reader opens a buffer's file, buf_unmapped when the last closes") {
+  Mount m;
+  rchan_callbacks cb{};
+  cb.create_buf_file = &make_global;
+  cb.buf_mapped = [](rchan_buf* b, void* filp) {
+    if (b->cpu == 0 && filp == nullptr) ++g_mapped;
+  };
+  cb.buf_unmapped = [](rchan_buf*, void*) { ++g_unmapped; };
+  g_mapped = g_unmapped = 0;
+  rchan* c = relay_open("mp", m.dir.c_str(), 4096, 4, &cb, nullptr);
+  REQUIRE(c != nullptr);
+  auto wait_for = [](std::atomic<int>& v, int want) {
+    for (int i = 0; i < 200 && v.load() != want; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return v.load();
+  };
+  const int a = ::open(m.path("mp0").c_str(), O_RDONLY);
+  CHECK(wait_for(g_mapped, 1) == 1);
+  const int b = ::open(m.path("mp0").c_str(), O_RDONLY);  // not the first: no event
+  ::close(a);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(g_mapped == 1);
+  CHECK(g_unmapped == 0);
+  ::close(b);
+  CHECK(wait_for(g_unmapped, 1) == 1);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("creating a channel needs write permission on the directory; files keep their modes") {
+  gid_t gid = 0;
+  const uid_t uid = test_user(&gid);
+  if (uid == static_cast<uid_t>(-1)) {
+    MESSAGE("skipped: needs root to create a second user");
+    return;
+  }
+  Mount m({"-o", "allow_other"});
+  REQUIRE(::mkdir(m.path("root-only").c_str(), 0755) == 0);
+  REQUIRE(::mkdir(m.path("theirs").c_str(), 0755) == 0);
+  REQUIRE(::chown(m.path("theirs").c_str(), uid, gid) == 0);
+  const std::string root_only = m.path("root-only"), theirs = m.path("theirs");
+  CHECK(as_user(uid, gid, [&] {
+          return relay_open("x", root_only.c_str(), 4096, 4, nullptr, nullptr) ? 0 : errno;
+        }) == EACCES);
+  CHECK(as_user(uid, gid, [&] {
+          rchan* c = relay_open("x", theirs.c_str(), 4096, 4, nullptr, nullptr);
+          if (!c) return errno;
+          relay_write(c, "mine\n", 5);
+          struct stat st;
+          const int rc =
+              ::stat((theirs + "/x0").c_str(), &st) == 0 && st.st_uid == ::getuid() ? 0 : 99;
+          return relay_close(c) == 0 ? rc : errno;
+        }) == 0);
+  // A root-owned 0400 relay file cannot be read by the other user: the kernel checks the mode.
+  rchan* c = open_global(root_only, "secret");
+  write_records(c, 0, 1);
+  const std::string secret = m.path("root-only/secret0");
+  CHECK(as_user(uid, gid, [&] { return ::open(secret.c_str(), O_RDONLY) < 0 ? errno : 0; }) ==
+        EACCES);
   CHECK(relay_close(c) == 0);
 }
 
