@@ -579,6 +579,84 @@ TEST_CASE("creating a channel needs write permission on the directory; files kee
   CHECK(relay_close(c) == 0);
 }
 
+TEST_CASE("relay_subbufs_consumed frees sub-buffers of a full no-overwrite buffer") {
+  Mount m;
+  rchan* c = open_global(m.dir, "sc", 64, 2);  // room for 2 x 5 records of 11 bytes
+  write_records(c, 0, 10);
+  const std::string r = record(10);
+  CHECK(relay_write(c, r.data(), r.size()) == -1);
+  CHECK(errno == ENOSPC);
+  CHECK(relay_buf_full(c->buf[0]) == 1);
+  // An mmap-style reader tells relayfs it is done with the first sub-buffer.
+  REQUIRE(relay_subbufs_consumed(c, 0, 1) == 0);
+  bool ok = false;
+  for (int i = 0; i < 200 && !ok; ++i) {
+    ok = relay_write(c, r.data(), r.size()) == 0;
+    if (!ok) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  CHECK(ok);
+  CHECK(relay_subbufs_consumed(c, 99, 1) == -1);
+  CHECK(errno == EINVAL);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("blocked reads are parked: more readers than worker threads leave the mount responsive") {
+  Mount m({"-o", "blocking,max_threads=2"});
+  rchan* c = open_global(m.dir, "pk");
+  constexpr int kReaders = 8;
+  std::atomic<int> eof{0};
+  std::vector<std::thread> readers;
+  for (int i = 0; i < kReaders; ++i)
+    readers.emplace_back([&] {
+      const int fd = ::open(m.path("pk0").c_str(), O_RDONLY);
+      char buf[64];
+      ssize_t n;
+      while ((n = ::read(fd, buf, sizeof buf)) > 0) {
+      }
+      if (n == 0) ++eof;
+      ::close(fd);
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Every worker would be stuck if reads held them: these would hang.
+  struct stat st;
+  CHECK(::stat(m.path("pk0").c_str(), &st) == 0);
+  CHECK(::mkdir(m.path("still-works").c_str(), 0755) == 0);
+  write_records(c, 0, 20);
+  CHECK(relay_close(c) == 0);  // finalized: every parked reader gets its data or end of file
+  for (auto& t : readers) t.join();
+  CHECK(eof == kReaders);
+}
+
+TEST_CASE("a producer cannot close or consume another producer's channel") {
+  Mount m;
+  rchan* mine = open_global(m.dir, "mine");
+  // Another connection, as another producer would have: it knows only the channel's number.
+  char name[108];
+  const ssize_t n = ::getxattr(m.dir.c_str(), "user.relayfs.control", name, sizeof name);
+  REQUIRE(n > 1);
+  const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));
+  REQUIRE(::connect(s, reinterpret_cast<sockaddr*>(&addr),
+                    static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) +
+                                           static_cast<size_t>(n))) == 0);
+  namespace proto = relayfs::proto;
+  for (uint32_t id = 1; id < 8; ++id) {
+    REQUIRE(proto::send_message(s, proto::encode(proto::ConsumedRequest{id, 0, 100}, id)) == 0);
+    REQUIRE(proto::send_message(s, proto::encode(proto::CloseRequest{id}, id)) == 0);
+    proto::Received r;
+    REQUIRE(proto::recv_message(s, &r) == 1);
+    proto::Status st;
+    REQUIRE(proto::decode(r.payload.data(), r.payload.size(), &st) == 0);
+    CHECK(st.status == -ENOENT);
+  }
+  ::close(s);
+  const std::string want = write_records(mine, 0, 5);
+  CHECK(slurp(m.path("mine0")) == want);  // untouched: nothing consumed, still open
+  CHECK(relay_close(mine) == 0);
+}
+
 TEST_CASE("SIGTERM unmounts cleanly") {
   Mount m;
   const int st = m.stop_daemon(SIGTERM);
