@@ -285,6 +285,14 @@ void RelayFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 }
 
 void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t, fuse_file_info* fi) {
+  // A read without a lock owner comes from the page cache, not from read(2): on kernels that
+  // splice FOPEN_DIRECT_IO files through the page cache, splice(2) reads pages by offset, which
+  // a consuming file cannot serve without scrambling the stream once data keeps arriving.
+  // Refuse it, consuming nothing: splice fails with EIO instead of returning wrong bytes.
+  if (fi->lock_owner == 0) {
+    fuse_reply_err(req, EOPNOTSUPP);
+    return;
+  }
   std::shared_ptr<RelayBuffer> b = reinterpret_cast<FileHandle*>(fi->fh)->buffer;
   char* out = read_buffer();
   size = std::min(size, kMaxRead);

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <relayfs/relay.h>
 #include <sys/epoll.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/xattr.h>
@@ -248,6 +249,33 @@ TEST_CASE("tail -f follows a relay file as records arrive") {
   ::unlink(out.c_str());
   CHECK(got.str() == want);
   CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("splice and sendfile fail cleanly and consume nothing; pv -C reads the stream") {
+  Mount m;
+  rchan* c = open_global(m.dir, "sp");
+  const std::string want = write_records(c, 0, 500);
+  const int in = ::open(m.path("sp0").c_str(), O_RDONLY);
+  REQUIRE(in >= 0);
+  int pfd[2];
+  REQUIRE(::pipe(pfd) == 0);
+  // This kernel splices direct-I/O FUSE files through the page cache: refused, not scrambled.
+  CHECK(::splice(in, nullptr, pfd[1], nullptr, 4096, 0) == -1);
+  CHECK((errno == EOPNOTSUPP || errno == EIO));
+  // sendfile needs a seekable input; relay files are not (as in the kernel).
+  const int out = ::open("/dev/null", O_WRONLY);
+  CHECK(::sendfile(out, in, nullptr, 4096) == -1);
+  CHECK(errno == EINVAL);
+  ::close(out);
+  ::close(pfd[0]);
+  ::close(pfd[1]);
+  ::close(in);
+  // Closed first: pv waits in select() for more data while a channel lives, as on a pipe.
+  CHECK(relay_close(c) == 0);
+  if (run("command -v pv >/dev/null") == 0)
+    CHECK(capture("pv -C -q " + m.path("sp0") + " 2>/dev/null </dev/null") == want);
+  else
+    CHECK(slurp(m.path("sp0")) == want);  // nothing was consumed above
 }
 
 TEST_CASE("empty reads return 0, or EAGAIN with O_NONBLOCK") {
