@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/xattr.h>
+#include <relayfs/relay.hpp>
 
 #include <atomic>
 #include <cerrno>
@@ -683,6 +684,116 @@ TEST_CASE("a producer cannot close or consume another producer's channel") {
   const std::string want = write_records(mine, 0, 5);
   CHECK(slurp(m.path("mine0")) == want);  // untouched: nothing consumed, still open
   CHECK(relay_close(mine) == 0);
+}
+
+namespace spec {
+// The spec's two subbuf_start examples, as relay.txt writes them.
+int no_overwrite(struct rchan_buf* buf, void* subbuf, void* prev_subbuf, size_t prev_padding) {
+  (void)subbuf;
+  if (prev_subbuf) *((unsigned*)prev_subbuf) = prev_padding;
+  if (relay_buf_full(buf)) return 0;
+  subbuf_start_reserve(buf, sizeof(unsigned int));
+  return 1;
+}
+int overwrite(struct rchan_buf* buf, void* subbuf, void* prev_subbuf, size_t prev_padding) {
+  (void)subbuf;
+  if (prev_subbuf) *((unsigned*)prev_subbuf) = prev_padding;
+  subbuf_start_reserve(buf, sizeof(unsigned int));
+  return 1;
+}
+}  // namespace spec
+
+// Splits what a reader got into sub-buffers: each starts with a 4-byte header holding its
+// padding (written at the next switch), then whole 11-byte records.
+std::vector<std::pair<unsigned, std::string>> split_headers(const std::string& got, size_t subbuf) {
+  std::vector<std::pair<unsigned, std::string>> out;
+  size_t at = 0;
+  while (at + 4 <= got.size()) {
+    unsigned pad;
+    std::memcpy(&pad, got.data() + at, 4);
+    const size_t body =
+        std::min(subbuf - 4 - std::min<size_t>(pad, subbuf - 4), got.size() - at - 4);
+    out.emplace_back(pad, got.substr(at + 4, body));
+    at += 4 + body;
+  }
+  return out;
+}
+
+TEST_CASE("the spec's example subbuf_start callbacks work as written") {
+  Mount m;
+  rchan_callbacks cb{};
+  cb.create_buf_file = &make_global;
+  SUBCASE("no-overwrite: headers hold each sub-buffer's padding; a full buffer drops records") {
+    cb.subbuf_start = &spec::no_overwrite;
+    rchan* c = relay_open("spec", m.dir.c_str(), 64, 4, &cb, nullptr);
+    REQUIRE(c != nullptr);
+    std::string want;
+    int written = 0;
+    for (int i = 0; i < 30; ++i) {
+      const std::string r = record(i);
+      if (relay_write(c, r.data(), r.size()) == 0) {
+        want += r;
+        ++written;
+      }
+    }
+    CHECK(written == 20);  // 4 sub-buffers of 5 records: the fifth switch is refused
+    // 64 - 4 (header) - 5 * 11 = 5 bytes of padding in each closed sub-buffer.
+    const auto parts = split_headers(slurp(m.path("spec0")), 64);
+    REQUIRE(parts.size() == 4);
+    std::string records;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      CAPTURE(i);
+      CHECK(parts[i].first == 5);
+      records += parts[i].second;
+    }
+    CHECK(records == want);
+    CHECK(relay_close(c) == 0);
+  }
+  SUBCASE("overwrite: writes never fail; the reader gets the newest sub-buffers, whole") {
+    cb.subbuf_start = &spec::overwrite;
+    rchan* c = relay_open("spec", m.dir.c_str(), 64, 4, &cb, nullptr);
+    REQUIRE(c != nullptr);
+    for (int i = 0; i < 100; ++i) {
+      const std::string r = record(i);
+      REQUIRE(relay_write(c, r.data(), r.size()) == 0);
+    }
+    REQUIRE(relay_flush(c) == 0);
+    const auto parts = split_headers(slurp(m.path("spec0")), 64);
+    REQUIRE(parts.size() >= 3);
+    std::string records;
+    for (auto& p : parts) records += p.second;
+    // Records 0..99 in sub-buffers of 5; the newest survive, in order, ending with record 99.
+    REQUIRE(records.size() % 11 == 0);
+    const int first = std::atoi(records.substr(4, 6).c_str());
+    CHECK(first > 0);
+    for (size_t at = 0; at < records.size(); at += 11)
+      CHECK(records.substr(at, 11) == record(first + static_cast<int>(at / 11)));
+    CHECK(records.substr(records.size() - 11) == record(99));
+    CHECK(relay_close(c) == 0);
+  }
+}
+
+TEST_CASE("the C++ wrapper opens, writes and closes, and throws with the errno") {
+  Mount m;
+  rchan_callbacks cb{};
+  cb.create_buf_file = &make_global;
+  {
+    relayfs::Channel ch("cpp", m.dir.c_str(), 4096, 4, &cb);
+    CHECK(ch.write("abc\n", 4));
+    void* slot = ch.reserve(4);
+    REQUIRE(slot != nullptr);
+    std::memcpy(slot, "def\n", 4);
+    ch.commit(slot, 4);
+    ch.flush();
+    CHECK(slurp(m.path("cpp0")) == "abc\ndef\n");
+  }  // closed here: the drained file goes
+  CHECK_FALSE(exists(m.path("cpp0")));
+  try {
+    relayfs::Channel bad("x", m.path("missing").c_str(), 4096, 4);
+    CHECK(false);
+  } catch (const std::system_error& e) {
+    CHECK(e.code().value() == ENOENT);
+  }
 }
 
 TEST_CASE("SIGTERM unmounts cleanly") {
