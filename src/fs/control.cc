@@ -63,13 +63,7 @@ void RelayFs::on_accept() {
       c->id = next_conn_id_++;
       conns_.emplace(c->id, c);
     }
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    if (!sqe) {
-      io_uring_submit(&ring_);
-      sqe = io_uring_get_sqe(&ring_);
-    }
-    io_uring_prep_poll_multishot(sqe, c->fd.get(), POLLIN);
-    io_uring_sqe_set_data64(sqe, tag(kConn, c->id));
+    watch(c->fd.get(), tag(kConn, c->id));
   }
 }
 
@@ -165,13 +159,7 @@ void RelayFs::handle_open(Connection& c, uint32_t seq, const char* payload, size
     }
     channels_.emplace(ch->id, ch);
   }
-  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  if (!sqe) {
-    io_uring_submit(&ring_);
-    sqe = io_uring_get_sqe(&ring_);
-  }
-  io_uring_prep_poll_multishot(sqe, ch->doorbell.get(), POLLIN);
-  io_uring_sqe_set_data64(sqe, tag(kDoorbell, ch->id));
+  watch(ch->doorbell.get(), tag(kDoorbell, ch->id));
 
   reply = {0, ch->id, n, g.subbuf_size, g.n_subbufs};
   std::vector<int> fds;

@@ -88,13 +88,8 @@ int RelayFs::start() {
   else
     std::fprintf(stderr, "relayfs: io_uring fixed buffers unavailable (%s)\n", std::strerror(-rc));
 
-  auto arm = [&](int fd, uint64_t ud) {
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    io_uring_prep_poll_multishot(sqe, fd, POLLIN);
-    io_uring_sqe_set_data64(sqe, ud);
-  };
-  arm(listen_fd_.get(), tag(kListen, 0));
-  arm(notify_fd_.get(), tag(kNotify, 0));
+  watch(listen_fd_.get(), tag(kListen, 0));
+  watch(notify_fd_.get(), tag(kNotify, 0));
   io_uring_submit(&ring_);
   loop_ = std::thread([this] { loop_main(); });
   return 0;
@@ -199,23 +194,32 @@ void RelayFs::loop_main() {
         case kCancel:
           break;
       }
-      if (fd < 0) continue;
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-      if (!sqe) break;
-      io_uring_prep_poll_multishot(sqe, fd, POLLIN);
-      io_uring_sqe_set_data64(sqe, ud);
+      if (fd >= 0) watch(fd, ud);
     }
   }
+}
+
+// A submission slot; when the queue is full, what is queued is submitted first to make room.
+io_uring_sqe* RelayFs::sqe() {
+  io_uring_sqe* e = io_uring_get_sqe(&ring_);
+  if (!e) {
+    io_uring_submit(&ring_);
+    e = io_uring_get_sqe(&ring_);
+  }
+  return e;
+}
+
+// Watches fd for input with a multishot poll whose completions carry user_data ud.
+void RelayFs::watch(int fd, uint64_t ud) {
+  io_uring_sqe* e = sqe();
+  io_uring_prep_poll_multishot(e, fd, POLLIN);
+  io_uring_sqe_set_data64(e, ud);
 }
 
 // Stops watching a descriptor. The caller may close it at once: the pending poll holds its own
 // reference to the file until the removal completes.
 void RelayFs::retire(uint64_t ud) {
-  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  if (!sqe) {
-    io_uring_submit(&ring_);
-    sqe = io_uring_get_sqe(&ring_);
-  }
+  io_uring_sqe* sqe = this->sqe();
   io_uring_prep_poll_remove(sqe, ud);
   io_uring_sqe_set_data64(sqe, tag(kCancel, 0));
 }

@@ -37,6 +37,16 @@ struct DirHandle {
   std::vector<Entry> entries;
 };
 
+// getxattr/listxattr answer: the size when asked for it, ERANGE when the buffer is too small.
+void reply_xattr(fuse_req_t req, const std::string& value, size_t size) {
+  if (size == 0)
+    fuse_reply_xattr(req, value.size());
+  else if (size < value.size())
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, value.data(), value.size());
+}
+
 }  // namespace
 
 int RelayFs::node_stat(Node* n, struct stat* st) {
@@ -404,12 +414,7 @@ void RelayFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t 
     }
     value = control_name_;
   }
-  if (size == 0)
-    fuse_reply_xattr(req, value.size());
-  else if (size < value.size())
-    fuse_reply_err(req, ERANGE);
-  else
-    fuse_reply_buf(req, value.data(), value.size());
+  reply_xattr(req, value, size);
 }
 
 void RelayFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
@@ -423,12 +428,7 @@ void RelayFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
     }
     if (n->is_dir()) names.append(kControlXattr).push_back('\0');
   }
-  if (size == 0)
-    fuse_reply_xattr(req, names.size());
-  else if (size < names.size())
-    fuse_reply_err(req, ERANGE);
-  else
-    fuse_reply_buf(req, names.data(), names.size());
+  reply_xattr(req, names, size);
 }
 
 void RelayFs::statfs(fuse_req_t req, fuse_ino_t) {

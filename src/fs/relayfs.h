@@ -119,6 +119,8 @@ class RelayFs {
   void finish_read(ParkedRead* pr, const char* data, ssize_t n);
   int register_buffer(RelayBuffer& b);
   void unregister_buffer(RelayBuffer& b);
+  io_uring_sqe* sqe();
+  void watch(int fd, uint64_t user_data);
   void retire(uint64_t user_data);
 
   Options opts_;

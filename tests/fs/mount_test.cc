@@ -60,6 +60,20 @@ std::string write_records(rchan* c, int from, int to) {
   return all;
 }
 
+// A raw connection to the daemon's control socket, found as producers find it.
+int connect_control(const std::string& dir) {
+  char name[108];
+  const ssize_t n = ::getxattr(dir.c_str(), "user.relayfs.control", name, sizeof name);
+  REQUIRE(n > 1);
+  const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));
+  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + static_cast<size_t>(n));
+  REQUIRE(::connect(s, reinterpret_cast<sockaddr*>(&addr), len) == 0);
+  return s;
+}
+
 char proc_state(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
   std::string s;
@@ -427,16 +441,7 @@ TEST_CASE("a producer killed with SIGKILL mid-stream: what it committed stays re
 
 TEST_CASE("malformed control messages get an error reply and the daemon carries on") {
   Mount m;
-  char name[108];
-  const ssize_t n = ::getxattr(m.dir.c_str(), "user.relayfs.control", name, sizeof name);
-  REQUIRE(n > 1);
-  const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));
-  REQUIRE(::connect(s, reinterpret_cast<sockaddr*>(&addr),
-                    static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) +
-                                           static_cast<size_t>(n))) == 0);
+  const int s = connect_control(m.dir);
   namespace proto = relayfs::proto;
   auto expect_error = [&](int want) {
     proto::Received r;
@@ -660,16 +665,7 @@ TEST_CASE("a producer cannot close or consume another producer's channel") {
   Mount m;
   rchan* mine = open_global(m.dir, "mine");
   // Another connection, as another producer would have: it knows only the channel's number.
-  char name[108];
-  const ssize_t n = ::getxattr(m.dir.c_str(), "user.relayfs.control", name, sizeof name);
-  REQUIRE(n > 1);
-  const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));
-  REQUIRE(::connect(s, reinterpret_cast<sockaddr*>(&addr),
-                    static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) +
-                                           static_cast<size_t>(n))) == 0);
+  const int s = connect_control(m.dir);
   namespace proto = relayfs::proto;
   for (uint32_t id = 1; id < 8; ++id) {
     REQUIRE(proto::send_message(s, proto::encode(proto::ConsumedRequest{id, 0, 100}, id)) == 0);
