@@ -118,7 +118,6 @@ void RelayFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_
   {
     std::lock_guard lk(tree.mu);
     Node* n = tree.get(ino);
-    const fuse_ctx* ctx = fuse_req_ctx(req);
     if (!n) {
       err = ENOENT;
     } else if (n->buffer) {
@@ -135,7 +134,6 @@ void RelayFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_
       if (to_set & FUSE_SET_ATTR_MTIME_NOW) n->mtime = now();
       if (to_set & FUSE_SET_ATTR_SIZE) err = EISDIR;
       n->ctime = now();
-      (void)ctx;
       if (!err) node_stat(n, &st);
     }
   }
