@@ -116,6 +116,17 @@ uint32_t Consumer::proven_prefix(uint64_t seq, uint32_t slot, uint64_t base,
   return best;
 }
 
+// How far writers reserved into sub-buffer seq, the one being written, if the position word (or
+// the offset at close) still says; 0 when it does not.
+uint32_t Consumer::reserved_end(uint64_t seq, uint32_t slot) const noexcept {
+  const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
+  if (word_slot(w) != slot || word_seq(w) != static_cast<uint16_t>(seq)) return 0;
+  uint32_t off = word_off(w);
+  if (off == kOffClosed && hdr_->closed.load(std::memory_order_acquire) != 0)
+    off = hdr_->close_off.load(std::memory_order_relaxed);
+  return off <= size_ ? off : 0;
+}
+
 uint32_t Consumer::remember_prefix(uint64_t seq, uint32_t prefix) noexcept {
   ready_seq_ = seq;
   ready_ = prefix;
@@ -157,13 +168,33 @@ int Consumer::next_span(Span* s) noexcept {
           commit == base + size_
               ? end
               : std::min(end, remember_prefix(seq, proven_prefix(seq, slot, base, false)));
-      if (limit > bytes_consumed_)
+      if (limit > bytes_consumed_) {
         *s = {seq, slot, bytes_consumed_, limit - bytes_consumed_, end, true};
+        return 0;
+      }
+      if (finalized_) {
+        // No writer is left to commit what is missing (a producer died mid-record): what cannot
+        // be proven whole is skipped and counted, so later sub-buffers still reach the reader.
+        lost_uncommitted_ += end - bytes_consumed_;
+        consume_one();
+        continue;
+      }
       return 0;
     }
     const uint32_t limit = remember_prefix(seq, proven_prefix(seq, slot, base, true));
-    if (limit > bytes_consumed_)
+    if (limit > bytes_consumed_) {
       *s = {seq, slot, bytes_consumed_, limit - bytes_consumed_, 0, false};
+      return 0;
+    }
+    if (finalized_) {
+      // The same for the last sub-buffer: count what was reserved past the proven prefix, once.
+      const uint32_t reserved = reserved_end(seq, slot);
+      if (reserved > bytes_consumed_) {
+        lost_uncommitted_ += reserved - bytes_consumed_;
+        bytes_consumed_ = reserved;
+        remember_prefix(seq, reserved);
+      }
+    }
     return 0;
   }
   return 0;
@@ -289,6 +320,7 @@ BufferStats Consumer::stats() noexcept {
   st.lost_too_big = hdr_->lost_too_big.load(std::memory_order_relaxed);
   st.lost_wrap = hdr_->lost_wrap.load(std::memory_order_relaxed);
   st.overruns = overruns_;
+  st.lost_uncommitted = lost_uncommitted_;
   st.corrupt = corrupt_events_;
   return st;
 }

@@ -43,7 +43,8 @@ class Consumer {
   int subbufs_consumed(uint64_t n) noexcept;
 
   // The channel will produce nothing more (its producer closed or died). A finalized and
-  // drained buffer reports POLLERR.
+  // drained buffer reports POLLERR. From then on no commit can arrive: bytes reserved but never
+  // committed (a producer killed mid-record) are skipped and counted in lost_uncommitted.
   void finalize() noexcept { finalized_ = true; }
   bool finalized() const noexcept { return finalized_; }
   bool drained() noexcept { return finalized_ && !data_available(); }
@@ -73,6 +74,7 @@ class Consumer {
   int next_span(Span* s) noexcept;
   uint32_t proven_prefix(uint64_t seq, uint32_t slot, uint64_t base, bool current) const noexcept;
   uint32_t remember_prefix(uint64_t seq, uint32_t prefix) noexcept;
+  uint32_t reserved_end(uint64_t seq, uint32_t slot) const noexcept;
   enum class Reuse { kNo, kYes, kMaybe };
   Reuse reused(uint64_t seq, uint64_t produced) const noexcept;
   bool still_valid(const Span& s) const noexcept;
@@ -98,6 +100,7 @@ class Consumer {
 
   uint64_t total_read_ = 0;
   uint64_t overruns_ = 0;
+  uint64_t lost_uncommitted_ = 0;
   uint64_t corrupt_events_ = 0;
   uint64_t bytes_produced_seen_ = 0;
 };

@@ -16,6 +16,7 @@ struct BufferStats {
   uint64_t lost_too_big = 0;      // records dropped: larger than a sub-buffer
   uint64_t lost_wrap = 0;         // records dropped: next sub-buffer still being committed
   uint64_t overruns = 0;          // sub-buffers the writer lapped before they were read
+  uint64_t lost_uncommitted = 0;  // bytes reserved but never committed (producer died mid-record)
   uint64_t corrupt = 0;           // times the control area was found inconsistent
 };
 

@@ -182,3 +182,32 @@ TEST_CASE("regression: a switch in progress is not taken for a lap (found by the
   CHECK(rig.drain() == "aaaaaabbbbbbbb");
   CHECK(rig.cons->stats().overruns == 0);
 }
+
+TEST_CASE("a finalized buffer skips and counts what a dead producer never committed") {
+  Rig rig(16, 4);
+  SUBCASE("a hole in a closed sub-buffer does not hold back the later ones") {
+    REQUIRE(rig.write("aaaa") == 0);
+    core::Reservation hole;
+    REQUIRE(rig.prod->reserve(4, &hole) == 0);  // its writer dies: never committed
+    REQUIRE(rig.write("bbbb") == 0);
+    REQUIRE(rig.write("cccccccccccc") == 0);  // switches: sub-buffer 0 closes with the hole
+    REQUIRE(rig.write("dddddddddddd") == 0);
+    CHECK(rig.drain() == "aaaa");  // stuck behind the hole while the producer may still commit
+    rig.cons->finalize();
+    CHECK(rig.drain() == "ccccccccccccdddddddddddd");
+    CHECK(rig.cons->stats().lost_uncommitted == 8);  // the hole and "bbbb" after it
+    CHECK(rig.cons->drained());
+  }
+  SUBCASE("a hole in the last sub-buffer is counted once") {
+    REQUIRE(rig.write("aaaa") == 0);
+    core::Reservation hole;
+    REQUIRE(rig.prod->reserve(5, &hole) == 0);
+    REQUIRE(rig.write("bb") == 0);
+    rig.cons->finalize();
+    CHECK(rig.drain() == "aaaa");
+    CHECK(rig.cons->stats().lost_uncommitted == 7);
+    CHECK(rig.drain().empty());
+    CHECK(rig.cons->stats().lost_uncommitted == 7);
+    CHECK(rig.cons->drained());
+  }
+}
