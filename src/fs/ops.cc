@@ -25,6 +25,12 @@ char* read_buffer() {
 // What fi->fh holds for an open relay file.
 struct FileHandle {
   std::shared_ptr<RelayBuffer> buffer;
+  // The page-cache view of this open file, for splice(2) (see RelayFs::page_read): offsets up
+  // to view_end were taken from the stream for the kernel's page cache; the last of those bytes,
+  // from offset history_start, are kept. Guarded by buffer->mu.
+  uint64_t view_end = 0;
+  uint64_t history_start = 0;
+  std::string history;
 };
 
 // A directory listing snapshot taken at opendir, served by offset.
@@ -260,7 +266,8 @@ void RelayFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fi->direct_io = 1;
   fi->nonseekable = 1;
   fi->keep_cache = 0;
-  auto* fh = new FileHandle{b};
+  auto* fh = new FileHandle;
+  fh->buffer = b;
   fi->fh = reinterpret_cast<uint64_t>(fh);
   if (fuse_reply_open(req, fi) != 0) {
     // The opener went away (interrupted): undo; the kernel sends no release for it.
@@ -292,23 +299,83 @@ void RelayFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   if (last) maybe_remove(b);
 }
 
-void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t, fuse_file_info* fi) {
-  // A read without a lock owner comes from the page cache, not from read(2): on kernels that
-  // splice FOPEN_DIRECT_IO files through the page cache, splice(2) reads pages by offset, which
-  // a consuming file cannot serve without scrambling the stream once data keeps arriving.
-  // Refuse it, consuming nothing: splice fails with EIO instead of returning wrong bytes.
+// Serves the page cache (splice) by file offset. The offsets of a splicing reader follow its file
+// position, which moves by exactly what that reader took, through splice or read(2). So:
+//  - bytes at offsets already handed to the page cache come again from the history (the kernel
+//    re-reads a page after a size change invalidated it);
+//  - the next offset takes new bytes from the stream, consuming them as read() would;
+//  - an offset beyond the view means the reader consumed the bytes in between with read(2):
+//    the view jumps there.
+// A page-cache read never blocks: with nothing new it comes up short, which the kernel takes
+// for the current end of file.
+void RelayFs::page_read(fuse_req_t req, void* handle, size_t size, off_t off) {
+  constexpr size_t kHistory = 2 << 20;  // twice the largest request libfuse passes on
+  auto* fh = static_cast<FileHandle*>(handle);
+  RelayBuffer& b = *fh->buffer;
+  const uint64_t want = static_cast<uint64_t>(std::max<off_t>(off, 0));
+  size = std::min(size, kMaxRead);
+  char* out = read_buffer();
+  size_t have = 0;
+  {
+    std::lock_guard lk(b.mu);
+    if (want < fh->history_start) {
+      fuse_reply_err(req, EIO);  // older than anything kept: cannot be served truthfully
+      return;
+    }
+    if (want > fh->view_end) {  // the reader took the bytes in between with read(2)
+      fh->history.clear();
+      fh->history_start = fh->view_end = want;
+    }
+    const uint64_t from = want - fh->history_start;
+    have = std::min<uint64_t>(size, fh->history.size() - from);
+    std::memcpy(out, fh->history.data() + from, have);
+    if (have < size) {
+      const ssize_t n = b.cons.read(out + have, size - have);
+      if (n > 0) {
+        fh->history.append(out + have, static_cast<size_t>(n));
+        fh->view_end += static_cast<uint64_t>(n);
+        have += static_cast<size_t>(n);
+      }
+    }
+    if (fh->history.size() > kHistory) {
+      const size_t drop = fh->history.size() - kHistory;
+      fh->history.erase(0, drop);
+      fh->history_start += drop;
+    }
+  }
+  fuse_reply_buf(req, out, have);
+}
+
+void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  auto* fh = reinterpret_cast<FileHandle*>(fi->fh);
+  std::shared_ptr<RelayBuffer> b = fh->buffer;
+  // A read without a lock owner comes from the page cache, not from read(2): this kernel
+  // splices FOPEN_DIRECT_IO files through the page cache, which asks for pages by offset.
   if (fi->lock_owner == 0) {
-    fuse_reply_err(req, EOPNOTSUPP);
+    page_read(req, fh, size, off);
     return;
   }
-  std::shared_ptr<RelayBuffer> b = reinterpret_cast<FileHandle*>(fi->fh)->buffer;
   char* out = read_buffer();
   size = std::min(size, kMaxRead);
-  ssize_t n;
+  ssize_t n = 0;
   bool drained;
   {
     std::lock_guard lk(b->mu);
-    n = b->cons.read(out, size);
+    // Bytes this file's splice took into the page cache beyond its position come first: a reader
+    // that mixes splice and read(2) (pv does) must get them, and nobody else may.
+    const uint64_t pos = static_cast<uint64_t>(std::max<off_t>(off, 0));
+    if (pos >= fh->history_start && pos < fh->view_end) {
+      const size_t from = static_cast<size_t>(pos - fh->history_start);
+      n = static_cast<ssize_t>(std::min<size_t>(size, fh->history.size() - from));
+      std::memcpy(out, fh->history.data() + from, static_cast<size_t>(n));
+    }
+    if (static_cast<size_t>(n) < size) {
+      const ssize_t more = b->cons.read(out + n, size - static_cast<size_t>(n));
+      if (more < 0 && n == 0) n = more;
+      if (more > 0) n += more;
+    }
+    if (n > 0 && fh->view_end != 0)
+      fh->view_end = std::max(fh->view_end, pos + static_cast<uint64_t>(n));
     drained = n == 0 && b->cons.drained();
   }
   if (n > 0) {

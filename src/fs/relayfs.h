@@ -99,6 +99,7 @@ class RelayFs {
   int node_stat(Node* n, struct stat* st);
   void post(const LoopEvent& ev);
   void park(fuse_req_t req, size_t size, std::shared_ptr<RelayBuffer> b);
+  void page_read(fuse_req_t req, void* file_handle, size_t size, off_t off);
   void notify_owner(const RelayBuffer& b, bool mapped);
   void maybe_remove(const std::shared_ptr<RelayBuffer>& b);
 
