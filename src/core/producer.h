@@ -103,7 +103,6 @@ class Producer {
   uint32_t n_subbufs() const noexcept { return n_; }
   Buffer& buffer() const noexcept { return *buf_; }
   char* subbuf_data(uint32_t slot) const noexcept { return data_ + uint64_t{slot} * size_; }
-  void* hook_ctx() const noexcept { return hooks_.ctx; }
 
  private:
   int reserve_slow(size_t len, Reservation* r) noexcept;

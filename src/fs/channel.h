@@ -62,12 +62,8 @@ class RelayBuffer {
 class Channel {
  public:
   uint32_t id = 0;
-  uint64_t owner = 0;  // the control connection that created it
-  std::string base;    // base_filename
-  fuse_ino_t parent = 0;
-  bool global = false;
-  bool finalized = false;  // producer closed or gone: nothing more will be written
-  uint32_t subbuf_size = 0, n_subbufs = 0;
+  uint64_t owner = 0;       // the control connection that created it
+  bool finalized = false;   // producer closed or gone: nothing more will be written
   core::UniqueFd doorbell;  // eventfd the producer writes when a reader waits
   std::vector<std::shared_ptr<RelayBuffer>> buffers;
 };

@@ -138,11 +138,6 @@ void RelayFs::handle_open(Connection& c, uint32_t seq, const char* payload, size
     ch = std::make_shared<Channel>();
     ch->id = next_channel_id_++;
     ch->owner = c.id;
-    ch->base = req.base_filename;
-    ch->parent = dir->ino;
-    ch->global = global;
-    ch->subbuf_size = g.subbuf_size;
-    ch->n_subbufs = g.n_subbufs;
     ch->doorbell.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!ch->doorbell) return fail(errno);
     for (unsigned i = 0; i < n; ++i) {

@@ -192,8 +192,6 @@ int main(int argc, char** argv) {
     usage(argv[0]);
     return 2;
   }
-  opts.foreground = cmd.foreground;
-  opts.debug = cmd.debug;
 
   int rc = 1;
   {

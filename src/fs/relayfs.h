@@ -15,7 +15,6 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "core/fd.h"
@@ -28,8 +27,6 @@ namespace relayfs::fs {
 struct Options {
   std::string fsname = "relayfs";  // SOURCE, shown in /proc/mounts
   bool blocking = false;           // -o blocking: an empty read waits for data
-  bool foreground = false;
-  bool debug = false;
 };
 
 // What a FUSE worker hands to the loop thread.
@@ -63,7 +60,6 @@ class RelayFs {
   // Stops the loop thread; parked reads are answered with EOF. Call after the FUSE session ends.
   void stop();
 
-  const Options& options() const { return opts_; }
   const std::string& control_name() const { return control_name_; }
   void set_session(fuse_session* se) { se_ = se; }
 
@@ -142,7 +138,6 @@ class RelayFs {
 
   // Loop thread only.
   std::unordered_map<uint64_t, ParkedRead*> parked_;
-  std::unordered_set<uint64_t> early_interrupts_;
   std::vector<bool> fixed_used_;
 
   std::mutex conns_mu_;
