@@ -268,7 +268,7 @@ TEST_CASE("tail -f follows a relay file as records arrive") {
   CHECK(relay_close(c) == 0);
 }
 
-TEST_CASE("splice, mixed with read and across size changes, gives the exact stream") {
+TEST_CASE("splice and sendfile, mixed with read and across size changes, give the exact stream") {
   Mount m;
   rchan* c = open_global(m.dir, "sp");
   std::string want = write_records(c, 0, 1000);
@@ -301,11 +301,30 @@ TEST_CASE("splice, mixed with read and across size changes, gives the exact stre
   read_some(1 << 16);
   CHECK(got.size() == want.size());
   CHECK(got == want);
-  // sendfile needs a seekable input; relay files are not (as in the kernel).
+  // sendfile into a pipe is a splice: it consumes like read and gives the exact stream.
+  const std::string more = write_records(c, 2000, 2600);
+  REQUIRE(::stat(m.path("sp0").c_str(), &st) == 0);  // splice reads up to the size last seen
+  std::string sent;
+  for (;;) {
+    const ssize_t n = ::sendfile(pfd[1], in, nullptr, 3000);
+    REQUIRE(n >= 0);
+    if (n == 0) break;
+    std::string part(static_cast<size_t>(n), '\0');
+    REQUIRE(::read(pfd[0], part.data(), part.size()) == n);
+    sent += part;
+  }
+  CHECK(sent == more);
+  // Into a file or socket the kernel wants a seekable input; relay files are not (as in the
+  // kernel), so that sendfile fails before it consumes anything.
+  const std::string last = write_records(c, 2600, 2610);
   const int out = ::open("/dev/null", O_WRONLY);
   CHECK(::sendfile(out, in, nullptr, 4096) == -1);
   CHECK(errno == EINVAL);
   ::close(out);
+  std::string tail(8192, '\0');
+  const ssize_t n = ::read(in, tail.data(), tail.size());
+  REQUIRE(n >= 0);
+  CHECK(tail.substr(0, static_cast<size_t>(n)) == last);
   ::close(pfd[0]);
   ::close(pfd[1]);
   ::close(in);
