@@ -1,7 +1,12 @@
 #include "core/consumer.h"
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cerrno>
 #include <cstring>
 
@@ -54,6 +59,12 @@ Consumer::Consumer(const Buffer& buf) noexcept
   gen_ = hdr_->reset_gen.load(std::memory_order_acquire) & ~1u;
 }
 
+void Consumer::wake_blocked_writers() noexcept {
+  // A shared futex on the producer's memfd page: its blocked writers sleep there.
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&hdr_rw_->progress), FUTEX_WAKE, INT_MAX,
+            nullptr, nullptr, 0);
+}
+
 bool Consumer::producer_closed() const noexcept {
   return hdr_->closed.load(std::memory_order_acquire) != 0;
 }
@@ -64,6 +75,12 @@ void Consumer::publish() noexcept {
   // consumed sub-buffers happen before the producer, acquiring this, reuses them.
   hdr_rw_->consumed.store(consumed_tag(gen_, consumed_), std::memory_order_release);
   hdr_rw_->bytes_consumed.store(total_read_, std::memory_order_relaxed);
+  hdr_rw_->overruns.store(overruns_, std::memory_order_relaxed);
+  hdr_rw_->lost_uncommitted.store(lost_uncommitted_, std::memory_order_relaxed);
+  // seq_cst: the Dekker pair of Producer::wait_for_room (blocked++, then the futex compares
+  // `progress`): either a blocked writer is seen here, or its futex wait finds the new value.
+  hdr_rw_->progress.fetch_add(1, std::memory_order_seq_cst);
+  if (hdr_->blocked.load(std::memory_order_seq_cst) != 0) wake_blocked_writers();
 }
 
 // Returns true if the position is usable now: adopts a finished reset, and reports false while
@@ -193,6 +210,7 @@ int Consumer::next_span(Span* s) noexcept {
         lost_uncommitted_ += reserved - bytes_consumed_;
         bytes_consumed_ = reserved;
         remember_prefix(seq, reserved);
+        publish();
       }
     }
     return 0;
@@ -241,7 +259,7 @@ bool Consumer::still_valid(const Span& s) const noexcept {
   return produced >= s.seq && reused(s.seq, produced) == Reuse::kNo;
 }
 
-ssize_t Consumer::read(void* dst, size_t count) noexcept {
+ssize_t Consumer::read(void* dst, size_t count, bool one_subbuf) noexcept {
   if (count == 0) return 0;
   if (!sync_reset()) return 0;
   char* out = static_cast<char*>(dst);
@@ -264,7 +282,10 @@ ssize_t Consumer::read(void* dst, size_t count) noexcept {
     total_read_ += n;
     // As the kernel does, a closed sub-buffer read up to its padding is consumed at once, so
     // poll() stops reporting it.
-    if (s.closed && bytes_consumed_ >= s.end) consume_one();
+    if (s.closed && bytes_consumed_ >= s.end) {
+      consume_one();
+      if (one_subbuf) break;
+    }
   }
   hdr_rw_->bytes_consumed.store(total_read_, std::memory_order_relaxed);
   return static_cast<ssize_t>(done);
@@ -289,9 +310,30 @@ int Consumer::subbufs_consumed(uint64_t n) noexcept {
   return 0;
 }
 
-void Consumer::arm_doorbell() noexcept {
+void Consumer::arm_doorbell(bool whole_subbufs) noexcept {
   // seq_cst: the Dekker pair of Producer::commit's add-then-load; the caller re-checks for data.
-  hdr_rw_->waiters.store(1, std::memory_order_seq_cst);
+  // fetch_or: a record waiter and a sub-buffer waiter may share the buffer.
+  hdr_rw_->waiters.fetch_or(whole_subbufs ? kWakeSubbuf : kWakeRecord, std::memory_order_seq_cst);
+}
+
+bool Consumer::subbuf_ready() noexcept {
+  if (!sync_reset()) return false;
+  Span s;
+  if (next_span(&s) != 0 || s.len == 0 || !s.closed) return false;
+  return meta_[s.slot].commit.load(std::memory_order_acquire) == (s.seq / n_) * size_ + size_;
+}
+
+bool Consumer::at_record_boundary() const noexcept {
+  // Every place a read can stop short of is inside a span, whose end is a proven-committed
+  // prefix (a record boundary) or the padding; bytes_consumed_ == 0 is a sub-buffer start.
+  return bytes_consumed_ == 0 || (ready_seq_ == consumed_ && bytes_consumed_ == ready_);
+}
+
+int Consumer::consume_upto(uint32_t gen, uint64_t seq) noexcept {
+  if (!sync_reset()) return 0;
+  if ((gen & 0xffff) != (gen_ & 0xffff)) return -ESTALE;  // a count from before a reset
+  if (seq <= consumed_) return 0;
+  return subbufs_consumed(seq - consumed_);
 }
 
 uint64_t Consumer::bytes_produced() noexcept {

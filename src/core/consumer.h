@@ -32,7 +32,21 @@ class Consumer {
   // Copies up to count bytes of produced data into dst and consumes them. Returns the number of
   // bytes copied (0: nothing readable now), or -EIO if the control area is inconsistent and
   // nothing could be copied. Never blocks.
-  ssize_t read(void* dst, size_t count) noexcept;
+  // With one_subbuf, stops at the end of the first sub-buffer it finishes (the merged view's
+  // unit of interleaving).
+  ssize_t read(void* dst, size_t count, bool one_subbuf = false) noexcept;
+
+  // True if a read would stop at a record boundary: nothing of the current record has been
+  // returned. A read that ran out of room mid-span leaves it false until the span is finished.
+  bool at_record_boundary() const noexcept;
+
+  // True if the oldest unconsumed sub-buffer is closed and wholly committed: what an mmap reader
+  // (relay_reader_next) waits for, and what the kernel's poll() reports.
+  bool subbuf_ready() noexcept;
+
+  // An mmap reader consumed every sub-buffer before seq, counted in reset generation gen (the
+  // tag it read from the published position). Returns 0, or -ESTALE for another generation.
+  int consume_upto(uint32_t gen, uint64_t seq) noexcept;
 
   // True if read() would return data now (POLLIN). Like the kernel's check, it may consume
   // sub-buffers that hold nothing more to read, and skip those the writer lapped.
@@ -53,7 +67,8 @@ class Consumer {
 
   // Arms the doorbell: producers ring the wake-up on their next commit or switch. The caller
   // must re-check data_available() after arming; a commit that raced the arming is seen there.
-  void arm_doorbell() noexcept;
+  // whole_subbufs: only closed, complete sub-buffers are of interest (see subbuf_ready).
+  void arm_doorbell(bool whole_subbufs = false) noexcept;
 
   // Total bytes produced into the buffer so far, including the readable part of the sub-buffer
   // being written. Never decreases, even across a reset (st_size of the relay file).
@@ -80,6 +95,7 @@ class Consumer {
   bool still_valid(const Span& s) const noexcept;
   void consume_one() noexcept;
   void publish() noexcept;
+  void wake_blocked_writers() noexcept;
   bool sync_reset() noexcept;
   int corrupt() noexcept;
 

@@ -16,7 +16,7 @@
 namespace relayfs::core {
 
 inline constexpr uint32_t kShmMagic = 0x52454c59;  // "RELY"
-inline constexpr uint32_t kShmVersion = 1;
+inline constexpr uint32_t kShmVersion = 2;
 inline constexpr size_t kCacheLine = 64;
 
 // The position word: where the next record goes.
@@ -87,11 +87,22 @@ struct ShmHeader {
   // lines so a reader publishing progress does not steal the writers' cache lines.
   alignas(kCacheLine) std::atomic<uint64_t> consumed;  // consumed_tag(gen, sub-buffers)
   std::atomic<uint64_t> bytes_consumed;                // bytes handed to readers
+  std::atomic<uint64_t> overruns;          // sub-buffers lapped before they were read
+  std::atomic<uint64_t> lost_uncommitted;  // bytes reserved but never committed
+  // Futex word: moves every time the consumer publishes progress. Blocking writers wait on it.
+  std::atomic<uint32_t> progress;
 
-  // Doorbell: non-zero while a reader waits for data. Producers load it after each commit
-  // (a plain load on x86) and ring the wake-up only when it is set.
+  // Doorbell: non-zero while a reader waits for data (kWakeRecord: any new record; kWakeSubbuf:
+  // a sub-buffer boundary). Producers load it after each commit (a plain load on x86) and ring
+  // the wake-up only when it asks for them.
   alignas(kCacheLine) std::atomic<uint32_t> waiters;
+  // Writers of a blocking channel waiting for the consumer to free a sub-buffer: the consumer
+  // wakes the `progress` futex only when this is non-zero.
+  std::atomic<uint32_t> blocked;
 };
+
+inline constexpr uint32_t kWakeRecord = 1;  // wake on the next commit
+inline constexpr uint32_t kWakeSubbuf = 2;  // wake when a sub-buffer is closed and complete
 
 // Per-sub-buffer bookkeeping. `commit` counts bytes committed into this slot over its whole
 // life: header bytes, records and the padding added when the sub-buffer closes. Every lap adds

@@ -1,9 +1,14 @@
 // The producer's slow path: sub-buffer switches, flush, reset and close.
 #include "core/producer.h"
 
+#include <linux/futex.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -20,6 +25,27 @@ namespace {
 // its own thread comes from the subbuf_start hook or from a signal handler that interrupted the
 // switch; waiting would deadlock, so such a record is dropped and counted instead.
 thread_local const Producer* tl_switch_owner = nullptr;
+
+// A refused switch in blocking mode: the caller waits for room instead of counting a loss.
+// Internal only: nothing else on the slow path returns -EAGAIN.
+constexpr int kRetry = -EAGAIN;
+
+// Longest single sleep of a blocked writer: it looks again for a closed buffer or a vanished
+// consumer at least this often.
+constexpr int64_t kBlockSliceNs = 50'000'000;
+
+int64_t mono_ns() {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// The futex word is in a MAP_SHARED mapping that the consumer's process maps too: a shared (not
+// private) futex, keyed by the memfd page.
+uint32_t* futex_word(std::atomic<uint32_t>& a) {
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
+  return reinterpret_cast<uint32_t*>(&a);
+}
 
 void relax(unsigned spins) {
   if (spins < 128)
@@ -77,6 +103,8 @@ void Producer::ring() noexcept {
 
 void Producer::on_complete(uint32_t slot) noexcept {
   if (hooks_.deliver) hooks_.deliver(hooks_.ctx, *this, slot, subbuf_data(slot));
+  // A whole sub-buffer is ready: what a sub-buffer waiter (an mmap reader) waits for.
+  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
 }
 
 bool Producer::commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept {
@@ -110,7 +138,58 @@ bool Producer::wait_switch(uint64_t* w) const noexcept {
   return true;
 }
 
+int Producer::drop(std::atomic<uint64_t>& counter, int err) noexcept {
+  if (blocking_) return kRetry;  // the caller waits; it counts only if the wait times out
+  counter.fetch_add(1, std::memory_order_relaxed);
+  return err;
+}
+
 int Producer::reserve_slow(size_t len, Reservation* r) noexcept {
+  if (!blocking_) [[likely]]
+    return try_slow(len, r);
+  const int64_t deadline = block_timeout_ns_ < 0 ? -1 : mono_ns() + block_timeout_ns_;
+  for (;;) {
+    // Loaded before the attempt: progress made after it makes the futex wait return at once.
+    const uint32_t seen = hdr_->progress.load(std::memory_order_acquire);
+    const int rc = try_slow(len, r);
+    if (rc != kRetry) return rc;
+    if (!wait_for_room(seen, deadline)) {
+      hdr_->lost_full.fetch_add(1, std::memory_order_relaxed);
+      return -ETIMEDOUT;
+    }
+  }
+}
+
+// Sleeps until the consumer publishes progress, a slice passes, or the deadline. Returns false
+// when the writer should give up: the deadline passed or the consumer is gone.
+bool Producer::wait_for_room(uint32_t seen, int64_t deadline_ns) noexcept {
+  if (abandoned_.load(std::memory_order_relaxed)) return false;
+  const int64_t now = mono_ns();
+  if (deadline_ns >= 0 && now >= deadline_ns) return false;
+  const int64_t slice = deadline_ns < 0 ? kBlockSliceNs : std::min(kBlockSliceNs, deadline_ns - now);
+  if (!buf_full()) {
+    // Refused for another reason (the next slot still being committed, or the hook said no):
+    // that clears without the consumer, so look again soon.
+    ::sched_yield();
+    return true;
+  }
+  // seq_cst: the Dekker pair of Consumer::publish (progress++, then load `blocked`): either the
+  // consumer sees us waiting and wakes the futex, or the kernel finds `progress` moved.
+  hdr_->blocked.fetch_add(1, std::memory_order_seq_cst);
+  if (buf_full()) {
+    const timespec ts{static_cast<time_t>(slice / 1'000'000'000), static_cast<long>(slice % 1'000'000'000)};
+    ::syscall(SYS_futex, futex_word(hdr_->progress), FUTEX_WAIT, seen, &ts, nullptr, 0);
+  }
+  hdr_->blocked.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+
+void Producer::abandon() noexcept {
+  abandoned_.store(true, std::memory_order_relaxed);
+  ::syscall(SYS_futex, futex_word(hdr_->progress), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+}
+
+int Producer::try_slow(size_t len, Reservation* r) noexcept {
   if (len == 0) return -EINVAL;
   if (len > size_) {
     // As in the kernel, a record that can never fit does not cause a switch.
@@ -129,8 +208,7 @@ int Producer::reserve_slow(size_t len, Reservation* r) noexcept {
     if (off == kOffStopped && !hooks_.subbuf_start && buf_full()) {
       // The default callback would refuse again, and it has no side effects to run: drop the
       // record without taking the switch, so a full buffer costs its writers little.
-      hdr_->lost_full.fetch_add(1, std::memory_order_relaxed);
-      return -ENOSPC;
+      return drop(hdr_->lost_full, -ENOSPC);
     }
     if (take_switch(&w)) return switch_locked(w, static_cast<uint32_t>(len), r, false);
   }
@@ -189,11 +267,10 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
   if (closing && h->waiters.load(std::memory_order_seq_cst) != 0) ring();
 
   if (!ok) {
-    if (len != 0) (wrapped ? h->lost_wrap : h->lost_full).fetch_add(1, std::memory_order_relaxed);
     if (closing && !wrapped && hooks_.buf_full) hooks_.buf_full(hooks_.ctx, *this, prev_slot, prev);
     tl_switch_owner = nullptr;
     h->wpos.store(make_word(slot, seq, kOffStopped), std::memory_order_release);
-    return len != 0 ? -ENOSPC : 0;
+    return len != 0 ? drop(wrapped ? h->lost_wrap : h->lost_full, -ENOSPC) : 0;
   }
 
   const uint32_t hdr_len = static_cast<uint32_t>(std::min<uint64_t>(header_, size_));

@@ -66,6 +66,7 @@ class Producer {
   //   -EMSGSIZE the record can never fit a sub-buffer (counted in lost_too_big);
   //   -ENOSPC   the switch to a new sub-buffer was refused: no-overwrite buffer full, or the next
   //             sub-buffer still being committed from its last lap (lost_full / lost_wrap);
+  //   -ETIMEDOUT blocking mode: no room came within the timeout (counted as -ENOSPC is);
   //   -EPIPE    the buffer was closed.
   inline int write(const void* data, size_t len) noexcept;
 
@@ -95,6 +96,17 @@ class Producer {
   // relay_buf_full(): every sub-buffer is produced and none of them consumed.
   bool buf_full() const noexcept;
 
+  // Blocking mode (LTTng's "blocking" channels): a write that finds the buffer full waits for
+  // the consumer to free a sub-buffer, for at most timeout_ns (< 0: no limit), instead of being
+  // dropped. Only a write that times out is dropped and counted. The wait costs nothing until
+  // the buffer is full: it sleeps on a futex the consumer wakes only when a writer waits.
+  void set_blocking(bool on, int64_t timeout_ns) noexcept {
+    blocking_ = on;
+    block_timeout_ns_ = timeout_ns;
+  }
+  // The consumer is gone (its daemon died): blocked writers stop waiting and drop.
+  void abandon() noexcept;
+
   // subbuf_start_reserve(): inside subbuf_start only, keeps len more header bytes at the start
   // of the new sub-buffer. Header bytes are data: readers see them.
   void subbuf_start_reserve(size_t len) noexcept { header_ += len; }
@@ -106,6 +118,9 @@ class Producer {
 
  private:
   int reserve_slow(size_t len, Reservation* r) noexcept;
+  int try_slow(size_t len, Reservation* r) noexcept;
+  int drop(std::atomic<uint64_t>& counter, int err) noexcept;
+  bool wait_for_room(uint32_t seen, int64_t deadline_ns) noexcept;
   int switch_locked(uint64_t w, uint32_t len, Reservation* r, bool opening) noexcept;
   bool take_switch(uint64_t* w) noexcept;
   bool wait_switch(uint64_t* w) const noexcept;
@@ -127,6 +142,9 @@ class Producer {
   std::unique_ptr<uint64_t[]> lap_base_;
   // Header bytes reserved by the running subbuf_start hook; touched only with the switch held.
   uint64_t header_ = 0;
+  bool blocking_ = false;
+  int64_t block_timeout_ns_ = -1;
+  std::atomic<bool> abandoned_{false};
 };
 
 inline int Producer::reserve(size_t len, Reservation* r) noexcept {
@@ -177,8 +195,8 @@ inline void Producer::commit(const Reservation& r) noexcept {
                                     std::memory_order_relaxed);
   }
   if (v == r.base + size_) [[unlikely]]
-    on_complete(r.slot);
-  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+    on_complete(r.slot);  // rings a sub-buffer waiter itself
+  if (hdr_->waiters.load(std::memory_order_seq_cst) & kWakeRecord) [[unlikely]]
     ring();
 }
 

@@ -211,3 +211,34 @@ TEST_CASE("a finalized buffer skips and counts what a dead producer never commit
     CHECK(rig.cons->drained());
   }
 }
+
+TEST_CASE("at_record_boundary is false only while a record is partly returned") {
+  Rig rig(64, 4);
+  REQUIRE(rig.write("0123456789") == 0);
+  REQUIRE(rig.write("abcdefghij") == 0);
+  char tmp[64];
+  CHECK(rig.cons->at_record_boundary());
+  REQUIRE(rig.cons->read(tmp, 15) == 15);
+  CHECK_FALSE(rig.cons->at_record_boundary());
+  REQUIRE(rig.cons->read(tmp, 5) == 5);
+  CHECK(rig.cons->at_record_boundary());
+}
+
+TEST_CASE("read with one_subbuf stops at the end of a sub-buffer") {
+  Rig rig(16, 4);
+  for (int i = 0; i < 4; ++i) REQUIRE(rig.write("12345678") == 0);  // two sub-buffers
+  char tmp[64];
+  CHECK(rig.cons->read(tmp, sizeof tmp, true) == 16);
+  CHECK(rig.cons->at_record_boundary());
+  CHECK(rig.cons->read(tmp, sizeof tmp, true) == 16);
+}
+
+TEST_CASE("consume_upto releases sub-buffers for the current reset generation only") {
+  Rig rig(16, 4);
+  for (int i = 0; i < 6; ++i) REQUIRE(rig.write("12345678") == 0);  // 2 closed + 1 current
+  const uint32_t gen = static_cast<uint32_t>(rig.buf.header()->consumed.load() >> 48);
+  CHECK(rig.cons->consume_upto(gen + 2, 2) == -ESTALE);
+  CHECK(rig.cons->consume_upto(gen, 2) == 0);
+  CHECK(rig.cons->stats().subbufs_consumed == 2);
+  CHECK(rig.drain() == "1234567812345678");
+}

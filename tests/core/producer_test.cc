@@ -3,7 +3,10 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -254,4 +257,84 @@ TEST_CASE("overwrite mode never refuses a write and keeps the newest data") {
   CHECK(got == "0000096" + std::string(1, '\0') + "0000097" + std::string(1, '\0') + "0000098" +
                    std::string(1, '\0') + "0000099" + std::string(1, '\0'));
   CHECK(rig.cons->stats().overruns == 96);
+}
+
+TEST_CASE("a sub-buffer waiter is rung at a complete sub-buffer, not at every record") {
+  struct Count {
+    int rings = 0;
+    static void wake(void* ctx, core::Producer&) { ++static_cast<Count*>(ctx)->rings; }
+  } count;
+  core::ProducerHooks hk;
+  hk.wakeup = &Count::wake;
+  hk.ctx = &count;
+  Rig rig(16, 4, hk);
+  rig.cons->arm_doorbell(true);
+  REQUIRE(rig.write("aaaa") == 0);
+  REQUIRE(rig.write("bbbb") == 0);
+  CHECK(count.rings == 0);
+  CHECK_FALSE(rig.cons->subbuf_ready());
+  // An out-of-order commit: the sub-buffer closes while a record is still being written.
+  core::Reservation r;
+  REQUIRE(rig.prod->reserve(8, &r) == 0);
+  REQUIRE(rig.write("cccccccc") == 0);  // does not fit: closes sub-buffer 0
+  CHECK(count.rings == 1);              // the switch rings: a boundary was crossed
+  CHECK_FALSE(rig.cons->subbuf_ready());  // but sub-buffer 0 is not whole yet
+  rig.cons->arm_doorbell(true);
+  std::memset(r.ptr, 'r', 8);
+  rig.prod->commit(r);
+  CHECK(count.rings == 2);  // its last commit completes it
+  CHECK(rig.cons->subbuf_ready());
+}
+
+TEST_CASE("blocking mode: a full buffer waits for the consumer instead of dropping") {
+  Rig rig(64, 2);
+  rig.prod->set_blocking(true, -1);
+  const std::string rec(16, 'x');
+  std::atomic<bool> done{false};
+  std::string got;
+  std::thread reader([&] {
+    std::vector<char> tmp(40);  // slow, small reads
+    while (!done.load() || got.size() < 2000 * rec.size()) {
+      const ssize_t n = rig.cons->read(tmp.data(), tmp.size());
+      if (n > 0) got.append(tmp.data(), static_cast<size_t>(n));
+      else std::this_thread::sleep_for(std::chrono::microseconds(50));
+      if (got.size() >= 2000 * rec.size()) break;
+    }
+  });
+  int failed = 0;
+  for (int i = 0; i < 2000; ++i) failed += rig.write(rec) != 0;
+  rig.prod->flush();
+  done = true;
+  reader.join();
+  CHECK(failed == 0);
+  CHECK(rig.cons->stats().lost_full == 0);
+  CHECK(got == [&] {
+    std::string all;
+    for (int i = 0; i < 2000; ++i) all += rec;
+    return all;
+  }());
+}
+
+TEST_CASE("blocking mode: without a reader a write gives up after its timeout and is counted") {
+  Rig rig(32, 2);
+  rig.prod->set_blocking(true, 20'000'000);  // 20 ms
+  const std::string rec(16, 'y');
+  for (int i = 0; i < 4; ++i) REQUIRE(rig.write(rec) == 0);  // fills both sub-buffers
+  CHECK(rig.write(rec) == -ETIMEDOUT);
+  CHECK(rig.cons->stats().lost_full == 1);
+  // Once the reader frees a sub-buffer, writing goes on.
+  CHECK(rig.drain().size() == 64);
+  CHECK(rig.write(rec) == 0);
+}
+
+TEST_CASE("blocking mode: an abandoned producer stops waiting") {
+  Rig rig(32, 1);
+  rig.prod->set_blocking(true, -1);
+  REQUIRE(rig.write(std::string(32, 'z')) == 0);
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    rig.prod->abandon();
+  });
+  CHECK(rig.write("more") == -ETIMEDOUT);
+  t.join();
 }
