@@ -19,6 +19,7 @@
 #ifndef RELAYFS_RELAY_H
 #define RELAYFS_RELAY_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -79,6 +80,58 @@ struct rchan_callbacks {
    */
   int (*create_buf_file)(const char *filename, const char *parent, mode_t *mode,
                          struct rchan_buf *buf, int *is_global);
+
+  /*
+   * From the 2005 relayfs: a sub-buffer of buf is complete (closed, and every slot reserved in
+   * it committed); subbuf_idx is its index, subbuf its start. Called in the writing thread whose
+   * commit (or switch) completed it. relayfs: works with relay_write too, not only
+   * relay_reserve + relay_commit. NULL: nothing.
+   */
+  void (*deliver)(struct rchan_buf *buf, unsigned int subbuf_idx, void *subbuf);
+
+  /*
+   * From the 2005 relayfs: buf just became full (a switch was refused because no sub-buffer is
+   * consumed); subbuf_idx and subbuf are the sub-buffer that was being closed. Called once per
+   * time the buffer fills, in the writing thread. NULL: nothing.
+   */
+  void (*buf_full)(struct rchan_buf *buf, unsigned int subbuf_idx, void *subbuf);
+};
+
+/*
+ * relayfs: what relay_open_opts adds to relay_open.
+ *  RELAY_OVERWRITE  overwrite ("flight recorder") mode. Without a subbuf_start callback relayfs
+ *                   supplies one that always switches; with one, the flag only declares the
+ *                   mode (it shows in the "mode" attribute).
+ *  RELAY_BLOCKING   never lose a record to a full buffer (LTTng's blocking mode): a write that
+ *                   finds the no-overwrite buffer full waits for a reader to consume a
+ *                   sub-buffer, up to block_timeout_ms (-1: no limit). Only a write that times
+ *                   out is dropped, counted in lost_full, and fails with ETIMEDOUT. Waiting
+ *                   sleeps on a futex; writes that find room cost what they always do.
+ */
+#define RELAY_OVERWRITE 0x1u
+#define RELAY_BLOCKING 0x2u
+
+struct relay_options {
+  unsigned int flags;   /* RELAY_OVERWRITE, RELAY_BLOCKING */
+  int block_timeout_ms; /* RELAY_BLOCKING: longest wait per write, in ms; -1: no limit */
+};
+
+/*
+ * Per-buffer counters (relay_buf_stats, relay_reader_stats). The same values are extended
+ * attributes of the buffer's file, "user.relayfs.<name>" (getfattr -d -m - FILE; relay(7)).
+ */
+struct relay_stats {
+  unsigned long long subbuf_size;      /* geometry */
+  unsigned long long n_subbufs;
+  unsigned long long subbufs_produced; /* sub-buffers switched away from (since open or reset) */
+  unsigned long long subbufs_consumed; /* sub-buffers read to the end or released */
+  unsigned long long bytes_produced;   /* bytes written, padding excluded; never shrinks */
+  unsigned long long bytes_consumed;   /* bytes handed to readers */
+  unsigned long long lost_full;        /* records dropped: buffer full (or blocking timeout) */
+  unsigned long long lost_too_big;     /* records dropped: larger than a sub-buffer */
+  unsigned long long lost_wrap;        /* records dropped: next sub-buffer still being written */
+  unsigned long long overruns;         /* sub-buffers the writer lapped before they were read */
+  unsigned long long lost_uncommitted; /* bytes reserved but never committed (producer died) */
 };
 
 /*
@@ -96,6 +149,16 @@ struct rchan_callbacks {
 RELAY_API struct rchan *relay_open(const char *base_filename, const char *parent,
                                    size_t subbuf_size, size_t n_subbufs,
                                    const struct rchan_callbacks *cb, void *private_data);
+
+/*
+ * relayfs: relay_open with options (see struct relay_options); opts NULL is relay_open. Fails
+ * also with EINVAL for unknown flags, or RELAY_BLOCKING with RELAY_OVERWRITE (an overwrite
+ * buffer is never full).
+ */
+RELAY_API struct rchan *relay_open_opts(const char *base_filename, const char *parent,
+                                        size_t subbuf_size, size_t n_subbufs,
+                                        const struct rchan_callbacks *cb, void *private_data,
+                                        const struct relay_options *opts);
 
 /*
  * Closes the channel: nothing more can be written; the daemon finalizes its buffers, whose data
@@ -121,6 +184,16 @@ RELAY_API int relay_reset(struct rchan *chan);
  *   EINVAL    length is 0;   EPIPE  the channel is closed.
  */
 RELAY_API int relay_write(struct rchan *chan, const void *data, size_t length);
+
+/*
+ * relayfs, in the spirit of the spec's klog: formats like printf and writes the text (without
+ * its terminating NUL) as one record into the current CPU's buffer. Returns the number of bytes
+ * written, 0 for an empty text (nothing is written), or -1 with errno as for relay_write.
+ */
+RELAY_API int relay_printf(struct rchan *chan, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+RELAY_API int relay_vprintf(struct rchan *chan, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 
 /* The same as relay_write: user space has no interrupt context to guard against. */
 RELAY_API int __relay_write(struct rchan *chan, const void *data, size_t length);
@@ -151,6 +224,59 @@ RELAY_API int relay_buf_full(struct rchan_buf *buf);
 
 /* From subbuf_start only: keeps length more header bytes at the start of the new sub-buffer. */
 RELAY_API void subbuf_start_reserve(struct rchan_buf *buf, size_t length);
+
+/*
+ * relayfs: buf's counters, as the producer sees them; the consumer-side ones (consumed,
+ * overruns, lost_uncommitted) are what the daemon last published. Returns 0, or -1 with EINVAL.
+ */
+RELAY_API int relay_buf_stats(struct rchan_buf *buf, struct relay_stats *st);
+
+/*
+ * mmap readers, from another process: the spec's mmap() of a whole buffer plus
+ * relay_subbufs_consumed(), done by a reader instead of the kernel client.
+ *
+ * relay_reader_open(path) maps the buffer behind one relay file read-only. The daemon checks
+ * that the caller may read the file (its mode and owner, and search permission on the way to
+ * it), as open(2) would; it fails with EACCES otherwise, ENOENT, ENOTSUP outside relayfs, EIO.
+ * It counts as a reader of the file: buf_mapped fires for the first one, buf_unmapped when the
+ * last one goes. base is the whole buffer, n_subbufs * subbuf_size bytes.
+ *
+ * fd is the relay file, kept open: poll() it for POLLIN, which means a whole sub-buffer is
+ * ready for relay_reader_next (the kernel's poll() semantics), not merely some data.
+ *
+ * relay_reader_next() gives the oldest sub-buffer that is closed, wholly committed and not yet
+ * consumed: 1 and *sb filled, 0 if there is none now, -1 with errno EIO if the buffer's control
+ * area is inconsistent. It does not consume: relay_reader_consumed(r, n) says the reader is done
+ * with n more sub-buffers, which frees them for a no-overwrite writer. All readers of a buffer
+ * share one position, read(2) readers included (kernel semantics).
+ *
+ * Overwrite mode: the writer may reuse a sub-buffer while it is being read. After copying or
+ * processing one, relay_reader_valid(r, sb) tells whether it was still intact (1) or lapped (0);
+ * relay_reader_next skips lapped sub-buffers and counts them as overruns.
+ */
+struct relay_reader {
+  const void *base;   /* the buffer, read-only: n_subbufs * subbuf_size bytes */
+  size_t subbuf_size;
+  size_t n_subbufs;
+  unsigned int cpu;   /* the buffer's index in its channel */
+  int fd;             /* the relay file: poll() for POLLIN = a whole sub-buffer is ready */
+  void *impl;         /* private */
+};
+
+struct relay_subbuf {
+  size_t index;             /* sub-buffer index, 0 .. n_subbufs - 1 */
+  const void *data;         /* base + index * subbuf_size */
+  size_t length;            /* bytes of data: subbuf_size - padding (header bytes included) */
+  size_t padding;           /* unused bytes at its end */
+  unsigned long long seq;   /* its sequence number since the channel was opened or reset */
+};
+
+RELAY_API struct relay_reader *relay_reader_open(const char *path);
+RELAY_API int relay_reader_next(struct relay_reader *r, struct relay_subbuf *sb);
+RELAY_API int relay_reader_valid(struct relay_reader *r, const struct relay_subbuf *sb);
+RELAY_API int relay_reader_consumed(struct relay_reader *r, size_t subbufs_consumed);
+RELAY_API int relay_reader_stats(struct relay_reader *r, struct relay_stats *st);
+RELAY_API int relay_reader_close(struct relay_reader *r);
 
 #ifdef __cplusplus
 }

@@ -6,12 +6,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
-#include <sys/un.h>
-#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdarg>
+#include <cstdio>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/common.h"
 #include "core/buffer.h"
 #include "core/geometry.h"
 #include "core/producer.h"
@@ -35,7 +36,7 @@ using relayfs::core::UniqueFd;
 namespace core = relayfs::core;
 namespace proto = relayfs::proto;
 
-constexpr const char* kControlXattr = "user.relayfs.control";
+using relayfs::client::connect_daemon;
 constexpr auto kReplyTimeout = std::chrono::seconds(5);
 
 struct Chan;
@@ -53,6 +54,7 @@ struct Buf {
 struct Chan {
   rchan pub{};
   rchan_callbacks cb{};
+  relay_options opts{};
   std::vector<std::unique_ptr<Buf>> bufs;
   std::vector<rchan_buf*> bufptrs;
   UniqueFd sock;
@@ -78,25 +80,6 @@ int fail(int err) {
   return -1;
 }
 
-// The daemon of the mount that holds dir, found through the xattr every relayfs directory has.
-int connect_daemon(const char* dir, UniqueFd* out) {
-  char name[108];
-  const ssize_t n = ::getxattr(dir, kControlXattr, name, sizeof name - 1);
-  if (n < 0) return errno == ENOENT ? ENOENT : ENOTSUP;  // not a relayfs directory
-  if (n < 2 || name[0] != '@') return ENOTSUP;
-  UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!s) return errno;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));  // abstract: leading NUL
-  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + static_cast<size_t>(n));
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return errno;
-  timeval tv{static_cast<time_t>(kReplyTimeout.count()), 0};
-  ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  *out = std::move(s);
-  return 0;
-}
-
 unsigned current_cpu() {
   // glibc 2.35+ reads the CPU from its registered rseq area: no system call.
   const int cpu = ::sched_getcpu();
@@ -107,6 +90,21 @@ bool hook_subbuf_start(void* ctx, core::Producer& p, void* subbuf, void* prev, u
   Buf* b = static_cast<Buf*>(ctx);
   b->p = &p;
   return b->chan->cb.subbuf_start(&b->pub, subbuf, prev, pad) != 0;
+}
+
+// RELAY_OVERWRITE without a subbuf_start callback: always switch.
+bool hook_overwrite(void*, core::Producer&, void*, void*, uint32_t) {
+  return true;
+}
+
+void hook_deliver(void* ctx, core::Producer&, uint32_t slot, void* subbuf) {
+  Buf* b = static_cast<Buf*>(ctx);
+  b->chan->cb.deliver(&b->pub, slot, subbuf);
+}
+
+void hook_buf_full(void* ctx, core::Producer&, uint32_t slot, void* subbuf) {
+  Buf* b = static_cast<Buf*>(ctx);
+  b->chan->cb.buf_full(&b->pub, slot, subbuf);
 }
 
 void hook_wakeup(void* ctx, core::Producer&) {
@@ -140,8 +138,10 @@ void event_loop(Chan* c) {
       c->cv.notify_all();
     }
   }
+  // The daemon is gone (or the channel is closing): writers blocked for room stop waiting.
+  for (auto& b : c->bufs) b->producer->abandon();
   std::lock_guard lk(c->mu);
-  c->close_replied = true;  // the daemon is gone: nobody will confirm
+  c->close_replied = true;  // nobody will confirm
   if (c->close_status == 0) c->close_status = -EIO;
   c->cv.notify_all();
 }
@@ -177,6 +177,11 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   req.n_subbufs = g.n_subbufs;
   req.mode = mode & 07777;
   req.flags = is_global ? proto::kFlagGlobal : 0;
+  if (c->opts.flags & RELAY_OVERWRITE)
+    req.flags |= proto::kFlagOverwrite;
+  else if (c->cb.subbuf_start)
+    req.flags |= proto::kFlagHookMode;
+  if (c->opts.flags & RELAY_BLOCKING) req.flags |= proto::kFlagBlocking;
   req.base_filename = base;
   const uint32_t seq = c->seq.fetch_add(1);
   if (int rc = proto::send_message(c->sock.get(), proto::encode(req, seq)); rc) return -rc;
@@ -213,10 +218,18 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   for (auto& b : c->bufs) {
     core::ProducerHooks hooks;
     hooks.ctx = b.get();
-    if (c->cb.subbuf_start) hooks.subbuf_start = &hook_subbuf_start;
+    if (c->cb.subbuf_start)
+      hooks.subbuf_start = &hook_subbuf_start;
+    else if (c->opts.flags & RELAY_OVERWRITE)
+      hooks.subbuf_start = &hook_overwrite;
+    if (c->cb.deliver) hooks.deliver = &hook_deliver;
+    if (c->cb.buf_full) hooks.buf_full = &hook_buf_full;
     hooks.wakeup = &hook_wakeup;
     b->producer = std::make_unique<core::Producer>(b->buffer, hooks);
     b->p = b->producer.get();
+    if (c->opts.flags & RELAY_BLOCKING)
+      b->producer->set_blocking(
+          true, c->opts.block_timeout_ms < 0 ? -1 : int64_t{c->opts.block_timeout_ms} * 1'000'000);
   }
   timeval none{0, 0};  // from now on the event thread waits for as long as the channel lives
   ::setsockopt(c->sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
@@ -236,11 +249,23 @@ extern "C" {
 
 RELAY_API rchan* relay_open(const char* base_filename, const char* parent, size_t subbuf_size,
                             size_t n_subbufs, const rchan_callbacks* cb, void* private_data) {
+  return relay_open_opts(base_filename, parent, subbuf_size, n_subbufs, cb, private_data, nullptr);
+}
+
+RELAY_API rchan* relay_open_opts(const char* base_filename, const char* parent,
+                                 size_t subbuf_size, size_t n_subbufs, const rchan_callbacks* cb,
+                                 void* private_data, const relay_options* opts) {
+  if (opts && ((opts->flags & ~(RELAY_OVERWRITE | RELAY_BLOCKING)) != 0 ||
+               (opts->flags & RELAY_OVERWRITE && opts->flags & RELAY_BLOCKING))) {
+    errno = EINVAL;
+    return nullptr;
+  }
   try {
     auto c = std::make_unique<Chan>();
     c->pub.private_data = private_data;
     c->pub.impl = c.get();
     if (cb) c->cb = *cb;
+    if (opts) c->opts = *opts;
     if (int err = open_channel(c.get(), base_filename, parent, subbuf_size, n_subbufs); err) {
       errno = err;
       return nullptr;
@@ -294,6 +319,47 @@ RELAY_API int relay_reset(rchan* chan) {
 RELAY_API int relay_write(rchan* chan, const void* data, size_t length) {
   if (int rc = producer_for(chan)->write(data, length); rc) [[unlikely]]
     return fail(-rc);
+  return 0;
+}
+
+RELAY_API int relay_vprintf(rchan* chan, const char* fmt, va_list ap) {
+  if (!chan || !fmt) return fail(EINVAL);
+  // Most records fit on the stack; a longer one is formatted again into the heap.
+  char small[256];
+  va_list again;
+  va_copy(again, ap);
+  const int n = std::vsnprintf(small, sizeof small, fmt, ap);
+  int rc = 0;
+  if (n < 0) {
+    rc = fail(EINVAL);
+  } else if (n == 0) {
+    rc = 0;  // nothing to write: a zero-length record does not exist
+  } else if (static_cast<size_t>(n) < sizeof small) {
+    rc = relay_write(chan, small, static_cast<size_t>(n));
+  } else {
+    std::unique_ptr<char[]> big(new (std::nothrow) char[static_cast<size_t>(n) + 1]);
+    if (!big)
+      rc = fail(ENOMEM);
+    else {
+      std::vsnprintf(big.get(), static_cast<size_t>(n) + 1, fmt, again);
+      rc = relay_write(chan, big.get(), static_cast<size_t>(n));
+    }
+  }
+  va_end(again);
+  return rc == 0 ? n : -1;
+}
+
+RELAY_API int relay_printf(rchan* chan, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  const int n = relay_vprintf(chan, fmt, ap);
+  va_end(ap);
+  return n;
+}
+
+RELAY_API int relay_buf_stats(rchan_buf* buf, relay_stats* st) {
+  if (!buf || !st) return fail(EINVAL);
+  relayfs::client::read_stats(impl(buf)->buffer, st);
   return 0;
 }
 

@@ -55,6 +55,21 @@ struct ConsumedWire {
   uint64_t count;
 };
 
+struct ReaderOpenWire {
+  uint64_t ino;
+};
+struct ReaderOpenReplyWire {
+  int32_t status;
+  uint32_t subbuf_size;
+  uint32_t n_subbufs;
+  uint32_t buffer;
+};
+struct ReaderConsumedWire {
+  uint32_t gen;
+  uint32_t reserved;
+  uint64_t upto;
+};
+
 template <typename Wire>
 int fixed(const char* p, size_t len, Wire* w, size_t* tail) {
   if (len < sizeof(Wire)) return -EPROTO;
@@ -76,7 +91,7 @@ int check_header(const Header& h) {
   if (h.magic != kMagic) return -EPROTO;
   if (h.version != kVersion) return -EPROTONOSUPPORT;
   if (h.type < static_cast<uint16_t>(Type::kOpen) ||
-      h.type > static_cast<uint16_t>(Type::kConsumed))
+      h.type > static_cast<uint16_t>(Type::kReaderConsumed))
     return -EPROTO;
   if (h.length > kMaxPayload) return -EPROTO;
   return 0;
@@ -175,6 +190,46 @@ int decode(const char* p, size_t len, BufferEvent* out) {
   if (int rc = fixed(p, len, &w, &tail); rc) return rc;
   if (tail != 0) return -EPROTO;
   *out = {w.channel_id, w.buffer};
+  return 0;
+}
+
+std::vector<char> encode(const ReaderOpenRequest& m, uint32_t seq) {
+  return message(Type::kReaderOpen, seq, ReaderOpenWire{m.ino});
+}
+
+std::vector<char> encode(const ReaderOpenReply& m, uint32_t seq) {
+  return message(Type::kReaderOpenReply, seq,
+                 ReaderOpenReplyWire{m.status, m.subbuf_size, m.n_subbufs, m.buffer});
+}
+
+std::vector<char> encode(const ReaderConsumed& m, uint32_t seq) {
+  return message(Type::kReaderConsumed, seq, ReaderConsumedWire{m.gen, 0, m.upto});
+}
+
+int decode(const char* p, size_t len, ReaderOpenRequest* out) {
+  ReaderOpenWire w;
+  size_t tail;
+  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
+  if (tail != 0) return -EPROTO;
+  out->ino = w.ino;
+  return 0;
+}
+
+int decode(const char* p, size_t len, ReaderOpenReply* out) {
+  ReaderOpenReplyWire w;
+  size_t tail;
+  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
+  if (tail != 0 || w.status > 0) return -EPROTO;
+  *out = {w.status, w.subbuf_size, w.n_subbufs, w.buffer};
+  return 0;
+}
+
+int decode(const char* p, size_t len, ReaderConsumed* out) {
+  ReaderConsumedWire w;
+  size_t tail;
+  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
+  if (tail != 0 || w.reserved != 0) return -EPROTO;
+  *out = {w.gen, w.upto};
   return 0;
 }
 

@@ -10,6 +10,8 @@
 // returns -EPROTO / -EINVAL instead of reading past the message.
 #pragma once
 
+#include <linux/ioctl.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -32,6 +34,9 @@ enum class Type : uint16_t {
   kUnmapped,  // daemon -> producer: the last reader closed it (buf_unmapped)
   kError,     // daemon -> producer: a message was refused
   kConsumed,  // producer -> daemon: relay_subbufs_consumed (no reply)
+  kReaderOpen,       // reader -> daemon: map a relay file's buffer (relay_reader_open)
+  kReaderOpenReply,  // daemon -> reader: status, geometry, a read-only fd of the buffer
+  kReaderConsumed,   // reader -> daemon: sub-buffers consumed through the mapping (no reply)
 };
 
 struct Header {
@@ -44,8 +49,11 @@ struct Header {
 static_assert(sizeof(Header) == 16);
 
 // Channel flags (OpenRequest::flags).
-inline constexpr uint32_t kFlagGlobal = 1u << 0;  // one buffer for all CPUs (the spec's is_global)
-inline constexpr uint32_t kFlagsKnown = kFlagGlobal;
+inline constexpr uint32_t kFlagGlobal = 1u << 0;     // one buffer for all CPUs (the spec's is_global)
+inline constexpr uint32_t kFlagOverwrite = 1u << 1;  // declared overwrite (flight recorder) mode
+inline constexpr uint32_t kFlagBlocking = 1u << 2;   // writers wait for room instead of dropping
+inline constexpr uint32_t kFlagHookMode = 1u << 3;   // a client subbuf_start decides the mode
+inline constexpr uint32_t kFlagsKnown = kFlagGlobal | kFlagOverwrite | kFlagBlocking | kFlagHookMode;
 
 struct OpenRequest {
   uint64_t parent_ino = 0;  // the directory, by its inode number in the mount
@@ -83,6 +91,27 @@ struct ConsumedRequest {  // kConsumed
   uint64_t count = 0;
 };
 
+struct ReaderOpenRequest {  // kReaderOpen
+  uint64_t ino = 0;         // the relay file, by its inode number in the mount
+};
+
+struct ReaderOpenReply {  // kReaderOpenReply; one fd follows on success
+  int32_t status = 0;
+  uint32_t subbuf_size = 0;
+  uint32_t n_subbufs = 0;
+  uint32_t buffer = 0;  // index of the buffer in its channel (the CPU)
+};
+
+struct ReaderConsumed {  // kReaderConsumed
+  uint32_t gen = 0;      // reset generation the count belongs to (tag of the published position)
+  uint64_t upto = 0;     // every sub-buffer before this sequence number is consumed
+};
+
+// ioctl on an open relay file (no argument): from now on poll() on this open file reports POLLIN
+// only for a whole sub-buffer ready (the kernel's relay poll()), not for any readable byte.
+// relay_reader_open sets it on the descriptor it hands out.
+inline constexpr unsigned int kIocSubbufPoll = _IO('R', 0x51);
+
 // Encoding: returns the whole message (header + payload).
 std::vector<char> encode(const OpenRequest& m, uint32_t seq);
 std::vector<char> encode(const OpenReply& m, uint32_t seq);
@@ -90,6 +119,9 @@ std::vector<char> encode(const CloseRequest& m, uint32_t seq);
 std::vector<char> encode_status(Type t, const Status& m, uint32_t seq);
 std::vector<char> encode_event(Type t, const BufferEvent& m);
 std::vector<char> encode(const ConsumedRequest& m, uint32_t seq);
+std::vector<char> encode(const ReaderOpenRequest& m, uint32_t seq);
+std::vector<char> encode(const ReaderOpenReply& m, uint32_t seq);
+std::vector<char> encode(const ReaderConsumed& m, uint32_t seq);
 
 // Checks a header. Returns 0, or -EPROTO (bad magic, unknown type, length above kMaxPayload),
 // or -EPROTONOSUPPORT (another protocol version).
@@ -105,6 +137,9 @@ int decode(const char* payload, size_t len, CloseRequest* out);
 int decode(const char* payload, size_t len, Status* out);
 int decode(const char* payload, size_t len, BufferEvent* out);
 int decode(const char* payload, size_t len, ConsumedRequest* out);
+int decode(const char* payload, size_t len, ReaderOpenRequest* out);
+int decode(const char* payload, size_t len, ReaderOpenReply* out);
+int decode(const char* payload, size_t len, ReaderConsumed* out);
 
 // Is this a valid name for one directory entry? Not empty, at most kMaxName bytes, not "." or
 // "..", no '/', no NUL and no control character.

@@ -1,5 +1,5 @@
 // A channel as the daemon holds it: its buffers (each the consumer side of one relay file), the
-// doorbell its producer rings, and who owns it.
+// merged view over them, the doorbell its producer rings, and who owns it.
 #pragma once
 
 #include <fuse_lowlevel.h>
@@ -14,58 +14,130 @@
 #include "core/buffer.h"
 #include "core/consumer.h"
 #include "core/fd.h"
+#include "core/stats.h"
 
 namespace relayfs::fs {
 
-class Channel;
+class Source;
 
-// A read that found the buffer empty, in blocking mode: parked until data arrives, the channel is
+// A read that found the file empty, in blocking mode: parked until data arrives, the channel is
 // drained, or the reader is interrupted. Owned by the event loop once handed over.
 struct ParkedRead {
   uint64_t id = 0;
   fuse_req_t req = nullptr;
   size_t size = 0;
-  std::shared_ptr<class RelayBuffer> buffer;
+  std::shared_ptr<Source> source;
 };
 
-class RelayBuffer {
- public:
-  RelayBuffer(core::Buffer b, uint32_t channel_id, uint64_t owner, uint32_t index)
-      : buf(std::move(b)), cons(buf), channel_id_(channel_id), owner_(owner), index_(index) {}
+// A poll() waiting for news. whole_subbufs: an mmap reader's descriptor (kIocSubbufPoll), which
+// waits for a whole sub-buffer rather than for any record.
+struct Poller {
+  fuse_pollhandle* ph = nullptr;
+  bool whole_subbufs = false;
+};
 
-  // Guards cons and everything below it. Lock order: Tree::mu, then this.
+// What a relay file reads from: one buffer, or the merged view of a channel's buffers. The
+// members below are guarded by mu; the virtual functions require it held.
+// Lock order: Tree::mu, then a MergedView's mu, then a RelayBuffer's mu.
+class Source {
+ public:
+  Source(uint32_t channel_id, uint64_t owner) : channel_id_(channel_id), owner_(owner) {}
+  virtual ~Source() = default;
+  Source(const Source&) = delete;
+  Source& operator=(const Source&) = delete;
+
   std::mutex mu;
-  core::Buffer buf;
-  core::Consumer cons;
   fuse_ino_t ino = 0;
-  int opens = 0;                        // open file handles
-  std::vector<fuse_pollhandle*> polls;  // pollers waiting for data
-  uint64_t last_size = 0;               // bytes_produced when mtime last moved
+  int opens = 0;               // open file handles
+  std::vector<Poller> polls;   // pollers waiting for news
+  uint64_t last_size = 0;      // bytes_produced when mtime last moved
   timespec mtime{};
-  bool unlinked = false;  // its file left the directory
-  int fixed_index = -1;   // io_uring fixed-buffer slot, -1 if not registered
+  bool unlinked = false;       // its file left the directory
 
   // Loop thread only.
   std::deque<ParkedRead*> parked;
 
+  // The consuming read: padding removed, consumed for every reader. >= 0 bytes, or -errno.
+  virtual ssize_t consume(void* dst, size_t count) = 0;
+  virtual bool data_available() = 0;
+  virtual bool subbuf_ready() = 0;
+  virtual bool finalized() = 0;
+  virtual uint64_t bytes_produced() = 0;
+  virtual void arm_doorbell(bool whole_subbufs) = 0;
+  virtual core::BufferStats stats() = 0;
+  bool drained() { return finalized() && !data_available(); }
+
   uint32_t channel_id() const { return channel_id_; }
   uint64_t owner() const { return owner_; }  // control connection of the producer
-  uint32_t index() const { return index_; }
   int open_handles() const { return opens; }
 
  private:
   uint32_t channel_id_;
   uint64_t owner_;
+};
+
+// One channel buffer: one per-CPU (or the global) relay file.
+class RelayBuffer final : public Source {
+ public:
+  RelayBuffer(core::Buffer b, uint32_t channel_id, uint64_t owner, uint32_t index)
+      : Source(channel_id, owner), buf(std::move(b)), cons(buf), index_(index) {}
+
+  core::Buffer buf;
+  core::Consumer cons;
+  int fixed_index = -1;  // io_uring fixed-buffer slot, -1 if not registered (loop thread)
+
+  ssize_t consume(void* dst, size_t count) override { return cons.read(dst, count); }
+  bool data_available() override { return cons.data_available(); }
+  bool subbuf_ready() override { return cons.subbuf_ready(); }
+  bool finalized() override { return cons.finalized(); }
+  uint64_t bytes_produced() override { return cons.bytes_produced(); }
+  void arm_doorbell(bool whole_subbufs) override { cons.arm_doorbell(whole_subbufs); }
+  core::BufferStats stats() override { return cons.stats(); }
+
+  uint32_t index() const { return index_; }
+
+ private:
   uint32_t index_;
+};
+
+// The merged view: one file that interleaves all of a channel's buffers, a sub-buffer at a time,
+// padding removed. It consumes from the buffers exactly as their own files do. A read that runs
+// out of room in the middle of a record stays on that buffer, so the next read finishes the
+// record before another buffer's data comes: records are never interleaved byte-wise.
+class MergedView final : public Source {
+ public:
+  MergedView(uint32_t channel_id, uint64_t owner, std::vector<std::shared_ptr<RelayBuffer>> parts)
+      : Source(channel_id, owner), parts_(std::move(parts)) {}
+
+  ssize_t consume(void* dst, size_t count) override;
+  bool data_available() override;
+  bool subbuf_ready() override;
+  bool finalized() override;
+  uint64_t bytes_produced() override;
+  void arm_doorbell(bool whole_subbufs) override;
+  core::BufferStats stats() override;
+
+ private:
+  std::vector<std::shared_ptr<RelayBuffer>> parts_;
+  size_t cur_ = 0;  // the buffer the next read starts with
 };
 
 class Channel {
  public:
   uint32_t id = 0;
   uint64_t owner = 0;       // the control connection that created it
+  uint32_t flags = 0;       // proto::kFlag*: global, declared mode, blocking
   bool finalized = false;   // producer closed or gone: nothing more will be written
   core::UniqueFd doorbell;  // eventfd the producer writes when a reader waits
   std::vector<std::shared_ptr<RelayBuffer>> buffers;
+  std::shared_ptr<MergedView> merged;
+
+  // Every file of the channel: the buffers, then the merged view.
+  std::vector<std::shared_ptr<Source>> sources() const {
+    std::vector<std::shared_ptr<Source>> all(buffers.begin(), buffers.end());
+    if (merged) all.push_back(merged);
+    return all;
+  }
 };
 
 }  // namespace relayfs::fs

@@ -1,5 +1,6 @@
 // Control connections: producers open and close channels here. Everything a producer sends is
 // checked; a malformed message gets an error reply and the daemon carries on.
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -18,14 +19,14 @@ namespace relayfs::fs {
 
 namespace {
 
-enum Source : uint64_t { kConn = 3, kDoorbell = 4 };
-constexpr uint64_t tag(Source s, uint64_t id) {
+enum Watch : uint64_t { kConn = 3, kDoorbell = 4 };
+constexpr uint64_t tag(Watch s, uint64_t id) {
   return (uint64_t{s} << 56) | id;
 }
 
-// May the peer create entries in dir: search on every ancestor, write and search on dir itself,
-// as creating a file there would require.
-bool may_create(Tree& t, Node* dir, const Connection& c) {
+// May the peer have `want` access (rwx bits, as for "other") to node n, and search every
+// directory above it, as path resolution and open(2) would require?
+bool may_access(Tree& t, Node* node, mode_t want, const Connection& c) {
   if (c.uid == 0) return true;
   auto allowed = [&](const Node* n, mode_t want) {  // want: bits for "other"
     if (n->uid == c.uid) return (n->mode & (want << 6)) == (want << 6);
@@ -34,10 +35,15 @@ bool may_create(Tree& t, Node* dir, const Connection& c) {
     if (member) return (n->mode & (want << 3)) == (want << 3);
     return (n->mode & want) == want;
   };
-  if (!allowed(dir, S_IWOTH | S_IXOTH)) return false;
-  for (Node* n = t.get(dir->parent); n; n = n->ino == FUSE_ROOT_ID ? nullptr : t.get(n->parent))
+  if (!allowed(node, want)) return false;
+  for (Node* n = t.get(node->parent); n; n = n->ino == FUSE_ROOT_ID ? nullptr : t.get(n->parent))
     if (!allowed(n, S_IXOTH)) return false;
   return true;
+}
+
+// Creating entries in dir needs write and search permission on it, as creating a file would.
+bool may_create(Tree& t, Node* dir, const Connection& c) {
+  return may_access(t, dir, S_IWOTH | S_IXOTH, c);
 }
 
 }  // namespace
@@ -100,6 +106,12 @@ void RelayFs::on_message(Connection& c, const proto::Received& r) {
     case proto::Type::kConsumed:
       handle_consumed(c, r.payload.data(), r.payload.size());
       return;
+    case proto::Type::kReaderOpen:
+      handle_reader_open(c, r.header.seq, r.payload.data(), r.payload.size());
+      return;
+    case proto::Type::kReaderConsumed:
+      handle_reader_consumed(c, r.payload.data(), r.payload.size());
+      return;
     default: {  // a reply or event type: producers do not send those
       std::lock_guard lk(c.send_mu);
       proto::send_message(c.fd.get(),
@@ -130,14 +142,16 @@ void RelayFs::handle_open(Connection& c, uint32_t seq, const char* payload, size
     if (!dir->is_dir()) return fail(ENOTDIR);
     if (!may_create(tree, dir, c)) return fail(EACCES);
     std::vector<std::string> names;
-    for (unsigned i = 0; i < n; ++i) {
-      names.push_back(req.base_filename + std::to_string(i));
-      if (names.back().size() > proto::kMaxName) return fail(ENAMETOOLONG);
-      if (tree.child(dir, names.back())) return fail(EEXIST);
+    for (unsigned i = 0; i < n; ++i) names.push_back(req.base_filename + std::to_string(i));
+    names.push_back(req.base_filename);  // the merged view
+    for (auto& name : names) {
+      if (name.size() > proto::kMaxName) return fail(ENAMETOOLONG);
+      if (tree.child(dir, name)) return fail(EEXIST);
     }
     ch = std::make_shared<Channel>();
     ch->id = next_channel_id_++;
     ch->owner = c.id;
+    ch->flags = req.flags;
     ch->doorbell.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!ch->doorbell) return fail(errno);
     for (unsigned i = 0; i < n; ++i) {
@@ -145,13 +159,15 @@ void RelayFs::handle_open(Connection& c, uint32_t seq, const char* payload, size
       if (int rc = core::Buffer::create(g, names[i].c_str(), &buf); rc) return fail(-rc);
       ch->buffers.push_back(std::make_shared<RelayBuffer>(std::move(buf), ch->id, c.id, i));
     }
+    ch->merged = std::make_shared<MergedView>(ch->id, c.id, ch->buffers);
     const mode_t mode = S_IFREG | (req.mode ? (req.mode & 07777) : 0400);
-    for (unsigned i = 0; i < n; ++i) {
+    const auto sources = ch->sources();
+    for (size_t i = 0; i < sources.size(); ++i) {
       Node* node = tree.add(dir, names[i], mode, c.uid, c.gid);
-      node->buffer = ch->buffers[i];
-      ch->buffers[i]->ino = node->ino;
-      register_buffer(*ch->buffers[i]);
+      node->source = sources[i];
+      sources[i]->ino = node->ino;
     }
+    for (auto& b : ch->buffers) register_buffer(*b);
     channels_.emplace(ch->id, ch);
   }
   watch(ch->doorbell.get(), tag(kDoorbell, ch->id));
@@ -199,6 +215,60 @@ void RelayFs::handle_consumed(Connection& c, const char* payload, size_t len) {
     if (req.count) b->cons.subbufs_consumed(req.count);
   }
   service(b);
+  std::shared_ptr<Source> merged;
+  {
+    std::lock_guard lk(tree.mu);
+    auto it = channels_.find(req.channel_id);
+    if (it != channels_.end()) merged = it->second->merged;
+  }
+  if (merged) service(merged);
+}
+
+// relay_reader_open: hands a read-only descriptor of a relay file's buffer to a reader that may
+// read the file. The reader keeps the file open meanwhile (it polls it), so buf_mapped and
+// buf_unmapped follow its life through open and release.
+void RelayFs::handle_reader_open(Connection& c, uint32_t seq, const char* payload, size_t len) {
+  proto::ReaderOpenRequest req;
+  proto::ReaderOpenReply reply;
+  core::UniqueFd ro;
+  int err = -proto::decode(payload, len, &req);
+  if (!err && c.mapped) err = EBUSY;  // one reader per connection
+  if (!err) {
+    std::lock_guard lk(tree.mu);
+    Node* n = tree.get(req.ino);
+    auto* b = n && n->parent ? dynamic_cast<RelayBuffer*>(n->source.get()) : nullptr;
+    if (!b)
+      err = n && n->parent && !n->is_dir() ? EINVAL : ENOENT;  // the merged view has no buffer
+    else if (!may_access(tree, n, S_IROTH, c))
+      err = EACCES;
+    else {
+      // A descriptor of its own, opened read-only, so the reader cannot map the buffer writable.
+      const std::string self = "/proc/self/fd/" + std::to_string(b->buf.fd());
+      ro.reset(::open(self.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!ro) {
+        err = errno;
+      } else {
+        const auto& g = b->buf.geometry();
+        reply = {0, g.subbuf_size, g.n_subbufs, b->index()};
+        c.mapped = std::static_pointer_cast<RelayBuffer>(n->source);
+      }
+    }
+  }
+  if (err) reply = {-err, 0, 0, 0};
+  const int fd = ro.get();
+  std::lock_guard lk(c.send_mu);
+  proto::send_message(c.fd.get(), proto::encode(reply, seq), err ? nullptr : &fd, err ? 0 : 1);
+}
+
+void RelayFs::handle_reader_consumed(Connection& c, const char* payload, size_t len) {
+  proto::ReaderConsumed req;
+  if (proto::decode(payload, len, &req) != 0 || !c.mapped) return;
+  std::shared_ptr<RelayBuffer> b = c.mapped;
+  {
+    std::lock_guard lk(b->mu);
+    b->cons.consume_upto(req.gen, req.upto);
+  }
+  service(b);
 }
 
 void RelayFs::close_connection(uint64_t id) {
@@ -219,6 +289,7 @@ void RelayFs::close_connection(uint64_t id) {
       if (ch->owner == id) owned.push_back(ch);
   }
   for (auto& ch : owned) finalize_channel(ch);
+  c->mapped.reset();
   retire(tag(kConn, id));
   std::lock_guard lk(c->send_mu);  // a FUSE worker may be sending a buf_mapped event
   c->fd.reset();
@@ -234,35 +305,28 @@ void RelayFs::finalize_channel(const std::shared_ptr<Channel>& ch) {
       b->cons.finalize();
     }
   }
-  for (auto& b : ch->buffers) {
-    service(b);  // parked readers get their data or EOF, pollers POLLERR once drained
-    maybe_remove(b);
-  }
+  for (auto& s : ch->sources()) service(s);  // parked readers get data or EOF, pollers POLLERR
+  maybe_remove(ch->id);
 }
 
-// Removes the file of a finalized, drained buffer, and frees the channel once all its files
-// are gone and closed. Any thread.
-void RelayFs::maybe_remove(const std::shared_ptr<RelayBuffer>& b) {
-  bool free_it = false;
+// Removes the files of a finalized channel that are drained, and frees the channel once all its
+// files are gone and closed. Any thread.
+void RelayFs::maybe_remove(uint32_t channel_id) {
+  bool free_it = true;
   {
     std::lock_guard lk(tree.mu);
-    {
-      std::lock_guard blk(b->mu);
-      if (!b->cons.finalized() || !b->cons.drained()) return;
-      if (!b->unlinked) {
-        b->unlinked = true;
-        if (Node* n = tree.get(b->ino)) tree.unlink(n);
+    auto it = channels_.find(channel_id);
+    if (it == channels_.end() || !it->second->finalized) return;
+    for (auto& s : it->second->sources()) {
+      std::lock_guard slk(s->mu);
+      if (!s->unlinked && s->drained()) {
+        s->unlinked = true;
+        if (Node* n = tree.get(s->ino)) tree.unlink(n);
       }
-    }
-    auto it = channels_.find(b->channel_id());
-    if (it == channels_.end()) return;
-    free_it = true;
-    for (auto& other : it->second->buffers) {
-      std::lock_guard blk(other->mu);
-      if (!other->unlinked || other->opens) free_it = false;
+      if (!s->unlinked || s->opens) free_it = false;
     }
   }
-  if (free_it) post({LoopEvent::kFree, b->channel_id(), nullptr});
+  if (free_it) post({LoopEvent::kFree, channel_id, nullptr});
 }
 
 void RelayFs::free_channel(uint32_t id) {
@@ -271,9 +335,9 @@ void RelayFs::free_channel(uint32_t id) {
     std::lock_guard lk(tree.mu);
     auto it = channels_.find(id);
     if (it == channels_.end()) return;
-    for (auto& b : it->second->buffers) {
-      std::lock_guard blk(b->mu);
-      if (!b->unlinked || b->opens) return;  // reopened meanwhile? not possible once unlinked
+    for (auto& s : it->second->sources()) {
+      std::lock_guard slk(s->mu);
+      if (!s->unlinked || s->opens) return;  // reopened meanwhile? not possible once unlinked
     }
     ch = it->second;
     channels_.erase(it);
@@ -283,16 +347,19 @@ void RelayFs::free_channel(uint32_t id) {
   ch->doorbell.reset();
 }
 
-void RelayFs::notify_owner(const RelayBuffer& b, bool mapped) {
+void RelayFs::notify_owner(const Source& s, bool mapped) {
+  // buf_mapped and buf_unmapped concern one buffer's file, not the merged view.
+  const auto* b = dynamic_cast<const RelayBuffer*>(&s);
+  if (!b) return;
   std::shared_ptr<Connection> c;
   {
     std::lock_guard lk(conns_mu_);
-    auto it = conns_.find(b.owner());
+    auto it = conns_.find(b->owner());
     if (it == conns_.end()) return;
     c = it->second;
   }
   const auto msg = proto::encode_event(mapped ? proto::Type::kMapped : proto::Type::kUnmapped,
-                                       {b.channel_id(), b.index()});
+                                       {b->channel_id(), b->index()});
   std::lock_guard lk(c->send_mu);
   if (c->fd) proto::send_message(c->fd.get(), msg);
 }

@@ -20,12 +20,12 @@ namespace relayfs::fs {
 namespace {
 
 // user_data of a multishot poll: what it watches, and which one.
-enum Source : uint64_t { kListen = 1, kNotify = 2, kConn = 3, kDoorbell = 4, kCancel = 5 };
-constexpr uint64_t tag(Source s, uint64_t id) {
+enum Watch : uint64_t { kListen = 1, kNotify = 2, kConn = 3, kDoorbell = 4, kCancel = 5 };
+constexpr uint64_t tag(Watch s, uint64_t id) {
   return (uint64_t{s} << 56) | id;
 }
-constexpr Source source_of(uint64_t ud) {
-  return static_cast<Source>(ud >> 56);
+constexpr Watch source_of(uint64_t ud) {
+  return static_cast<Watch>(ud >> 56);
 }
 constexpr uint64_t id_of(uint64_t ud) {
   return ud & ((uint64_t{1} << 56) - 1);
@@ -231,7 +231,7 @@ void RelayFs::drain_events() {
       case LoopEvent::kPark: {
         ParkedRead* pr = ev.read;
         parked_.emplace(pr->id, pr);
-        auto b = pr->buffer;
+        auto b = pr->source;
         b->parked.push_back(pr);
         service(b);
         break;
@@ -240,7 +240,7 @@ void RelayFs::drain_events() {
         auto it = parked_.find(ev.id);
         if (it == parked_.end()) break;  // answered already
         ParkedRead* pr = it->second;
-        auto& q = pr->buffer->parked;
+        auto& q = pr->source->parked;
         q.erase(std::remove(q.begin(), q.end(), pr), q.end());
         finish_read(pr, nullptr, -EINTR);
         break;
@@ -263,8 +263,8 @@ void RelayFs::finish_read(ParkedRead* pr, const char* data, ssize_t n) {
   delete pr;
 }
 
-// Answers parked reads and pollers of one buffer for which there is news.
-void RelayFs::service(const std::shared_ptr<RelayBuffer>& b) {
+// Answers parked reads and pollers of one file for which there is news.
+void RelayFs::service(const std::shared_ptr<Source>& b) {
   static thread_local std::unique_ptr<char[]> tmp(new char[kMaxRead]);
   bool check_removal = false;
   {
@@ -273,30 +273,39 @@ void RelayFs::service(const std::shared_ptr<RelayBuffer>& b) {
     for (int pass = 0; pass < 2; ++pass) {
       while (!b->parked.empty()) {
         ParkedRead* pr = b->parked.front();
-        const ssize_t n = b->cons.read(tmp.get(), std::min(pr->size, kMaxRead));
-        if (n == 0 && !b->cons.drained()) break;
+        const ssize_t n = b->consume(tmp.get(), std::min(pr->size, kMaxRead));
+        if (n == 0 && !b->drained()) break;
         b->parked.pop_front();
         if (n == 0) check_removal = true;
         finish_read(pr, tmp.get(), n);
       }
+      bool want_records = !b->parked.empty();
+      bool want_subbufs = false;
       if (!b->polls.empty()) {
-        const bool news = b->cons.data_available() || b->cons.drained();
-        if (news) {
-          for (fuse_pollhandle* ph : b->polls) {
-            fuse_lowlevel_notify_poll(ph);
-            fuse_pollhandle_destroy(ph);
+        // Each poller's own question: any record, or a whole sub-buffer (an mmap reader).
+        const bool records = b->data_available() || b->drained();
+        const bool subbufs = b->subbuf_ready() || b->finalized();
+        std::erase_if(b->polls, [&](const Poller& p) {
+          if (!(p.whole_subbufs ? subbufs : records)) {
+            (p.whole_subbufs ? want_subbufs : want_records) = true;
+            return false;
           }
-          b->polls.clear();
-        }
+          fuse_lowlevel_notify_poll(p.ph);
+          fuse_pollhandle_destroy(p.ph);
+          return true;
+        });
       }
-      if (b->parked.empty() && b->polls.empty()) break;
-      // Someone still waits: have the producer ring on its next record, then look again for a
-      // record that came before the doorbell was armed.
-      b->cons.arm_doorbell();
-      if (!b->cons.data_available() && !b->cons.drained()) break;
+      if (!want_records && !want_subbufs) break;
+      // Someone still waits: have the producer ring on its next record (or sub-buffer), then
+      // look again for one that came before the doorbell was armed.
+      if (want_records) b->arm_doorbell(false);
+      if (want_subbufs) b->arm_doorbell(true);
+      const bool news = want_records ? b->data_available() || b->drained()
+                                     : b->subbuf_ready() || b->finalized();
+      if (!news) break;
     }
   }
-  if (check_removal) maybe_remove(b);
+  if (check_removal) maybe_remove(b->channel_id());
 }
 
 void RelayFs::on_doorbell(uint32_t channel_id) {
@@ -310,7 +319,7 @@ void RelayFs::on_doorbell(uint32_t channel_id) {
   uint64_t v;
   while (::read(ch->doorbell.get(), &v, sizeof v) > 0) {
   }
-  for (auto& b : ch->buffers) service(b);
+  for (auto& s : ch->sources()) service(s);
 }
 
 int RelayFs::register_buffer(RelayBuffer& b) {

@@ -87,6 +87,10 @@ const fuse_lowlevel_ops kOps = [] {
   o.poll = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f, fuse_pollhandle* ph) {
     guarded(r, [&] { fs_of(r)->poll(r, i, f, ph); });
   };
+  o.ioctl = [](fuse_req_t r, fuse_ino_t i, unsigned int cmd, void*, fuse_file_info* f,
+               unsigned flags, const void*, size_t, size_t) {
+    guarded(r, [&] { fs_of(r)->ioctl(r, i, cmd, f, flags); });
+  };
   o.getxattr = [](fuse_req_t r, fuse_ino_t i, const char* n, size_t s) {
     guarded(r, [&] { fs_of(r)->getxattr(r, i, n, s); });
   };

@@ -24,10 +24,13 @@ char* read_buffer() {
 
 // What fi->fh holds for an open relay file.
 struct FileHandle {
-  std::shared_ptr<RelayBuffer> buffer;
+  std::shared_ptr<Source> source;
+  // Set by kIocSubbufPoll (relay_reader_open): poll() waits for whole sub-buffers. Guarded by
+  // source->mu.
+  bool whole_subbufs = false;
   // The page-cache view of this open file, for splice(2) (see RelayFs::page_read): offsets up
   // to view_end were taken from the stream for the kernel's page cache; the last of those bytes,
-  // from offset history_start, are kept. Guarded by buffer->mu.
+  // from offset history_start, are kept. Guarded by source->mu.
   uint64_t view_end = 0;
   uint64_t history_start = 0;
   std::string history;
@@ -57,10 +60,10 @@ void reply_xattr(fuse_req_t req, const std::string& value, size_t size) {
 
 int RelayFs::node_stat(Node* n, struct stat* st) {
   tree.fill_stat(n, st);
-  if (n->buffer) {
-    RelayBuffer& b = *n->buffer;
+  if (n->source) {
+    Source& b = *n->source;
     std::lock_guard lk(b.mu);
-    const uint64_t size = b.cons.bytes_produced();
+    const uint64_t size = b.bytes_produced();
     // st_mtime moves when data arrives, so tail -f, which compares sizes and times, reads it.
     if (size != b.last_size || b.mtime.tv_sec == 0) {
       b.last_size = size;
@@ -126,7 +129,7 @@ void RelayFs::setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_
     Node* n = tree.get(ino);
     if (!n) {
       err = ENOENT;
-    } else if (n->buffer) {
+    } else if (n->source) {
       // Relay files are the producer's: no truncate, chmod, chown or touch.
       err = EPERM;
     } else {
@@ -241,7 +244,7 @@ void RelayFs::releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 }
 
 void RelayFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  std::shared_ptr<RelayBuffer> b;
+  std::shared_ptr<Source> b;
   bool first = false;
   {
     std::lock_guard lk(tree.mu);
@@ -258,7 +261,7 @@ void RelayFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       fuse_reply_err(req, EPERM);  // relay files are written by their producer only
       return;
     }
-    b = n->buffer;
+    b = n->source;
     std::lock_guard blk(b->mu);
     first = b->opens++ == 0;
   }
@@ -267,7 +270,7 @@ void RelayFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fi->nonseekable = 1;
   fi->keep_cache = 0;
   auto* fh = new FileHandle;
-  fh->buffer = b;
+  fh->source = b;
   fi->fh = reinterpret_cast<uint64_t>(fh);
   if (fuse_reply_open(req, fi) != 0) {
     // The opener went away (interrupted): undo; the kernel sends no release for it.
@@ -281,7 +284,7 @@ void RelayFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void RelayFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   auto* fh = reinterpret_cast<FileHandle*>(fi->fh);
-  std::shared_ptr<RelayBuffer> b = std::move(fh->buffer);
+  std::shared_ptr<Source> b = std::move(fh->source);
   delete fh;
   bool last;
   {
@@ -296,7 +299,7 @@ void RelayFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   }
   if (last) notify_owner(*b, false);
   fuse_reply_err(req, 0);
-  if (last) maybe_remove(b);
+  if (last) maybe_remove(b->channel_id());
 }
 
 // Serves the page cache (splice) by file offset. The offsets of a splicing reader follow its file
@@ -311,7 +314,7 @@ void RelayFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 void RelayFs::page_read(fuse_req_t req, void* handle, size_t size, off_t off) {
   constexpr size_t kHistory = 2 << 20;  // twice the largest request libfuse passes on
   auto* fh = static_cast<FileHandle*>(handle);
-  RelayBuffer& b = *fh->buffer;
+  Source& b = *fh->source;
   const uint64_t want = static_cast<uint64_t>(std::max<off_t>(off, 0));
   size = std::min(size, kMaxRead);
   char* out = read_buffer();
@@ -330,7 +333,7 @@ void RelayFs::page_read(fuse_req_t req, void* handle, size_t size, off_t off) {
     have = std::min<uint64_t>(size, fh->history.size() - from);
     std::memcpy(out, fh->history.data() + from, have);
     if (have < size) {
-      const ssize_t n = b.cons.read(out + have, size - have);
+      const ssize_t n = b.consume(out + have, size - have);
       if (n > 0) {
         fh->history.append(out + have, static_cast<size_t>(n));
         fh->view_end += static_cast<uint64_t>(n);
@@ -348,7 +351,7 @@ void RelayFs::page_read(fuse_req_t req, void* handle, size_t size, off_t off) {
 
 void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
   auto* fh = reinterpret_cast<FileHandle*>(fi->fh);
-  std::shared_ptr<RelayBuffer> b = fh->buffer;
+  std::shared_ptr<Source> b = fh->source;
   // A read without a lock owner comes from the page cache, not from read(2): this kernel
   // splices FOPEN_DIRECT_IO files through the page cache, which asks for pages by offset.
   if (fi->lock_owner == 0) {
@@ -370,13 +373,13 @@ void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file
       std::memcpy(out, fh->history.data() + from, static_cast<size_t>(n));
     }
     if (static_cast<size_t>(n) < size) {
-      const ssize_t more = b->cons.read(out + n, size - static_cast<size_t>(n));
+      const ssize_t more = b->consume(out + n, size - static_cast<size_t>(n));
       if (more < 0 && n == 0) n = more;
       if (more > 0) n += more;
     }
     if (n > 0 && fh->view_end != 0)
       fh->view_end = std::max(fh->view_end, pos + static_cast<uint64_t>(n));
-    drained = n == 0 && b->cons.drained();
+    drained = n == 0 && b->drained();
   }
   if (n > 0) {
     fuse_reply_buf(req, out, static_cast<size_t>(n));
@@ -388,7 +391,7 @@ void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file
   }
   if (drained) {
     fuse_reply_buf(req, nullptr, 0);  // end of file: finalized and drained
-    maybe_remove(b);
+    maybe_remove(b->channel_id());
     return;
   }
   if (fi->flags & O_NONBLOCK) {
@@ -409,7 +412,7 @@ thread_local uint64_t tl_parking = 0;
 thread_local bool tl_interrupted = false;
 }  // namespace
 
-void RelayFs::park(fuse_req_t req, size_t size, std::shared_ptr<RelayBuffer> b) {
+void RelayFs::park(fuse_req_t req, size_t size, std::shared_ptr<Source> b) {
   auto* pr = new ParkedRead{next_read_id_.fetch_add(1), req, size, std::move(b)};
   // Registered before the loop can see the read, so the loop never answers a request whose
   // interrupt callback is not in place (and deregisters it before answering).
@@ -441,45 +444,118 @@ void RelayFs::interrupt(uint64_t read_id) {
 }
 
 void RelayFs::poll(fuse_req_t req, fuse_ino_t, fuse_file_info* fi, fuse_pollhandle* ph) {
-  std::shared_ptr<RelayBuffer> b = reinterpret_cast<FileHandle*>(fi->fh)->buffer;
+  auto* fh = reinterpret_cast<FileHandle*>(fi->fh);
+  std::shared_ptr<Source> b = fh->source;
   unsigned revents = 0;
   {
     std::lock_guard lk(b->mu);
-    if (b->cons.data_available())
-      revents = POLLIN | POLLRDNORM;
-    else if (b->cons.drained())
-      revents = POLLERR;
+    const bool whole = fh->whole_subbufs;
+    auto check = [&] {
+      if (whole ? b->subbuf_ready() : b->data_available())
+        revents = POLLIN | POLLRDNORM;
+      // An mmap reader cannot take the part of a sub-buffer that never closed: once the channel
+      // is finalized there is nothing more for it (producers flush before closing, as the spec
+      // says).
+      else if (whole ? b->finalized() : b->drained())
+        revents = POLLERR;
+    };
+    check();
     if (ph) {
       if (revents) {
         fuse_pollhandle_destroy(ph);
       } else {
-        // Kept until data arrives: the loop notifies it when the producer rings the doorbell.
-        b->polls.push_back(ph);
-        b->cons.arm_doorbell();
+        // Kept until there is news: the loop notifies it when the producer rings the doorbell.
+        b->polls.push_back({ph, whole});
+        b->arm_doorbell(whole);
         // A record committed between the check above and the arming is seen here.
-        if (b->cons.data_available()) revents = POLLIN | POLLRDNORM;
+        check();
       }
     }
   }
   fuse_reply_poll(req, revents);
 }
 
+void RelayFs::ioctl(fuse_req_t req, fuse_ino_t, unsigned int cmd, fuse_file_info* fi,
+                    unsigned flags) {
+  if (cmd != proto::kIocSubbufPoll || (flags & FUSE_IOCTL_DIR)) {
+    fuse_reply_err(req, ENOTTY);
+    return;
+  }
+  auto* fh = reinterpret_cast<FileHandle*>(fi->fh);
+  {
+    std::lock_guard lk(fh->source->mu);
+    fh->whole_subbufs = true;
+  }
+  fuse_reply_ioctl(req, 0, nullptr, 0);
+}
+
+namespace {
+
+// A relay file's counters, as extended attributes "user.relayfs.<name>" (relay(7)).
+constexpr const char* kStatPrefix = "user.relayfs.";
+constexpr const char* kStatNames[] = {
+    "subbuf_size",      "n_subbufs",        "mode",      "blocking",     "subbufs_produced",
+    "subbufs_consumed", "bytes_produced",   "bytes_consumed", "lost_full", "lost_too_big",
+    "lost_wrap",        "overruns",         "lost_uncommitted", "corrupt"};
+
+std::string stat_value(const std::string& name, const core::BufferStats& st, uint32_t flags) {
+  if (name == "mode")
+    return flags & proto::kFlagOverwrite  ? "overwrite"
+           : flags & proto::kFlagHookMode ? "subbuf_start"
+                                          : "no-overwrite";
+  if (name == "blocking") return flags & proto::kFlagBlocking ? "1" : "0";
+  const std::pair<const char*, uint64_t> values[] = {
+      {"subbuf_size", st.subbuf_size},
+      {"n_subbufs", st.n_subbufs},
+      {"subbufs_produced", st.subbufs_produced},
+      {"subbufs_consumed", st.subbufs_consumed},
+      {"bytes_produced", st.bytes_produced},
+      {"bytes_consumed", st.bytes_consumed},
+      {"lost_full", st.lost_full},
+      {"lost_too_big", st.lost_too_big},
+      {"lost_wrap", st.lost_wrap},
+      {"overruns", st.overruns},
+      {"lost_uncommitted", st.lost_uncommitted},
+      {"corrupt", st.corrupt}};
+  for (auto& [n, v] : values)
+    if (name == n) return std::to_string(v);
+  return {};
+}
+
+}  // namespace
+
 void RelayFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   std::string value;
+  int err = 0;
   {
     std::lock_guard lk(tree.mu);
     Node* n = tree.get(ino);
+    const size_t plen = std::strlen(kStatPrefix);
     if (!n) {
-      fuse_reply_err(req, ENOENT);
-      return;
+      err = ENOENT;
+    } else if (n->is_dir()) {
+      if (std::strcmp(name, kControlXattr) == 0)
+        value = control_name_;
+      else
+        err = ENODATA;
+    } else if (std::strncmp(name, kStatPrefix, plen) != 0) {
+      err = ENODATA;
+    } else {
+      auto it = channels_.find(n->source->channel_id());
+      const uint32_t flags = it == channels_.end() ? 0 : it->second->flags;
+      core::BufferStats st;
+      {
+        std::lock_guard blk(n->source->mu);
+        st = n->source->stats();
+      }
+      value = stat_value(name + plen, st, flags);
+      if (value.empty()) err = ENODATA;
     }
-    if (!n->is_dir() || std::strcmp(name, kControlXattr) != 0) {
-      fuse_reply_err(req, ENODATA);
-      return;
-    }
-    value = control_name_;
   }
-  reply_xattr(req, value, size);
+  if (err)
+    fuse_reply_err(req, err);
+  else
+    reply_xattr(req, value, size);
 }
 
 void RelayFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
@@ -491,7 +567,11 @@ void RelayFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
       fuse_reply_err(req, ENOENT);
       return;
     }
-    if (n->is_dir()) names.append(kControlXattr).push_back('\0');
+    if (n->is_dir()) {
+      names.append(kControlXattr).push_back('\0');
+    } else {
+      for (const char* s : kStatNames) names.append(kStatPrefix).append(s).push_back('\0');
+    }
   }
   reply_xattr(req, names, size);
 }

@@ -45,6 +45,8 @@ struct Connection {
   pid_t pid = 0;
   std::vector<gid_t> groups;
   std::mutex send_mu;  // FUSE workers send buf_mapped events; the loop sends replies
+  // The buffer this connection's reader mapped (relay_reader_open), if any. Loop thread only.
+  std::shared_ptr<RelayBuffer> mapped;
 };
 
 // The name the xattr on every directory gives: how a producer finds this daemon.
@@ -79,6 +81,7 @@ class RelayFs {
   void read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi);
   void release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void poll(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, fuse_pollhandle* ph);
+  void ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_info* fi, unsigned flags);
   void getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size);
   void listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
   void statfs(fuse_req_t req, fuse_ino_t ino);
@@ -94,10 +97,10 @@ class RelayFs {
   int do_lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e);
   int node_stat(Node* n, struct stat* st);
   void post(const LoopEvent& ev);
-  void park(fuse_req_t req, size_t size, std::shared_ptr<RelayBuffer> b);
+  void park(fuse_req_t req, size_t size, std::shared_ptr<Source> b);
   void page_read(fuse_req_t req, void* file_handle, size_t size, off_t off);
-  void notify_owner(const RelayBuffer& b, bool mapped);
-  void maybe_remove(const std::shared_ptr<RelayBuffer>& b);
+  void notify_owner(const Source& s, bool mapped);
+  void maybe_remove(uint32_t channel_id);
 
   // Loop thread.
   void loop_main();
@@ -108,11 +111,13 @@ class RelayFs {
   void handle_open(Connection& c, uint32_t seq, const char* payload, size_t len);
   void handle_close(Connection& c, uint32_t seq, const char* payload, size_t len);
   void handle_consumed(Connection& c, const char* payload, size_t len);
+  void handle_reader_open(Connection& c, uint32_t seq, const char* payload, size_t len);
+  void handle_reader_consumed(Connection& c, const char* payload, size_t len);
   void finalize_channel(const std::shared_ptr<Channel>& ch);
   void free_channel(uint32_t id);
   void on_doorbell(uint32_t channel_id);
   void drain_events();
-  void service(const std::shared_ptr<RelayBuffer>& b);
+  void service(const std::shared_ptr<Source>& s);
   void finish_read(ParkedRead* pr, const char* data, ssize_t n);
   int register_buffer(RelayBuffer& b);
   void unregister_buffer(RelayBuffer& b);

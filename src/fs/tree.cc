@@ -69,7 +69,7 @@ void Tree::forget(fuse_ino_t ino, uint64_t count) {
 
 void Tree::maybe_free(Node* n) {
   if (n->parent || n->nlookup || n->ino == FUSE_ROOT_ID) return;
-  if (n->buffer && n->buffer->open_handles() > 0) return;
+  if (n->source && n->source->open_handles() > 0) return;
   nodes_.erase(n->ino);
 }
 

@@ -14,7 +14,7 @@
 
 namespace relayfs::fs {
 
-class RelayBuffer;
+class Source;
 
 struct Node {
   fuse_ino_t ino = 0;
@@ -27,7 +27,7 @@ struct Node {
   uint64_t nlookup = 0;                        // the kernel's references (lookup/forget)
   uint32_t subdirs = 0;                        // for st_nlink: find(1) relies on it
   std::map<std::string, fuse_ino_t> children;  // directories
-  std::shared_ptr<RelayBuffer> buffer;         // relay files
+  std::shared_ptr<Source> source;              // relay files: a buffer or a merged view
 
   bool is_dir() const { return S_ISDIR(mode); }
 };

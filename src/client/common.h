@@ -1,0 +1,20 @@
+// Pieces the producer side (relay.cc) and the reader side (reader.cc) of librelayfs share.
+#pragma once
+
+#include <relayfs/relay.h>
+
+#include "core/buffer.h"
+#include "core/fd.h"
+
+namespace relayfs::client {
+
+// Connects to the control socket of the daemon of the mount that holds dir, found through the
+// extended attribute every relayfs directory carries. Returns 0 or an errno: ENOENT, ENOTSUP
+// (not inside relayfs), or the connect error.
+int connect_daemon(const char* dir, core::UniqueFd* out);
+
+// The counters of a buffer as its shared control area shows them. Every value comes from memory
+// the other side may write: they are reported, never used to index anything.
+void read_stats(const core::Buffer& b, relay_stats* st);
+
+}  // namespace relayfs::client

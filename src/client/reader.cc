@@ -1,0 +1,203 @@
+// librelayfs, the reader side: relay_reader_open maps a relay file's buffer read-only, as the
+// spec's mmap() readers do, and reports what they consumed to the daemon. The mapping is
+// read-only and the control area is written by the producer, so every value read here is
+// checked before it is used to compute an address.
+#include <fcntl.h>
+#include <libgen.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "client/common.h"
+#include "core/buffer.h"
+#include "core/geometry.h"
+#include "core/layout.h"
+#include "core/protocol.h"
+#include "core/wire.h"
+
+namespace {
+
+namespace core = relayfs::core;
+namespace proto = relayfs::proto;
+
+struct Reader {
+  relay_reader pub{};
+  core::Buffer buffer;
+  core::UniqueFd file;  // the relay file, open: the daemon counts it as a reader (buf_mapped)
+  core::UniqueFd sock;  // this reader's own connection to the daemon
+  uint32_t seq = 1;
+  // Our view of the shared read position: the next sub-buffer to hand out, in generation gen.
+  uint64_t next = 0;
+  uint32_t gen = 0;
+};
+
+Reader* impl(relay_reader* r) {
+  return static_cast<Reader*>(r->impl);
+}
+
+int fail(int err) {
+  errno = err;
+  return -1;
+}
+
+int open_reader(Reader* r, const char* path) {
+  // Opening the file is how the kernel checks read permission for us too, and the open file is
+  // what poll() watches.
+  r->file.reset(::open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  if (!r->file) return errno;
+  struct stat st;
+  if (::fstat(r->file.get(), &st) != 0) return errno;
+  if (!S_ISREG(st.st_mode)) return EINVAL;
+  std::string dir(path);
+  if (int err = relayfs::client::connect_daemon(::dirname(dir.data()), &r->sock); err) return err;
+  if (::ioctl(r->file.get(), proto::kIocSubbufPoll) != 0) return errno == ENOTTY ? ENOTSUP : errno;
+
+  if (int rc = proto::send_message(r->sock.get(), proto::encode(proto::ReaderOpenRequest{st.st_ino},
+                                                                r->seq++));
+      rc)
+    return -rc;
+  proto::Received m;
+  const int rc = proto::recv_message(r->sock.get(), &m, 1);
+  if (rc <= 0) return rc == 0 || rc == -EAGAIN ? EIO : -rc;
+  proto::ReaderOpenReply reply;
+  if (static_cast<proto::Type>(m.header.type) != proto::Type::kReaderOpenReply ||
+      proto::decode(m.payload.data(), m.payload.size(), &reply) != 0)
+    return EIO;
+  if (reply.status < 0) return -reply.status;
+  if (m.fds.size() != 1) return EIO;
+  core::Geometry g;
+  if (core::make_geometry(reply.subbuf_size, reply.n_subbufs, &g) != 0) return EIO;
+  // Read-only: the daemon sent a descriptor that cannot be mapped writable anyway.
+  if (int err = core::Buffer::attach(std::move(m.fds[0]), g, PROT_READ, false, &r->buffer))
+    return -err;
+  r->pub.base = r->buffer.data();
+  r->pub.subbuf_size = g.subbuf_size;
+  r->pub.n_subbufs = g.n_subbufs;
+  r->pub.cpu = reply.buffer;
+  r->pub.fd = r->file.get();
+  return 0;
+}
+
+// The published read position, if it belongs to the current reset generation. Returns false
+// while a reset is in progress.
+bool position(Reader* r, uint64_t* pub) {
+  const core::ShmHeader* h = r->buffer.header();
+  const uint32_t gen = h->reset_gen.load(std::memory_order_acquire);
+  if (gen & 1) return false;
+  if (gen != r->gen) {  // a reset: everything starts again at sub-buffer 0
+    r->gen = gen;
+    r->next = 0;
+  }
+  const uint64_t tagged = h->consumed.load(std::memory_order_acquire);
+  *pub = (tagged >> 48) == (gen & 0xffff) ? tagged & core::kConsumedMask : 0;
+  return true;
+}
+
+}  // namespace
+
+extern "C" {
+
+RELAY_API relay_reader* relay_reader_open(const char* path) {
+  if (!path) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  try {
+    auto r = std::make_unique<Reader>();
+    r->pub.impl = r.get();
+    r->pub.fd = -1;
+    if (int err = open_reader(r.get(), path); err) {
+      errno = err;
+      return nullptr;
+    }
+    return &r.release()->pub;
+  } catch (const std::bad_alloc&) {
+    errno = ENOMEM;
+  } catch (...) {
+    errno = EIO;
+  }
+  return nullptr;
+}
+
+RELAY_API int relay_reader_next(relay_reader* rr, relay_subbuf* sb) {
+  if (!rr || !sb) return fail(EINVAL);
+  Reader* r = impl(rr);
+  const core::ShmHeader* h = r->buffer.header();
+  const uint64_t n = r->pub.n_subbufs;
+  const uint64_t size = r->pub.subbuf_size;
+  uint64_t pub;
+  if (!position(r, &pub)) return 0;
+  uint64_t seq = std::max(r->next, pub);
+  const uint64_t produced = h->produced.load(std::memory_order_acquire);
+  if (produced < seq) return fail(EIO);
+  // The writer may have begun reusing the slot of anything n or more behind it (overwrite mode):
+  // go on from the oldest sub-buffer that can still be whole.
+  if (produced - seq >= n) seq = produced - n + 1;
+  if (seq >= produced) return 0;  // nothing closed yet
+  r->next = seq;
+  const uint32_t slot = static_cast<uint32_t>(seq % n);
+  const core::SubbufMeta& m = r->buffer.meta()[slot];
+  // acquire: the writers' bytes, released by their commits, are visible once the count is full.
+  if (m.commit.load(std::memory_order_acquire) != (seq / n) * size + size) return 0;
+  const uint32_t padding = m.padding.load(std::memory_order_relaxed);
+  if (padding > size) return fail(EIO);
+  sb->index = slot;
+  sb->data = r->buffer.data() + slot * size;
+  sb->length = size - padding;
+  sb->padding = padding;
+  sb->seq = seq;
+  return 1;
+}
+
+RELAY_API int relay_reader_valid(relay_reader* rr, const relay_subbuf* sb) {
+  if (!rr || !sb) return fail(EINVAL);
+  Reader* r = impl(rr);
+  const core::ShmHeader* h = r->buffer.header();
+  // Seqlock reader side: the caller's reads of the sub-buffer happen before these loads.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (h->reset_gen.load(std::memory_order_relaxed) != r->gen) return 0;
+  const uint64_t produced = h->produced.load(std::memory_order_acquire);
+  const uint64_t n = r->pub.n_subbufs;
+  if (produced < sb->seq) return 0;
+  // Sub-buffer seq + n reuses the slot. It is begun once produced reaches it; the one before it
+  // may be mid-switch, so only a lag of n - 2 or less is certainly intact.
+  return produced - sb->seq + 2 <= n ? 1 : 0;
+}
+
+RELAY_API int relay_reader_consumed(relay_reader* rr, size_t subbufs_consumed) {
+  if (!rr) return fail(EINVAL);
+  if (subbufs_consumed == 0) return 0;
+  Reader* r = impl(rr);
+  uint64_t pub;
+  if (!position(r, &pub)) return 0;
+  r->next = std::max(r->next, pub) + subbufs_consumed;
+  try {
+    const auto msg = proto::encode(proto::ReaderConsumed{r->gen, r->next}, r->seq++);
+    if (proto::send_message(r->sock.get(), msg) != 0) return fail(EIO);
+  } catch (...) {
+    return fail(ENOMEM);
+  }
+  return 0;
+}
+
+RELAY_API int relay_reader_stats(relay_reader* rr, relay_stats* st) {
+  if (!rr || !st) return fail(EINVAL);
+  relayfs::client::read_stats(impl(rr)->buffer, st);
+  return 0;
+}
+
+RELAY_API int relay_reader_close(relay_reader* rr) {
+  if (!rr) return fail(EINVAL);
+  delete impl(rr);  // unmaps, closes the file (buf_unmapped for the last reader) and the socket
+  return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,94 @@
+// The merged view of a channel's buffers.
+#include "fs/channel.h"
+
+namespace relayfs::fs {
+
+ssize_t MergedView::consume(void* dst, size_t count) {
+  char* out = static_cast<char*>(dst);
+  size_t done = 0;
+  size_t idle = 0;  // buffers in a row that had nothing
+  const size_t k = parts_.size();
+  while (done < count && idle < k) {
+    RelayBuffer& b = *parts_[cur_];
+    ssize_t n;
+    bool boundary;
+    {
+      std::lock_guard lk(b.mu);
+      // One sub-buffer at a time: that is the unit of interleaving.
+      n = b.cons.read(out + done, count - done, true);
+      boundary = b.cons.at_record_boundary();
+    }
+    // A corrupt buffer (-EIO, counted in its own stats) must not stop the others.
+    if (n > 0) done += static_cast<size_t>(n);
+    if (!boundary) break;  // out of room mid-record: the next read finishes it first
+    idle = n > 0 ? 0 : idle + 1;
+    cur_ = (cur_ + 1) % k;
+  }
+  return static_cast<ssize_t>(done);
+}
+
+bool MergedView::data_available() {
+  for (auto& b : parts_) {
+    std::lock_guard lk(b->mu);
+    if (b->cons.data_available()) return true;
+  }
+  return false;
+}
+
+bool MergedView::subbuf_ready() {
+  for (auto& b : parts_) {
+    std::lock_guard lk(b->mu);
+    if (b->cons.subbuf_ready()) return true;
+  }
+  return false;
+}
+
+bool MergedView::finalized() {
+  for (auto& b : parts_) {
+    std::lock_guard lk(b->mu);
+    if (!b->cons.finalized()) return false;
+  }
+  return true;
+}
+
+uint64_t MergedView::bytes_produced() {
+  uint64_t total = 0;  // each term never shrinks, so neither does the sum
+  for (auto& b : parts_) {
+    std::lock_guard lk(b->mu);
+    total += b->cons.bytes_produced();
+  }
+  return total;
+}
+
+void MergedView::arm_doorbell(bool whole_subbufs) {
+  for (auto& b : parts_) {
+    std::lock_guard lk(b->mu);
+    b->cons.arm_doorbell(whole_subbufs);
+  }
+}
+
+core::BufferStats MergedView::stats() {
+  core::BufferStats sum;
+  for (auto& b : parts_) {
+    core::BufferStats s;
+    {
+      std::lock_guard lk(b->mu);
+      s = b->cons.stats();
+    }
+    sum.subbuf_size = s.subbuf_size;
+    sum.n_subbufs = s.n_subbufs;
+    sum.subbufs_produced += s.subbufs_produced;
+    sum.subbufs_consumed += s.subbufs_consumed;
+    sum.bytes_produced += s.bytes_produced;
+    sum.bytes_consumed += s.bytes_consumed;
+    sum.lost_full += s.lost_full;
+    sum.lost_too_big += s.lost_too_big;
+    sum.lost_wrap += s.lost_wrap;
+    sum.overruns += s.overruns;
+    sum.lost_uncommitted += s.lost_uncommitted;
+    sum.corrupt += s.corrupt;
+  }
+  return sum;
+}
+
+}  // namespace relayfs::fs
