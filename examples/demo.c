@@ -63,8 +63,8 @@ int main(int argc, char** argv) {
   }
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
-  fprintf(stderr, "relayfs-demo: writing to %s/%s0..%s%u at %g records/s\n",
-          dir ? dir : getenv("RELAYFS_MOUNT"), base, base, chan->n_buffers - 1, rate);
+  fprintf(stderr, "relayfs-demo: writing to %s/%s0..%s%u (all of them merged: %s) at %g records/s\n",
+          dir ? dir : getenv("RELAYFS_MOUNT"), base, base, chan->n_buffers - 1, base, rate);
   const long gap_ns = rate > 0 ? (long)(1e9 / rate) : 0;
   long long lost = 0;
   for (long long i = 0; !stop && (count < 0 || i < count); ++i) {
