@@ -82,6 +82,40 @@ TEST_CASE("every other message round-trips") {
   ConsumedRequest cr;
   REQUIRE(decode(payload_of(m), header_of(m).length, &cr) == 0);
   CHECK(cr.count == 3);
+  m = encode(ReaderOpenRequest{77}, 5);
+  ReaderOpenRequest ro;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &ro) == 0);
+  CHECK(ro.ino == 77);
+  m = encode(ReaderOpenReply{0, 4096, 8, 1}, 6);
+  ReaderOpenReply rr;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &rr) == 0);
+  CHECK(rr.subbuf_size == 4096);
+  CHECK(rr.n_subbufs == 8);
+  CHECK(rr.buffer == 1);
+  m = encode(ReaderConsumed{2, 1234567890123ull}, 7);
+  ReaderConsumed rc;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &rc) == 0);
+  CHECK(rc.gen == 2);
+  CHECK(rc.upto == 1234567890123ull);
+  CHECK(check_header(header_of(m)) == 0);
+}
+
+TEST_CASE("malformed reader messages are refused") {
+  char junk[64] = {};
+  ReaderOpenRequest ro;
+  CHECK(decode(junk, 7, &ro) == -EPROTO);
+  CHECK(decode(junk, 9, &ro) == -EPROTO);
+  ReaderOpenReply rr;
+  CHECK(decode(junk, 15, &rr) == -EPROTO);
+  const int32_t positive = 5;  // statuses are 0 or -errno
+  std::memcpy(junk, &positive, 4);
+  CHECK(decode(junk, 16, &rr) == -EPROTO);
+  ReaderConsumed rc;
+  CHECK(decode(junk, 15, &rc) == -EPROTO);
+  auto m = encode(ReaderConsumed{1, 2}, 1);
+  std::vector<char> bad(payload_of(m), payload_of(m) + header_of(m).length);
+  bad[4] = 1;  // the reserved word must be zero
+  CHECK(decode(bad.data(), bad.size(), &rc) == -EPROTO);
 }
 
 TEST_CASE("headers with a bad magic, version, type or length are refused") {
@@ -97,6 +131,8 @@ TEST_CASE("headers with a bad magic, version, type or length are refused") {
   bad.type = 0;
   CHECK(check_header(bad) == -EPROTO);
   bad.type = 999;
+  CHECK(check_header(bad) == -EPROTO);
+  bad.type = static_cast<uint16_t>(Type::kReaderConsumed) + 1;
   CHECK(check_header(bad) == -EPROTO);
   bad = h;
   bad.length = kMaxPayload + 1;
