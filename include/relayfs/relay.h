@@ -247,8 +247,9 @@ RELAY_API int relay_buf_stats(struct rchan_buf *buf, struct relay_stats *st);
  * relay_reader_next() gives the oldest sub-buffer that is closed, wholly committed and not yet
  * consumed: 1 and *sb filled, 0 if there is none now, -1 with errno EIO if the buffer's control
  * area is inconsistent. It does not consume: relay_reader_consumed(r, n) says the reader is done
- * with n more sub-buffers, which frees them for a no-overwrite writer. All readers of a buffer
- * share one position, read(2) readers included (kernel semantics).
+ * with n more sub-buffers; when it returns they are free for a no-overwrite writer (one round
+ * trip to the daemon; 0, or -1 with EIO). All readers of a buffer share one position, read(2)
+ * readers included (kernel semantics).
  *
  * Overwrite mode: the writer may reuse a sub-buffer while it is being read. After copying or
  * processing one, relay_reader_valid(r, sb) tells whether it was still intact (1) or lapped (0);

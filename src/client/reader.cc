@@ -179,12 +179,21 @@ RELAY_API int relay_reader_consumed(relay_reader* rr, size_t subbufs_consumed) {
   uint64_t pub;
   if (!position(r, &pub)) return 0;
   r->next = std::max(r->next, pub) + subbufs_consumed;
+  proto::Received m;
   try {
     const auto msg = proto::encode(proto::ReaderConsumed{r->gen, r->next}, r->seq++);
     if (proto::send_message(r->sock.get(), msg) != 0) return fail(EIO);
+    // Wait for the release, so the sub-buffers are free when we return (kernel semantics).
+    if (proto::recv_message(r->sock.get(), &m) != 1) return fail(EIO);
   } catch (...) {
     return fail(ENOMEM);
   }
+  proto::Status st;
+  if (static_cast<proto::Type>(m.header.type) != proto::Type::kReaderConsumedReply ||
+      proto::decode(m.payload.data(), m.payload.size(), &st) != 0)
+    return fail(EIO);
+  // -ESTALE: a reset came in between; our position starts again, nothing to release.
+  if (st.status < 0 && st.status != -ESTALE) return fail(-st.status);
   return 0;
 }
 

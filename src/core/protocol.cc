@@ -91,7 +91,7 @@ int check_header(const Header& h) {
   if (h.magic != kMagic) return -EPROTO;
   if (h.version != kVersion) return -EPROTONOSUPPORT;
   if (h.type < static_cast<uint16_t>(Type::kOpen) ||
-      h.type > static_cast<uint16_t>(Type::kReaderConsumed))
+      h.type > static_cast<uint16_t>(Type::kReaderConsumedReply))
     return -EPROTO;
   if (h.length > kMaxPayload) return -EPROTO;
   return 0;

@@ -36,7 +36,8 @@ enum class Type : uint16_t {
   kConsumed,  // producer -> daemon: relay_subbufs_consumed (no reply)
   kReaderOpen,       // reader -> daemon: map a relay file's buffer (relay_reader_open)
   kReaderOpenReply,  // daemon -> reader: status, geometry, a read-only fd of the buffer
-  kReaderConsumed,   // reader -> daemon: sub-buffers consumed through the mapping (no reply)
+  kReaderConsumed,   // reader -> daemon: sub-buffers consumed through the mapping
+  kReaderConsumedReply,  // daemon -> reader: Status, once the sub-buffers are released
 };
 
 struct Header {

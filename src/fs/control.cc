@@ -110,7 +110,7 @@ void RelayFs::on_message(Connection& c, const proto::Received& r) {
       handle_reader_open(c, r.header.seq, r.payload.data(), r.payload.size());
       return;
     case proto::Type::kReaderConsumed:
-      handle_reader_consumed(c, r.payload.data(), r.payload.size());
+      handle_reader_consumed(c, r.header.seq, r.payload.data(), r.payload.size());
       return;
     default: {  // a reply or event type: producers do not send those
       std::lock_guard lk(c.send_mu);
@@ -260,15 +260,24 @@ void RelayFs::handle_reader_open(Connection& c, uint32_t seq, const char* payloa
   proto::send_message(c.fd.get(), proto::encode(reply, seq), err ? nullptr : &fd, err ? 0 : 1);
 }
 
-void RelayFs::handle_reader_consumed(Connection& c, const char* payload, size_t len) {
+// The reply comes once the sub-buffers are released, so a reader's relay_reader_consumed has
+// taken effect when it returns, as the kernel's relay_subbufs_consumed has.
+void RelayFs::handle_reader_consumed(Connection& c, uint32_t seq, const char* payload,
+                                     size_t len) {
   proto::ReaderConsumed req;
-  if (proto::decode(payload, len, &req) != 0 || !c.mapped) return;
-  std::shared_ptr<RelayBuffer> b = c.mapped;
-  {
-    std::lock_guard lk(b->mu);
-    b->cons.consume_upto(req.gen, req.upto);
+  int status = proto::decode(payload, len, &req);
+  if (status == 0 && !c.mapped) status = -EBADF;  // no relay_reader_open on this connection
+  if (status == 0) {
+    std::shared_ptr<RelayBuffer> b = c.mapped;
+    {
+      std::lock_guard lk(b->mu);
+      status = b->cons.consume_upto(req.gen, req.upto);
+    }
+    service(b);
   }
-  service(b);
+  std::lock_guard lk(c.send_mu);
+  proto::send_message(c.fd.get(),
+                      proto::encode_status(proto::Type::kReaderConsumedReply, {status}, seq));
 }
 
 void RelayFs::close_connection(uint64_t id) {

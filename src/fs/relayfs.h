@@ -112,7 +112,7 @@ class RelayFs {
   void handle_close(Connection& c, uint32_t seq, const char* payload, size_t len);
   void handle_consumed(Connection& c, const char* payload, size_t len);
   void handle_reader_open(Connection& c, uint32_t seq, const char* payload, size_t len);
-  void handle_reader_consumed(Connection& c, const char* payload, size_t len);
+  void handle_reader_consumed(Connection& c, uint32_t seq, const char* payload, size_t len);
   void finalize_channel(const std::shared_ptr<Channel>& ch);
   void free_channel(uint32_t id);
   void on_doorbell(uint32_t channel_id);

@@ -132,7 +132,7 @@ TEST_CASE("headers with a bad magic, version, type or length are refused") {
   CHECK(check_header(bad) == -EPROTO);
   bad.type = 999;
   CHECK(check_header(bad) == -EPROTO);
-  bad.type = static_cast<uint16_t>(Type::kReaderConsumed) + 1;
+  bad.type = static_cast<uint16_t>(Type::kReaderConsumedReply) + 1;
   CHECK(check_header(bad) == -EPROTO);
   bad = h;
   bad.length = kMaxPayload + 1;

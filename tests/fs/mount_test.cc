@@ -840,7 +840,22 @@ TEST_CASE("the C++ wrapper opens, writes and closes, and throws with the errno")
     std::memcpy(slot, "def\n", 4);
     ch.commit(slot, 4);
     ch.flush();
-    CHECK(slurp(m.path("cpp0")) == "abc\ndef\n");
+    {
+      relayfs::Reader r(m.path("cpp0"));  // an mmap reader sees the flushed sub-buffer
+      relay_subbuf sb;
+      REQUIRE(r.next(&sb));
+      CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == "abc\ndef\n");
+      CHECK(r.valid(sb));
+      r.consumed(1);
+    }
+    // Consumed through the mapping: nothing is left for read(2), and the counters say so.
+    CHECK(slurp(m.path("cpp0")).empty());
+    const relay_stats st = ch.stats(0);
+    CHECK(st.bytes_produced == 8);
+    CHECK(st.subbufs_consumed == 1);
+    CHECK_THROWS_AS(ch.stats(1), std::out_of_range);
+    CHECK(ch.write("ghi\n", 4));
+    CHECK(slurp(m.path("cpp0")) == "ghi\n");
   }  // closed here: the drained file goes
   CHECK_FALSE(exists(m.path("cpp0")));
   try {
