@@ -101,7 +101,10 @@ struct rchan_callbacks {
  * relayfs: what relay_open_opts adds to relay_open.
  *  RELAY_OVERWRITE  overwrite ("flight recorder") mode. Without a subbuf_start callback relayfs
  *                   supplies one that always switches; with one, the flag only declares the
- *                   mode (it shows in the "mode" attribute).
+ *                   mode: it shows in the "mode" attribute, and a record lost because the next
+ *                   sub-buffer still holds an uncommitted record counts in lost_wrap from the
+ *                   start (undeclared, relayfs learns the mode when the callback first switches
+ *                   into a full buffer; such a loss before that counts in lost_full).
  *  RELAY_BLOCKING   never lose a record to a full buffer (LTTng's blocking mode): a write that
  *                   finds the no-overwrite buffer full waits for a reader to consume a
  *                   sub-buffer, up to block_timeout_ms (-1: no limit). Only a write that times
@@ -179,7 +182,10 @@ RELAY_API int relay_reset(struct rchan *chan);
 /*
  * Writes one record into the buffer of the CPU the calling thread runs on. Thread-safe, no
  * system call. Records are never split. relayfs: returns 0, or -1 with errno:
- *   ENOSPC    the buffer is full (no-overwrite): the record was dropped and counted;
+ *   ENOSPC    the buffer is full (no-overwrite), or the next sub-buffer still holds a record a
+ *             preempted writer has not committed (either mode; counted in lost_wrap): the
+ *             record was dropped and counted;
+ *   ETIMEDOUT RELAY_BLOCKING: no room came within block_timeout_ms (dropped, in lost_full);
  *   EMSGSIZE  the record is larger than a sub-buffer (dropped and counted);
  *   EINVAL    length is 0;   EPIPE  the channel is closed.
  */

@@ -222,6 +222,7 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
       hooks.subbuf_start = &hook_subbuf_start;
     else if (c->opts.flags & RELAY_OVERWRITE)
       hooks.subbuf_start = &hook_overwrite;
+    hooks.overwrite = c->opts.flags & RELAY_OVERWRITE;
     if (c->cb.deliver) hooks.deliver = &hook_deliver;
     if (c->cb.buf_full) hooks.buf_full = &hook_buf_full;
     hooks.wakeup = &hook_wakeup;

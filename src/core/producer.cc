@@ -65,6 +65,7 @@ Producer::Producer(Buffer& buf, const ProducerHooks& hooks)
       n_(buf.geometry().n_subbufs),
       hooks_(hooks),
       lap_base_(new uint64_t[buf.geometry().n_subbufs]()) {
+  overwrite_seen_ = hooks.overwrite;
   open();
 }
 
@@ -257,11 +258,16 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
   // still copying an old record would tear a new one (overwrite mode, LTTng's "lost_wrap").
   if (meta_[slot].commit.load(std::memory_order_acquire) != base) {
     ok = false;
-    wrapped = !buf_full();
+    // A wrap, unless the buffer is also full in no-overwrite mode, where the switch would be
+    // refused anyway. In overwrite mode a full buffer is normal: the record is lost to the wrap.
+    wrapped = overwrite_seen_ || !buf_full();
   } else {
     header_ = 0;
+    const bool full = buf_full();
     ok = hooks_.subbuf_start ? hooks_.subbuf_start(hooks_.ctx, *this, subbuf, prev, prev_padding)
-                             : !buf_full();
+                             : !full;
+    // The mode is the callback's: one that switches into a full buffer is an overwrite one.
+    if (ok && full) overwrite_seen_ = true;
     ok = ok || opening;  // the kernel ignores the hook's answer at open
   }
   if (closing && h->waiters.load(std::memory_order_seq_cst) != 0) ring();

@@ -40,6 +40,10 @@ struct ProducerHooks {
   // A reader armed the doorbell (ShmHeader::waiters) and new data became readable.
   void (*wakeup)(void* ctx, Producer& p) = nullptr;
   void* ctx = nullptr;
+  // The client declares overwrite mode. Only loss accounting uses it: a switch refused because
+  // the next sub-buffer still has a record in flight is a wrap, even when the buffer is full.
+  // Undeclared, the mode is learned when subbuf_start first switches into a full buffer.
+  bool overwrite = false;
 };
 
 // A slot handed out by reserve(): write exactly len bytes at ptr, then commit().
@@ -142,6 +146,8 @@ class Producer {
   std::unique_ptr<uint64_t[]> lap_base_;
   // Header bytes reserved by the running subbuf_start hook; touched only with the switch held.
   uint64_t header_ = 0;
+  // The subbuf_start hook has switched into a full buffer: overwrite mode. Switch holder only.
+  bool overwrite_seen_ = false;
   bool blocking_ = false;
   int64_t block_timeout_ns_ = -1;
   std::atomic<bool> abandoned_{false};

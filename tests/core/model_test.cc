@@ -14,7 +14,8 @@
 //      a record of the current sub-buffer is committed and none is left in flight there, or a
 //      reader finds none in flight there (up to the writer's offset);
 //  - a switch into a slot whose last lap still has a record in flight is refused (lost_wrap, or
-//    lost_full if the buffer is also full) without calling the hook.
+//    lost_full if the buffer is also full and the hook has never switched into a full buffer,
+//    i.e. in no-overwrite mode) without calling the hook.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -223,9 +224,11 @@ class KernelModel {
     bool wrapped = false;
     if (slot_has_open(slot)) {
       ok = false;
-      wrapped = !buf_full();
+      wrapped = overwrite_seen_ || !buf_full();
     } else {
+      const bool full = buf_full();
       ok = hook(slot, produced_ == 0 ? nullptr : &prev_slot_, prev_padding_);
+      if (ok && full) overwrite_seen_ = true;
     }
     if (!ok) {
       stopped_ = true;
@@ -244,6 +247,7 @@ class KernelModel {
     return 0;
   }
 
+  bool overwrite_seen_ = false;  // the hook switched into a full buffer: overwrite mode
   const uint32_t S_, n_;
   const Mode mode_;
   const uint32_t header_;
