@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "core/layout.h"
+#include "core/protocol.h"
 
 namespace relayfs::client {
 
@@ -34,6 +35,14 @@ int connect_daemon(const char* dir, core::UniqueFd* out) {
   ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   *out = std::move(s);
   return 0;
+}
+
+int refusal(const proto::Received& m) {
+  proto::Status st;
+  if (static_cast<proto::Type>(m.header.type) == proto::Type::kError &&
+      proto::decode(m.payload.data(), m.payload.size(), &st) == 0 && st.status < 0)
+    return -st.status;
+  return EIO;
 }
 
 void read_stats(const core::Buffer& b, relay_stats* st) {

@@ -5,6 +5,7 @@
 
 #include "core/buffer.h"
 #include "core/fd.h"
+#include "core/wire.h"
 
 namespace relayfs::client {
 
@@ -12,6 +13,9 @@ namespace relayfs::client {
 // extended attribute every relayfs directory carries. Returns 0 or an errno: ENOENT, ENOTSUP
 // (not inside relayfs), or the connect error.
 int connect_daemon(const char* dir, core::UniqueFd* out);
+
+// The errno a refusal from the daemon carries (a kError message), or EIO if it is not one.
+int refusal(const proto::Received& m);
 
 // The counters of a buffer as its shared control area shows them. Every value comes from memory
 // the other side may write: they are reported, never used to index anything.

@@ -19,6 +19,7 @@
 #include "client/common.h"
 #include "core/buffer.h"
 #include "core/geometry.h"
+#include "core/lap.h"
 #include "core/layout.h"
 #include "core/protocol.h"
 #include "core/wire.h"
@@ -68,9 +69,9 @@ int open_reader(Reader* r, const char* path) {
   const int rc = proto::recv_message(r->sock.get(), &m, 1);
   if (rc <= 0) return rc == 0 || rc == -EAGAIN ? EIO : -rc;
   proto::ReaderOpenReply reply;
-  if (static_cast<proto::Type>(m.header.type) != proto::Type::kReaderOpenReply ||
-      proto::decode(m.payload.data(), m.payload.size(), &reply) != 0)
-    return EIO;
+  if (static_cast<proto::Type>(m.header.type) != proto::Type::kReaderOpenReply)
+    return relayfs::client::refusal(m);
+  if (proto::decode(m.payload.data(), m.payload.size(), &reply) != 0) return EIO;
   if (reply.status < 0) return -reply.status;
   if (m.fds.size() != 1) return EIO;
   core::Geometry g;
@@ -138,9 +139,12 @@ RELAY_API int relay_reader_next(relay_reader* rr, relay_subbuf* sb) {
   uint64_t seq = std::max(r->next, pub);
   const uint64_t produced = h->produced.load(std::memory_order_acquire);
   if (produced < seq) return fail(EIO);
-  // The writer may have begun reusing the slot of anything n or more behind it (overwrite mode):
-  // go on from the oldest sub-buffer that can still be whole.
-  if (produced - seq >= n) seq = produced - n + 1;
+  // The same question the daemon's consumer asks: has the writer begun reusing the slot? If so
+  // (overwrite mode) go on from the oldest sub-buffer that can still be whole; the daemon counts
+  // the skipped ones as overruns when we report our position.
+  const core::Reuse reuse = core::slot_reused(*h, static_cast<uint32_t>(n), seq, produced);
+  if (reuse == core::Reuse::kMaybe) return 0;  // a switch into that slot is being decided
+  if (reuse == core::Reuse::kYes) seq = produced - n + 1;
   if (seq >= produced) return 0;  // nothing closed yet
   r->next = seq;
   const uint32_t slot = static_cast<uint32_t>(seq % n);
@@ -165,11 +169,13 @@ RELAY_API int relay_reader_valid(relay_reader* rr, const relay_subbuf* sb) {
   std::atomic_thread_fence(std::memory_order_acquire);
   if (h->reset_gen.load(std::memory_order_relaxed) != r->gen) return 0;
   const uint64_t produced = h->produced.load(std::memory_order_acquire);
-  const uint64_t n = r->pub.n_subbufs;
   if (produced < sb->seq) return 0;
-  // Sub-buffer seq + n reuses the slot. It is begun once produced reaches it; the one before it
-  // may be mid-switch, so only a lag of n - 2 or less is certainly intact.
-  return produced - sb->seq + 2 <= n ? 1 : 0;
+  // A writer that begins reusing the slot stores `produced` (or the busy word) before it writes
+  // there, so if the slot is not reused now, the bytes read before this were the lap's own.
+  return core::slot_reused(*h, static_cast<uint32_t>(r->pub.n_subbufs), sb->seq, produced) ==
+                 core::Reuse::kNo
+             ? 1
+             : 0;
 }
 
 RELAY_API int relay_reader_consumed(relay_reader* rr, size_t subbufs_consumed) {

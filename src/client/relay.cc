@@ -189,9 +189,9 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   const int rc = proto::recv_message(c->sock.get(), &r, proto::kMaxFds);
   if (rc <= 0) return rc == 0 || rc == -EAGAIN ? EIO : -rc;
   proto::OpenReply reply;
-  if (static_cast<proto::Type>(r.header.type) != proto::Type::kOpenReply ||
-      proto::decode(r.payload.data(), r.payload.size(), &reply) != 0)
-    return EIO;
+  if (static_cast<proto::Type>(r.header.type) != proto::Type::kOpenReply)
+    return relayfs::client::refusal(r);
+  if (proto::decode(r.payload.data(), r.payload.size(), &reply) != 0) return EIO;
   if (reply.status < 0) return -reply.status;
   if (reply.subbuf_size != g.subbuf_size || reply.n_subbufs != g.n_subbufs ||
       r.fds.size() != reply.n_buffers + 1)

@@ -33,6 +33,10 @@ int Buffer::create(const Geometry& g, const char* name, Buffer* out) noexcept {
   const Layout l = Layout::of(g);
   UniqueFd fd(::memfd_create(name ? name : "relayfs-buffer", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd) return -errno;
+  // A memfd is born mode 0777: anyone handed a read-only descriptor of it could reopen it
+  // read-write through /proc/self/fd. Only the creator may reopen it; others get the access
+  // of the descriptor they were given.
+  if (::fchmod(fd.get(), 0600) != 0) return -errno;
   if (::ftruncate(fd.get(), static_cast<off_t>(l.total_size)) != 0) return -errno;
   if (::fcntl(fd.get(), F_ADD_SEALS, kRequiredSeals | F_SEAL_SEAL) != 0) return -errno;
   Mapping m;

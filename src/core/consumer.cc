@@ -24,16 +24,6 @@ namespace {
 // hold the caller in a loop. Legitimate states need at most n_subbufs + a few such steps.
 constexpr unsigned kSlackSteps = 8;
 
-// How long to wait for a switch in progress (see Consumer::reused): ~100 pause instructions are a
-// few microseconds, far longer than a subbuf_start call.
-constexpr unsigned kBusySpins = 256;
-
-void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
-
 // Copies bytes that a writer may be overwriting at the same moment (overwrite mode): the copy is
 // validated afterwards (still_valid) and discarded if it raced, the seqlock way. Under TSan the
 // racing reads are expected, so they are hidden from it.
@@ -159,15 +149,7 @@ int Consumer::next_span(Span* s) noexcept {
     if (produced < consumed_) return corrupt();
     const Reuse reuse = reused(consumed_, produced);
     if (reuse == Reuse::kMaybe) return 0;  // a switch into our slot is undecided: nothing now
-    if (reuse == Reuse::kYes) {
-      // The writer lapped us (overwrite mode): resume at the oldest sub-buffer it has not
-      // begun to reuse, as the kernel does.
-      const uint64_t resume = produced - n_ + 1;
-      overruns_ += resume - consumed_;
-      consumed_ = resume;
-      bytes_consumed_ = 0;
-      publish();
-    }
+    if (reuse == Reuse::kYes) skip_lapped(produced);
     const uint64_t seq = consumed_;
     const uint32_t slot = static_cast<uint32_t>(seq % n_);
     const uint64_t base = (seq / n_) * size_;
@@ -218,35 +200,18 @@ int Consumer::next_span(Span* s) noexcept {
   return 0;
 }
 
-// Has the writer begun reusing the slot of sub-buffer seq? Sub-buffers up to produced - 1 are
-// closed, and `produced` itself has begun unless the writer is stopped (a refused switch, or a
-// close from that state). While a switch is being decided (kOffBusy) the answer is not known yet:
-// the subbuf_start hook may accept and write the new header into that slot, or refuse (the
-// contract is that a refusing hook writes nothing there). Such a decision takes a moment, so we
-// wait for it, boundedly: a producer that stays busy gets kMaybe.
-Consumer::Reuse Consumer::reused(uint64_t seq, uint64_t produced) const noexcept {
-  const uint64_t ahead = produced - seq;
-  if (ahead != n_) return ahead > n_ ? Reuse::kYes : Reuse::kNo;
-  for (unsigned spins = 0; spins < kBusySpins; ++spins) {
-    const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
-    const uint16_t lag = static_cast<uint16_t>(static_cast<uint16_t>(produced) - word_seq(w));
-    uint32_t off = word_off(w);
-    // A closing switch publishes `produced` while the busy word still carries the sequence of the
-    // sub-buffer it closes: the next one is undecided. Any later word has moved past `produced`.
-    if (lag == 1 && off == kOffBusy) {
-      cpu_relax();
-      continue;
-    }
-    if (lag != 0) return Reuse::kYes;
-    if (off == kOffClosed)
-      off = hdr_->closed.load(std::memory_order_acquire)
-                ? hdr_->close_off.load(std::memory_order_relaxed)
-                : kOffBusy;
-    if (off == kOffStopped) return Reuse::kNo;
-    if (off != kOffBusy) return Reuse::kYes;
-    cpu_relax();
-  }
-  return Reuse::kMaybe;
+// The writer lapped us (overwrite mode): resume at the oldest sub-buffer it has not begun to
+// reuse, as the kernel does, and count what was skipped.
+void Consumer::skip_lapped(uint64_t produced) noexcept {
+  const uint64_t resume = produced - n_ + 1;
+  overruns_ += resume - consumed_;
+  consumed_ = resume;
+  bytes_consumed_ = 0;
+  publish();
+}
+
+Reuse Consumer::reused(uint64_t seq, uint64_t produced) const noexcept {
+  return slot_reused(*hdr_, n_, seq, produced);
 }
 
 bool Consumer::still_valid(const Span& s) const noexcept {
@@ -333,6 +298,12 @@ int Consumer::consume_upto(uint32_t gen, uint64_t seq) noexcept {
   if (!sync_reset()) return 0;
   if ((gen & 0xffff) != (gen_ & 0xffff)) return -ESTALE;  // a count from before a reset
   if (seq <= consumed_) return 0;
+  // The mmap reader skipped what the writer had lapped (relay_reader_next): those are overruns,
+  // as they are when read() skips them.
+  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
+  if (produced >= consumed_ && reused(consumed_, produced) == Reuse::kYes)
+    skip_lapped(std::min(produced, seq + n_ - 1));
+  if (seq <= consumed_) return 0;
   return subbufs_consumed(seq - consumed_);
 }
 
@@ -341,11 +312,11 @@ uint64_t Consumer::bytes_produced() noexcept {
   uint64_t total = hdr_->bytes_produced.load(std::memory_order_acquire);
   // The producer's counter runs on across resets; if it went backwards, count on from what we
   // had already reported rather than shrink.
+  // Plus the readable part of the sub-buffer being written; proven_prefix checks that the
+  // position word still says it is the current one. Whether the reader is lapped is irrelevant.
   const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
-  if (produced >= consumed_ && reused(consumed_, produced) == Reuse::kNo) {
-    const uint32_t slot = static_cast<uint32_t>(produced % n_);
-    total += proven_prefix(produced, slot, (produced / n_) * size_, true);
-  }
+  const uint32_t slot = static_cast<uint32_t>(produced % n_);
+  total += proven_prefix(produced, slot, (produced / n_) * size_, true);
   bytes_produced_seen_ = std::max(bytes_produced_seen_, total);
   return bytes_produced_seen_;
 }

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "core/buffer.h"
+#include "core/lap.h"
 #include "core/stats.h"
 
 namespace relayfs::core {
@@ -90,8 +91,8 @@ class Consumer {
   uint32_t proven_prefix(uint64_t seq, uint32_t slot, uint64_t base, bool current) const noexcept;
   uint32_t remember_prefix(uint64_t seq, uint32_t prefix) noexcept;
   uint32_t reserved_end(uint64_t seq, uint32_t slot) const noexcept;
-  enum class Reuse { kNo, kYes, kMaybe };
   Reuse reused(uint64_t seq, uint64_t produced) const noexcept;
+  void skip_lapped(uint64_t produced) noexcept;
   bool still_valid(const Span& s) const noexcept;
   void consume_one() noexcept;
   void publish() noexcept;

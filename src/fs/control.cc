@@ -56,6 +56,9 @@ void RelayFs::on_accept() {
     ucred cred{};
     socklen_t len = sizeof cred;
     if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) continue;
+    // Without allow_other only the mounter (and root) may use the mount, through the kernel
+    // and through this socket alike: the socket's name is visible in /proc/net/unix.
+    c->refused = !opts_.allow_other && cred.uid != 0 && cred.uid != ::getuid();
     c->uid = cred.uid;
     c->gid = cred.gid;
     c->pid = cred.pid;
@@ -96,6 +99,19 @@ void RelayFs::on_connection(const std::shared_ptr<Connection>& c) {
 
 void RelayFs::on_message(Connection& c, const proto::Received& r) {
   const auto type = static_cast<proto::Type>(r.header.type);
+  if (c.refused) {
+    // Every request gets its own reply type, so a client reports EACCES, not a protocol error.
+    std::vector<char> msg;
+    if (type == proto::Type::kOpen)
+      msg = proto::encode(proto::OpenReply{-EACCES, 0, 0, 0, 0}, r.header.seq);
+    else if (type == proto::Type::kReaderOpen)
+      msg = proto::encode(proto::ReaderOpenReply{-EACCES, 0, 0, 0}, r.header.seq);
+    else
+      msg = proto::encode_status(proto::Type::kError, {-EACCES}, r.header.seq);
+    std::lock_guard lk(c.send_mu);
+    proto::send_message(c.fd.get(), msg);
+    return;
+  }
   switch (type) {
     case proto::Type::kOpen:
       handle_open(c, r.header.seq, r.payload.data(), r.payload.size());

@@ -7,6 +7,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -179,6 +180,22 @@ int main(int argc, char** argv) {
   }
   relayfs::fs::Options opts;
   if (positional.size() == 2) opts.fsname = positional[0];
+  // The kernel keeps other users out of the mount unless allow_other; the control socket must
+  // do the same, so the daemon needs to know (libfuse keeps the option for the kernel).
+  for (size_t i = 0; i < rest.size(); ++i) {
+    std::string o = rest[i];
+    if (o == "-o" && i + 1 < rest.size())
+      o = rest[++i];
+    else if (o.rfind("-o", 0) == 0)
+      o = o.substr(2);
+    else
+      continue;
+    for (size_t at = 0; at <= o.size();) {
+      const size_t comma = std::min(o.find(',', at), o.size());
+      if (o.compare(at, comma - at, "allow_other") == 0) opts.allow_other = true;
+      at = comma + 1;
+    }
+  }
   std::vector<std::string> fargs = {argv[0], positional.back()};
   fargs.insert(fargs.end(), rest.begin(), rest.end());
   // Permissions are the kernel's to enforce, with the owners and modes producers give.

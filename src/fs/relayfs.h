@@ -27,6 +27,7 @@ namespace relayfs::fs {
 struct Options {
   std::string fsname = "relayfs";  // SOURCE, shown in /proc/mounts
   bool blocking = false;           // -o blocking: an empty read waits for data
+  bool allow_other = false;        // -o allow_other: users other than the mounter may use it
 };
 
 // What a FUSE worker hands to the loop thread.
@@ -44,6 +45,7 @@ struct Connection {
   gid_t gid = 0;
   pid_t pid = 0;
   std::vector<gid_t> groups;
+  bool refused = false;  // another user, and the mount has no allow_other: every request fails
   std::mutex send_mu;  // FUSE workers send buf_mapped events; the loop sends replies
   // The buffer this connection's reader mapped (relay_reader_open), if any. Loop thread only.
   std::shared_ptr<RelayBuffer> mapped;
