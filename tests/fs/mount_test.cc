@@ -1,17 +1,12 @@
 // relayfs mounted for real, driven with real tools (cat, tail -f, dd, head, poll) and with the
 // producer library. Every test mounts its own tree and takes it down, even when it fails.
-#define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
-#include <grp.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <relayfs/relay.h>
 #include <sys/epoll.h>
 #include <sys/sendfile.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
-#include <sys/xattr.h>
 #include <relayfs/relay.hpp>
 
 #include <atomic>
@@ -20,71 +15,10 @@
 
 #include "core/protocol.h"
 #include "core/wire.h"
+#include "helpers.h"
 #include "mount.h"
 
 using namespace relayfs::test;
-
-namespace {
-
-unsigned ncpus() {
-  return static_cast<unsigned>(std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF)));
-}
-
-// Numbered records, each a whole line: "rec 000042\n" (11 bytes).
-std::string record(int i) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "rec %06d\n", i);
-  return buf;
-}
-
-// A global channel: one file, whatever CPU the test runs on, so a test knows where data goes.
-int make_global(const char*, const char*, mode_t* mode, rchan_buf*, int* is_global) {
-  *is_global = 1;
-  *mode = 0440;
-  return 0;
-}
-
-rchan* open_global(const std::string& dir, const char* base, size_t subbuf = 4096, size_t n = 8) {
-  rchan_callbacks cb{};
-  cb.create_buf_file = &make_global;
-  rchan* c = relay_open(base, dir.c_str(), subbuf, n, &cb, nullptr);
-  REQUIRE_MESSAGE(c != nullptr, "relay_open: " << std::strerror(errno));
-  return c;
-}
-
-std::string write_records(rchan* c, int from, int to) {
-  std::string all;
-  for (int i = from; i < to; ++i) {
-    const std::string r = record(i);
-    REQUIRE(relay_write(c, r.data(), r.size()) == 0);
-    all += r;
-  }
-  return all;
-}
-
-// A raw connection to the daemon's control socket, found as producers find it.
-int connect_control(const std::string& dir) {
-  char name[108];
-  const ssize_t n = ::getxattr(dir.c_str(), "user.relayfs.control", name, sizeof name);
-  REQUIRE(n > 1);
-  const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));
-  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + static_cast<size_t>(n));
-  REQUIRE(::connect(s, reinterpret_cast<sockaddr*>(&addr), len) == 0);
-  return s;
-}
-
-char proc_state(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string s;
-  std::getline(in, s);
-  const auto p = s.rfind(')');
-  return p == std::string::npos || p + 2 >= s.size() ? '?' : s[p + 2];
-}
-
-}  // namespace
 
 TEST_CASE("directories are made and removed with mkdir and rmdir") {
   Mount m;
@@ -430,7 +364,7 @@ TEST_CASE("blocking mode: a reader waits for data, gets EOF at close, and Ctrl-C
       ::_exit(127);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    const char state = proc_state(pid);
+    const char state = proc_state("/proc/" + std::to_string(pid));
     CHECK(state == 'S');
     ::kill(pid, SIGINT);
     int st = 0;
@@ -576,20 +510,6 @@ uid_t test_user(gid_t* gid) {
   return static_cast<uid_t>(std::stoul(uid));
 }
 
-// Runs f in a child process as uid/gid; returns what f returned (an errno, 0 for success).
-template <typename F>
-int as_user(uid_t uid, gid_t gid, F f) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(250);
-    ::_exit(f());
-  }
-  int st;
-  ::waitpid(pid, &st, 0);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 251;
-}
-
 std::atomic<int> g_mapped{0}, g_unmapped{0};
 
 }  // namespace
@@ -622,20 +542,15 @@ TEST_CASE(
   g_mapped = g_unmapped = 0;
   rchan* c = relay_open("mp", m.dir.c_str(), 4096, 4, &cb, nullptr);
   REQUIRE(c != nullptr);
-  auto wait_for = [](std::atomic<int>& v, int want) {
-    for (int i = 0; i < 200 && v.load() != want; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    return v.load();
-  };
   const int a = ::open(m.path("mp0").c_str(), O_RDONLY);
-  CHECK(wait_for(g_mapped, 1) == 1);
+  CHECK(wait_for([] { return g_mapped == 1; }, std::chrono::seconds(1)));
   const int b = ::open(m.path("mp0").c_str(), O_RDONLY);  // not the first: no event
   ::close(a);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK(g_mapped == 1);
   CHECK(g_unmapped == 0);
   ::close(b);
-  CHECK(wait_for(g_unmapped, 1) == 1);
+  CHECK(wait_for([] { return g_unmapped == 1; }, std::chrono::seconds(1)));
   CHECK(relay_close(c) == 0);
 }
 
@@ -936,13 +851,4 @@ TEST_CASE("fusermount3 -u unmounts cleanly and the daemon exits") {
   CHECK(WIFEXITED(st));
   m.pid = -1;
   CHECK_FALSE(is_mounted(m.dir));
-}
-
-int main(int argc, char** argv) {
-  if (!fuse_available()) {
-    std::fprintf(stderr, "SKIP: /dev/fuse or fusermount3 is missing\n");
-    return 77;
-  }
-  doctest::Context ctx(argc, argv);
-  return ctx.run();
 }

@@ -1,16 +1,14 @@
-// The relay spec's harder promises, through a real mount and the producer library: overwrite
-// ("flight recorder") mode read while it is written, concurrent writers on every CPU in
-// no-overwrite mode, and relay_flush, relay_reset and relay_close with readers attached.
+// The relay spec's harder promises about the data, through a real mount and the producer
+// library: overwrite ("flight recorder") mode read while it is written, and concurrent writers on
+// every CPU in no-overwrite mode, checked record by record. (Readers blocked in read or poll while
+// the channel is flushed, reset and closed: wakeup_test.cc.)
 // Every test mounts its own tree and takes it down, even when it fails. No assertion depends on
 // timing: sleeps only give a thread the chance to block, and every wait has a deadline after
 // which the test fails (and kills the daemon, so no reader stays stuck).
-#define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
-#include <poll.h>
 #include <pthread.h>
 #include <relayfs/relay.h>
 #include <sched.h>
-#include <sys/syscall.h>
 
 #include <algorithm>
 #include <atomic>
@@ -19,16 +17,14 @@
 #include <cstring>
 #include <deque>
 #include <map>
-#include <mutex>
 #include <random>
 
+#include "helpers.h"
 #include "mount.h"
 
 using namespace relayfs::test;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 // ---- Self-checking records ----------------------------------------------------------------------
 // [u32 length][u32 writer id][u64 sequence][payload, 8..200 bytes][u32 checksum][u8 0xff]. The
@@ -274,119 +270,17 @@ struct Stream {
 
 // ---- Channels ------------------------------------------------------------------------------------
 
-// Numbered records, each a whole line: "rec 000042\n" (11 bytes).
-std::string record(int i) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "rec %06d\n", i);
-  return buf;
-}
-
-int make_global(const char*, const char*, mode_t* mode, rchan_buf*, int* is_global) {
-  *is_global = 1;
-  *mode = 0440;
-  return 0;
-}
-
 // Overwrite mode with no header: always switch.
 int always_switch(rchan_buf*, void*, void*, size_t) { return 1; }
 
-rchan* open_global(const std::string& dir, const char* base, size_t subbuf = 4096, size_t n = 8,
-                   bool overwrite = false) {
+// A global channel in overwrite mode, as the spec sets it up: with always_switch.
+rchan* open_overwrite(const std::string& dir, const char* base, size_t subbuf, size_t n) {
   rchan_callbacks cb{};
-  cb.create_buf_file = &make_global;
-  if (overwrite) cb.subbuf_start = &always_switch;
-  rchan* c = relay_open(base, dir.c_str(), subbuf, n, &cb, nullptr);
-  REQUIRE_MESSAGE(c != nullptr, "relay_open: " << std::strerror(errno));
-  return c;
+  cb.subbuf_start = &always_switch;
+  return open_global(dir, base, subbuf, n, cb);
 }
 
-std::string write_records(rchan* c, int from, int to) {
-  std::string all;
-  for (int i = from; i < to; ++i) {
-    const std::string r = record(i);
-    REQUIRE(relay_write(c, r.data(), r.size()) == 0);
-    all += r;
-  }
-  return all;
-}
-
-// Everything readable now, without waiting (a blocking mount's read would wait at the end).
-std::string read_available(int fd) {
-  const int flags = ::fcntl(fd, F_GETFL);
-  ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-  std::string out;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-  ::fcntl(fd, F_SETFL, flags);
-  return out;
-}
-
-// ---- Threads that block --------------------------------------------------------------------------
-
-pid_t this_tid() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
-
-// True once thread tid of this process sleeps (state S) in one of the system calls nrs; false
-// after 10 s.
-bool wait_blocked_in(pid_t tid, const std::vector<long>& nrs) {
-  const std::string task = "/proc/self/task/" + std::to_string(tid);
-  const auto until = Clock::now() + std::chrono::seconds(10);
-  while (Clock::now() < until) {
-    std::ifstream st(task + "/stat"), sc(task + "/syscall");
-    std::string stat;
-    std::getline(st, stat);
-    long nr = -1;
-    sc >> nr;
-    const auto p = stat.rfind(')');
-    const char state = p == std::string::npos || p + 2 >= stat.size() ? '?' : stat[p + 2];
-    if (state == 'S' && std::find(nrs.begin(), nrs.end(), nr) != nrs.end()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return false;
-}
-
-const std::vector<long> kReadCalls = {SYS_read};
-#ifdef SYS_poll
-const std::vector<long> kPollCalls = {SYS_poll, SYS_ppoll};
-#else
-const std::vector<long> kPollCalls = {SYS_ppoll};
-#endif
-
-bool wait_for(const std::atomic<bool>& flag, int secs = 10) {
-  const auto until = Clock::now() + std::chrono::seconds(secs);
-  while (!flag.load() && Clock::now() < until)
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  return flag.load();
-}
-
-// Joins a thread that should finish now (done becomes true). If it does not within the deadline,
-// a reader is stuck: kill the daemon, which fails its system call, so the join cannot hang.
-bool join_or_kill(std::thread& t, const std::atomic<bool>& done, Mount& m) {
-  const bool ok = wait_for(done);
-  if (!ok) m.stop_daemon(SIGKILL);
-  t.join();
-  return ok;
-}
-
-// If the test body throws (a failed REQUIRE) while a thread of the test may be blocked in a
-// read or poll of the mount, kill the daemon so that call fails, and join the thread: a joinable
-// std::thread destroyed during unwinding would abort the program and leave the mount behind.
-class Reaper {
- public:
-  Reaper(Mount& m, std::thread& t) : m_(m), t_(t) {}
-  Reaper(const Reaper&) = delete;
-  Reaper& operator=(const Reaper&) = delete;
-  ~Reaper() {
-    if (!t_.joinable()) return;
-    m_.stop_daemon(SIGKILL);
-    t_.join();
-  }
-
- private:
-  Mount& m_;
-  std::thread& t_;
-};
-
+// The CPUs this process may run on.
 std::vector<int> allowed_cpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -494,7 +388,7 @@ TEST_CASE("overwrite mode read while written: whole records only, in order per w
   SUBCASE("reads of random sizes from 1 to 512 bytes") { big = false; }
 
   Mount m;
-  rchan* c = open_global(m.dir, "fr", kSubbuf, kSubbufs, true);
+  rchan* c = open_overwrite(m.dir, "fr", kSubbuf, kSubbufs);
   const int fd = ::open(m.path("fr0").c_str(), O_RDONLY);
   REQUIRE(fd >= 0);
 
@@ -648,7 +542,7 @@ TEST_CASE("overwrite mode: a write refused because the next sub-buffer is still 
 // ---- 2. Overwrite mode: the newest data the buffer holds ------------------------------------------
 
 TEST_CASE("overwrite mode: a reader that comes late gets the newest records the buffer holds") {
-  constexpr size_t kSubbuf = 4096, kSubbufs = 4, kRec = 11;
+  constexpr size_t kSubbuf = 4096, kSubbufs = 4;
   constexpr size_t kPerSubbuf = kSubbuf / kRec;  // 372 records, 4 bytes of padding
   int total = 0;
   SUBCASE("20000 records") { total = 20000; }
@@ -656,7 +550,7 @@ TEST_CASE("overwrite mode: a reader that comes late gets the newest records the 
   SUBCASE("exactly 6 buffers' worth") { total = static_cast<int>(6 * kSubbufs * kPerSubbuf); }
   CAPTURE(total);
   Mount m;
-  rchan* c = open_global(m.dir, "late", kSubbuf, kSubbufs, true);
+  rchan* c = open_overwrite(m.dir, "late", kSubbuf, kSubbufs);
   write_records(c, 0, total);
   const std::string got = slurp(m.path("late0"));
   REQUIRE(got.size() >= kRec);
@@ -801,284 +695,4 @@ TEST_CASE("no-overwrite global channel, a pinned writer on every CPU: nothing lo
   CHECK(stream.whole + failed == attempted);
   CHECK(written + failed == attempted);
   CHECK(stream.whole > 0);
-}
-
-// ---- 4. flush, reset and close with readers attached -----------------------------------------------
-
-TEST_CASE("blocked readers: woken by a commit, drained and ended by relay_close, across a reset") {
-  Mount m({"-o", "blocking"});
-  rchan* c = open_global(m.dir, "w", 64, 16);  // 5 records of 11 bytes per sub-buffer
-  const std::string file = m.path("w0");
-
-  SUBCASE("a reservation does not wake a blocked reader; its commit does, with the whole record") {
-    const int fd = ::open(file.c_str(), O_RDONLY);
-    REQUIRE(fd >= 0);
-    std::atomic<pid_t> tid{0};
-    std::atomic<bool> done{false};
-    std::string got;
-    ssize_t n = -2;
-    std::thread reader([&] {
-      tid = this_tid();
-      char buf[4096];
-      n = ::read(fd, buf, sizeof buf);
-      if (n > 0) got.assign(buf, static_cast<size_t>(n));
-      done = true;
-    });
-    Reaper reap_reader(m, reader);
-    while (tid.load() == 0) std::this_thread::yield();
-    CHECK(wait_blocked_in(tid, kReadCalls));
-    void* slot = relay_reserve(c, 11);
-    REQUIRE(slot != nullptr);
-    std::memcpy(slot, record(7).data(), 11);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    CHECK_FALSE(done.load());  // filled but not committed: not data yet
-    relay_commit(c, slot, 11);
-    CHECK(join_or_kill(reader, done, m));
-    CHECK(n == 11);
-    CHECK(got == record(7));
-    ::close(fd);
-  }
-
-  SUBCASE("two readers blocked on one file: each record wakes one of them, whole") {
-    const int fd[2] = {::open(file.c_str(), O_RDONLY), ::open(file.c_str(), O_RDONLY)};
-    REQUIRE(fd[0] >= 0);
-    REQUIRE(fd[1] >= 0);
-    std::atomic<pid_t> tid[2] = {0, 0};
-    std::atomic<bool> done[2] = {false, false};
-    std::atomic<bool> any{false};
-    std::string got[2];
-    ssize_t n[2] = {-2, -2};
-    std::vector<std::thread> readers;
-    for (int i = 0; i < 2; ++i)
-      readers.emplace_back([&, i] {
-        tid[i] = this_tid();
-        char buf[4096];
-        n[i] = ::read(fd[i], buf, sizeof buf);
-        if (n[i] > 0) got[i].assign(buf, static_cast<size_t>(n[i]));
-        done[i] = true;
-        any = true;
-      });
-    Reaper reap0(m, readers[0]), reap1(m, readers[1]);
-    for (int i = 0; i < 2; ++i) {
-      while (tid[i].load() == 0) std::this_thread::yield();
-      CHECK(wait_blocked_in(tid[i], kReadCalls));
-    }
-    write_records(c, 1, 2);
-    REQUIRE(wait_for(any));
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    CHECK(done[0].load() != done[1].load());  // one woke, the other still waits
-    const int first = done[0] ? 0 : 1, second = 1 - first;
-    CHECK(n[first] == 11);
-    CHECK(got[first] == record(1));
-    CHECK(wait_blocked_in(tid[second], kReadCalls));
-    write_records(c, 2, 3);
-    CHECK(join_or_kill(readers[second], done[second], m));
-    readers[first].join();
-    CHECK(n[second] == 11);
-    CHECK(got[second] == record(2));
-    ::close(fd[0]);
-    ::close(fd[1]);
-  }
-
-  SUBCASE("a blocked reader drains what is left and gets end of file at relay_close; the file "
-          "goes once it closes") {
-    const int fd = ::open(file.c_str(), O_RDONLY);
-    REQUIRE(fd >= 0);
-    std::atomic<pid_t> tid{0};
-    std::atomic<size_t> have{0};
-    std::atomic<bool> done{false};
-    std::string got;
-    std::mutex mu;
-    ssize_t last = -2;
-    std::thread reader([&] {
-      tid = this_tid();
-      char buf[7];  // small reads: records end inside reads
-      for (;;) {
-        last = ::read(fd, buf, sizeof buf);
-        if (last <= 0) break;
-        std::lock_guard lk(mu);
-        got.append(buf, static_cast<size_t>(last));
-        have = got.size();
-      }
-      done = true;
-    });
-    Reaper reap_reader(m, reader);
-    std::string want = write_records(c, 0, 20);
-    const auto until = Clock::now() + std::chrono::seconds(10);
-    while (have.load() < want.size() && Clock::now() < until)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    CHECK(have.load() == want.size());
-    CHECK(wait_blocked_in(tid, kReadCalls));  // drained: it waits
-    want += write_records(c, 20, 40);           // some of this is still unread at the close
-    REQUIRE(relay_close(c) == 0);
-    c = nullptr;
-    CHECK(join_or_kill(reader, done, m));
-    CHECK(last == 0);
-    CHECK(got == want);
-    MESSAGE("after end of file, with the reader's file still open, the file is "
-            << std::string(exists(file) ? "still listed" : "already gone"));
-    char b;
-    CHECK(::read(fd, &b, 1) == 0);  // and stays at end of file
-    ::close(fd);
-    CHECK_FALSE(exists(file));
-  }
-
-  SUBCASE("relay_reset with a reader part way: only data written after it, and st_size never "
-          "shrinks") {
-    const std::string old = write_records(c, 0, 50);  // 10 sub-buffers
-    const int fd = ::open(file.c_str(), O_RDONLY);
-    REQUIRE(fd >= 0);
-    char buf[4096];
-    REQUIRE(::read(fd, buf, 100) == 100);  // ends inside a record, in the second sub-buffer
-    CHECK(std::string(buf, 100) == old.substr(0, 100));
-    struct stat before, after;
-    REQUIRE(::fstat(fd, &before) == 0);
-    CHECK(before.st_size == 550);
-    REQUIRE(relay_reset(c) == 0);
-    REQUIRE(::fstat(fd, &after) == 0);
-    CHECK(after.st_size >= before.st_size);
-    // The 450 unread bytes are gone: a non-blocking read finds nothing.
-    REQUIRE(::fcntl(fd, F_SETFL, O_NONBLOCK) == 0);
-    errno = 0;
-    CHECK(::read(fd, buf, sizeof buf) == -1);
-    CHECK(errno == EAGAIN);
-    REQUIRE(::fcntl(fd, F_SETFL, 0) == 0);
-
-    // A reader blocked across another reset gets the first record written after it.
-    std::atomic<pid_t> tid{0};
-    std::atomic<bool> done{false};
-    std::string got;
-    std::thread reader([&] {
-      tid = this_tid();
-      char b[4096];
-      const ssize_t n = ::read(fd, b, sizeof b);
-      if (n > 0) got.assign(b, static_cast<size_t>(n));
-      done = true;
-    });
-    Reaper reap_reader(m, reader);
-    while (tid.load() == 0) std::this_thread::yield();
-    CHECK(wait_blocked_in(tid, kReadCalls));
-    REQUIRE(relay_reset(c) == 0);
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    CHECK_FALSE(done.load());  // a reset is not data
-    write_records(c, 50, 51);
-    CHECK(join_or_kill(reader, done, m));
-    CHECK(got == record(50));
-
-    const std::string more = write_records(c, 51, 70);  // across several sub-buffers
-    CHECK(read_available(fd) == more);
-    struct stat end;
-    REQUIRE(::stat(file.c_str(), &end) == 0);
-    CHECK(end.st_size == after.st_size + 20 * 11);
-    CHECK(end.st_size >= before.st_size + 20 * 11);
-    ::close(fd);
-  }
-  if (c) CHECK(relay_close(c) == 0);
-}
-
-TEST_CASE("poll with a reader attached: relay_flush, a reservation held across a flush, a "
-          "blocked poll") {
-  Mount m;
-  rchan* c = open_global(m.dir, "p", 64, 8);
-  const int fd = ::open(m.path("p0").c_str(), O_RDONLY | O_NONBLOCK);
-  REQUIRE(fd >= 0);
-  char buf[4096];
-  auto readable = [&] {
-    pollfd p{fd, POLLIN | POLLRDNORM, 0};
-    return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLRDNORM)) == (POLLIN | POLLRDNORM);
-  };
-  auto read_now = [&] {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
-  };
-
-  SUBCASE("data before and after a flush: POLLIN, exactly that data without padding, then quiet") {
-    const std::string want = write_records(c, 0, 3);
-    REQUIRE(relay_flush(c) == 0);
-    const std::string more = write_records(c, 3, 5);
-    CHECK(readable());
-    CHECK(read_now() == want + more);
-    CHECK_FALSE(readable());
-    errno = 0;
-    CHECK(::read(fd, buf, sizeof buf) == -1);
-    CHECK(errno == EAGAIN);
-  }
-
-  SUBCASE("a record reserved across a flush holds back what follows until it is committed") {
-    const std::string first = write_records(c, 0, 2);
-    void* slot = relay_reserve(c, 11);
-    REQUIRE(slot != nullptr);
-    std::memcpy(slot, record(2).data(), 11);
-    REQUIRE(relay_flush(c) == 0);
-    const std::string after = write_records(c, 3, 5);  // in the next sub-buffer
-    CHECK(readable());
-    CHECK(read_now() == first);
-    CHECK_FALSE(readable());  // record 2 is in flight: nothing behind it may be returned
-    CHECK(read_now().empty());
-
-    std::atomic<pid_t> tid{0};
-    std::atomic<bool> done{false};
-    short revents = 0;
-    std::thread poller([&] {
-      tid = this_tid();
-      pollfd p{fd, POLLIN, 0};
-      if (::poll(&p, 1, 20000) == 1) revents = p.revents;
-      done = true;
-    });
-    Reaper reap_poller(m, poller);
-    while (tid.load() == 0) std::this_thread::yield();
-    CHECK(wait_blocked_in(tid, kPollCalls));
-    relay_commit(c, slot, 11);
-    CHECK(join_or_kill(poller, done, m));
-    CHECK((revents & POLLIN) != 0);
-    CHECK(read_now() == record(2) + after);
-  }
-
-  SUBCASE("a poll blocked on an empty file: an empty flush reports nothing, the next record "
-          "wakes it") {
-    std::atomic<pid_t> tid{0};
-    std::atomic<bool> done{false};
-    std::string got;
-    int spurious = 0, timeouts = 0;
-    std::thread poller([&] {
-      tid = this_tid();
-      char b[4096];
-      for (int i = 0; i < 100 && got.empty() && timeouts == 0; ++i) {
-        pollfd p{fd, POLLIN, 0};
-        const int r = ::poll(&p, 1, 20000);
-        if (r == 0) ++timeouts;
-        if (r != 1 || !(p.revents & POLLIN)) continue;
-        const ssize_t n = ::read(fd, b, sizeof b);
-        if (n > 0)
-          got.assign(b, static_cast<size_t>(n));
-        else
-          ++spurious;  // POLLIN, and yet nothing to read
-      }
-      done = true;
-    });
-    Reaper reap_poller(m, poller);
-    while (tid.load() == 0) std::this_thread::yield();
-    CHECK(wait_blocked_in(tid, kPollCalls));
-    REQUIRE(relay_flush(c) == 0);  // nothing pending: an empty sub-buffer is closed
-    CHECK_FALSE(readable());
-    CHECK(read_now().empty());
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    REQUIRE(relay_flush(c) == 0);
-    write_records(c, 9, 10);
-    CHECK(join_or_kill(poller, done, m));
-    CHECK(got == record(9));
-    CHECK(spurious == 0);
-    CHECK(timeouts == 0);
-  }
-  ::close(fd);
-  CHECK(relay_close(c) == 0);
-}
-
-int main(int argc, char** argv) {
-  if (!fuse_available()) {
-    std::fprintf(stderr, "SKIP: /dev/fuse or fusermount3 is missing\n");
-    return 77;
-  }
-  doctest::Context ctx(argc, argv);
-  return ctx.run();
 }

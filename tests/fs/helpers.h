@@ -1,0 +1,247 @@
+// What the mount test programs share besides the Mount fixture (mount.h): numbered records
+// written to a global channel through the producer library, a buffer's counters (relay_buf_stats
+// and the file's extended attributes), waits with a deadline, threads pinned to a CPU, the
+// daemon's control socket, and running code as another user.
+#pragma once
+
+#include <doctest/doctest.h>
+#include <grp.h>
+#include <pthread.h>
+#include <relayfs/relay.h>
+#include <sched.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mount.h"
+
+namespace relayfs::test {
+
+using Clock = std::chrono::steady_clock;
+
+// The CPUs the system may have: a per-CPU channel has a buffer, and a file, for each.
+inline unsigned ncpus() {
+  return static_cast<unsigned>(std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF)));
+}
+
+// ---- Records and channels -----------------------------------------------------------------------
+
+// Numbered records, each a whole line: "rec 000042\n" (kRec = 11 bytes).
+constexpr size_t kRec = 11;
+inline std::string record(int i) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "rec %06d\n", i);
+  return buf;
+}
+
+// create_buf_file of a global channel: one file, BASE0, whatever CPU the test runs on, so a test
+// knows where data goes; its files get mode Mode.
+template <mode_t Mode = 0440>
+int make_global(const char*, const char*, mode_t* mode, rchan_buf*, int* is_global) {
+  *is_global = 1;
+  *mode = Mode;
+  return 0;
+}
+
+// A global channel, through relay_open_opts (opts nullptr is relay_open). Unless cb sets its own
+// create_buf_file, the files are make_global's, mode 0440.
+inline rchan* open_global(const std::string& dir, const char* base, size_t subbuf = 4096,
+                          size_t n = 8, rchan_callbacks cb = {},
+                          const relay_options* opts = nullptr, void* priv = nullptr) {
+  if (!cb.create_buf_file) cb.create_buf_file = &make_global<0440>;
+  rchan* c = relay_open_opts(base, dir.c_str(), subbuf, n, &cb, priv, opts);
+  REQUIRE_MESSAGE(c != nullptr, "relay_open_opts: " << std::strerror(errno));
+  return c;
+}
+
+// Writes record(from) .. record(to - 1), each of which must succeed; returns what it wrote.
+inline std::string write_records(rchan* c, int from, int to) {
+  std::string all;
+  for (int i = from; i < to; ++i) {
+    const std::string r = record(i);
+    REQUIRE(relay_write(c, r.data(), r.size()) == 0);
+    all += r;
+  }
+  return all;
+}
+
+// ---- Counters -----------------------------------------------------------------------------------
+
+// Buffer i's counters, as the producer sees them (relay_buf_stats).
+inline relay_stats stats_of(rchan* c, unsigned i = 0) {
+  relay_stats st{};
+  REQUIRE(relay_buf_stats(c->buf[i], &st) == 0);
+  return st;
+}
+
+// A relay file's extended attributes: name -> value.
+using Attrs = std::map<std::string, std::string>;
+
+// `getfattr -d -m - FILE`, parsed: name -> value (quotes removed).
+inline Attrs getfattr(const std::string& path) {
+  const std::string out = capture("getfattr -d -m - '" + path + "' 2>/dev/null");
+  Attrs a;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto eq = line.find('=');
+    if (eq == std::string::npos) {
+      a[line] = "";
+      continue;
+    }
+    std::string v = line.substr(eq + 1);
+    if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
+    a[line.substr(0, eq)] = v;
+  }
+  return a;
+}
+
+// Attribute user.relayfs.NAME, which must be there.
+inline std::string text(const Attrs& a, const std::string& name) {
+  const auto it = a.find("user.relayfs." + name);
+  REQUIRE_MESSAGE(it != a.end(), "getfattr shows no user.relayfs." << name);
+  return it->second;
+}
+
+// Attribute user.relayfs.NAME, which must be a number.
+inline unsigned long long num(const Attrs& a, const std::string& name) {
+  const std::string v = text(a, name);
+  char* end = nullptr;
+  const unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+  REQUIRE_MESSAGE((!v.empty() && *end == '\0'), "user.relayfs." << name << "=\"" << v << "\"");
+  return n;
+}
+
+// st_size of a file that must exist.
+inline off_t file_size(const std::string& path) {
+  struct stat st;
+  REQUIRE_MESSAGE(::stat(path.c_str(), &st) == 0, path << ": " << std::strerror(errno));
+  return st.st_size;
+}
+
+// ---- Waiting ------------------------------------------------------------------------------------
+
+// Waits for pred with a deadline, looking every 2 ms; returns its last answer.
+template <std::predicate P>
+bool wait_for(P pred, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  const auto until = Clock::now() + limit;
+  while (!pred()) {
+    if (Clock::now() > until) return pred();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+// The same for a flag another thread sets, by default with the 10 s a thread gets to finish.
+inline bool wait_for(const std::atomic<bool>& flag,
+                     std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  return wait_for([&] { return flag.load(); }, limit);
+}
+
+// Reads n bytes from an open relay file in reads of at most chunk bytes. On a mount that does not
+// block an empty read returns 0: retried until a deadline.
+inline std::string read_exactly(int fd, size_t n, size_t chunk) {
+  std::string out;
+  std::vector<char> buf(chunk);
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (out.size() < n && Clock::now() < until) {
+    const ssize_t k = ::read(fd, buf.data(), std::min(chunk, n - out.size()));
+    REQUIRE(k >= 0);
+    if (k == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    out.append(buf.data(), static_cast<size_t>(k));
+  }
+  return out;
+}
+
+// Pins the calling thread to cpu; true if it now runs there.
+inline bool pin_to(unsigned cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return ::pthread_setaffinity_np(::pthread_self(), sizeof set, &set) == 0 &&
+         ::sched_getcpu() == static_cast<int>(cpu);
+}
+
+// The state letter (R, S, D, ...) of a process or thread, from its /proc directory
+// ("/proc/PID", "/proc/self/task/TID"); '?' if it cannot be read.
+inline char proc_state(const std::string& proc_dir) {
+  std::ifstream in(proc_dir + "/stat");
+  std::string s;
+  std::getline(in, s);
+  const auto p = s.rfind(')');
+  return p == std::string::npos || p + 2 >= s.size() ? '?' : s[p + 2];
+}
+
+// ---- The daemon's control socket ----------------------------------------------------------------
+
+// The socket's abstract name (with its leading NUL), found as producers find it.
+inline std::string control_name(const std::string& dir) {
+  char name[108];
+  const ssize_t n = ::getxattr(dir.c_str(), "user.relayfs.control", name, sizeof name);
+  REQUIRE(n > 1);
+  return std::string(name, static_cast<size_t>(n));
+}
+
+// A raw connection to the control socket called name; -1 if it cannot be made. No REQUIRE: also
+// for child processes.
+inline int dial_control(const std::string& name) {
+  const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (s < 0) return -1;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path + 1, name.data() + 1, name.size() - 1);
+  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+  if (::connect(s, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+    ::close(s);
+    return -1;
+  }
+  return s;
+}
+
+// A raw connection to the control socket of the mount at dir.
+inline int connect_control(const std::string& dir) {
+  const int s = dial_control(control_name(dir));
+  REQUIRE(s >= 0);
+  return s;
+}
+
+// ---- Another user -------------------------------------------------------------------------------
+
+// Runs f in a child process as uid/gid, without supplementary groups; returns what f returned (an
+// errno, 0 for success), 250 if the child could not become that user, 251 if it did not exit.
+template <typename F>
+int as_user(uid_t uid, gid_t gid, F f) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(250);
+    ::prctl(PR_SET_DUMPABLE, 1);  // so that /proc/self is its own again after setuid
+    ::_exit(f());
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 251;
+}
+
+}  // namespace relayfs::test

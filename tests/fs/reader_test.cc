@@ -1,0 +1,519 @@
+// mmap readers (relay_reader_*) through a real mount: sub-buffers handed out oldest first and
+// consumed, poll, buf_mapped and buf_unmapped, a read-only mapping, the permission checks of the
+// kernel and of the daemon, one position shared with read(2) readers, relay_reset, and lapped
+// sub-buffers in overwrite mode. Every test mounts its own tree and takes it down, even when it
+// fails. No assertion depends on how fast anything runs: sleeps only give a thread the chance to
+// block, and every wait has a deadline after which the test fails.
+#include <dirent.h>
+#include <doctest/doctest.h>
+#include <poll.h>
+#include <relayfs/relay.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+
+#include "core/protocol.h"
+#include "core/wire.h"
+#include "helpers.h"
+#include "mount.h"
+
+using namespace relayfs::test;
+namespace proto = relayfs::proto;
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// ---- What a buffer holds ------------------------------------------------------------------------
+
+// The sub-buffers a single writer's records end up in, for records that always fit a sub-buffer
+// and a channel without header bytes: subs[seq] is closed sub-buffer seq, cur the one being
+// written.
+struct Model {
+  explicit Model(size_t subbuf_size) : size(subbuf_size) {}
+  size_t size;
+  std::vector<std::string> subs;
+  std::string cur;
+  bool stopped = false;  // the last switch was refused: the next success begins a sub-buffer
+  void written(const std::string& r) {
+    if (!stopped && cur.size() + r.size() > size) {
+      subs.push_back(cur);
+      cur.clear();
+    }
+    stopped = false;
+    cur += r;
+  }
+  void refused() {  // the record did not fit, and the switch to a new sub-buffer was refused
+    if (stopped) return;
+    subs.push_back(cur);
+    cur.clear();
+    stopped = true;
+  }
+};
+
+// ---- Another user -------------------------------------------------------------------------------
+
+constexpr uid_t kNobody = 65534;
+
+// Runs f in a child process as uid/gid nobody; returns what f returned (an errno, 0 for success).
+template <typename F>
+int as_nobody(F f) {
+  return as_user(kNobody, kNobody, f);
+}
+
+// A raw relay_reader_open request to the daemon, bypassing open(2): returns the daemon's answer
+// as an errno (0: it handed out the buffer), or 200+ when the exchange itself failed.
+int raw_reader_open(const std::string& control, uint64_t ino) {
+  const int s = dial_control(control);
+  if (s < 0) return 202;
+  if (proto::send_message(s, proto::encode(proto::ReaderOpenRequest{ino}, 1)) != 0) return 203;
+  proto::Received r;
+  if (proto::recv_message(s, &r, 1) != 1) return 204;
+  proto::ReaderOpenReply reply;
+  if (proto::decode(r.payload.data(), r.payload.size(), &reply) != 0) return 205;
+  ::close(s);
+  return -reply.status;
+}
+
+// ---- Callback recorders -------------------------------------------------------------------------
+
+std::atomic<int> g_mapped{0}, g_unmapped{0}, g_filp{0};
+std::atomic<rchan_buf*> g_mapped_buf{nullptr};
+
+void on_mapped(rchan_buf* buf, void* filp) {
+  g_mapped_buf = buf;
+  if (filp) ++g_filp;
+  ++g_mapped;
+}
+void on_unmapped(rchan_buf*, void* filp) {
+  if (filp) ++g_filp;
+  ++g_unmapped;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "relay_reader_next hands out closed sub-buffers oldest first until consumed; poll waits for "
+    "one") {
+  Mount m;
+  constexpr size_t kSub = 256, kN = 4;  // 23 records of 11 bytes per sub-buffer, 3 bytes padding
+  rchan* c = open_global(m.dir, "mm", kSub, kN);
+  Model model(kSub);
+  int i = 0;
+  auto put = [&]() {
+    const std::string r = record(i++);
+    const int rc = relay_write(c, r.data(), r.size());
+    if (rc == 0) {
+      model.written(r);
+    } else {
+      REQUIRE(errno == ENOSPC);
+      model.refused();
+    }
+    return rc;
+  };
+  relay_reader* r = relay_reader_open(m.path("mm0").c_str());
+  REQUIRE_MESSAGE(r != nullptr, std::strerror(errno));
+  CHECK(r->subbuf_size == kSub);
+  CHECK(r->n_subbufs == kN);
+  CHECK(r->cpu == 0);
+  CHECK(r->fd >= 0);
+  REQUIRE(r->base != nullptr);
+  const char* base = static_cast<const char*>(r->base);
+
+  relay_subbuf sb{};
+  CHECK(relay_reader_next(r, &sb) == 0);  // nothing written
+  while (model.subs.size() < 3 || model.cur.size() < 5 * kRec) REQUIRE(put() == 0);
+  REQUIRE(model.subs.size() == 3);
+  pollfd ready{r->fd, POLLIN, 0};
+  CHECK(::poll(&ready, 1, 0) == 1);  // whole sub-buffers are there
+  CHECK((ready.revents & POLLIN) != 0);
+
+  for (size_t k = 0; k < 3; ++k) {
+    CAPTURE(k);
+    REQUIRE(relay_reader_next(r, &sb) == 1);
+    CHECK(sb.seq == k);
+    CHECK(sb.index == k % kN);
+    CHECK(sb.data == base + sb.index * kSub);
+    CHECK(sb.length == model.subs[k].size());
+    CHECK(sb.padding == kSub - model.subs[k].size());
+    CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == model.subs[k]);
+    CHECK(relay_reader_valid(r, &sb) == 1);  // no-overwrite: nothing can have lapped it
+    relay_subbuf again{};
+    REQUIRE(relay_reader_next(r, &again) == 1);  // not consumed: the same one again
+    CHECK(again.seq == sb.seq);
+    CHECK(again.data == sb.data);
+    REQUIRE(relay_reader_consumed(r, 1) == 0);
+  }
+  // Only the partially filled sub-buffer is left: never handed out.
+  CHECK(relay_reader_next(r, &sb) == 0);
+  // Released by the daemon (relay_reader_consumed returns once they are): its counters say so.
+  CHECK(wait_for([&] {
+    relay_stats st{};
+    return relay_reader_stats(r, &st) == 0 && st.subbufs_consumed == 3;
+  }));
+  pollfd p{r->fd, POLLIN, 0};
+  CHECK(::poll(&p, 1, 0) == 0);
+
+  // A poller waits: the writer completing the current sub-buffer wakes it.
+  std::atomic<bool> returned{false};
+  int prc = -1;
+  short revents = 0;
+  std::thread poller([&] {
+    pollfd q{r->fd, POLLIN, 0};
+    prc = ::poll(&q, 1, 5000);
+    revents = q.revents;
+    returned = true;
+  });
+  std::this_thread::sleep_for(100ms);  // let it block (if it does not, the check below fails)
+  CHECK_FALSE(returned.load());
+  int put_failed = 0;  // no REQUIRE while the poller runs
+  while (model.subs.size() < 4 && !put_failed) put_failed = put();
+  poller.join();
+  REQUIRE(put_failed == 0);
+  CHECK(prc == 1);
+  CHECK((revents & POLLIN) != 0);
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 3);
+  CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == model.subs[3]);
+
+  // Keep it unconsumed and fill the buffer until the writer is refused.
+  int refused = 0;
+  for (int guard = 0; guard < 1000 && !refused; ++guard) refused = put() != 0;
+  REQUIRE(refused);
+  CHECK(relay_buf_full(c->buf[0]) == 1);
+  REQUIRE(model.subs.size() == 3 + kN);
+  // The oldest unconsumed sub-buffer is still the one it was, and intact.
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 3);
+  CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == model.subs[3]);
+  CHECK(relay_reader_valid(r, &sb) == 1);
+
+  // Consuming it frees room: when relay_reader_consumed returns, the writer writes again.
+  REQUIRE(relay_reader_consumed(r, 1) == 0);
+  CHECK(put() == 0);
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 4);
+  CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == model.subs[4]);
+  relay_stats st{};
+  REQUIRE(relay_reader_stats(r, &st) == 0);
+  CHECK(st.subbuf_size == kSub);
+  CHECK(st.n_subbufs == kN);
+  CHECK(st.subbufs_produced == model.subs.size());
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE(
+    "buf_mapped fires for the first reader of a buffer, buf_unmapped when the last one goes") {
+  g_mapped = 0;
+  g_unmapped = 0;
+  g_filp = 0;
+  g_mapped_buf = nullptr;
+  Mount m;
+  rchan_callbacks cb{};
+  cb.buf_mapped = &on_mapped;
+  cb.buf_unmapped = &on_unmapped;
+  rchan* c = open_global(m.dir, "bm", 4096, 4, cb);
+  const std::string file = m.path("bm0");
+  SUBCASE("an mmap reader alone") {
+    relay_reader* r = relay_reader_open(file.c_str());
+    REQUIRE(r != nullptr);
+    CHECK(wait_for([] { return g_mapped == 1; }));
+    CHECK(g_mapped_buf.load() == c->buf[0]);
+    CHECK(g_unmapped == 0);
+    CHECK(relay_reader_close(r) == 0);
+    CHECK(wait_for([] { return g_unmapped == 1; }));
+    CHECK(g_mapped == 1);
+  }
+  SUBCASE("after a read(2) reader, and outliving it") {
+    const int fd = ::open(file.c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+    CHECK(wait_for([] { return g_mapped == 1; }));
+    relay_reader* r = relay_reader_open(file.c_str());
+    REQUIRE(r != nullptr);
+    ::close(fd);
+    std::this_thread::sleep_for(200ms);  // gives wrong events the time to arrive
+    CHECK(g_mapped == 1);
+    CHECK(g_unmapped == 0);
+    CHECK(relay_reader_close(r) == 0);
+    CHECK(wait_for([] { return g_unmapped == 1; }));
+    CHECK(g_mapped == 1);
+  }
+  SUBCASE("the merged view is not a buffer's file") {
+    const int fd = ::open(m.path("bm").c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+    std::this_thread::sleep_for(200ms);
+    CHECK(g_mapped == 0);
+    ::close(fd);
+  }
+  CHECK(g_filp == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("an mmap reader's mapping is read-only") {
+  Mount m;
+  rchan* c = open_global(m.dir, "ro", 4096, 4);
+  write_records(c, 0, 10);
+  relay_reader* r = relay_reader_open(m.path("ro0").c_str());
+  REQUIRE(r != nullptr);
+  const long page = ::sysconf(_SC_PAGESIZE);
+  REQUIRE(reinterpret_cast<uintptr_t>(r->base) % static_cast<uintptr_t>(page) == 0);
+  errno = 0;
+  CHECK(::mprotect(const_cast<void*>(r->base), r->n_subbufs * r->subbuf_size,
+                   PROT_READ | PROT_WRITE) == -1);
+  CHECK(errno == EACCES);
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("relay_reader_open refuses the merged view and files outside relayfs") {
+  Mount m;
+  rchan* c = open_global(m.dir, "rf", 4096, 4);
+  errno = 0;
+  CHECK(relay_reader_open(m.path("rf").c_str()) == nullptr);
+  CHECK(errno == EINVAL);
+  errno = 0;
+  CHECK(relay_reader_open(m.path("missing0").c_str()) == nullptr);
+  CHECK(errno == ENOENT);
+  char tmpl[] = "/tmp/relayfs-notrelay-XXXXXX";
+  const int tfd = ::mkstemp(tmpl);
+  REQUIRE(tfd >= 0);
+  ::close(tfd);
+  errno = 0;
+  relay_reader* r = relay_reader_open(tmpl);
+  const int err = errno;
+  ::unlink(tmpl);
+  CHECK(r == nullptr);
+  CHECK((err == ENOTSUP || err == ENOENT));
+  errno = 0;
+  CHECK(relay_reader_open("/nonexistent/relayfs/file0") == nullptr);
+  CHECK(errno == ENOENT);
+  // The real one works.
+  r = relay_reader_open(m.path("rf0").c_str());
+  CHECK(r != nullptr);
+  if (r) CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+  // A per-CPU file maps that CPU's buffer.
+  c = relay_open("pc", m.dir.c_str(), 4096, 4, nullptr, nullptr);
+  REQUIRE(c != nullptr);
+  const unsigned last = c->n_buffers - 1;
+  r = relay_reader_open(m.path("pc" + std::to_string(last)).c_str());
+  REQUIRE(r != nullptr);
+  CHECK(r->cpu == last);
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("relay_reader_open checks read permission, in the kernel and in the daemon") {
+  if (::getuid() != 0) {
+    MESSAGE("skipped: needs root to become another user");
+    return;
+  }
+  Mount m({"-o", "allow_other"});
+  struct stat root;
+  REQUIRE(::stat(m.dir.c_str(), &root) == 0);
+  REQUIRE((root.st_mode & S_IXOTH) != 0);  // nobody may search the mount's root
+  rchan_callbacks secret_cb{}, public_cb{};
+  secret_cb.create_buf_file = &make_global<0400>;
+  public_cb.create_buf_file = &make_global<0444>;
+  rchan* sec = open_global(m.dir, "sec", 4096, 4, secret_cb);
+  rchan* pub = open_global(m.dir, "pub", 4096, 4, public_cb);
+  write_records(sec, 0, 10);
+  write_records(pub, 0, 10);
+  REQUIRE(relay_flush(pub) == 0);
+  struct stat st;
+  REQUIRE(::stat(m.path("sec0").c_str(), &st) == 0);
+  REQUIRE((st.st_mode & 07777) == 0400);
+  REQUIRE(st.st_uid == 0);
+  const uint64_t sec_ino = st.st_ino;
+  REQUIRE(::stat(m.path("pub0").c_str(), &st) == 0);
+  const uint64_t pub_ino = st.st_ino;
+  const std::string sec0 = m.path("sec0"), pub0 = m.path("pub0");
+
+  CHECK(as_nobody([&] {
+          relay_reader* r = relay_reader_open(sec0.c_str());
+          if (!r) return errno;
+          relay_reader_close(r);
+          return 0;
+        }) == EACCES);
+  // The other user does get a file it may read: the refusal above is about the file's mode.
+  CHECK(as_nobody([&] {
+          relay_reader* r = relay_reader_open(pub0.c_str());
+          if (!r) return errno;
+          relay_subbuf sb{};
+          const int rc = relay_reader_next(r, &sb) == 1 && sb.length == 10 * kRec ? 0 : 99;
+          relay_reader_close(r);
+          return rc;
+        }) == 0);
+  // The daemon checks by itself: a raw request, without open(2), gets the same answers.
+  const std::string control = control_name(m.dir);
+  CHECK(as_nobody([&] { return raw_reader_open(control, sec_ino); }) == EACCES);
+  CHECK(as_nobody([&] { return raw_reader_open(control, pub_ino); }) == 0);
+  // The buffer descriptor a reader holds cannot be reopened for writing either.
+  CHECK(as_nobody([&] {
+          relay_reader* r = relay_reader_open(pub0.c_str());
+          if (!r) return errno;
+          int writable = 97, memfds = 0;  // 97: /proc/self/fd could not be listed
+          if (DIR* d = ::opendir("/proc/self/fd")) {
+            writable = 0;
+            while (dirent* e = ::readdir(d)) {
+              const std::string link = std::string("/proc/self/fd/") + e->d_name;
+              char target[256] = {};
+              if (::readlink(link.c_str(), target, sizeof target - 1) <= 0) continue;
+              if (std::strstr(target, "memfd:") == nullptr) continue;
+              ++memfds;
+              const int w = ::open(link.c_str(), O_RDWR);
+              if (w >= 0) {
+                writable = 98;
+                ::close(w);
+              }
+            }
+            ::closedir(d);
+          }
+          relay_reader_close(r);
+          return writable ? writable : memfds ? 0 : 96;  // 96: no buffer descriptor found
+        }) == 0);
+  CHECK(relay_close(sec) == 0);
+  CHECK(relay_close(pub) == 0);
+}
+
+TEST_CASE("without allow_other, another user cannot map a relay file through the daemon either") {
+  if (::getuid() != 0) {
+    MESSAGE("skipped: needs root to become another user");
+    return;
+  }
+  Mount m;
+  rchan_callbacks cb{};
+  cb.create_buf_file = &make_global<0444>;
+  rchan* c = open_global(m.dir, "na", 4096, 4, cb);
+  write_records(c, 0, 10);
+  struct stat st;
+  REQUIRE(::stat(m.path("na0").c_str(), &st) == 0);
+  const uint64_t ino = st.st_ino;
+  const std::string file = m.path("na0");
+  // open(2) refuses: the mount is its owner's alone.
+  CHECK(as_nobody([&] { return ::open(file.c_str(), O_RDONLY) < 0 ? errno : 0; }) == EACCES);
+  // So must the daemon, which hands out the same data.
+  const std::string control = control_name(m.dir);
+  CHECK(as_nobody([&] { return raw_reader_open(control, ino); }) == EACCES);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("mmap readers and read(2) readers of a buffer share one position") {
+  Mount m;
+  constexpr size_t kSub = 256;
+  rchan* c = open_global(m.dir, "sh", kSub, 8);
+  Model model(kSub);
+  int i = 0;
+  while (model.subs.size() < 5) {
+    const std::string rec = record(i++);
+    REQUIRE(relay_write(c, rec.data(), rec.size()) == 0);
+    model.written(rec);
+  }
+  relay_reader* r = relay_reader_open(m.path("sh0").c_str());
+  REQUIRE(r != nullptr);
+  relay_subbuf sb{};
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 0);
+  // read(2) takes sub-buffers 0 and 1: the mmap reader goes on with 2.
+  const int fd = ::open(m.path("sh0").c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  const size_t two = model.subs[0].size() + model.subs[1].size();
+  CHECK(read_exactly(fd, two, two) == model.subs[0] + model.subs[1]);
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 2);
+  CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == model.subs[2]);
+  // The mmap reader consumes 2: read(2) goes on with 3.
+  REQUIRE(relay_reader_consumed(r, 1) == 0);
+  relay_stats st{};
+  CHECK(wait_for([&] { return relay_reader_stats(r, &st) == 0 && st.subbufs_consumed == 3; }));
+  CHECK(read_exactly(fd, model.subs[3].size(), 4096) == model.subs[3]);
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 4);
+  ::close(fd);
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("after relay_reset an mmap reader starts again at the new data") {
+  Mount m;
+  constexpr size_t kSub = 256;
+  rchan* c = open_global(m.dir, "rs", kSub, 4);
+  relay_reader* r = relay_reader_open(m.path("rs0").c_str());
+  REQUIRE(r != nullptr);
+  write_records(c, 0, 50);  // sub-buffers 0 and 1 closed
+  relay_subbuf sb{};
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  REQUIRE(relay_reader_consumed(r, 1) == 0);
+  relay_stats st{};
+  CHECK(wait_for([&] { return relay_reader_stats(r, &st) == 0 && st.subbufs_consumed == 1; }));
+  REQUIRE(relay_reset(c) == 0);
+  Model model(kSub);
+  for (int i = 1000; model.subs.empty(); ++i) {
+    const std::string rec = record(i);
+    REQUIRE(relay_write(c, rec.data(), rec.size()) == 0);
+    model.written(rec);
+  }
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 0);
+  CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == model.subs[0]);
+  REQUIRE(relay_reader_consumed(r, 1) == 0);
+  CHECK(wait_for([&] { return relay_reader_stats(r, &st) == 0 && st.subbufs_consumed == 1; }));
+  // read(2) goes on after what the mmap reader consumed.
+  CHECK(slurp(m.path("rs0")) == model.cur);
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE(
+    "overwrite mode: relay_reader_valid tells a lapped sub-buffer; relay_reader_next skips to an "
+    "intact one") {
+  Mount m;
+  constexpr size_t kSub = 256, kN = 4;
+  const relay_options o{RELAY_OVERWRITE, 0};
+  rchan* c = open_global(m.dir, "ov", kSub, kN, {}, &o);
+  relay_reader* r = relay_reader_open(m.path("ov0").c_str());
+  REQUIRE(r != nullptr);
+  Model model(kSub);
+  int i = 0;
+  auto put_until = [&](size_t closed) {
+    while (model.subs.size() < closed) {
+      const std::string rec = record(i++);
+      REQUIRE(relay_write(c, rec.data(), rec.size()) == 0);
+      model.written(rec);
+    }
+  };
+  put_until(1);
+  relay_subbuf sb{};
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 0);
+  const std::string copy(static_cast<const char*>(sb.data), sb.length);
+  CHECK(copy == model.subs[0]);
+  CHECK(relay_reader_valid(r, &sb) == 1);
+  put_until(kN - 1);  // sub-buffer kN - 1 being written: slot 0 not reused yet
+  CHECK(relay_reader_valid(r, &sb) == 1);
+  put_until(3 * kN);  // lapped, several times
+  CHECK(relay_reader_valid(r, &sb) == 0);
+  CHECK(std::string(static_cast<const char*>(sb.data), sb.length) != copy);
+
+  // next skips what was lapped: the oldest sub-buffer that can still be whole.
+  relay_subbuf nb{};
+  REQUIRE(relay_reader_next(r, &nb) == 1);
+  const unsigned long long produced = stats_of(c).subbufs_produced;
+  CHECK(produced == model.subs.size());
+  CHECK(nb.seq > 0);
+  CHECK(nb.seq + kN > produced);
+  REQUIRE(nb.seq < model.subs.size());
+  CHECK(std::string(static_cast<const char*>(nb.data), nb.length) == model.subs[nb.seq]);
+  CHECK(relay_reader_valid(r, &nb) == 1);  // nothing was written since
+  // The skipped ones are counted as overruns.
+  REQUIRE(relay_reader_consumed(r, 1) == 0);
+  relay_stats st{};
+  CHECK(wait_for([&] { return relay_reader_stats(r, &st) == 0 && st.subbufs_consumed > nb.seq; }));
+  CHECK(st.overruns == nb.seq);
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
