@@ -517,3 +517,38 @@ TEST_CASE(
   CHECK(relay_reader_close(r) == 0);
   CHECK(relay_close(c) == 0);
 }
+
+TEST_CASE("the example mmap consumer copies every sub-buffer of a blocking channel, then stops") {
+  const char* prog = std::getenv("RELAYFS_MMAP_READER");
+  REQUIRE_MESSAGE(prog != nullptr, "RELAYFS_MMAP_READER is not set");
+  Mount m;
+  // Blocking: the writer waits for the example to consume, so nothing may be lost.
+  const relay_options opts{RELAY_BLOCKING, 10000};
+  rchan* c = open_global(m.dir, "ex", 4096, 4, {}, &opts);
+  const std::string out = m.dir + ".mmap-out";
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::execl(prog, prog, m.path("ex0").c_str(), out.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // 40 sub-buffers' worth through a 4-sub-buffer buffer.
+  const std::string want = write_records(c, 0, 15000);
+  REQUIRE(relay_flush(c) == 0);  // as the spec says: the last sub-buffer becomes a whole one
+  REQUIRE(relay_close(c) == 0);
+  int st = -1;
+  for (int i = 0; i < 2000 && ::waitpid(pid, &st, WNOHANG) == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  if (::waitpid(pid, &st, WNOHANG) == 0) {  // still running after 20 s: fail, but clean up
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &st, 0);
+    FAIL("the example did not stop when the channel closed");
+  }
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 0);
+  std::ifstream in(out);
+  const std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ::unlink(out.c_str());
+  CHECK(got.size() == want.size());
+  CHECK(got == want);
+}
