@@ -109,7 +109,10 @@ struct rchan_callbacks {
  *                   finds the no-overwrite buffer full waits for a reader to consume a
  *                   sub-buffer, up to block_timeout_ms (-1: no limit). Only a write that times
  *                   out is dropped, counted in lost_full, and fails with ETIMEDOUT. Waiting
- *                   sleeps on a futex; writes that find room cost what they always do.
+ *                   sleeps on a futex; writes that find room cost what they always do. Only a
+ *                   full buffer makes a write wait: a switch the subbuf_start callback refuses
+ *                   for its own reasons drops as usual, and so does a write from a thread that
+ *                   holds an uncommitted relay_reserve slot (it could be waiting for itself).
  */
 #define RELAY_OVERWRITE 0x1u
 #define RELAY_BLOCKING 0x2u

@@ -138,7 +138,11 @@ RELAY_API int relay_reader_next(relay_reader* rr, relay_subbuf* sb) {
   if (!position(r, &pub)) return 0;
   uint64_t seq = std::max(r->next, pub);
   const uint64_t produced = h->produced.load(std::memory_order_acquire);
-  if (produced < seq) return fail(EIO);
+  if (produced < seq) {
+    // A reset that finished since position() explains it; only otherwise is it corruption.
+    if (h->reset_gen.load(std::memory_order_acquire) != r->gen) return 0;
+    return fail(EIO);
+  }
   // The same question the daemon's consumer asks: has the writer begun reusing the slot? If so
   // (overwrite mode) go on from the oldest sub-buffer that can still be whole; the daemon counts
   // the skipped ones as overruns when we report our position.
@@ -184,13 +188,20 @@ RELAY_API int relay_reader_consumed(relay_reader* rr, size_t subbufs_consumed) {
   Reader* r = impl(rr);
   uint64_t pub;
   if (!position(r, &pub)) return 0;
-  r->next = std::max(r->next, pub) + subbufs_consumed;
+  // As the kernel's relay_subbufs_consumed, clamped to what was produced.
+  const uint64_t produced = r->buffer.header()->produced.load(std::memory_order_acquire);
+  const uint64_t from = std::max(r->next, pub);
+  r->next = std::max(from, std::min(produced, from + subbufs_consumed));
   proto::Received m;
   try {
-    const auto msg = proto::encode(proto::ReaderConsumed{r->gen, r->next}, r->seq++);
+    const uint32_t seq = r->seq++;
+    const auto msg = proto::encode(proto::ReaderConsumed{r->gen, r->next}, seq);
     if (proto::send_message(r->sock.get(), msg) != 0) return fail(EIO);
-    // Wait for the release, so the sub-buffers are free when we return (kernel semantics).
-    if (proto::recv_message(r->sock.get(), &m) != 1) return fail(EIO);
+    // Wait for the release, so the sub-buffers are free when we return (kernel semantics). A
+    // reply to an earlier request that timed out may come first: skip it.
+    do {
+      if (proto::recv_message(r->sock.get(), &m) != 1) return fail(EIO);
+    } while (m.header.seq != seq);
   } catch (...) {
     return fail(ENOMEM);
   }

@@ -374,13 +374,18 @@ RELAY_API void* relay_reserve(rchan* chan, size_t length) {
     errno = -rc;
     return nullptr;
   }
+  ++core::tl_open_reservations;
   return r.ptr;
 }
 
 RELAY_API void relay_commit(rchan* chan, void* reserved, size_t count) {
   // The thread may have moved to another CPU since it reserved: find the buffer by address.
   for (auto& b : impl(chan)->bufs)
-    if (b->producer->commit_at(reserved, count)) return;
+    if (b->producer->commit_at(reserved, count)) {
+      // Another thread may commit what this one reserved: the count only ever guards waiting.
+      if (core::tl_open_reservations > 0) --core::tl_open_reservations;
+      return;
+    }
 }
 
 RELAY_API int relay_subbufs_consumed(rchan* chan, unsigned int cpu, size_t subbufs_consumed) {

@@ -298,11 +298,18 @@ int Consumer::consume_upto(uint32_t gen, uint64_t seq) noexcept {
   if (!sync_reset()) return 0;
   if ((gen & 0xffff) != (gen_ & 0xffff)) return -ESTALE;  // a count from before a reset
   if (seq <= consumed_) return 0;
-  // The mmap reader skipped what the writer had lapped (relay_reader_next): those are overruns,
-  // as they are when read() skips them.
   const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
-  if (produced >= consumed_ && reused(consumed_, produced) == Reuse::kYes)
-    skip_lapped(std::min(produced, seq + n_ - 1));
+  if (produced < consumed_) return corrupt();
+  seq = std::min(seq, produced);  // the reader's number is not trusted either
+  // The mmap reader skipped what the writer had lapped (relay_reader_next): those are overruns,
+  // as they are when read() skips them. kYes means produced - consumed_ >= n_: no wrap below.
+  if (reused(consumed_, produced) == Reuse::kYes) {
+    const uint64_t resume = std::min(produced - n_ + 1, seq);
+    overruns_ += resume - consumed_;
+    consumed_ = resume;
+    bytes_consumed_ = 0;
+    publish();
+  }
   if (seq <= consumed_) return 0;
   return subbufs_consumed(seq - consumed_);
 }

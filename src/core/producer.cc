@@ -139,14 +139,20 @@ bool Producer::wait_switch(uint64_t* w) const noexcept {
   return true;
 }
 
-int Producer::drop(std::atomic<uint64_t>& counter, int err) noexcept {
-  if (blocking_) return kRetry;  // the caller waits; it counts only if the wait times out
+// A refused record: counted and dropped, or, in blocking mode when the refusal was for a full
+// buffer, handed back for the caller to wait (it counts only if the wait times out). Other
+// refusals (the callback's own choice, a sub-buffer still being committed) drop in either mode:
+// no reader can clear them.
+int Producer::drop(std::atomic<uint64_t>& counter, int err, bool full) noexcept {
+  if (blocking_ && full && tl_open_reservations == 0) return kRetry;
   counter.fetch_add(1, std::memory_order_relaxed);
   return err;
 }
 
 int Producer::reserve_slow(size_t len, Reservation* r) noexcept {
-  if (!blocking_) [[likely]]
+  // Waiting while this thread holds an uncommitted reservation could wait for itself: drop()
+  // does not hand such a record back.
+  if (!blocking_ || tl_open_reservations > 0) [[likely]]
     return try_slow(len, r);
   const int64_t deadline = block_timeout_ns_ < 0 ? -1 : mono_ns() + block_timeout_ns_;
   for (;;) {
@@ -168,12 +174,7 @@ bool Producer::wait_for_room(uint32_t seen, int64_t deadline_ns) noexcept {
   const int64_t now = mono_ns();
   if (deadline_ns >= 0 && now >= deadline_ns) return false;
   const int64_t slice = deadline_ns < 0 ? kBlockSliceNs : std::min(kBlockSliceNs, deadline_ns - now);
-  if (!buf_full()) {
-    // Refused for another reason (the next slot still being committed, or the hook said no):
-    // that clears without the consumer, so look again soon.
-    ::sched_yield();
-    return true;
-  }
+  if (!buf_full()) return true;  // the consumer freed a sub-buffer since: try again now
   // seq_cst: the Dekker pair of Consumer::publish (progress++, then load `blocked`): either the
   // consumer sees us waiting and wakes the futex, or the kernel finds `progress` moved.
   hdr_->blocked.fetch_add(1, std::memory_order_seq_cst);
@@ -209,7 +210,7 @@ int Producer::try_slow(size_t len, Reservation* r) noexcept {
     if (off == kOffStopped && !hooks_.subbuf_start && buf_full()) {
       // The default callback would refuse again, and it has no side effects to run: drop the
       // record without taking the switch, so a full buffer costs its writers little.
-      return drop(hdr_->lost_full, -ENOSPC);
+      return drop(hdr_->lost_full, -ENOSPC, true);
     }
     if (take_switch(&w)) return switch_locked(w, static_cast<uint32_t>(len), r, false);
   }
@@ -266,8 +267,9 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     const bool full = buf_full();
     ok = hooks_.subbuf_start ? hooks_.subbuf_start(hooks_.ctx, *this, subbuf, prev, prev_padding)
                              : !full;
-    // The mode is the callback's: one that switches into a full buffer is an overwrite one.
-    if (ok && full) overwrite_seen_ = true;
+    // The mode is the callback's: one that switches into a buffer that is full before and after
+    // it decided is an overwrite one (a reader may free a sub-buffer meanwhile).
+    if (ok && full && buf_full()) overwrite_seen_ = true;
     ok = ok || opening;  // the kernel ignores the hook's answer at open
   }
   if (closing && h->waiters.load(std::memory_order_seq_cst) != 0) ring();
@@ -276,7 +278,8 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     if (closing && !wrapped && hooks_.buf_full) hooks_.buf_full(hooks_.ctx, *this, prev_slot, prev);
     tl_switch_owner = nullptr;
     h->wpos.store(make_word(slot, seq, kOffStopped), std::memory_order_release);
-    return len != 0 ? drop(wrapped ? h->lost_wrap : h->lost_full, -ENOSPC) : 0;
+    if (len == 0) return 0;
+    return wrapped ? drop(h->lost_wrap, -ENOSPC, false) : drop(h->lost_full, -ENOSPC, buf_full());
   }
 
   const uint32_t hdr_len = static_cast<uint32_t>(std::min<uint64_t>(header_, size_));

@@ -22,6 +22,11 @@ namespace relayfs::core {
 
 class Producer;
 
+// Reservations the calling thread holds and has not committed yet, kept by the library's
+// relay_reserve/relay_commit. A blocking writer with one open cannot wait for room: the reader
+// may be waiting for that very record (Producer::reserve_slow).
+inline thread_local int tl_open_reservations = 0;
+
 // The client's hooks: the core's form of the spec's struct rchan_callbacks (and of the 2005
 // code's deliver and buf_full). Every member may be null. ctx is passed back untouched.
 struct ProducerHooks {
@@ -123,7 +128,7 @@ class Producer {
  private:
   int reserve_slow(size_t len, Reservation* r) noexcept;
   int try_slow(size_t len, Reservation* r) noexcept;
-  int drop(std::atomic<uint64_t>& counter, int err) noexcept;
+  int drop(std::atomic<uint64_t>& counter, int err, bool full) noexcept;
   bool wait_for_room(uint32_t seen, int64_t deadline_ns) noexcept;
   int switch_locked(uint64_t w, uint32_t len, Reservation* r, bool opening) noexcept;
   bool take_switch(uint64_t* w) noexcept;

@@ -18,7 +18,9 @@ ssize_t MergedView::consume(void* dst, size_t count) {
       n = b.cons.read(out + done, count - done, true);
       boundary = b.cons.at_record_boundary();
     }
-    // A corrupt buffer (-EIO, counted in its own stats) must not stop the others.
+    // A corrupt buffer (-EIO, counted in its own stats) must not stop the others, even in the
+    // middle of a record: that record is lost with its buffer.
+    if (n < 0) boundary = true;
     if (n > 0) done += static_cast<size_t>(n);
     if (!boundary) break;  // out of room mid-record: the next read finishes it first
     idle = n > 0 ? 0 : idle + 1;

@@ -34,6 +34,7 @@ struct ParkedRead {
 struct Poller {
   fuse_pollhandle* ph = nullptr;
   bool whole_subbufs = false;
+  const void* file = nullptr;  // the open file it polls: the kernel keeps one handle per file
 };
 
 // What a relay file reads from: one buffer, or the merged view of a channel's buffers. The

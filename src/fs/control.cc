@@ -335,8 +335,16 @@ void RelayFs::finalize_channel(const std::shared_ptr<Channel>& ch) {
 }
 
 // Removes the files of a finalized channel that are drained, and frees the channel once all its
-// files are gone and closed. Any thread.
-void RelayFs::maybe_remove(uint32_t channel_id) {
+// files are gone and closed. Any thread; noexcept, because FUSE handlers call it after replying.
+void RelayFs::maybe_remove(uint32_t channel_id) noexcept {
+  try {
+    remove_drained(channel_id);
+  } catch (...) {
+    // Out of memory: the files stay until the next reader or close looks again.
+  }
+}
+
+void RelayFs::remove_drained(uint32_t channel_id) {
   bool free_it = true;
   {
     std::lock_guard lk(tree.mu);

@@ -275,8 +275,12 @@ void RelayFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (fuse_reply_open(req, fi) != 0) {
     // The opener went away (interrupted): undo; the kernel sends no release for it.
     delete fh;
-    std::lock_guard blk(b->mu);
-    --b->opens;
+    {
+      std::lock_guard lk(tree.mu);
+      std::lock_guard blk(b->mu);
+      --b->opens;
+    }
+    maybe_remove(b->channel_id());
     return;
   }
   if (first) notify_owner(*b, true);
@@ -465,7 +469,21 @@ void RelayFs::poll(fuse_req_t req, fuse_ino_t, fuse_file_info* fi, fuse_pollhand
         fuse_pollhandle_destroy(ph);
       } else {
         // Kept until there is news: the loop notifies it when the producer rings the doorbell.
-        b->polls.push_back({ph, whole});
+        // A newer handle for the same open file replaces the older one (the kernel notifies
+        // per file), so a reader that polls with short timeouts does not pile them up.
+        auto same = std::find_if(b->polls.begin(), b->polls.end(),
+                                 [&](const Poller& p) { return p.file == fh; });
+        if (same != b->polls.end()) {
+          fuse_pollhandle_destroy(same->ph);
+          *same = {ph, whole, fh};
+        } else {
+          try {
+            b->polls.push_back({ph, whole, fh});
+          } catch (...) {
+            fuse_pollhandle_destroy(ph);
+            throw;
+          }
+        }
         b->arm_doorbell(whole);
         // A record committed between the check above and the arming is seen here.
         check();

@@ -102,7 +102,8 @@ class RelayFs {
   void park(fuse_req_t req, size_t size, std::shared_ptr<Source> b);
   void page_read(fuse_req_t req, void* file_handle, size_t size, off_t off);
   void notify_owner(const Source& s, bool mapped);
-  void maybe_remove(uint32_t channel_id);
+  void maybe_remove(uint32_t channel_id) noexcept;
+  void remove_drained(uint32_t channel_id);
 
   // Loop thread.
   void loop_main();

@@ -338,3 +338,36 @@ TEST_CASE("blocking mode: an abandoned producer stops waiting") {
   CHECK(rig.write("more") == -ETIMEDOUT);
   t.join();
 }
+
+TEST_CASE("blocking mode waits only for a full buffer: a refusing callback drops at once") {
+  struct Refuse {
+    int calls = 0;
+    static bool start(void* ctx, core::Producer&, void*, void* prev, uint32_t) {
+      ++static_cast<Refuse*>(ctx)->calls;
+      return prev == nullptr;  // begins sub-buffer 0, refuses every later switch
+    }
+  } refuse;
+  core::ProducerHooks hk;
+  hk.subbuf_start = &Refuse::start;
+  hk.ctx = &refuse;
+  Rig rig(32, 4, hk);
+  rig.prod->set_blocking(true, -1);  // no limit: a wait would never end
+  REQUIRE(rig.write(std::string(32, 'a')) == 0);
+  CHECK(rig.write("b") == -ENOSPC);  // the buffer is not full: nothing to wait for
+  CHECK(rig.cons->stats().lost_full == 1);
+  CHECK(refuse.calls == 2);
+}
+
+TEST_CASE("blocking mode: a thread holding an uncommitted reservation does not wait for itself") {
+  Rig rig(32, 1);
+  rig.prod->set_blocking(true, -1);
+  core::Reservation r;
+  REQUIRE(rig.prod->reserve(16, &r) == 0);
+  ++core::tl_open_reservations;  // as relay_reserve counts it
+  REQUIRE(rig.write(std::string(16, 'a')) == 0);
+  CHECK(rig.write("b") == -ENOSPC);  // full, and only this thread's commit could free it
+  --core::tl_open_reservations;
+  std::memset(r.ptr, 'r', 16);
+  rig.prod->commit(r);
+  CHECK(rig.drain() == std::string(16, 'r') + std::string(16, 'a'));
+}
