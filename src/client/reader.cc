@@ -61,8 +61,8 @@ int open_reader(Reader* r, const char* path) {
   if (int err = relayfs::client::connect_daemon(::dirname(dir.data()), &r->sock); err) return err;
   if (::ioctl(r->file.get(), proto::kIocSubbufPoll) != 0) return errno == ENOTTY ? ENOTSUP : errno;
 
-  if (int rc = proto::send_message(r->sock.get(), proto::encode(proto::ReaderOpenRequest{st.st_ino},
-                                                                r->seq++));
+  if (int rc = proto::send_message(r->sock.get(),
+                                   proto::encode(proto::ReaderOpenRequest{st.st_ino}, r->seq++));
       rc)
     return -rc;
   proto::Received m;

@@ -10,10 +10,10 @@
 
 #include <atomic>
 #include <cerrno>
-#include <cstdarg>
-#include <cstdio>
 #include <chrono>
 #include <condition_variable>
+#include <cstdarg>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -253,9 +253,9 @@ RELAY_API rchan* relay_open(const char* base_filename, const char* parent, size_
   return relay_open_opts(base_filename, parent, subbuf_size, n_subbufs, cb, private_data, nullptr);
 }
 
-RELAY_API rchan* relay_open_opts(const char* base_filename, const char* parent,
-                                 size_t subbuf_size, size_t n_subbufs, const rchan_callbacks* cb,
-                                 void* private_data, const relay_options* opts) {
+RELAY_API rchan* relay_open_opts(const char* base_filename, const char* parent, size_t subbuf_size,
+                                 size_t n_subbufs, const rchan_callbacks* cb, void* private_data,
+                                 const relay_options* opts) {
   if (opts && ((opts->flags & ~(RELAY_OVERWRITE | RELAY_BLOCKING)) != 0 ||
                (opts->flags & RELAY_OVERWRITE && opts->flags & RELAY_BLOCKING))) {
     errno = EINVAL;

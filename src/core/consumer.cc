@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <climits>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 
 #if defined(__SANITIZE_THREAD__)

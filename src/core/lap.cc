@@ -41,9 +41,8 @@ Reuse slot_reused(const ShmHeader& h, uint32_t n, uint64_t seq, uint64_t produce
     }
     if (lag != 0) return Reuse::kYes;
     if (off == kOffClosed)
-      off = h.closed.load(std::memory_order_acquire)
-                ? h.close_off.load(std::memory_order_relaxed)
-                : kOffBusy;
+      off = h.closed.load(std::memory_order_acquire) ? h.close_off.load(std::memory_order_relaxed)
+                                                     : kOffBusy;
     if (off == kOffStopped) return Reuse::kNo;
     if (off != kOffBusy) return Reuse::kYes;
     cpu_relax();

@@ -87,8 +87,8 @@ struct ShmHeader {
   // lines so a reader publishing progress does not steal the writers' cache lines.
   alignas(kCacheLine) std::atomic<uint64_t> consumed;  // consumed_tag(gen, sub-buffers)
   std::atomic<uint64_t> bytes_consumed;                // bytes handed to readers
-  std::atomic<uint64_t> overruns;          // sub-buffers lapped before they were read
-  std::atomic<uint64_t> lost_uncommitted;  // bytes reserved but never committed
+  std::atomic<uint64_t> overruns;                      // sub-buffers lapped before they were read
+  std::atomic<uint64_t> lost_uncommitted;              // bytes reserved but never committed
   // Futex word: moves every time the consumer publishes progress. Blocking writers wait on it.
   std::atomic<uint32_t> progress;
 

@@ -173,13 +173,15 @@ bool Producer::wait_for_room(uint32_t seen, int64_t deadline_ns) noexcept {
   if (abandoned_.load(std::memory_order_relaxed)) return false;
   const int64_t now = mono_ns();
   if (deadline_ns >= 0 && now >= deadline_ns) return false;
-  const int64_t slice = deadline_ns < 0 ? kBlockSliceNs : std::min(kBlockSliceNs, deadline_ns - now);
+  const int64_t slice =
+      deadline_ns < 0 ? kBlockSliceNs : std::min(kBlockSliceNs, deadline_ns - now);
   if (!buf_full()) return true;  // the consumer freed a sub-buffer since: try again now
   // seq_cst: the Dekker pair of Consumer::publish (progress++, then load `blocked`): either the
   // consumer sees us waiting and wakes the futex, or the kernel finds `progress` moved.
   hdr_->blocked.fetch_add(1, std::memory_order_seq_cst);
   if (buf_full()) {
-    const timespec ts{static_cast<time_t>(slice / 1'000'000'000), static_cast<long>(slice % 1'000'000'000)};
+    const timespec ts{static_cast<time_t>(slice / 1'000'000'000),
+                      static_cast<long>(slice % 1'000'000'000)};
     ::syscall(SYS_futex, futex_word(hdr_->progress), FUTEX_WAIT, seen, &ts, nullptr, 0);
   }
   hdr_->blocked.fetch_sub(1, std::memory_order_relaxed);

@@ -30,13 +30,13 @@ enum class Type : uint16_t {
   kOpenReply,  // daemon -> producer: status, geometry, fds
   kClose,      // producer -> daemon: close a channel (finalize; files go once drained)
   kCloseReply,
-  kMapped,    // daemon -> producer: a reader opened a buffer's file (buf_mapped)
-  kUnmapped,  // daemon -> producer: the last reader closed it (buf_unmapped)
-  kError,     // daemon -> producer: a message was refused
-  kConsumed,  // producer -> daemon: relay_subbufs_consumed (no reply)
-  kReaderOpen,       // reader -> daemon: map a relay file's buffer (relay_reader_open)
-  kReaderOpenReply,  // daemon -> reader: status, geometry, a read-only fd of the buffer
-  kReaderConsumed,   // reader -> daemon: sub-buffers consumed through the mapping
+  kMapped,               // daemon -> producer: a reader opened a buffer's file (buf_mapped)
+  kUnmapped,             // daemon -> producer: the last reader closed it (buf_unmapped)
+  kError,                // daemon -> producer: a message was refused
+  kConsumed,             // producer -> daemon: relay_subbufs_consumed (no reply)
+  kReaderOpen,           // reader -> daemon: map a relay file's buffer (relay_reader_open)
+  kReaderOpenReply,      // daemon -> reader: status, geometry, a read-only fd of the buffer
+  kReaderConsumed,       // reader -> daemon: sub-buffers consumed through the mapping
   kReaderConsumedReply,  // daemon -> reader: Status, once the sub-buffers are released
 };
 
@@ -50,11 +50,12 @@ struct Header {
 static_assert(sizeof(Header) == 16);
 
 // Channel flags (OpenRequest::flags).
-inline constexpr uint32_t kFlagGlobal = 1u << 0;     // one buffer for all CPUs (the spec's is_global)
+inline constexpr uint32_t kFlagGlobal = 1u << 0;  // one buffer for all CPUs (the spec's is_global)
 inline constexpr uint32_t kFlagOverwrite = 1u << 1;  // declared overwrite (flight recorder) mode
 inline constexpr uint32_t kFlagBlocking = 1u << 2;   // writers wait for room instead of dropping
 inline constexpr uint32_t kFlagHookMode = 1u << 3;   // a client subbuf_start decides the mode
-inline constexpr uint32_t kFlagsKnown = kFlagGlobal | kFlagOverwrite | kFlagBlocking | kFlagHookMode;
+inline constexpr uint32_t kFlagsKnown =
+    kFlagGlobal | kFlagOverwrite | kFlagBlocking | kFlagHookMode;
 
 struct OpenRequest {
   uint64_t parent_ino = 0;  // the directory, by its inode number in the mount

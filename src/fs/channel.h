@@ -49,11 +49,11 @@ class Source {
 
   std::mutex mu;
   fuse_ino_t ino = 0;
-  int opens = 0;               // open file handles
-  std::vector<Poller> polls;   // pollers waiting for news
-  uint64_t last_size = 0;      // bytes_produced when mtime last moved
+  int opens = 0;              // open file handles
+  std::vector<Poller> polls;  // pollers waiting for news
+  uint64_t last_size = 0;     // bytes_produced when mtime last moved
   timespec mtime{};
-  bool unlinked = false;       // its file left the directory
+  bool unlinked = false;  // its file left the directory
 
   // Loop thread only.
   std::deque<ParkedRead*> parked;

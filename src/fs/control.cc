@@ -278,8 +278,7 @@ void RelayFs::handle_reader_open(Connection& c, uint32_t seq, const char* payloa
 
 // The reply comes once the sub-buffers are released, so a reader's relay_reader_consumed has
 // taken effect when it returns, as the kernel's relay_subbufs_consumed has.
-void RelayFs::handle_reader_consumed(Connection& c, uint32_t seq, const char* payload,
-                                     size_t len) {
+void RelayFs::handle_reader_consumed(Connection& c, uint32_t seq, const char* payload, size_t len) {
   proto::ReaderConsumed req;
   int status = proto::decode(payload, len, &req);
   if (status == 0 && !c.mapped) status = -EBADF;  // no relay_reader_open on this connection

@@ -300,8 +300,8 @@ void RelayFs::service(const std::shared_ptr<Source>& b) {
       // look again for one that came before the doorbell was armed.
       if (want_records) b->arm_doorbell(false);
       if (want_subbufs) b->arm_doorbell(true);
-      const bool news = want_records ? b->data_available() || b->drained()
-                                     : b->subbuf_ready() || b->finalized();
+      const bool news =
+          want_records ? b->data_available() || b->drained() : b->subbuf_ready() || b->finalized();
       if (!news) break;
     }
   }

@@ -5,9 +5,9 @@
 // SIGINT or fusermount3 -u unmount it cleanly.
 #include <fuse_lowlevel.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
-#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -89,9 +89,8 @@ const fuse_lowlevel_ops kOps = [] {
     guarded(r, [&] { fs_of(r)->poll(r, i, f, ph); });
   };
   o.ioctl = [](fuse_req_t r, fuse_ino_t i, unsigned int cmd, void*, fuse_file_info* f,
-               unsigned flags, const void*, size_t, size_t) {
-    guarded(r, [&] { fs_of(r)->ioctl(r, i, cmd, f, flags); });
-  };
+               unsigned flags, const void*, size_t,
+               size_t) { guarded(r, [&] { fs_of(r)->ioctl(r, i, cmd, f, flags); }); };
   o.getxattr = [](fuse_req_t r, fuse_ino_t i, const char* n, size_t s) {
     guarded(r, [&] { fs_of(r)->getxattr(r, i, n, s); });
   };

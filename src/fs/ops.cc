@@ -455,8 +455,7 @@ void RelayFs::poll(fuse_req_t req, fuse_ino_t, fuse_file_info* fi, fuse_pollhand
     std::lock_guard lk(b->mu);
     const bool whole = fh->whole_subbufs;
     auto check = [&] {
-      if (whole ? b->subbuf_ready() : b->data_available())
-        revents = POLLIN | POLLRDNORM;
+      if (whole ? b->subbuf_ready() : b->data_available()) revents = POLLIN | POLLRDNORM;
       // An mmap reader cannot take the part of a sub-buffer that never closed: once the channel
       // is finalized there is nothing more for it (producers flush before closing, as the spec
       // says).
@@ -511,10 +510,11 @@ namespace {
 
 // A relay file's counters, as extended attributes "user.relayfs.<name>" (relay(7)).
 constexpr const char* kStatPrefix = "user.relayfs.";
-constexpr const char* kStatNames[] = {
-    "subbuf_size",      "n_subbufs",        "mode",      "blocking",     "subbufs_produced",
-    "subbufs_consumed", "bytes_produced",   "bytes_consumed", "lost_full", "lost_too_big",
-    "lost_wrap",        "overruns",         "lost_uncommitted", "corrupt"};
+constexpr const char* kStatNames[] = {"subbuf_size",      "n_subbufs",        "mode",
+                                      "blocking",         "subbufs_produced", "subbufs_consumed",
+                                      "bytes_produced",   "bytes_consumed",   "lost_full",
+                                      "lost_too_big",     "lost_wrap",        "overruns",
+                                      "lost_uncommitted", "corrupt"};
 
 std::string stat_value(const std::string& name, const core::BufferStats& st, uint32_t flags) {
   if (name == "mode")
@@ -522,19 +522,18 @@ std::string stat_value(const std::string& name, const core::BufferStats& st, uin
            : flags & proto::kFlagHookMode ? "subbuf_start"
                                           : "no-overwrite";
   if (name == "blocking") return flags & proto::kFlagBlocking ? "1" : "0";
-  const std::pair<const char*, uint64_t> values[] = {
-      {"subbuf_size", st.subbuf_size},
-      {"n_subbufs", st.n_subbufs},
-      {"subbufs_produced", st.subbufs_produced},
-      {"subbufs_consumed", st.subbufs_consumed},
-      {"bytes_produced", st.bytes_produced},
-      {"bytes_consumed", st.bytes_consumed},
-      {"lost_full", st.lost_full},
-      {"lost_too_big", st.lost_too_big},
-      {"lost_wrap", st.lost_wrap},
-      {"overruns", st.overruns},
-      {"lost_uncommitted", st.lost_uncommitted},
-      {"corrupt", st.corrupt}};
+  const std::pair<const char*, uint64_t> values[] = {{"subbuf_size", st.subbuf_size},
+                                                     {"n_subbufs", st.n_subbufs},
+                                                     {"subbufs_produced", st.subbufs_produced},
+                                                     {"subbufs_consumed", st.subbufs_consumed},
+                                                     {"bytes_produced", st.bytes_produced},
+                                                     {"bytes_consumed", st.bytes_consumed},
+                                                     {"lost_full", st.lost_full},
+                                                     {"lost_too_big", st.lost_too_big},
+                                                     {"lost_wrap", st.lost_wrap},
+                                                     {"overruns", st.overruns},
+                                                     {"lost_uncommitted", st.lost_uncommitted},
+                                                     {"corrupt", st.corrupt}};
   for (auto& [n, v] : values)
     if (name == n) return std::to_string(v);
   return {};

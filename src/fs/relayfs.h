@@ -46,7 +46,7 @@ struct Connection {
   pid_t pid = 0;
   std::vector<gid_t> groups;
   bool refused = false;  // another user, and the mount has no allow_other: every request fails
-  std::mutex send_mu;  // FUSE workers send buf_mapped events; the loop sends replies
+  std::mutex send_mu;    // FUSE workers send buf_mapped events; the loop sends replies
   // The buffer this connection's reader mapped (relay_reader_open), if any. Loop thread only.
   std::shared_ptr<RelayBuffer> mapped;
 };
