@@ -1,10 +1,19 @@
 // End-to-end benchmark: one producer writes 64-byte records as fast as it can for a few seconds
 // while `cat FILE > /dev/null` drains the relay file through a real mount. Reports the bytes per
-// second cat received and the records lost (counted by relayfs and seen by the producer).
-// Baseline in the same run: the same producer loop with one write(2) per record into a pipe that
-// `cat > /dev/null` drains.
+// second cat received and the records lost (counted by relayfs and seen by the producer), once
+// with the default no-overwrite channel and once with RELAY_BLOCKING (which must lose nothing),
+// and the relayfs daemon's CPU time (utime + stime of /proc/PID/stat) per GB delivered.
+// Baselines in the same run:
+//  - the FUSE ceiling: cat of the zero-work FUSE file of fuse_ceiling (every read answered at
+//    once from a static buffer; direct_io, st_blksize 1 MiB, so cat reads in 1 MiB requests as
+//    it does on a relay file). relayfs rows give their throughput as a % of it, run by run;
+//  - the same producer loop with one write(2) per record into a pipe that `cat > /dev/null`
+//    drains.
+// Figures are medians over --runs runs; the rows of one run are taken back to back.
 //
-// Usage: e2e_bench DAEMON [--seconds S] [--runs N] [--record BYTES]
+// Usage: e2e_bench DAEMON [--ceiling FUSE_CEILING] [--seconds S] [--runs N] [--record BYTES]
+//                         [--ceiling-bytes BYTES]
+// FUSE_CEILING defaults to fuse_ceiling beside this program.
 #include <fcntl.h>
 #include <relayfs/relay.h>
 #include <sched.h>
@@ -20,6 +29,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,12 +49,107 @@ void pin_self(int cpu) {
   sched_setaffinity(0, sizeof set, &set);
 }
 
-bool mounted(const std::string& dir) {
+bool mounted(const std::string& dir, const std::string& type) {
   std::ifstream in("/proc/mounts");
   std::string line;
   while (std::getline(in, line))
-    if (line.find(" " + dir + " fuse.relayfs ") != std::string::npos) return true;
+    if (line.find(" " + dir + " " + type + " ") != std::string::npos) return true;
   return false;
+}
+
+// CPU seconds (user + system, all threads) a process has used so far.
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t rp = all.rfind(')');  // comm may hold spaces
+  if (rp == std::string::npos) return 0;
+  std::vector<std::string> f;
+  std::string w;
+  for (size_t i = rp + 2; i <= all.size(); ++i) {
+    if (i == all.size() || all[i] == ' ') {
+      f.push_back(w);
+      w.clear();
+    } else {
+      w += all[i];
+    }
+  }
+  // f[0] is field 3 (state): utime is field 14, stime field 15.
+  if (f.size() < 13) return 0;
+  return static_cast<double>(std::stoull(f[11]) + std::stoull(f[12])) /
+         static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// "VmRSS", "RssAnon", "RssFile", "RssShmem" of /proc/PID/status, in KiB.
+long status_kib(pid_t pid, const std::string& key) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key + ":", 0) == 0) return atol(line.c_str() + key.size() + 1);
+  return -1;
+}
+
+// The daemons this run started, and their mount points: unmounted and killed on every exit.
+struct Mount {
+  std::string dir;
+  pid_t pid = -1;
+};
+std::vector<Mount> g_mounts;
+
+void cleanup() {
+  for (auto& m : g_mounts) {
+    if (m.pid > 0) {
+      system(("fusermount3 -u -z " + m.dir + " 2>/dev/null").c_str());
+      kill(m.pid, SIGTERM);
+      for (int i = 0; i < 200; ++i) {
+        if (waitpid(m.pid, nullptr, WNOHANG) == m.pid) {
+          m.pid = -1;
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      if (m.pid > 0) {
+        kill(m.pid, SIGKILL);
+        waitpid(m.pid, nullptr, 0);
+        m.pid = -1;
+      }
+    }
+    rmdir(m.dir.c_str());
+  }
+  g_mounts.clear();
+}
+
+void on_signal(int) {
+  cleanup();
+  _exit(1);
+}
+
+// Starts argv (a FUSE daemon in the foreground) on a fresh temp dir and waits for the mount.
+Mount start_daemon(std::vector<std::string> argv, const std::string& type) {
+  char tmpl[] = "/tmp/relayfs-e2e-XXXXXX";
+  Mount m;
+  m.dir = mkdtemp(tmpl);
+  for (auto& a : argv)
+    if (a == "@DIR") a = m.dir;
+  m.pid = fork();
+  if (m.pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    std::vector<char*> av;
+    for (auto& a : argv) av.push_back(a.data());
+    av.push_back(nullptr);
+    execv(av[0], av.data());
+    _exit(127);
+  }
+  g_mounts.push_back(m);
+  for (int i = 0; i < 500 && !mounted(m.dir, type); ++i) {
+    if (waitpid(m.pid, nullptr, WNOHANG) == m.pid) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (!mounted(m.dir, type)) {
+    fprintf(stderr, "%s did not mount on %s\n", argv[0].c_str(), m.dir.c_str());
+    cleanup();
+    exit(1);
+  }
+  return m;
 }
 
 // Runs cat FILE (or cat reading in_fd) with stdout on /dev/null; close_fd is closed in the
@@ -70,17 +175,43 @@ pid_t spawn_cat(const std::string& file, int in_fd, int close_fd = -1) {
 struct Result {
   double bytes_per_s;
   uint64_t written, lost;
+  double daemon_cpu_s = 0;  // the FUSE daemon's CPU time during the run
+  double bytes = 0;         // bytes delivered to cat
 };
 
+// Ceiling: cat of the zero-work FUSE file, nothing else running.
+Result run_ceiling(const Mount& m, uint64_t bytes) {
+  const double cpu0 = cpu_seconds(m.pid);
+  const auto t0 = Clock::now();
+  const pid_t cat = spawn_cat(m.dir + "/zero", -1);
+  int st;
+  waitpid(cat, &st, 0);
+  const double elapsed = secs(Clock::now() - t0);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    fprintf(stderr, "cat of the ceiling file failed\n");
+    cleanup();
+    exit(1);
+  }
+  Result r{static_cast<double>(bytes) / elapsed, 0, 0};
+  r.daemon_cpu_s = cpu_seconds(m.pid) - cpu0;
+  r.bytes = static_cast<double>(bytes);
+  return r;
+}
+
 // relayfs: producer pinned to CPU 0 writing its per-CPU buffer; cat (on CPU 1) reads FILE0.
-Result run_relay(const std::string& dir, double seconds, size_t rec) {
-  rchan* c = relay_open("e2e", dir.c_str(), 1 << 20, 8, nullptr, nullptr);
+// blocking: the channel is opened with RELAY_BLOCKING (no time limit), so nothing may be lost.
+Result run_relay(const Mount& m, double seconds, size_t rec, bool blocking) {
+  const std::string& dir = m.dir;
+  const double cpu0 = cpu_seconds(m.pid);
+  relay_options opts{blocking ? RELAY_BLOCKING : 0u, -1};
+  rchan* c = relay_open_opts(blocking ? "e2eb" : "e2e", dir.c_str(), 1 << 20, 8, nullptr,
+                             nullptr, &opts);
   if (!c) {
     perror("relay_open");
     exit(1);
   }
   pin_self(0);
-  const pid_t cat = spawn_cat(dir + "/e2e0", -1);
+  const pid_t cat = spawn_cat(dir + (blocking ? "/e2eb0" : "/e2e0"), -1);
   std::vector<char> r(rec, 'x');
   uint64_t written = 0, lost = 0;
   const auto t0 = Clock::now();
@@ -99,7 +230,10 @@ Result run_relay(const std::string& dir, double seconds, size_t rec) {
   int st;
   waitpid(cat, &st, 0);
   const double elapsed = secs(Clock::now() - t0);
-  return {static_cast<double>(written * rec) / elapsed, written, lost};
+  Result res{static_cast<double>(written * rec) / elapsed, written, lost};
+  res.daemon_cpu_s = cpu_seconds(m.pid) - cpu0;
+  res.bytes = static_cast<double>(written * rec);
+  return res;
 }
 
 // Baseline: one write(2) per record into a pipe drained by cat.
@@ -125,17 +259,44 @@ Result run_pipe(double seconds, size_t rec) {
   return {static_cast<double>(written * rec) / elapsed, written, 0};
 }
 
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+// Median, min and max of f over the runs.
+template <typename F>
+std::string stat3(const std::vector<Result>& v, F f, const char* fmt) {
+  std::vector<double> x;
+  for (auto& r : v) x.push_back(f(r));
+  char b[128];
+  snprintf(b, sizeof b, fmt, median(x), *std::min_element(x.begin(), x.end()),
+           *std::max_element(x.begin(), x.end()));
+  return b;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: %s DAEMON [--seconds S] [--runs N] [--record BYTES]\n", argv[0]);
+    fprintf(stderr,
+            "usage: %s DAEMON [--ceiling FUSE_CEILING] [--seconds S] [--runs N] [--record BYTES] "
+            "[--ceiling-bytes BYTES]\n",
+            argv[0]);
     return 2;
   }
   const std::string daemon = argv[1];
+  std::string ceiling_prog;
+  {
+    std::string self = argv[0];
+    const size_t slash = self.rfind('/');
+    ceiling_prog = (slash == std::string::npos ? std::string(".") : self.substr(0, slash)) +
+                   "/fuse_ceiling";
+  }
   double seconds = 3;
-  int runs = 3;
+  int runs = 5;
   size_t rec = 64;
+  uint64_t ceiling_bytes = 8ull << 30;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--seconds")
@@ -144,55 +305,107 @@ int main(int argc, char** argv) {
       runs = std::max(1, atoi(argv[i + 1]));
     else if (a == "--record")
       rec = static_cast<size_t>(atol(argv[i + 1]));
+    else if (a == "--ceiling")
+      ceiling_prog = argv[i + 1];
+    else if (a == "--ceiling-bytes")
+      ceiling_bytes = std::strtoull(argv[i + 1], nullptr, 10);
   }
   if (access("/dev/fuse", R_OK | W_OK) != 0) {
     fprintf(stderr, "SKIP: /dev/fuse is missing\n");
     return 77;
   }
-  char tmpl[] = "/tmp/relayfs-e2e-XXXXXX";
-  const std::string dir = mkdtemp(tmpl);
-  const pid_t d = fork();
-  if (d == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    // Blocking reads: cat waits for data instead of taking an empty read for end of file.
-    execl(daemon.c_str(), daemon.c_str(), "none", dir.c_str(), "-f", "-o", "blocking",
-          static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  for (int i = 0; i < 500 && !mounted(dir); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  if (!mounted(dir)) {
-    fprintf(stderr, "relayfs did not mount\n");
+  if (access(ceiling_prog.c_str(), X_OK) != 0) {
+    fprintf(stderr, "%s: not found (give --ceiling PATH)\n", ceiling_prog.c_str());
     return 1;
   }
+  atexit(cleanup);
+  signal(SIGINT, on_signal);
+  signal(SIGTERM, on_signal);
+  signal(SIGHUP, on_signal);
+  // Blocking reads: cat waits for data instead of taking an empty read for end of file.
+  const Mount rfs = start_daemon({daemon, "none", "@DIR", "-f", "-o", "blocking"}, "fuse.relayfs");
+  const Mount ceil =
+      start_daemon({ceiling_prog, "@DIR", std::to_string(ceiling_bytes)}, "fuse.ceiling");
 
   printf("end to end: one producer, %zu-byte records, flat out for %.1f s; cat FILE > /dev/null\n",
          rec, seconds);
   printf(
-      "mount -o blocking; relay geometry 8 x 1 MiB; producer on CPU 0, cat on CPU 1; median of %d "
-      "runs\n\n",
-      runs);
-  std::vector<Result> rel, pip;
+      "mount -o blocking; relay geometry 8 x 1 MiB; producer on CPU 0, cat on CPU 1 (daemons "
+      "float); cat reads 1 MiB requests (st_blksize) from every FUSE file\n");
+  printf("ceiling: cat of a %.2f GiB zero-work FUSE file (fuse_ceiling, direct_io, 16 workers)\n",
+         static_cast<double>(ceiling_bytes) / (1 << 30));
+  printf("median [min .. max] of %d runs; %% of ceiling is taken run by run\n\n", runs);
+  std::vector<Result> cel, rel, blk, pip;
   for (int i = 0; i < runs; ++i) {
-    rel.push_back(run_relay(dir, seconds, rec));
+    cel.push_back(run_ceiling(ceil, ceiling_bytes));
+    rel.push_back(run_relay(rfs, seconds, rec, false));
+    blk.push_back(run_relay(rfs, seconds, rec, true));
     pip.push_back(run_pipe(seconds, rec));
   }
-  auto med = [](std::vector<Result> v) {
-    std::sort(v.begin(), v.end(), [](auto& a, auto& b) { return a.bytes_per_s < b.bytes_per_s; });
-    return v[v.size() / 2];
-  };
-  const Result r = med(rel), p = med(pip);
-  printf("%-34s %12s %14s %14s\n", "", "MB/s to cat", "records", "lost");
-  printf("%-34s %12.1f %14llu %14llu  (%.1f%% lost)\n", "relayfs: relay_write, cat FILE",
-         r.bytes_per_s / 1e6, static_cast<unsigned long long>(r.written),
-         static_cast<unsigned long long>(r.lost), 100.0 * r.lost / (r.written + r.lost));
-  printf("%-34s %12.1f %14llu %14s\n", "baseline: write(2) into a pipe", p.bytes_per_s / 1e6,
-         static_cast<unsigned long long>(p.written), "0 (blocks)");
-  printf("\nrelayfs / pipe, bytes delivered per second: %.2fx\n", r.bytes_per_s / p.bytes_per_s);
+  // relayfs daemon memory after the runs (its worker threads have read 1 MiB requests).
+  const long rss = status_kib(rfs.pid, "VmRSS"), anon = status_kib(rfs.pid, "RssAnon"),
+             file = status_kib(rfs.pid, "RssFile"), shm = status_kib(rfs.pid, "RssShmem");
+  const long threads = status_kib(rfs.pid, "Threads");
 
-  system(("fusermount3 -u -z " + dir).c_str());
-  kill(d, SIGTERM);
-  waitpid(d, nullptr, 0);
-  rmdir(dir.c_str());
-  return 0;
+  auto mbps = [](const Result& r) { return r.bytes_per_s / 1e6; };
+  auto lost = [](const Result& r) { return static_cast<double>(r.lost); };
+  auto lostpct = [](const Result& r) {
+    return r.written + r.lost ? 100.0 * static_cast<double>(r.lost) / (r.written + r.lost) : 0.0;
+  };
+  auto cpu_gb = [](const Result& r) { return r.bytes > 0 ? r.daemon_cpu_s / (r.bytes / 1e9) : 0; };
+  auto pct = [&](const std::vector<Result>& v) {
+    std::vector<Result> x = v;
+    for (size_t i = 0; i < x.size(); ++i) x[i].bytes_per_s = 100.0 * v[i].bytes_per_s / cel[i].bytes_per_s;
+    return x;
+  };
+  auto ratio = [](const Result& r) { return r.bytes_per_s; };
+
+  printf("%-36s %-24s %-20s %-34s %-22s\n", "", "MB/s to cat", "% of ceiling", "records lost",
+         "daemon CPU s / GB");
+  printf("%-36s %-24s %-20s %-34s %-22s\n", "ceiling: zero-work FUSE file, cat",
+         stat3(cel, mbps, "%.0f [%.0f .. %.0f]").c_str(), "100", "-",
+         stat3(cel, cpu_gb, "%.3f [%.3f .. %.3f]").c_str());
+  printf("%-36s %-24s %-20s %-34s %-22s\n", "relayfs: relay_write, cat FILE",
+         stat3(rel, mbps, "%.0f [%.0f .. %.0f]").c_str(),
+         stat3(pct(rel), ratio, "%.1f [%.1f .. %.1f]").c_str(),
+         (stat3(rel, lost, "%.0f [%.0f .. %.0f]") + stat3(rel, lostpct, " (%.1f%%)")).c_str(),
+         stat3(rel, cpu_gb, "%.3f [%.3f .. %.3f]").c_str());
+  printf("%-36s %-24s %-20s %-34s %-22s\n", "relayfs: RELAY_BLOCKING, cat FILE",
+         stat3(blk, mbps, "%.0f [%.0f .. %.0f]").c_str(),
+         stat3(pct(blk), ratio, "%.1f [%.1f .. %.1f]").c_str(),
+         stat3(blk, lost, "%.0f [%.0f .. %.0f]").c_str(),
+         stat3(blk, cpu_gb, "%.3f [%.3f .. %.3f]").c_str());
+  printf("%-36s %-24s %-20s %-34s %-22s\n", "baseline: write(2) into a pipe",
+         stat3(pip, mbps, "%.0f [%.0f .. %.0f]").c_str(),
+         stat3(pct(pip), ratio, "%.1f [%.1f .. %.1f]").c_str(), "0 (blocks)", "-");
+
+  std::vector<double> rp, bp;
+  for (int i = 0; i < runs; ++i) {
+    rp.push_back(rel[i].bytes_per_s / pip[i].bytes_per_s);
+    bp.push_back(blk[i].bytes_per_s / pip[i].bytes_per_s);
+  }
+  uint64_t blk_lost = 0;
+  for (auto& r : blk) blk_lost += r.lost;
+  printf("\nrelayfs / pipe, bytes delivered per second (median of per-run ratios): %.2fx, "
+         "blocking %.2fx\n",
+         median(rp), median(bp));
+  const double rel_pct = median([&] {
+    std::vector<double> x;
+    for (auto& r : pct(rel)) x.push_back(r.bytes_per_s);
+    return x;
+  }());
+  const double blk_pct = median([&] {
+    std::vector<double> x;
+    for (auto& r : pct(blk)) x.push_back(r.bytes_per_s);
+    return x;
+  }());
+  printf("targets: flat out >= 80%% of ceiling: %s (%.1f%%); blocking >= 70%% of ceiling: %s "
+         "(%.1f%%); blocking loses nothing: %s (%llu lost over all runs)\n",
+         rel_pct >= 80 ? "met" : "MISSED", rel_pct, blk_pct >= 70 ? "met" : "MISSED", blk_pct,
+         blk_lost == 0 ? "met" : "MISSED", static_cast<unsigned long long>(blk_lost));
+  printf("relayfs daemon after the runs: VmRSS %ld KiB (RssAnon %ld, RssFile %ld, RssShmem %ld), "
+         "%ld threads\n",
+         rss, anon, file, shm, threads);
+  cleanup();
+  return blk_lost == 0 ? 0 : 1;
 }
