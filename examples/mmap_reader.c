@@ -17,6 +17,13 @@
 #include <string.h>
 
 int main(int argc, char **argv) {
+  if (argc >= 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+    printf("usage: %s FILE [OUTPUT]\n"
+           "Copies the whole sub-buffers of one relay file's buffer, mapped read-only, to OUTPUT\n"
+           "(default: standard output) until the channel closes. See relay(7).\n",
+           argv[0]);
+    return 0;
+  }
   if (argc < 2 || argc > 3) {
     fprintf(stderr, "usage: %s FILE [OUTPUT]\n", argv[0]);
     return 2;
