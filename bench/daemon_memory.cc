@@ -30,23 +30,12 @@
 #include <thread>
 #include <vector>
 
+#include "proc.h"
+
+using relayfs::bench::mounted;
+using relayfs::bench::status_kib;
+
 namespace {
-
-bool mounted(const std::string& dir) {
-  std::ifstream in("/proc/mounts");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.find(" " + dir + " fuse.relayfs ") != std::string::npos) return true;
-  return false;
-}
-
-long status_kib(pid_t pid, const std::string& key) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(key + ":", 0) == 0) return atol(line.c_str() + key.size() + 1);
-  return -1;
-}
 
 long count_fds(pid_t pid) {
   std::error_code ec;

@@ -34,7 +34,13 @@
 #include <thread>
 #include <vector>
 
+#include "proc.h"
+
 using Clock = std::chrono::steady_clock;
+
+using relayfs::bench::cpu_seconds;
+using relayfs::bench::mounted;
+using relayfs::bench::status_kib;
 
 namespace {
 
@@ -47,45 +53,6 @@ void pin_self(int cpu) {
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
   sched_setaffinity(0, sizeof set, &set);
-}
-
-bool mounted(const std::string& dir, const std::string& type) {
-  std::ifstream in("/proc/mounts");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.find(" " + dir + " " + type + " ") != std::string::npos) return true;
-  return false;
-}
-
-// CPU seconds (user + system, all threads) a process has used so far.
-double cpu_seconds(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const size_t rp = all.rfind(')');  // comm may hold spaces
-  if (rp == std::string::npos) return 0;
-  std::vector<std::string> f;
-  std::string w;
-  for (size_t i = rp + 2; i <= all.size(); ++i) {
-    if (i == all.size() || all[i] == ' ') {
-      f.push_back(w);
-      w.clear();
-    } else {
-      w += all[i];
-    }
-  }
-  // f[0] is field 3 (state): utime is field 14, stime field 15.
-  if (f.size() < 13) return 0;
-  return static_cast<double>(std::stoull(f[11]) + std::stoull(f[12])) /
-         static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// "VmRSS", "RssAnon", "RssFile", "RssShmem" of /proc/PID/status, in KiB.
-long status_kib(pid_t pid, const std::string& key) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(key + ":", 0) == 0) return atol(line.c_str() + key.size() + 1);
-  return -1;
 }
 
 // The daemons this run started, and their mount points: unmounted and killed on every exit.

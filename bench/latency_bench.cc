@@ -52,7 +52,11 @@
 #include <thread>
 #include <vector>
 
+#include "proc.h"
+
 extern char** environ;
+
+using relayfs::bench::mounted;
 
 namespace {
 
@@ -157,14 +161,6 @@ void on_kick(int) {}  // SIGUSR1: only there to interrupt a reader's poll() or r
   cleanup();
   fflush(stderr);
   _exit(1);
-}
-
-bool mounted(const std::string& dir) {
-  std::ifstream in("/proc/mounts");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.find(" " + dir + " fuse.relayfs ") != std::string::npos) return true;
-  return false;
 }
 
 bool find_in_path(const char* prog, char* out, size_t n) {
