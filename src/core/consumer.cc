@@ -60,6 +60,7 @@ bool Consumer::producer_closed() const noexcept {
 }
 
 void Consumer::publish() noexcept {
+  if (defer_publish_) return;  // plan_read: the writer must not reuse what is being delivered
   // Tagged with the reset generation, so a value published just before a reset cannot pass for
   // progress made after it (the producer ignores a stale tag). release: our reads of the
   // consumed sub-buffers happen before the producer, acquiring this, reuses them.
@@ -254,6 +255,49 @@ ssize_t Consumer::read(void* dst, size_t count, bool one_subbuf) noexcept {
   }
   hdr_rw_->bytes_consumed.store(total_read_, std::memory_order_relaxed);
   return static_cast<ssize_t>(done);
+}
+
+ssize_t Consumer::plan_read(iovec* iov, int max_iov, size_t count, int* n_iov) noexcept {
+  *n_iov = 0;
+  if (count == 0 || max_iov <= 0 || !sync_reset()) return 0;
+  saved_ = {consumed_, ready_seq_, total_read_, overruns_, lost_uncommitted_, bytes_consumed_, ready_};
+  defer_publish_ = true;
+  size_t done = 0;
+  while (done < count && *n_iov < max_iov) {
+    Span s;
+    const int rc = next_span(&s);
+    if (rc < 0) {
+      if (done) break;
+      abort_read();
+      return rc;
+    }
+    if (s.len == 0) break;
+    const size_t n = std::min<size_t>(count - done, s.len);
+    // Inside the mapping: next_span bounded slot, off and len by the private geometry.
+    iov[(*n_iov)++] = {const_cast<char*>(data_ + uint64_t{s.slot} * size_ + s.off), n};
+    bytes_consumed_ += static_cast<uint32_t>(n);
+    done += n;
+    total_read_ += n;
+    if (s.closed && bytes_consumed_ >= s.end) consume_one();
+  }
+  if (done == 0) finish_read();  // keep what next_span skipped (empty sub-buffers)
+  return static_cast<ssize_t>(done);
+}
+
+void Consumer::finish_read() noexcept {
+  defer_publish_ = false;
+  publish();
+}
+
+void Consumer::abort_read() noexcept {
+  consumed_ = saved_.consumed;
+  ready_seq_ = saved_.ready_seq;
+  total_read_ = saved_.total_read;
+  overruns_ = saved_.overruns;
+  lost_uncommitted_ = saved_.lost_uncommitted;
+  bytes_consumed_ = saved_.bytes_consumed;
+  ready_ = saved_.ready;
+  defer_publish_ = false;  // nothing was published since the plan began: nothing to undo
 }
 
 bool Consumer::data_available() noexcept {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -36,6 +37,15 @@ class Consumer {
   // With one_subbuf, stops at the end of the first sub-buffer it finishes (the merged view's
   // unit of interleaving).
   ssize_t read(void* dst, size_t count, bool one_subbuf = false) noexcept;
+
+  // Zero-copy read, for buffers whose writer never overwrites unconsumed data (no-overwrite
+  // mode): fills iov with up to max_iov spans of the mapping holding up to count readable bytes,
+  // in order, and returns their total (0: nothing now; -EIO as read()). Nothing is consumed yet,
+  // so the writer cannot reuse those bytes: after delivering them the caller calls
+  // finish_read(), or abort_read() to leave them unread. No other call may come in between.
+  ssize_t plan_read(struct iovec* iov, int max_iov, size_t count, int* n_iov) noexcept;
+  void finish_read() noexcept;
+  void abort_read() noexcept;
 
   // True if a read would stop at a record boundary: nothing of the current record has been
   // returned. A read that ran out of room mid-span leaves it false until the span is finished.
@@ -114,6 +124,13 @@ class Consumer {
   uint32_t ready_ = 0;  // proven-committed prefix of sub-buffer ready_seq_
   uint32_t gen_ = 0;    // reset generation the position belongs to
   bool finalized_ = false;
+
+  // plan_read: publication is held back until finish_read, and abort_read restores this.
+  struct Saved {
+    uint64_t consumed, ready_seq, total_read, overruns, lost_uncommitted;
+    uint32_t bytes_consumed, ready;
+  } saved_{};
+  bool defer_publish_ = false;
 
   uint64_t total_read_ = 0;
   uint64_t overruns_ = 0;

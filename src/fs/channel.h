@@ -85,6 +85,9 @@ class RelayBuffer final : public Source {
 
   core::Buffer buf;
   core::Consumer cons;
+  // No-overwrite by declaration (no subbuf_start callback, no RELAY_OVERWRITE): nothing the
+  // reader has not consumed can be overwritten, so reads reply straight from the mapping.
+  bool zero_copy = false;
   int fixed_index = -1;  // io_uring fixed-buffer slot, -1 if not registered (loop thread)
 
   ssize_t consume(void* dst, size_t count) override { return cons.read(dst, count); }

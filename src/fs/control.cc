@@ -183,7 +183,10 @@ void RelayFs::handle_open(Connection& c, uint32_t seq, const char* payload, size
       node->source = sources[i];
       sources[i]->ino = node->ino;
     }
-    for (auto& b : ch->buffers) register_buffer(*b);
+    for (auto& b : ch->buffers) {
+      b->zero_copy = !(req.flags & (proto::kFlagOverwrite | proto::kFlagHookMode));
+      register_buffer(*b);
+    }
     channels_.emplace(ch->id, ch);
   }
   watch(ch->doorbell.get(), tag(kDoorbell, ch->id));

@@ -2,6 +2,7 @@
 // handler replies exactly once, and no exception leaves it (see the adapters in main.cc).
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 
 #include <algorithm>
@@ -17,6 +18,8 @@ namespace {
 
 // Per-thread read buffer: one FUSE read is at most 1 MiB (libfuse 3.14's largest request).
 constexpr size_t kMaxRead = 1 << 20;
+// Spans one zero-copy reply gathers (one per sub-buffer it touches); fewer than IOV_MAX.
+constexpr int kMaxIov = 64;
 char* read_buffer() {
   thread_local std::unique_ptr<char[]> buf(new char[kMaxRead]);
   return buf.get();
@@ -362,8 +365,30 @@ void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file
     page_read(req, fh, size, off);
     return;
   }
-  char* out = read_buffer();
   size = std::min(size, kMaxRead);
+  // A no-overwrite buffer replies straight from the shared mapping: one copy, by the kernel,
+  // instead of two. What is sent is consumed only once the reply went through; until then the
+  // writer cannot reuse it. A file that was spliced has page-cache history to serve first.
+  if (auto* rb = dynamic_cast<RelayBuffer*>(b.get()); rb && rb->zero_copy) {
+    std::lock_guard lk(b->mu);
+    if (fh->view_end == 0) {
+      iovec iov[kMaxIov];
+      int count = 0;
+      const ssize_t sent = rb->cons.plan_read(iov, kMaxIov, size, &count);
+      if (sent < 0) {
+        fuse_reply_err(req, static_cast<int>(-sent));
+        return;
+      }
+      if (sent > 0) {
+        if (fuse_reply_iov(req, iov, count) == 0)
+          rb->cons.finish_read();
+        else
+          rb->cons.abort_read();  // the reader went away: the data stays for the next one
+        return;
+      }
+    }
+  }
+  char* out = read_buffer();
   ssize_t n = 0;
   bool drained;
   {

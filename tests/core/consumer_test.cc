@@ -2,6 +2,7 @@
 #include "core/consumer.h"
 
 #include <doctest/doctest.h>
+#include <sys/uio.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -257,4 +258,27 @@ TEST_CASE("consume_upto takes a hostile reader's position without wrapping") {
   REQUIRE(rig.write("abcdefgh") == 0);
   REQUIRE(rig.write("ijklmnop") == 0);
   CHECK(rig.drain().find("abcdefghijklmnop") != std::string::npos);
+}
+
+TEST_CASE("plan_read hands out spans without consuming until finish_read; abort_read keeps them") {
+  Rig rig(16, 2);
+  for (int i = 0; i < 4; ++i) REQUIRE(rig.write("12345678") == 0);  // the buffer is full
+  CHECK(rig.write("x") == -ENOSPC);
+  iovec iov[8];
+  int n = 0;
+  REQUIRE(rig.cons->plan_read(iov, 8, 100, &n) == 32);
+  CHECK(n == 2);
+  CHECK(std::string(static_cast<char*>(iov[0].iov_base), iov[0].iov_len) == "1234567812345678");
+  // Not consumed yet: the writer cannot take the sub-buffers being delivered.
+  CHECK(rig.prod->buf_full());
+  CHECK(rig.write("y") == -ENOSPC);
+  rig.cons->abort_read();
+  CHECK(rig.cons->stats().bytes_consumed == 0);
+  REQUIRE(rig.cons->plan_read(iov, 1, 100, &n) == 16);  // one span at most
+  CHECK(n == 1);
+  rig.cons->finish_read();
+  CHECK_FALSE(rig.prod->buf_full());
+  CHECK(rig.write("abcdefgh") == 0);
+  CHECK(rig.drain() == "1234567812345678abcdefgh");  // the planned 16 bytes are gone
+  CHECK(rig.cons->stats().bytes_consumed == 40);  // 16 delivered by the plan, 24 by drain()
 }
