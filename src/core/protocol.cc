@@ -78,6 +78,14 @@ int fixed(const char* p, size_t len, Wire* w, size_t* tail) {
   return 0;
 }
 
+// A payload that is exactly one Wire and nothing after it.
+template <typename Wire>
+int exact(const char* p, size_t len, Wire* w) {
+  size_t tail;
+  if (int rc = fixed(p, len, w, &tail); rc) return rc;
+  return tail == 0 ? 0 : -EPROTO;
+}
+
 }  // namespace
 
 bool valid_name(const std::string& name) {
@@ -131,9 +139,7 @@ std::vector<char> encode(const ConsumedRequest& m, uint32_t seq) {
 
 int decode(const char* p, size_t len, ConsumedRequest* out) {
   ConsumedWire w;
-  size_t tail;
-  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
-  if (tail != 0) return -EPROTO;
+  if (int rc = exact(p, len, &w); rc) return rc;
   *out = {w.channel_id, w.buffer, w.count};
   return 0;
 }
@@ -157,9 +163,7 @@ int decode(const char* p, size_t len, OpenRequest* out) {
 
 int decode(const char* p, size_t len, OpenReply* out) {
   OpenReplyWire w;
-  size_t tail;
-  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
-  if (tail != 0) return -EPROTO;
+  if (int rc = exact(p, len, &w); rc) return rc;
   if (w.status > 0 || (w.status == 0 && (w.n_buffers == 0 || w.n_buffers >= kMaxFds)))
     return -EPROTO;
   *out = {w.status, w.channel_id, w.n_buffers, w.subbuf_size, w.n_subbufs};
@@ -168,27 +172,22 @@ int decode(const char* p, size_t len, OpenReply* out) {
 
 int decode(const char* p, size_t len, CloseRequest* out) {
   CloseWire w;
-  size_t tail;
-  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
-  if (tail != 0) return -EPROTO;
+  if (int rc = exact(p, len, &w); rc) return rc;
   out->channel_id = w.channel_id;
   return 0;
 }
 
 int decode(const char* p, size_t len, Status* out) {
   StatusWire w;
-  size_t tail;
-  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
-  if (tail != 0 || w.status > 0) return -EPROTO;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  if (w.status > 0) return -EPROTO;
   out->status = w.status;
   return 0;
 }
 
 int decode(const char* p, size_t len, BufferEvent* out) {
   EventWire w;
-  size_t tail;
-  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
-  if (tail != 0) return -EPROTO;
+  if (int rc = exact(p, len, &w); rc) return rc;
   *out = {w.channel_id, w.buffer};
   return 0;
 }
@@ -208,27 +207,23 @@ std::vector<char> encode(const ReaderConsumed& m, uint32_t seq) {
 
 int decode(const char* p, size_t len, ReaderOpenRequest* out) {
   ReaderOpenWire w;
-  size_t tail;
-  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
-  if (tail != 0) return -EPROTO;
+  if (int rc = exact(p, len, &w); rc) return rc;
   out->ino = w.ino;
   return 0;
 }
 
 int decode(const char* p, size_t len, ReaderOpenReply* out) {
   ReaderOpenReplyWire w;
-  size_t tail;
-  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
-  if (tail != 0 || w.status > 0) return -EPROTO;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  if (w.status > 0) return -EPROTO;
   *out = {w.status, w.subbuf_size, w.n_subbufs, w.buffer};
   return 0;
 }
 
 int decode(const char* p, size_t len, ReaderConsumed* out) {
   ReaderConsumedWire w;
-  size_t tail;
-  if (int rc = fixed(p, len, &w, &tail); rc) return rc;
-  if (tail != 0 || w.reserved != 0) return -EPROTO;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  if (w.reserved != 0) return -EPROTO;
   *out = {w.gen, w.upto};
   return 0;
 }

@@ -19,6 +19,22 @@ using test::Mode;
 using test::Rig;
 using test::SpecHook;
 
+namespace {
+
+// Counts the producer's wake-up rings.
+struct RingCount {
+  int rings = 0;
+  static void wake(void* ctx, core::Producer&) { ++static_cast<RingCount*>(ctx)->rings; }
+  core::ProducerHooks hooks() {
+    core::ProducerHooks hk;
+    hk.wakeup = &RingCount::wake;
+    hk.ctx = this;
+    return hk;
+  }
+};
+
+}  // namespace
+
 TEST_CASE("open runs subbuf_start once, with a null prev_subbuf") {
   SpecHook hook{Mode::kNoOverwrite, 4};
   Rig rig(64, 4, hook.hooks());
@@ -201,13 +217,8 @@ TEST_CASE("buf_full fires once when the buffer becomes full") {
 }
 
 TEST_CASE("the wake-up rings only after a reader armed the doorbell, once per arming") {
-  struct Count {
-    int rings = 0;
-    static void wake(void* ctx, core::Producer&) { ++static_cast<Count*>(ctx)->rings; }
-  } count;
-  core::ProducerHooks hk;
-  hk.wakeup = &Count::wake;
-  hk.ctx = &count;
+  RingCount count;
+  core::ProducerHooks hk = count.hooks();
   Rig rig(64, 4, hk);
   for (int i = 0; i < 10; ++i) REQUIRE(rig.write("abc") == 0);
   CHECK(count.rings == 0);
@@ -260,13 +271,8 @@ TEST_CASE("overwrite mode never refuses a write and keeps the newest data") {
 }
 
 TEST_CASE("a sub-buffer waiter is rung at a complete sub-buffer, not at every record") {
-  struct Count {
-    int rings = 0;
-    static void wake(void* ctx, core::Producer&) { ++static_cast<Count*>(ctx)->rings; }
-  } count;
-  core::ProducerHooks hk;
-  hk.wakeup = &Count::wake;
-  hk.ctx = &count;
+  RingCount count;
+  core::ProducerHooks hk = count.hooks();
   Rig rig(16, 4, hk);
   rig.cons->arm_doorbell(true);
   REQUIRE(rig.write("aaaa") == 0);
