@@ -54,8 +54,7 @@ void read_stats(const core::Buffer& b, relay_stats* st) {
   st->subbufs_produced = h->produced.load(std::memory_order_acquire);
   const uint64_t tagged = h->consumed.load(std::memory_order_acquire);
   const uint32_t gen = h->reset_gen.load(std::memory_order_relaxed);
-  // A count published for another reset generation means nothing consumed since the reset.
-  st->subbufs_consumed = (tagged >> 48) == (gen & 0xffff) ? tagged & core::kConsumedMask : 0;
+  st->subbufs_consumed = core::consumed_count(tagged, gen);
   // Closed sub-buffers, plus what was reserved in the current one.
   uint32_t off = core::word_off(h->wpos.load(std::memory_order_relaxed));
   if (off == core::kOffClosed) off = h->close_off.load(std::memory_order_relaxed);

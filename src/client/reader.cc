@@ -98,7 +98,7 @@ bool position(Reader* r, uint64_t* pub) {
     r->next = 0;
   }
   const uint64_t tagged = h->consumed.load(std::memory_order_acquire);
-  *pub = (tagged >> 48) == (gen & 0xffff) ? tagged & core::kConsumedMask : 0;
+  *pub = core::consumed_count(tagged, gen);
   return true;
 }
 

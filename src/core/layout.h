@@ -53,6 +53,11 @@ inline constexpr uint64_t kConsumedMask = (uint64_t{1} << 48) - 1;
 inline constexpr uint64_t consumed_tag(uint32_t gen, uint64_t consumed) {
   return (uint64_t{gen & 0xffff} << 48) | (consumed & kConsumedMask);
 }
+// The count a published value carries if it belongs to reset generation gen; a count published
+// for another generation means nothing has been consumed since the reset: 0.
+inline constexpr uint64_t consumed_count(uint64_t tagged, uint32_t gen) {
+  return (tagged & ~kConsumedMask) == consumed_tag(gen, 0) ? tagged & kConsumedMask : 0;
+}
 
 struct ShmHeader {
   // Written once by the creator before the object is shared; informational for attachers.

@@ -89,9 +89,7 @@ bool Producer::buf_full() const noexcept {
   const uint64_t produced = hdr_->produced.load(std::memory_order_acquire) & kConsumedMask;
   const uint64_t tagged = hdr_->consumed.load(std::memory_order_acquire);
   const uint32_t gen = hdr_->reset_gen.load(std::memory_order_relaxed);
-  // A count published for another reset generation means nothing has been consumed since.
-  const uint64_t consumed =
-      consumed_tag(gen, 0) == (tagged & ~kConsumedMask) ? tagged & kConsumedMask : 0;
+  const uint64_t consumed = consumed_count(tagged, gen);
   // A count above produced cannot come from an honest reader; read it as "nothing consumed".
   return consumed <= produced ? produced - consumed >= n_ : produced >= n_;
 }
