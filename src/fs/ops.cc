@@ -6,6 +6,7 @@
 #include <sys/xattr.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 
@@ -541,27 +542,36 @@ constexpr const char* kStatNames[] = {"subbuf_size",      "n_subbufs",        "m
                                       "lost_too_big",     "lost_wrap",        "overruns",
                                       "lost_uncommitted", "corrupt"};
 
-std::string stat_value(const std::string& name, const core::BufferStats& st, uint32_t flags) {
-  if (name == "mode")
-    return flags & proto::kFlagOverwrite  ? "overwrite"
-           : flags & proto::kFlagHookMode ? "subbuf_start"
-                                          : "no-overwrite";
-  if (name == "blocking") return flags & proto::kFlagBlocking ? "1" : "0";
-  const std::pair<const char*, uint64_t> values[] = {{"subbuf_size", st.subbuf_size},
-                                                     {"n_subbufs", st.n_subbufs},
-                                                     {"subbufs_produced", st.subbufs_produced},
-                                                     {"subbufs_consumed", st.subbufs_consumed},
-                                                     {"bytes_produced", st.bytes_produced},
-                                                     {"bytes_consumed", st.bytes_consumed},
-                                                     {"lost_full", st.lost_full},
-                                                     {"lost_too_big", st.lost_too_big},
-                                                     {"lost_wrap", st.lost_wrap},
-                                                     {"overruns", st.overruns},
-                                                     {"lost_uncommitted", st.lost_uncommitted},
-                                                     {"corrupt", st.corrupt}};
-  for (auto& [n, v] : values)
-    if (name == n) return std::to_string(v);
-  return {};
+// The index in kStatNames of an attribute name, or std::size(kStatNames) if it is none of them.
+size_t stat_index(const char* name) {
+  const size_t plen = std::strlen(kStatPrefix);
+  if (std::strncmp(name, kStatPrefix, plen) != 0) return std::size(kStatNames);
+  size_t i = 0;
+  while (i < std::size(kStatNames) && std::strcmp(kStatNames[i], name + plen) != 0) ++i;
+  return i;
+}
+
+// Their values, in the order of kStatNames.
+std::array<std::string, std::size(kStatNames)> stat_values(const core::BufferStats& st,
+                                                           uint32_t flags) {
+  const char* mode = flags & proto::kFlagOverwrite  ? "overwrite"
+                     : flags & proto::kFlagHookMode ? "subbuf_start"
+                                                    : "no-overwrite";
+  using std::to_string;
+  return {to_string(st.subbuf_size),
+          to_string(st.n_subbufs),
+          mode,
+          flags & proto::kFlagBlocking ? "1" : "0",
+          to_string(st.subbufs_produced),
+          to_string(st.subbufs_consumed),
+          to_string(st.bytes_produced),
+          to_string(st.bytes_consumed),
+          to_string(st.lost_full),
+          to_string(st.lost_too_big),
+          to_string(st.lost_wrap),
+          to_string(st.overruns),
+          to_string(st.lost_uncommitted),
+          to_string(st.corrupt)};
 }
 
 }  // namespace
@@ -572,7 +582,6 @@ void RelayFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t 
   {
     std::lock_guard lk(tree.mu);
     Node* n = tree.get(ino);
-    const size_t plen = std::strlen(kStatPrefix);
     if (!n) {
       err = ENOENT;
     } else if (n->is_dir()) {
@@ -580,7 +589,7 @@ void RelayFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t 
         value = control_name_;
       else
         err = ENODATA;
-    } else if (std::strncmp(name, kStatPrefix, plen) != 0) {
+    } else if (const size_t i = stat_index(name); i == std::size(kStatNames)) {
       err = ENODATA;
     } else {
       auto it = channels_.find(n->source->channel_id());
@@ -590,8 +599,7 @@ void RelayFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t 
         std::lock_guard blk(n->source->mu);
         st = n->source->stats();
       }
-      value = stat_value(name + plen, st, flags);
-      if (value.empty()) err = ENODATA;
+      value = stat_values(st, flags)[i];
     }
   }
   if (err)
