@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "core/geometry.h"
@@ -183,10 +184,16 @@ void RelayFs::handle_open(Connection& c, uint32_t seq, const char* payload, size
       node->source = sources[i];
       sources[i]->ino = node->ino;
     }
+    int reg_err = 0;
     for (auto& b : ch->buffers) {
       b->zero_copy = !(req.flags & (proto::kFlagOverwrite | proto::kFlagHookMode));
-      register_buffer(*b);
+      // Unregistered buffers still work (reads copy from the mapping); say why once per
+      // channel so a missing registration is never silent.
+      if (int rc = register_buffer(*b); rc < 0) reg_err = rc;
     }
+    if (reg_err < 0)
+      std::fprintf(stderr, "relayfs: channel %s: io_uring buffer registration failed: %s\n",
+                   req.base_filename.c_str(), std::strerror(-reg_err));
     channels_.emplace(ch->id, ch);
   }
   watch(ch->doorbell.get(), tag(kDoorbell, ch->id));
