@@ -80,7 +80,10 @@ enum class Reader { kBoundary, kSpinning };
 uint64_t o_subbuf_size = 1 << 20;
 uint64_t o_n_subbufs = 8;
 
-Run run_relay(uint32_t size, int writers, bool shared, uint64_t per_writer, Reader mode) {
+// rseq: per-CPU buffers bound to their writer's CPU (Producer::bind_cpu), as the library binds
+// them; otherwise every reservation is a CAS.
+Run run_relay(uint32_t size, int writers, bool shared, uint64_t per_writer, Reader mode,
+              bool rseq = true) {
   const int nbuf = shared ? 1 : writers;
   Geometry g;
   if (make_geometry(o_subbuf_size, o_n_subbufs, &g) != 0) std::abort();
@@ -93,6 +96,9 @@ Run run_relay(uint32_t size, int writers, bool shared, uint64_t per_writer, Read
     prods.push_back(std::make_unique<Producer>(b));
     cons.push_back(std::make_unique<Consumer>(b));
   }
+  const unsigned ncpu = std::max(1u, std::thread::hardware_concurrency());
+  if (rseq && !shared)
+    for (int w = 0; w < nbuf; ++w) prods[w]->bind_cpu(static_cast<unsigned>(w) % ncpu);
   std::atomic<bool> stop{false};
   std::atomic<int> ready{0};
   std::thread reader([&] {
@@ -393,11 +399,16 @@ int main(int argc, char** argv) {
     int writers;
     bool shared;
     Reader reader;
+    bool rseq;
   };
-  const Config configs[] = {{"1 thread, per-CPU buffer", 1, false, Reader::kBoundary},
-                            {"2 threads, per-CPU buffers", 2, false, Reader::kBoundary},
-                            {"2 threads, one shared buffer", 2, true, Reader::kBoundary},
-                            {"1 thread, spinning reader", 1, false, Reader::kSpinning}};
+  // The first two rows are the library's configuration (per-CPU buffers, rseq reservations);
+  // the "CAS" rows are the same without rseq, to show what that lever buys.
+  const Config configs[] = {{"1 thread, per-CPU buffer", 1, false, Reader::kBoundary, true},
+                            {"2 threads, per-CPU buffers", 2, false, Reader::kBoundary, true},
+                            {"1 thread, per-CPU, CAS", 1, false, Reader::kBoundary, false},
+                            {"2 threads, per-CPU, CAS", 2, false, Reader::kBoundary, false},
+                            {"2 threads, one shared buffer", 2, true, Reader::kBoundary, false},
+                            {"1 thread, spinning reader", 1, false, Reader::kSpinning, true}};
   constexpr int kConfigs = sizeof configs / sizeof configs[0];
   double t64_ns = 0, t64_scal = 0, t64_pipe = 0, t64_mutex = 0;
   for (uint32_t size : o.sizes) {
@@ -414,9 +425,9 @@ int main(int argc, char** argv) {
         mutex[w - 1].add(run_mutex_ring(size, w, o.records), o.records * w);
       }
       for (int c = 0; c < kConfigs; ++c)
-        relay[c].add(
-            run_relay(size, configs[c].writers, configs[c].shared, o.records, configs[c].reader),
-            o.records * configs[c].writers);
+        relay[c].add(run_relay(size, configs[c].writers, configs[c].shared, o.records,
+                               configs[c].reader, configs[c].rseq),
+                     o.records * configs[c].writers);
     }
     for (int c = 0; c < kConfigs; ++c) {
       const Config& cf = configs[c];
@@ -425,7 +436,8 @@ int main(int argc, char** argv) {
       for (int r = 0; r < o.runs; ++r) {
         x_mutex.push_back(mutex[wi].ns[r] / relay[c].ns[r]);
         x_pipe.push_back(pipe[wi].ns[r] / relay[c].ns[r]);
-        scal.push_back(relay[c].rate[r] / relay[0].rate[r]);
+        // Scaling against the 1-thread row of the same kind (rseq or CAS).
+        scal.push_back(relay[c].rate[r] / relay[cf.rseq ? 0 : 2].rate[r]);
         mscal.push_back(mutex[wi].rate[r] / mutex[0].rate[r]);
         pscal.push_back(pipe[wi].rate[r] / pipe[0].rate[r]);
       }

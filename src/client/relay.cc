@@ -80,6 +80,11 @@ int fail(int err) {
   return -1;
 }
 
+// CPUs the system may have: the daemon makes one buffer per CPU the same way.
+unsigned ncpus_possible() {
+  return static_cast<unsigned>(std::max(1, get_nprocs_conf()));
+}
+
 unsigned current_cpu() {
   // glibc 2.35+ reads the CPU from its registered rseq area: no system call.
   const int cpu = ::sched_getcpu();
@@ -161,7 +166,7 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   mode_t mode = 0400;
   int is_global = 0;
   if (c->cb.create_buf_file) {
-    const unsigned ncpu = static_cast<unsigned>(std::max(1, get_nprocs_conf()));
+    const unsigned ncpu = ncpus_possible();
     rchan_buf probe{&c->pub, 0, nullptr};
     for (unsigned i = 0; i < ncpu && !is_global; ++i) {
       probe.cpu = i;
@@ -228,6 +233,10 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
     hooks.wakeup = &hook_wakeup;
     b->producer = std::make_unique<core::Producer>(b->buffer, hooks);
     b->p = b->producer.get();
+    // Buffer i is written only from CPU i (producer_for), so its writers can reserve with an
+    // rseq section instead of a locked CAS. Not when a buffer serves several CPUs (fewer
+    // buffers than possible CPUs) or all of them (global).
+    if (!is_global && reply.n_buffers >= ncpus_possible()) b->producer->bind_cpu(b->pub.cpu);
     if (c->opts.flags & RELAY_BLOCKING)
       b->producer->set_blocking(
           true, c->opts.block_timeout_ms < 0 ? -1 : int64_t{c->opts.block_timeout_ms} * 1'000'000);
@@ -242,6 +251,17 @@ core::Producer* producer_for(rchan* chan) {
   Chan* c = impl(chan);
   const unsigned i = c->pub.is_global ? 0 : current_cpu() % c->pub.n_buffers;
   return c->bufs[i]->producer.get();
+}
+
+// Runs op on the buffer of the CPU the thread runs on; again if the thread moved to another CPU
+// between the choice and the write (a buffer bound to its CPU refuses it: core::kOtherCpu).
+template <class Op>
+int on_this_cpu(rchan* chan, Op op) {
+  for (;;) {
+    const int rc = op(producer_for(chan));
+    if (rc != core::kOtherCpu) [[likely]]
+      return rc;
+  }
 }
 
 }  // namespace
@@ -318,7 +338,9 @@ RELAY_API int relay_reset(rchan* chan) {
 }
 
 RELAY_API int relay_write(rchan* chan, const void* data, size_t length) {
-  if (int rc = producer_for(chan)->write(data, length); rc) [[unlikely]]
+  const int rc =
+      on_this_cpu(chan, [&](core::Producer* p) noexcept { return p->write(data, length); });
+  if (rc != 0) [[unlikely]]
     return fail(-rc);
   return 0;
 }
@@ -370,7 +392,8 @@ RELAY_API int __relay_write(rchan* chan, const void* data, size_t length) {
 
 RELAY_API void* relay_reserve(rchan* chan, size_t length) {
   core::Reservation r;
-  if (int rc = producer_for(chan)->reserve(length, &r); rc) {
+  if (int rc = on_this_cpu(chan, [&](core::Producer* p) noexcept { return p->reserve(length, &r); });
+      rc) {
     errno = -rc;
     return nullptr;
   }

@@ -114,15 +114,45 @@ bool Producer::commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept
 // Claims the switch: turns the position word *w into kOffBusy. Returns false if *w changed
 // under us (the caller re-examines it).
 bool Producer::take_switch(uint64_t* w) noexcept {
-  const uint64_t busy = (*w & ~uint64_t{0xffffffff}) | kOffBusy;
-  // acquire: the previous switcher's release of the word, and so all its bookkeeping, is
-  // visible to us before we touch produced, lap_base_ or the sub-buffer metadata.
-  if (!hdr_->wpos.compare_exchange_strong(*w, busy, std::memory_order_acquire,
-                                          std::memory_order_relaxed))
-    return false;
+  if (!claim_word(w, (*w & ~uint64_t{0xffffffff}) | kOffBusy)) return false;
   // Seqlock writer side: the hook may write into a slot a reader is copying; the busy word is
   // stored before any such byte (see Consumer::still_valid).
   std::atomic_thread_fence(std::memory_order_release);
+  return true;
+}
+
+// Moves the position word from *w to `to`, a state only the caller leaves again (busy, closed).
+// Returns false, with *w reloaded, if the word was not *w.
+bool Producer::claim_word(uint64_t* w, uint64_t to) noexcept {
+  // acquire: the previous switcher's release of the word, and so all its bookkeeping, is
+  // visible to us before we touch produced, lap_base_ or the sub-buffer metadata.
+  if (cpu_ < 0)
+    return hdr_->wpos.compare_exchange_strong(*w, to, std::memory_order_acquire,
+                                              std::memory_order_relaxed);
+  for (;;) {
+    int rc;
+    if (reserve_here(w, to, &rc)) return true;
+    if (rc == 0) return false;  // the word changed
+    // Not on the buffer's CPU: a CAS, then a fence that restarts every rseq section running
+    // there. A section that compared before our CAS may still have stored over it before the
+    // fence; after the fence none can, so the word either shows `to` (ours, and only we leave
+    // it) or a reservation that beat us, and then we never held it.
+    const uint64_t before = *w;
+    if (!hdr_->wpos.compare_exchange_strong(*w, to, std::memory_order_acquire,
+                                            std::memory_order_relaxed))
+      return false;
+    rseq::remote_fence(cpu_);  // fails only for an offline CPU, where no section runs
+    *w = hdr_->wpos.load(std::memory_order_acquire);
+    if (*w == to) {
+      *w = before;
+      return true;
+    }
+  }
+}
+
+bool Producer::bind_cpu(uint32_t cpu) noexcept {
+  if (!rseq::available() || cpu > INT32_MAX) return false;
+  cpu_ = static_cast<int32_t>(cpu);
   return true;
 }
 
@@ -357,9 +387,7 @@ void Producer::close() noexcept {
     if (!wait_switch(&w) || word_off(w) == kOffClosed) return;
     // The current sub-buffer stays as it is: readers drain it up to its committed prefix, which
     // they prove against close_off once no writer can reserve any more.
-    if (hdr_->wpos.compare_exchange_weak(w, (w & ~uint64_t{0xffffffff}) | kOffClosed,
-                                         std::memory_order_acq_rel, std::memory_order_relaxed))
-      break;
+    if (claim_word(&w, (w & ~uint64_t{0xffffffff}) | kOffClosed)) break;
   }
   // kOffStopped when nothing had begun: readers then find nothing in the current sub-buffer.
   hdr_->close_off.store(word_off(w), std::memory_order_relaxed);

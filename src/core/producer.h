@@ -1,8 +1,9 @@
 // Producer: the writing side of one relay buffer. Any number of threads of the producer process
 // may write the same buffer at once; the fast path takes no lock and makes no system call.
 //
-// A write is a reservation (one CAS on the position word), a copy into the shared data area, and
-// a commit (one atomic add on the sub-buffer's commit counter). A record that does not fit in
+// A write is a reservation (one CAS on the position word, or for a buffer bound to its CPU an
+// rseq section with no locked instruction: bind_cpu), a copy into the shared data area, and a
+// commit (one atomic add on the sub-buffer's commit counter). A record that does not fit in
 // the current sub-buffer takes the slow path (producer.cc): one writer claims the switch, closes
 // the sub-buffer with its padding, runs the subbuf_start hook and opens the next one, while the
 // others wait for it. Records are never split across sub-buffers.
@@ -17,6 +18,7 @@
 
 #include "core/buffer.h"
 #include "core/layout.h"
+#include "core/rseq.h"
 
 namespace relayfs::core {
 
@@ -26,6 +28,10 @@ class Producer;
 // relay_reserve/relay_commit. A blocking writer with one open cannot wait for room: the reader
 // may be waiting for that very record (Producer::reserve_slow).
 inline thread_local int tl_open_reservations = 0;
+
+// write()/reserve() on a buffer bound to a CPU (bind_cpu), from a thread not running on that
+// CPU: nothing was written; pick the buffer of the CPU the thread is on now and write there.
+inline constexpr int kOtherCpu = -EXDEV;
 
 // The client's hooks: the core's form of the spec's struct rchan_callbacks (and of the 2005
 // code's deliver and buf_full). Every member may be null. ctx is passed back untouched.
@@ -76,7 +82,8 @@ class Producer {
   //   -ENOSPC   the switch to a new sub-buffer was refused: no-overwrite buffer full, or the next
   //             sub-buffer still being committed from its last lap (lost_full / lost_wrap);
   //   -ETIMEDOUT blocking mode: no room came within the timeout (counted as -ENOSPC is);
-  //   -EPIPE    the buffer was closed.
+  //   -EPIPE    the buffer was closed;
+  //   kOtherCpu bound to a CPU (bind_cpu) and called from another one.
   inline int write(const void* data, size_t len) noexcept;
 
   // Reserves len bytes for the caller to fill and then commit(). Same returns as write().
@@ -116,6 +123,13 @@ class Producer {
   // The consumer is gone (its daemon died): blocked writers stop waiting and drop.
   void abandon() noexcept;
 
+  // Per-CPU fast path: from now on writers reserve with an rseq section on `cpu` instead of a
+  // CAS (rseq.h), so a record costs one locked instruction (the commit) instead of two. Every
+  // write must then come from a thread running on `cpu`; others get kOtherCpu. Slow-path
+  // changes (switch, flush, close) work from any CPU. Call before any writer starts. Returns
+  // false, and changes nothing, where rseq is unavailable.
+  bool bind_cpu(uint32_t cpu) noexcept;
+
   // subbuf_start_reserve(): inside subbuf_start only, keeps len more header bytes at the start
   // of the new sub-buffer. Header bytes are data: readers see them.
   void subbuf_start_reserve(size_t len) noexcept { header_ += len; }
@@ -132,6 +146,8 @@ class Producer {
   bool wait_for_room(uint32_t seen, int64_t deadline_ns) noexcept;
   int switch_locked(uint64_t w, uint32_t len, Reservation* r, bool opening) noexcept;
   bool take_switch(uint64_t* w) noexcept;
+  bool claim_word(uint64_t* w, uint64_t to) noexcept;
+  bool reserve_here(uint64_t* w, uint64_t to, int* rc) noexcept;
   bool wait_switch(uint64_t* w) const noexcept;
   bool commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept;
   void on_complete(uint32_t slot) noexcept;
@@ -155,6 +171,8 @@ class Producer {
   bool overwrite_seen_ = false;
   bool blocking_ = false;
   int64_t block_timeout_ns_ = -1;
+  // The CPU whose rseq sections alone may move the position word forward, or -1: CAS.
+  int32_t cpu_ = -1;
   std::atomic<bool> abandoned_{false};
 };
 
@@ -166,23 +184,46 @@ inline int Producer::reserve(size_t len, Reservation* r) noexcept {
     // are above every sub-buffer size. len is checked alone first so off + len cannot wrap.
     if (len - 1 >= size_ || off + len > size_) [[unlikely]]
       return reserve_slow(len, r);
-    // acquire: pairs with the switching writer's release of this word, so lap_base_ and the new
-    // sub-buffer's header are visible before we use the slot.
-    if (hdr_->wpos.compare_exchange_weak(w, w + len, std::memory_order_acquire,
-                                         std::memory_order_relaxed)) {
-      // Seqlock writer side: a reader copying an overwrite-mode sub-buffer re-reads `produced`
-      // after its copy; this fence keeps our data stores after everything that made this slot
-      // ours, so a reader that sees our bytes also sees the `produced` that lapped it.
-      std::atomic_thread_fence(std::memory_order_release);
-      const uint32_t slot = word_slot(w);
-      r->ptr = data_ + uint64_t{slot} * size_ + off;
-      r->len = static_cast<uint32_t>(len);
-      r->slot = slot;
-      r->off = off;
-      r->base = lap_base_[slot];
-      return 0;
+    if (cpu_ >= 0) {
+      // rseq section on the buffer's CPU: same outcome as the CAS below, without the lock.
+      int rc;
+      if (!reserve_here(&w, w + len, &rc)) {
+        if (rc != 0) return rc;
+        continue;
+      }
+    } else if (!hdr_->wpos.compare_exchange_weak(w, w + len, std::memory_order_acquire,
+                                                 std::memory_order_relaxed)) {
+      // acquire: pairs with the switching writer's release of this word, so lap_base_ and the
+      // new sub-buffer's header are visible before we use the slot.
+      continue;
     }
+    // Seqlock writer side: a reader copying an overwrite-mode sub-buffer re-reads `produced`
+    // after its copy; this fence keeps our data stores after everything that made this slot
+    // ours, so a reader that sees our bytes also sees the `produced` that lapped it.
+    std::atomic_thread_fence(std::memory_order_release);
+    const uint32_t slot = word_slot(w);
+    r->ptr = data_ + uint64_t{slot} * size_ + off;
+    r->len = static_cast<uint32_t>(len);
+    r->slot = slot;
+    r->off = off;
+    r->base = lap_base_[slot];
+    return 0;
   }
+}
+
+// The rseq form of the reservation CAS. Returns true if the word went from *w to `to`.
+// Otherwise *w is reloaded and *rc is 0 (look again) or kOtherCpu (the thread is elsewhere).
+inline bool Producer::reserve_here(uint64_t* w, uint64_t to, int* rc) noexcept {
+  static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t) &&
+                std::atomic<uint64_t>::is_always_lock_free);
+  const rseq::Cas got =
+      rseq::cas_on_cpu(reinterpret_cast<uint64_t*>(&hdr_->wpos), *w, to, static_cast<uint32_t>(cpu_));
+  if (got == rseq::Cas::kStored) return true;
+  // Restarted sections land here too (preempted or signalled on the right CPU): only a thread
+  // that really is elsewhere gives up.
+  *rc = got == rseq::Cas::kOtherCpu && rseq::current_cpu() != cpu_ ? kOtherCpu : 0;
+  *w = hdr_->wpos.load(std::memory_order_relaxed);
+  return false;
 }
 
 inline void Producer::commit(const Reservation& r) noexcept {

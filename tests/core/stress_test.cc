@@ -6,10 +6,12 @@
 //
 // RELAYFS_STRESS_SCALE multiplies the number of records (default 1: about 10^6 records).
 #include <doctest/doctest.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -19,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/rseq.h"
 #include "harness.h"
 
 using namespace relayfs;
@@ -73,6 +76,19 @@ size_t report_size(uint64_t per_writer) {
   return (sizeof(WriterReport) + per_writer / 8 + 1 + 63) / 64 * 64;
 }
 
+// Records the outcome of a writer's attempt to write record `seq`.
+void note(WriterReport* rep, uint64_t seq, int rc) {
+  ++rep->attempted;
+  if (rc == 0) {
+    ++rep->ok;
+    rep->accepted[seq / 8] |= static_cast<uint8_t>(1u << (seq % 8));
+  } else if (rc == -ENOSPC || rc == -EMSGSIZE) {
+    ++rep->failed;
+  } else {
+    ++rep->other_errors;
+  }
+}
+
 // Runs the writers on `prod`, filling reports (an array of kWriters, each report_size bytes).
 void run_writers(core::Producer& prod, char* reports, uint64_t per_writer) {
   std::vector<std::thread> threads;
@@ -96,15 +112,7 @@ void run_writers(core::Producer& prod, char* reports, uint64_t per_writer) {
           fill_record(rec, len, static_cast<uint16_t>(w), seq);
           rc = prod.write(rec, len);
         }
-        ++rep->attempted;
-        if (rc == 0) {
-          ++rep->ok;
-          rep->accepted[seq / 8] |= static_cast<uint8_t>(1u << (seq % 8));
-        } else if (rc == -ENOSPC || rc == -EMSGSIZE) {
-          ++rep->failed;
-        } else {
-          ++rep->other_errors;
-        }
+        note(rep, seq, rc);
       }
     });
   }
@@ -332,4 +340,145 @@ TEST_CASE("writers in another process: every record intact, once, or counted los
   REQUIRE(WIFEXITED(status));
   REQUIRE(WEXITSTATUS(status) == 0);
   check_outcome(o, mode, per_writer);
+}
+
+// Per-CPU buffers with the rseq fast path (Producer::bind_cpu): writers write into the buffer of
+// the CPU they run on, as relay_write does, while another thread keeps moving them between CPUs
+// and flushes every buffer from wherever it runs (the remote side of claim_word). Every record
+// must still be intact and read once, every accepted record read, and every refusal counted.
+TEST_CASE("per-CPU buffers bound to their CPUs: migrating writers and a remote flusher") {
+  bool blocking = false;
+  SUBCASE("full buffers drop and count") {
+    blocking = false;
+  }
+  SUBCASE("blocking: writers sleep on a full buffer and may wake on another CPU") {
+    blocking = true;
+  }
+  const unsigned ncpu = std::max(1u, std::thread::hardware_concurrency());
+#ifdef RELAYFS_HAVE_RSEQ
+  REQUIRE(core::rseq::available());
+#endif
+  const uint64_t per_writer = records_per_writer() / 2;
+  Reports reports(per_writer);
+  std::vector<std::unique_ptr<test::Rig>> rigs;
+  for (unsigned c = 0; c < ncpu; ++c) {
+    rigs.push_back(std::make_unique<test::Rig>(kSubbufSize, kSubbufs));
+    // Without rseq (TSan, other CPUs) the test still runs, on the CAS path.
+    CHECK(rigs.back()->prod->bind_cpu(c) == core::rseq::available());
+    rigs.back()->prod->set_blocking(blocking, 10'000'000'000);
+  }
+  std::atomic<bool> stop_mover{false};
+  std::atomic<uint64_t> other_cpu{0}, flushes{0};
+  std::vector<std::atomic<pid_t>> tids(kWriters);
+  std::atomic<unsigned> started{0}, finished{0};
+  std::vector<std::thread> writers;
+  for (uint32_t w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      tids[w].store(static_cast<pid_t>(::gettid()), std::memory_order_relaxed);
+      started.fetch_add(1, std::memory_order_release);
+      auto* rep = reinterpret_cast<WriterReport*>(reports.mem + w * report_size(per_writer));
+      std::mt19937_64 rng(w + 17);
+      uint8_t rec[kMaxRecord];
+      for (uint64_t seq = 0; seq < per_writer; ++seq) {
+        const uint32_t len =
+            kMinRecord + static_cast<uint32_t>(rng() % (kMaxRecord - kMinRecord + 1));
+        fill_record(rec, len, static_cast<uint16_t>(w), seq);
+        int rc;
+        do {  // relay_write's loop: the buffer of the CPU we are on, again if we moved
+          const unsigned cpu = static_cast<unsigned>(::sched_getcpu());
+          rc = rigs[cpu % ncpu]->prod->write(rec, len);
+          if (rc == core::kOtherCpu) other_cpu.fetch_add(1, std::memory_order_relaxed);
+        } while (rc == core::kOtherCpu);
+        note(rep, seq, rc);
+      }
+      // release: the reader sees this writer's report complete once it counts it finished.
+      finished.fetch_add(1, std::memory_order_release);
+    });
+  }
+  while (started.load(std::memory_order_acquire) != kWriters) std::this_thread::yield();
+  // Moves each writer to the next CPU every 200 us, and flushes from wherever it runs.
+  std::thread mover([&] {
+    for (unsigned round = 0; !stop_mover.load(std::memory_order_relaxed); ++round) {
+      for (uint32_t w = 0; w < kWriters; ++w) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET((w + round) % ncpu, &set);
+        // Fails harmlessly once the writer has exited.
+        ::sched_setaffinity(tids[w].load(std::memory_order_relaxed), sizeof set, &set);
+      }
+      if (round % 4 == 0)
+        for (auto& r : rigs)
+          if (r->prod->flush() == 0) flushes.fetch_add(1, std::memory_order_relaxed);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  struct Joiner {
+    std::vector<std::thread>& ws;
+    std::thread& m;
+    std::atomic<bool>& stop;
+    ~Joiner() {
+      for (auto& t : ws)
+        if (t.joinable()) t.join();
+      stop.store(true, std::memory_order_relaxed);
+      if (m.joinable()) m.join();
+    }
+  } joiner{writers, mover, stop_mover};
+
+  // One checker per buffer (a writer's records are in order within each buffer), then the
+  // buffers together: no record in two of them, none missing.
+  std::vector<Checker> checkers(ncpu, Checker(per_writer));
+  std::vector<char> tmp(1 << 16);
+  for (bool last = false;;) {
+    size_t got = 0;
+    for (unsigned c = 0; c < ncpu; ++c) {
+      const ssize_t n = rigs[c]->cons->read(tmp.data(), tmp.size());
+      REQUIRE(n >= 0);
+      if (n > 0) REQUIRE(checkers[c].feed(tmp.data(), static_cast<size_t>(n)));
+      got += static_cast<size_t>(n);
+    }
+    if (got != 0) continue;
+    if (last) break;
+    if (finished.load(std::memory_order_acquire) == kWriters) {
+      for (auto& r : rigs) r->prod->flush();  // the last partial sub-buffers
+      last = true;
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  uint64_t ok = 0, failed = 0, other = 0, read = 0, lost = 0, twice = 0, missing = 0, extra = 0;
+  for (auto& chk : checkers) {
+    CHECK(chk.pending.empty());
+    read += chk.records;
+  }
+  for (auto& r : rigs) {
+    const core::BufferStats st = r->cons->stats();
+    lost += st.lost_full + st.lost_too_big + st.lost_wrap;
+  }
+  for (uint32_t w = 0; w < kWriters; ++w) {
+    const auto* rep =
+        reinterpret_cast<const WriterReport*>(reports.mem + w * report_size(per_writer));
+    ok += rep->ok;
+    failed += rep->failed;
+    other += rep->other_errors;
+    for (uint64_t s = 0; s < per_writer; ++s) {
+      unsigned n = 0;
+      for (auto& chk : checkers) n += chk.seen[w][s];
+      const bool acc = rep->accepted[s / 8] & (1u << (s % 8));
+      twice += n > 1;
+      missing += acc && n == 0;
+      extra += !acc && n != 0;
+    }
+  }
+  MESSAGE(std::string(blocking ? "rseq per-CPU, blocking: " : "rseq per-CPU: ") << ncpu << " buffers, written " << ok << ", read " << read
+                           << ", lost (counted) " << lost << ", writes retried on another CPU "
+                           << other_cpu.load() << ", flushes " << flushes.load());
+  CHECK(other == 0);
+  CHECK(ok + failed == kWriters * per_writer);
+  CHECK(failed == lost);
+  CHECK(twice == 0);
+  CHECK(missing == 0);
+  CHECK(extra == 0);
+  CHECK(read == ok);
+  CHECK(flushes.load() > 0);
+  if (blocking) CHECK(failed == 0);
 }
