@@ -116,10 +116,23 @@ struct rchan_callbacks {
  */
 #define RELAY_OVERWRITE 0x1u
 #define RELAY_BLOCKING 0x2u
+#define RELAY_CONTROL 0x4u /* take flush/reset/close requests from outside (relay_control) */
+
+/* Requests relay_control() sends, and struct relay_options.control receives. */
+#define RELAY_CTL_FLUSH 1
+#define RELAY_CTL_RESET 2
+#define RELAY_CTL_CLOSE 3
 
 struct relay_options {
-  unsigned int flags;   /* RELAY_OVERWRITE, RELAY_BLOCKING */
+  unsigned int flags;   /* RELAY_OVERWRITE, RELAY_BLOCKING, RELAY_CONTROL */
   int block_timeout_ms; /* RELAY_BLOCKING: longest wait per write, in ms; -1: no limit */
+  /*
+   * RELAY_CONTROL: asked, on a thread of the library's, before a request from outside is
+   * carried out. Return 0 to allow it, or a negative errno to refuse (the requester gets it).
+   * NULL allows flush and close, and refuses reset with EBUSY: relay_reset needs no thread to be
+   * writing, which only the producer can promise. Returning 0 for RELAY_CTL_RESET is that promise.
+   */
+  int (*control)(struct rchan *chan, int op);
 };
 
 /*
@@ -239,6 +252,18 @@ RELAY_API void subbuf_start_reserve(struct rchan_buf *buf, size_t length);
  * overruns, lost_uncommitted) are what the daemon last published. Returns 0, or -1 with EINVAL.
  */
 RELAY_API int relay_buf_stats(struct rchan_buf *buf, struct relay_stats *st);
+
+/*
+ * relayfs: asks the producer of the channel that path (any of its files) belongs to to flush
+ * (RELAY_CTL_FLUSH), reset (RELAY_CTL_RESET) or close (RELAY_CTL_CLOSE) it, as relay_flush,
+ * relay_reset or a close of every buffer would. A close makes later writes fail with EPIPE and
+ * lets readers reach end of file; the files go when the producer calls relay_close or exits.
+ * Only the owner of the channel's files, or root, may ask, and only if the producer opened the
+ * channel with RELAY_CONTROL. Returns 0 once the producer has done it, or -1 with errno: EPERM
+ * (not allowed, by the producer or for this user), ENOENT (not a relay file, or the producer is
+ * gone), EINVAL (unknown op), ETIMEDOUT (no answer within 5 s), EBUSY, or the producer's refusal.
+ */
+RELAY_API int relay_control(const char *path, int op);
 
 /*
  * mmap readers, from another process: the spec's mmap() of a whole buffer plus

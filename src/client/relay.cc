@@ -120,7 +120,32 @@ void hook_wakeup(void* ctx, core::Producer&) {
   }
 }
 
-// Receives the daemon's events: buf_mapped / buf_unmapped, and the reply to relay_close.
+// A flush, reset or close asked for from outside (relay_control), if the producer allows it.
+// Returns 0 or -errno for the requester.
+int outside_control(Chan* c, proto::ControlOp op) {
+  const int code = static_cast<int>(op);
+  int verdict = c->opts.control ? c->opts.control(&c->pub, code)
+                                : (op == proto::ControlOp::kReset ? -EBUSY : 0);
+  if (verdict > 0) verdict = -EPERM;  // not a negative errno: take it as a refusal
+  if (verdict != 0) return verdict;
+  for (auto& b : c->bufs) {
+    switch (op) {
+      case proto::ControlOp::kFlush:
+        if (int rc = b->producer->flush(); rc) return rc;
+        break;
+      case proto::ControlOp::kReset:
+        b->producer->reset();
+        break;
+      case proto::ControlOp::kClose:
+        b->producer->close();
+        break;
+    }
+  }
+  return 0;
+}
+
+// Receives the daemon's events: buf_mapped / buf_unmapped, requests from outside
+// (relay_control), and the reply to relay_close.
 void event_loop(Chan* c) {
   for (;;) {
     proto::Received r;
@@ -134,6 +159,12 @@ void event_loop(Chan* c) {
       if (ev.channel_id != c->id || ev.buffer >= c->bufs.size()) continue;
       auto fn = type == proto::Type::kMapped ? c->cb.buf_mapped : c->cb.buf_unmapped;
       if (fn) fn(&c->bufs[ev.buffer]->pub, nullptr);
+    } else if (type == proto::Type::kControlRequest) {
+      proto::ChannelControl req;
+      int status = proto::decode(r.payload.data(), r.payload.size(), &req);
+      if (status == 0) status = req.channel_id == c->id ? outside_control(c, req.op) : -ENOENT;
+      proto::send_message(c->sock.get(), proto::encode_status(proto::Type::kControlDone,
+                                                              {status}, r.header.seq));
     } else if (type == proto::Type::kCloseReply) {
       proto::Status st;
       std::lock_guard lk(c->mu);
@@ -187,6 +218,7 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   else if (c->cb.subbuf_start)
     req.flags |= proto::kFlagHookMode;
   if (c->opts.flags & RELAY_BLOCKING) req.flags |= proto::kFlagBlocking;
+  if (c->opts.flags & RELAY_CONTROL) req.flags |= proto::kFlagControl;
   req.base_filename = base;
   const uint32_t seq = c->seq.fetch_add(1);
   if (int rc = proto::send_message(c->sock.get(), proto::encode(req, seq)); rc) return -rc;
@@ -276,7 +308,7 @@ RELAY_API rchan* relay_open(const char* base_filename, const char* parent, size_
 RELAY_API rchan* relay_open_opts(const char* base_filename, const char* parent, size_t subbuf_size,
                                  size_t n_subbufs, const rchan_callbacks* cb, void* private_data,
                                  const relay_options* opts) {
-  if (opts && ((opts->flags & ~(RELAY_OVERWRITE | RELAY_BLOCKING)) != 0 ||
+  if (opts && ((opts->flags & ~(RELAY_OVERWRITE | RELAY_BLOCKING | RELAY_CONTROL)) != 0 ||
                (opts->flags & RELAY_OVERWRITE && opts->flags & RELAY_BLOCKING))) {
     errno = EINVAL;
     return nullptr;

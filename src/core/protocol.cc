@@ -70,6 +70,21 @@ struct ReaderConsumedWire {
   uint64_t upto;
 };
 
+struct ControlWire {
+  uint64_t ino;
+  uint32_t op;
+  uint32_t reserved;
+};
+struct ChannelControlWire {
+  uint32_t channel_id;
+  uint32_t op;
+};
+
+bool known_op(uint32_t op) {
+  return op >= static_cast<uint32_t>(ControlOp::kFlush) &&
+         op <= static_cast<uint32_t>(ControlOp::kClose);
+}
+
 template <typename Wire>
 int fixed(const char* p, size_t len, Wire* w, size_t* tail) {
   if (len < sizeof(Wire)) return -EPROTO;
@@ -99,7 +114,7 @@ int check_header(const Header& h) {
   if (h.magic != kMagic) return -EPROTO;
   if (h.version != kVersion) return -EPROTONOSUPPORT;
   if (h.type < static_cast<uint16_t>(Type::kOpen) ||
-      h.type > static_cast<uint16_t>(Type::kReaderConsumedReply))
+      h.type > static_cast<uint16_t>(Type::kControlDone))
     return -EPROTO;
   if (h.length > kMaxPayload) return -EPROTO;
   return 0;
@@ -225,6 +240,32 @@ int decode(const char* p, size_t len, ReaderConsumed* out) {
   if (int rc = exact(p, len, &w); rc) return rc;
   if (w.reserved != 0) return -EPROTO;
   *out = {w.gen, w.upto};
+  return 0;
+}
+
+std::vector<char> encode(const ControlRequest& m, uint32_t seq) {
+  return message(Type::kControl, seq, ControlWire{m.ino, static_cast<uint32_t>(m.op), 0});
+}
+
+std::vector<char> encode(const ChannelControl& m, uint32_t seq) {
+  return message(Type::kControlRequest, seq,
+                 ChannelControlWire{m.channel_id, static_cast<uint32_t>(m.op)});
+}
+
+int decode(const char* p, size_t len, ControlRequest* out) {
+  ControlWire w;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  if (w.reserved != 0) return -EPROTO;
+  if (!known_op(w.op)) return -EINVAL;
+  *out = {w.ino, static_cast<ControlOp>(w.op)};
+  return 0;
+}
+
+int decode(const char* p, size_t len, ChannelControl* out) {
+  ChannelControlWire w;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  if (!known_op(w.op)) return -EINVAL;
+  *out = {w.channel_id, static_cast<ControlOp>(w.op)};
   return 0;
 }
 

@@ -38,6 +38,10 @@ enum class Type : uint16_t {
   kReaderOpenReply,      // daemon -> reader: status, geometry, a read-only fd of the buffer
   kReaderConsumed,       // reader -> daemon: sub-buffers consumed through the mapping
   kReaderConsumedReply,  // daemon -> reader: Status, once the sub-buffers are released
+  kControl,              // anyone -> daemon: flush, reset or close a channel (relayctl)
+  kControlReply,         // daemon -> requester: Status, once the producer answered
+  kControlRequest,       // daemon -> producer: do this to your channel
+  kControlDone,          // producer -> daemon: Status of a kControlRequest (same seq)
 };
 
 struct Header {
@@ -54,8 +58,9 @@ inline constexpr uint32_t kFlagGlobal = 1u << 0;  // one buffer for all CPUs (th
 inline constexpr uint32_t kFlagOverwrite = 1u << 1;  // declared overwrite (flight recorder) mode
 inline constexpr uint32_t kFlagBlocking = 1u << 2;   // writers wait for room instead of dropping
 inline constexpr uint32_t kFlagHookMode = 1u << 3;   // a client subbuf_start decides the mode
+inline constexpr uint32_t kFlagControl = 1u << 4;    // the producer takes kControlRequest
 inline constexpr uint32_t kFlagsKnown =
-    kFlagGlobal | kFlagOverwrite | kFlagBlocking | kFlagHookMode;
+    kFlagGlobal | kFlagOverwrite | kFlagBlocking | kFlagHookMode | kFlagControl;
 
 struct OpenRequest {
   uint64_t parent_ino = 0;  // the directory, by its inode number in the mount
@@ -109,6 +114,19 @@ struct ReaderConsumed {  // kReaderConsumed
   uint64_t upto = 0;     // every sub-buffer before this sequence number is consumed
 };
 
+// Outside control of a channel (relayctl flush/reset/close), for producers that allow it.
+enum class ControlOp : uint32_t { kFlush = 1, kReset = 2, kClose = 3 };
+
+struct ControlRequest {  // kControl
+  uint64_t ino = 0;      // any file of the channel, by its inode number in the mount
+  ControlOp op = ControlOp::kFlush;
+};
+
+struct ChannelControl {  // kControlRequest
+  uint32_t channel_id = 0;
+  ControlOp op = ControlOp::kFlush;
+};
+
 // ioctl on an open relay file (no argument): from now on poll() on this open file reports POLLIN
 // only for a whole sub-buffer ready (the kernel's relay poll()), not for any readable byte.
 // relay_reader_open sets it on the descriptor it hands out.
@@ -124,6 +142,8 @@ std::vector<char> encode(const ConsumedRequest& m, uint32_t seq);
 std::vector<char> encode(const ReaderOpenRequest& m, uint32_t seq);
 std::vector<char> encode(const ReaderOpenReply& m, uint32_t seq);
 std::vector<char> encode(const ReaderConsumed& m, uint32_t seq);
+std::vector<char> encode(const ControlRequest& m, uint32_t seq);
+std::vector<char> encode(const ChannelControl& m, uint32_t seq);
 
 // Checks a header. Returns 0, or -EPROTO (bad magic, unknown type, length above kMaxPayload),
 // or -EPROTONOSUPPORT (another protocol version).
@@ -142,6 +162,8 @@ int decode(const char* payload, size_t len, ConsumedRequest* out);
 int decode(const char* payload, size_t len, ReaderOpenRequest* out);
 int decode(const char* payload, size_t len, ReaderOpenReply* out);
 int decode(const char* payload, size_t len, ReaderConsumed* out);
+int decode(const char* payload, size_t len, ControlRequest* out);  // -EINVAL: unknown op
+int decode(const char* payload, size_t len, ChannelControl* out);  // -EINVAL: unknown op
 
 // Is this a valid name for one directory entry? Not empty, at most kMaxName bytes, not "." or
 // "..", no '/', no NUL and no control character.

@@ -107,6 +107,8 @@ void RelayFs::on_message(Connection& c, const proto::Received& r) {
       msg = proto::encode(proto::OpenReply{-EACCES, 0, 0, 0, 0}, r.header.seq);
     else if (type == proto::Type::kReaderOpen)
       msg = proto::encode(proto::ReaderOpenReply{-EACCES, 0, 0, 0}, r.header.seq);
+    else if (type == proto::Type::kControl)
+      msg = proto::encode_status(proto::Type::kControlReply, {-EACCES}, r.header.seq);
     else
       msg = proto::encode_status(proto::Type::kError, {-EACCES}, r.header.seq);
     std::lock_guard lk(c.send_mu);
@@ -128,6 +130,12 @@ void RelayFs::on_message(Connection& c, const proto::Received& r) {
       return;
     case proto::Type::kReaderConsumed:
       handle_reader_consumed(c, r.header.seq, r.payload.data(), r.payload.size());
+      return;
+    case proto::Type::kControl:
+      handle_control(c, r.header.seq, r.payload.data(), r.payload.size());
+      return;
+    case proto::Type::kControlDone:
+      handle_control_done(c, r.header.seq, r.payload.data(), r.payload.size());
       return;
     default: {  // a reply or event type: producers do not send those
       std::lock_guard lk(c.send_mu);
@@ -323,6 +331,7 @@ void RelayFs::close_connection(uint64_t id) {
       if (ch->owner == id) owned.push_back(ch);
   }
   for (auto& ch : owned) finalize_channel(ch);
+  drop_controls(id);
   c->mapped.reset();
   retire(tag(kConn, id));
   std::lock_guard lk(c->send_mu);  // a FUSE worker may be sending a buf_mapped event

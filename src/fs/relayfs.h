@@ -116,6 +116,15 @@ class RelayFs {
   void handle_consumed(Connection& c, const char* payload, size_t len);
   void handle_reader_open(Connection& c, uint32_t seq, const char* payload, size_t len);
   void handle_reader_consumed(Connection& c, uint32_t seq, const char* payload, size_t len);
+  void handle_control(Connection& c, uint32_t seq, const char* payload, size_t len);
+  void handle_control_done(Connection& c, uint32_t seq, const char* payload, size_t len);
+  struct PendingControl {
+    uint64_t requester = 0;  // connection that asked
+    uint32_t seq = 0;        // its request's seq, echoed in the reply
+    uint64_t producer = 0;   // connection that was asked
+  };
+  void answer_control(const PendingControl& p, int status);
+  void drop_controls(uint64_t conn_id);
   void finalize_channel(const std::shared_ptr<Channel>& ch);
   void free_channel(uint32_t id);
   void on_doorbell(uint32_t channel_id);
@@ -146,6 +155,8 @@ class RelayFs {
 
   // Loop thread only.
   std::unordered_map<uint64_t, ParkedRead*> parked_;
+  std::unordered_map<uint32_t, PendingControl> pending_controls_;  // by the seq sent to the producer
+  uint32_t next_control_seq_ = 1;
   std::vector<bool> fixed_used_;
 
   std::mutex conns_mu_;

@@ -118,6 +118,42 @@ TEST_CASE("malformed reader messages are refused") {
   CHECK(decode(bad.data(), bad.size(), &rc) == -EPROTO);
 }
 
+TEST_CASE("outside-control messages round-trip; unknown operations and junk are refused") {
+  auto m = encode(ControlRequest{77, ControlOp::kReset}, 3);
+  CHECK(header_of(m).type == static_cast<uint16_t>(Type::kControl));
+  CHECK(check_header(header_of(m)) == 0);
+  ControlRequest cr;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &cr) == 0);
+  CHECK(cr.ino == 77);
+  CHECK(cr.op == ControlOp::kReset);
+  std::vector<char> bad(payload_of(m), payload_of(m) + header_of(m).length);
+  bad[8] = 4;  // op 4 does not exist
+  CHECK(decode(bad.data(), bad.size(), &cr) == -EINVAL);
+  bad[8] = 0;
+  CHECK(decode(bad.data(), bad.size(), &cr) == -EINVAL);
+  bad[8] = 1;
+  bad[12] = 1;  // the reserved word must be zero
+  CHECK(decode(bad.data(), bad.size(), &cr) == -EPROTO);
+  CHECK(decode(bad.data(), bad.size() - 1, &cr) == -EPROTO);
+
+  m = encode(ChannelControl{5, ControlOp::kClose}, 9);
+  CHECK(header_of(m).type == static_cast<uint16_t>(Type::kControlRequest));
+  CHECK(header_of(m).seq == 9);
+  ChannelControl cc;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &cc) == 0);
+  CHECK(cc.channel_id == 5);
+  CHECK(cc.op == ControlOp::kClose);
+  std::vector<char> junk(payload_of(m), payload_of(m) + header_of(m).length);
+  junk[4] = 9;
+  CHECK(decode(junk.data(), junk.size(), &cc) == -EINVAL);
+  CHECK(decode(junk.data(), junk.size() - 1, &cc) == -EPROTO);
+
+  Header h{kMagic, kVersion, static_cast<uint16_t>(Type::kControlDone), 8, 0};
+  CHECK(check_header(h) == 0);
+  h.type = static_cast<uint16_t>(Type::kControlDone) + 1;
+  CHECK(check_header(h) == -EPROTO);
+}
+
 TEST_CASE("headers with a bad magic, version, type or length are refused") {
   Header h{kMagic, kVersion, static_cast<uint16_t>(Type::kOpen), 10, 0};
   CHECK(check_header(h) == 0);
@@ -132,7 +168,7 @@ TEST_CASE("headers with a bad magic, version, type or length are refused") {
   CHECK(check_header(bad) == -EPROTO);
   bad.type = 999;
   CHECK(check_header(bad) == -EPROTO);
-  bad.type = static_cast<uint16_t>(Type::kReaderConsumedReply) + 1;
+  bad.type = static_cast<uint16_t>(Type::kControlDone) + 1;  // the last type + 1
   CHECK(check_header(bad) == -EPROTO);
   bad = h;
   bad.length = kMaxPayload + 1;

@@ -179,7 +179,7 @@ TEST_CASE("lost_full and lost_too_big count exactly the records relay_write refu
 
 TEST_CASE("overruns count what a lapped reader of an overwrite channel missed") {
   Mount m;
-  const relay_options o{RELAY_OVERWRITE, 0};
+  const relay_options o{RELAY_OVERWRITE, 0, nullptr};
   rchan* c = open_global(m.dir, "ow", 64, 4, {}, &o);  // 4 sub-buffers of 5 records
   constexpr int kRecords = 100;
   std::string all;
@@ -233,7 +233,7 @@ TEST_CASE(
     CAPTURE(k.base);
     rchan_callbacks cb{};
     if (k.hook) cb.subbuf_start = &switch_unless_full;
-    const relay_options o{k.flags, 1000};
+    const relay_options o{k.flags, 1000, nullptr};
     rchan* c = open_global(m.dir, k.base, 4096, 4, cb, &o);
     for (const std::string& f : {std::string(k.base) + "0", std::string(k.base)}) {
       CAPTURE(f);
@@ -274,10 +274,10 @@ TEST_CASE("getxattr of an unknown relayfs attribute gives ENODATA") {
 
 TEST_CASE("relay_open_opts refuses unknown flags and overwrite with blocking") {
   Mount m;
-  for (unsigned flags : {0x4u, 0x80000000u, RELAY_OVERWRITE | RELAY_BLOCKING,
+  for (unsigned flags : {0x8u, 0x80000000u, RELAY_OVERWRITE | RELAY_BLOCKING,
                          RELAY_OVERWRITE | RELAY_BLOCKING | 0x10u}) {
     CAPTURE(flags);
-    const relay_options o{flags, 100};
+    const relay_options o{flags, 100, nullptr};
     errno = 0;
     CHECK(relay_open_opts("bad", m.dir.c_str(), 4096, 4, nullptr, nullptr, &o) == nullptr);
     CHECK(errno == EINVAL);
@@ -289,7 +289,7 @@ TEST_CASE("relay_open_opts refuses unknown flags and overwrite with blocking") {
   REQUIRE(c != nullptr);
   CHECK(text(getfattr(m.path("none0")), "mode") == "no-overwrite");
   CHECK(relay_close(c) == 0);
-  const relay_options zero{0, 0};
+  const relay_options zero{0, 0, nullptr};
   c = relay_open_opts("zero", m.dir.c_str(), 4096, 4, nullptr, nullptr, &zero);
   REQUIRE(c != nullptr);
   CHECK(text(getfattr(m.path("zero0")), "blocking") == "0");
@@ -298,7 +298,7 @@ TEST_CASE("relay_open_opts refuses unknown flags and overwrite with blocking") {
 
 TEST_CASE("RELAY_OVERWRITE without a subbuf_start callback never fails a write") {
   Mount m;
-  const relay_options o{RELAY_OVERWRITE, 0};
+  const relay_options o{RELAY_OVERWRITE, 0, nullptr};
   SUBCASE("global") {
     rchan* c = open_global(m.dir, "og", 64, 4, {}, &o);
     int failed = 0;
@@ -339,7 +339,7 @@ TEST_CASE("RELAY_BLOCKING with a slow reader loses nothing over a stream many ti
     timeout_ms = 30000;
   }
   CAPTURE(timeout_ms);
-  const relay_options o{RELAY_BLOCKING, timeout_ms};
+  const relay_options o{RELAY_BLOCKING, timeout_ms, nullptr};
   rchan* c = open_global(m.dir, "bl", 1024, 4, {}, &o);  // 4 KiB of buffer
   constexpr int kRecords = 20000;                        // 220000 bytes: 53 buffers' worth
   constexpr size_t kTotal = kRecords * kRec;
@@ -390,7 +390,7 @@ TEST_CASE("RELAY_BLOCKING with a slow reader loses nothing over a stream many ti
 
 TEST_CASE("RELAY_BLOCKING without a reader: the write that finds the buffer full times out") {
   Mount m;
-  const relay_options o{RELAY_BLOCKING, 50};
+  const relay_options o{RELAY_BLOCKING, 50, nullptr};
   rchan* c = open_global(m.dir, "bt", 64, 2, {}, &o);  // 2 sub-buffers of 5 records
   const std::string want = write_records(c, 0, 10);
   const std::string r = record(10);
@@ -427,7 +427,7 @@ TEST_CASE("deliver fires once per completed sub-buffer, with its index and conte
   Calls calls;
   rchan_callbacks cb{};
   cb.deliver = &record_call;
-  const relay_options o{RELAY_OVERWRITE, 0};
+  const relay_options o{RELAY_OVERWRITE, 0, nullptr};
   rchan* c = open_global(m.dir, "dv", 64, 4, cb, &o, &calls);  // 5 records per sub-buffer
   CHECK(calls.count() == 0);
   write_records(c, 0, 5);
@@ -517,7 +517,7 @@ TEST_CASE(
   CHECK(relay_close(c) == 0);
 
   Calls over;
-  const relay_options o{RELAY_OVERWRITE, 0};
+  const relay_options o{RELAY_OVERWRITE, 0, nullptr};
   c = open_global(m.dir, "bo", 64, 2, cb, &o, &over);
   write_records(c, 0, 100);
   CHECK(over.count() == 0);
@@ -530,7 +530,7 @@ TEST_CASE(
   Calls calls;
   rchan_callbacks cb{};
   cb.buf_full = &record_call;
-  const relay_options o{RELAY_OVERWRITE, 0};
+  const relay_options o{RELAY_OVERWRITE, 0, nullptr};
   rchan* c = open_global(m.dir, "cw", 64, 2, cb, &o, &calls);  // tiny: writers lap each other
   constexpr int kWriters = 2, kPer = 200000;
   std::atomic<long> failed{0}, other_errno{0};

@@ -91,7 +91,7 @@ TEST_CASE(
     "the merged view gives every CPU's records once, whole and in order, read 7 bytes at a time") {
   Mount m;
   const unsigned n = ncpus();
-  const relay_options o{RELAY_BLOCKING, 30000};  // small buffers, and no loss: writers wait
+  const relay_options o{RELAY_BLOCKING, 30000, nullptr};  // small buffers, and no loss: writers wait
   rchan* c = relay_open_opts("mv", m.dir.c_str(), 512, 4, nullptr, nullptr, &o);
   REQUIRE_MESSAGE(c != nullptr, std::strerror(errno));
   REQUIRE(c->n_buffers == n);

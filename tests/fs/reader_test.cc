@@ -475,7 +475,7 @@ TEST_CASE(
     "intact one") {
   Mount m;
   constexpr size_t kSub = 256, kN = 4;
-  const relay_options o{RELAY_OVERWRITE, 0};
+  const relay_options o{RELAY_OVERWRITE, 0, nullptr};
   rchan* c = open_global(m.dir, "ov", kSub, kN, {}, &o);
   relay_reader* r = relay_reader_open(m.path("ov0").c_str());
   REQUIRE(r != nullptr);
@@ -525,7 +525,7 @@ TEST_CASE("the example mmap consumer copies every sub-buffer of a blocking chann
   REQUIRE_MESSAGE(prog != nullptr, "RELAYFS_MMAP_READER is not set");
   Mount m;
   // Blocking: the writer waits for the example to consume, so nothing may be lost.
-  const relay_options opts{RELAY_BLOCKING, 10000};
+  const relay_options opts{RELAY_BLOCKING, 10000, nullptr};
   rchan* c = open_global(m.dir, "ex", 4096, 4, {}, &opts);
   const std::string out = m.dir + ".mmap-out";
   const pid_t pid = ::fork();

@@ -507,7 +507,7 @@ TEST_CASE("overwrite mode: a write refused because the next sub-buffer is still 
   g_buf_full_calls = 0;
   // The callback is the spec's overwrite one; the flag declares the mode from the start (see
   // relay.h: undeclared, the first lap could not tell a wrap from a full buffer).
-  const relay_options opts{RELAY_OVERWRITE, 0};
+  const relay_options opts{RELAY_OVERWRITE, 0, nullptr};
   rchan* c = relay_open_opts("wrap", m.dir.c_str(), 64, 4, &cb, nullptr, &opts);
   REQUIRE(c != nullptr);
   void* slot = relay_reserve(c, 11);  // in sub-buffer 0, committed only at the end

@@ -1,0 +1,51 @@
+// relay_control: the requester's side of outside control (relayctl flush/reset/close). The
+// producer's side is in relay.cc's event loop.
+#include <libgen.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <string>
+
+#include "client/common.h"
+#include "core/protocol.h"
+
+namespace proto = relayfs::proto;
+
+namespace {
+
+int request(const char* path, int op) {
+  if (!path || op < RELAY_CTL_FLUSH || op > RELAY_CTL_CLOSE) return EINVAL;
+  struct stat st;
+  if (::stat(path, &st) != 0) return errno;
+  if (!S_ISREG(st.st_mode)) return EINVAL;
+  std::string dir(path);
+  relayfs::core::UniqueFd sock;
+  if (int err = relayfs::client::connect_daemon(::dirname(dir.data()), &sock); err) return err;
+  const proto::ControlRequest req{st.st_ino, static_cast<proto::ControlOp>(op)};
+  if (int rc = proto::send_message(sock.get(), proto::encode(req, 1)); rc) return -rc;
+  proto::Received m;
+  // The socket's receive timeout (connect_daemon) bounds a producer that never answers.
+  const int rc = proto::recv_message(sock.get(), &m);
+  if (rc == -EAGAIN) return ETIMEDOUT;
+  if (rc <= 0) return rc == 0 ? EIO : -rc;
+  if (static_cast<proto::Type>(m.header.type) != proto::Type::kControlReply)
+    return relayfs::client::refusal(m);
+  proto::Status s;
+  if (proto::decode(m.payload.data(), m.payload.size(), &s) != 0) return EIO;
+  return -s.status;
+}
+
+}  // namespace
+
+extern "C" RELAY_API int relay_control(const char* path, int op) {
+  try {
+    if (int err = request(path, op); err) {
+      errno = err;
+      return -1;
+    }
+    return 0;
+  } catch (...) {  // allocation failure: nothing may cross the C boundary
+    errno = ENOMEM;
+    return -1;
+  }
+}
