@@ -170,7 +170,7 @@ Result run_ceiling(const Mount& m, uint64_t bytes) {
 Result run_relay(const Mount& m, double seconds, size_t rec, bool blocking) {
   const std::string& dir = m.dir;
   const double cpu0 = cpu_seconds(m.pid);
-  relay_options opts{blocking ? RELAY_BLOCKING : 0u, -1};
+  relay_options opts{blocking ? RELAY_BLOCKING : 0u, -1, nullptr};
   rchan* c = relay_open_opts(blocking ? "e2eb" : "e2e", dir.c_str(), 1 << 20, 8, nullptr,
                              nullptr, &opts);
   if (!c) {
