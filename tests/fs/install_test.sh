@@ -58,5 +58,33 @@ check env LD_LIBRARY_PATH=/usr/local/lib/x86_64-linux-gnu:/usr/local/lib "$work/
 check sh -c "cat '$dir'/hello* | grep -q 'hello from pkg-config'"
 check umount "$dir"
 
+# The installed examples build with their Makefile (pkg-config) and run against a mount.
+examples=""
+for d in /usr/local/share/doc/relayfs/examples /usr/share/doc/relayfs/examples; do
+  [ -d "$d" ] && examples=$d && break
+done
+check test -n "$examples"
+if [ -n "$examples" ]; then
+  cp -r "$examples" "$work/examples"
+  check make -s -C "$work/examples"
+  check mount -t fuse.relayfs none "$dir" -o blocking
+  export LD_LIBRARY_PATH=/usr/local/lib/x86_64-linux-gnu:/usr/local/lib
+  check sh -c "'$work/examples/reserve_commit' '$dir' ex 100 & sleep 0.2; cat '$dir/ex0' | grep -c '^event' | grep -qx 100; r=\$?; wait; exit \$r"
+  check umount "$dir"
+
+  # The systemd mount unit example: the mount it describes works (Where moved to our dir).
+  unit="$examples/relayfs.mount.example"
+  check test -f "$unit"
+  what=$(sed -n 's/^What=//p' "$unit"); type=$(sed -n 's/^Type=//p' "$unit")
+  options=$(sed -n 's/^Options=//p' "$unit"); where=$(sed -n 's/^Where=//p' "$unit")
+  check test "$where" = /mnt/relay
+  if command -v systemd-escape >/dev/null; then
+    check test "$(systemd-escape -p --suffix=mount "$where")" = mnt-relay.mount
+  fi
+  check mount -t "$type" "$what" "$dir" -o "$options"
+  check grep -q " $dir fuse.relayfs .*allow_other" /proc/mounts
+  check umount "$dir"
+fi
+
 echo "$([ $fail -eq 0 ] && echo PASS || echo FAIL)"
 exit $fail
