@@ -55,7 +55,8 @@ struct rchan {
 
 struct rchan_callbacks {
   /*
-   * At every sub-buffer switch, and once when each buffer is opened with prev_subbuf NULL.
+   * At every sub-buffer switch, and with prev_subbuf NULL once when each buffer is opened and
+   * after relay_reset (the return value is then ignored).
    * prev_padding is the number of unused bytes at the end of prev_subbuf. Return 1 to switch to
    * subbuf, 0 to refuse (the record is dropped and counted; the next write asks again with the
    * same arguments). May call subbuf_start_reserve() to keep header bytes at the start of subbuf.
@@ -181,17 +182,21 @@ RELAY_API struct rchan *relay_open_opts(const char *base_filename, const char *p
 
 /*
  * Closes the channel: nothing more can be written; the daemon finalizes its buffers, whose data
- * stays readable until drained, after which the files go. Frees chan. No thread may be writing.
- * Returns 0, or -1 with errno EIO if the daemon did not confirm (the channel is closed anyway).
+ * stays readable until drained, after which the files go. Frees chan. No thread may be writing,
+ * and it must not be called from a callback. Returns 0, or -1 with errno EINVAL (chan NULL) or
+ * EIO if the daemon did not confirm (the channel is closed anyway).
  */
 RELAY_API int relay_close(struct rchan *chan);
 
-/* Forces a sub-buffer switch on every buffer. Returns 0, or -1 with EPIPE if closed. */
+/*
+ * Forces a sub-buffer switch on every buffer. Returns 0, or -1 with EINVAL (chan NULL), EDEADLK
+ * (called from subbuf_start) or EPIPE (closed); the buffers after a failing one are not flushed.
+ */
 RELAY_API int relay_flush(struct rchan *chan);
 
 /*
  * Returns every buffer to its initial state, discarding unread data. Only while no thread is
- * writing. Loss counters keep counting. Returns 0.
+ * writing. Loss counters keep counting. Returns 0, or -1 with EINVAL if chan is NULL.
  */
 RELAY_API int relay_reset(struct rchan *chan);
 
@@ -235,8 +240,8 @@ RELAY_API void relay_commit(struct rchan *chan, void *reserved, size_t count);
 
 /*
  * Tells relayfs that a reader consumed subbufs_consumed more sub-buffers of cpu's buffer
- * (mmap-style readers). Returns 0, or -1 with EINVAL for a cpu out of range, EIO if the daemon
- * cannot be reached.
+ * (mmap-style readers). Only sends the message: the daemon releases them shortly after. Returns
+ * 0, or -1 with EINVAL for a cpu out of range, EIO if the daemon cannot be reached, ENOMEM.
  */
 RELAY_API int relay_subbufs_consumed(struct rchan *chan, unsigned int cpu,
                                      size_t subbufs_consumed);
@@ -307,6 +312,7 @@ struct relay_subbuf {
 };
 
 RELAY_API struct relay_reader *relay_reader_open(const char *path);
+/* Each also fails with -1 and EINVAL for a NULL argument (relay_reader_valid too). */
 RELAY_API int relay_reader_next(struct relay_reader *r, struct relay_subbuf *sb);
 RELAY_API int relay_reader_valid(struct relay_reader *r, const struct relay_subbuf *sb);
 RELAY_API int relay_reader_consumed(struct relay_reader *r, size_t subbufs_consumed);

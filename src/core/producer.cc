@@ -21,10 +21,23 @@ namespace relayfs::core {
 
 namespace {
 
-// The Producer whose switch this thread holds, if any. A write that finds the switch taken by
-// its own thread comes from the subbuf_start hook or from a signal handler that interrupted the
-// switch; waiting would deadlock, so such a record is dropped and counted instead.
-thread_local const Producer* tl_switch_owner = nullptr;
+// The Producers whose switch this thread holds, innermost first, in a list on the stack of
+// switch_locked. A write that finds the switch taken by its own thread comes from the
+// subbuf_start hook or from a signal handler that interrupted the switch; waiting would
+// deadlock, so such a record is dropped and counted instead. A list, not one pointer: a hook
+// may write to or flush another buffer, whose switch nests inside ours, and ending that inner
+// switch must not forget ours (relay_flush from subbuf_start spun forever that way).
+struct SwitchHold {
+  const Producer* producer;
+  const SwitchHold* outer;
+};
+thread_local const SwitchHold* tl_switch_held = nullptr;
+
+bool holds_switch(const Producer* p) {
+  for (const SwitchHold* h = tl_switch_held; h; h = h->outer)
+    if (h->producer == p) return true;
+  return false;
+}
 
 // A refused switch in blocking mode: the caller waits for room instead of counting a loss.
 // Internal only: nothing else on the slow path returns -EAGAIN.
@@ -160,7 +173,7 @@ bool Producer::bind_cpu(uint32_t cpu) noexcept {
 // thread (a write from subbuf_start or from a signal handler): waiting would never end.
 bool Producer::wait_switch(uint64_t* w) const noexcept {
   for (unsigned spins = 0; word_off(*w) == kOffBusy; ++spins) {
-    if (tl_switch_owner == this) return false;
+    if (holds_switch(this)) return false;
     relax(spins);
     *w = hdr_->wpos.load(std::memory_order_acquire);
   }
@@ -251,7 +264,8 @@ int Producer::try_slow(size_t len, Reservation* r) noexcept {
 // also reserves a record in it. Releases the switch by storing the new position word.
 int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool opening) noexcept {
   ShmHeader* h = hdr_;
-  tl_switch_owner = this;
+  const SwitchHold hold{this, tl_switch_held};
+  tl_switch_held = &hold;
   const uint32_t off = word_off(w);
   // Only the switch holder writes `produced`, and our acquiring CAS ordered us after the last one.
   uint64_t seq = h->produced.load(std::memory_order_relaxed);
@@ -306,7 +320,7 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
 
   if (!ok) {
     if (closing && !wrapped && hooks_.buf_full) hooks_.buf_full(hooks_.ctx, *this, prev_slot, prev);
-    tl_switch_owner = nullptr;
+    tl_switch_held = hold.outer;
     h->wpos.store(make_word(slot, seq, kOffStopped), std::memory_order_release);
     if (len == 0) return 0;
     return wrapped ? drop(h->lost_wrap, -ENOSPC, false) : drop(h->lost_full, -ENOSPC, buf_full());
@@ -318,7 +332,7 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
   if (hdr_len != 0 && commit_bytes(slot, base, hdr_len)) on_complete(slot);
   // Nothing else is reserved yet, so the header is a proven-committed prefix.
   meta_[slot].ready.store(base + hdr_len, std::memory_order_release);
-  tl_switch_owner = nullptr;
+  tl_switch_held = hold.outer;
   if (len == 0 || hdr_len + len > size_) {
     h->wpos.store(make_word(slot, seq, hdr_len), std::memory_order_release);
     if (len == 0) return 0;

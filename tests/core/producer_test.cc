@@ -252,6 +252,38 @@ TEST_CASE("a write from inside subbuf_start is dropped instead of deadlocking") 
   CHECK(rig.cons->stats().lost_full == 1);
 }
 
+TEST_CASE("subbuf_start may switch another buffer and still not deadlock on its own") {
+  // What relay_flush from subbuf_start does on a two-CPU channel: the hook switches the other
+  // buffer (a nested switch), then touches its own, whose switch this thread holds.
+  struct Nested {
+    core::Producer* other = nullptr;
+    int other_rc = 1, flush_rc = 1, write_rc = 1;
+    static bool start(void* ctx, core::Producer& p, void*, void* prev, uint32_t) {
+      auto* n = static_cast<Nested*>(ctx);
+      if (prev && n->other) {
+        n->other_rc = n->other->flush();
+        n->flush_rc = p.flush();
+        n->write_rc = p.write("z", 1);
+        n->other = nullptr;  // once
+      }
+      return true;
+    }
+  } nested;
+  Rig other(8, 2);
+  core::ProducerHooks hk;
+  hk.subbuf_start = &Nested::start;
+  hk.ctx = &nested;
+  Rig rig(8, 2, hk);
+  nested.other = other.prod.get();
+  REQUIRE(rig.write("12345678") == 0);
+  REQUIRE(rig.write("9") == 0);  // the switch runs the hook
+  CHECK(nested.other_rc == 0);
+  CHECK(nested.flush_rc == -EDEADLK);
+  CHECK(nested.write_rc == -ENOSPC);
+  CHECK(rig.cons->stats().lost_full == 1);
+  CHECK(other.cons->stats().subbufs_produced == 1);
+}
+
 TEST_CASE("overwrite mode never refuses a write and keeps the newest data") {
   SpecHook hook{Mode::kOverwrite, 0};
   Rig rig(8, 4, hook.hooks());
