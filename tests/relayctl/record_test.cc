@@ -215,3 +215,78 @@ TEST_CASE("record: a full disk is a clear error, and the sub-buffer it failed on
   CHECK(consumed + rest.size() == data.size());
   CHECK(data.compare(consumed, std::string::npos, rest) == 0);
 }
+
+namespace {
+
+// Does the file's filesystem do direct I/O (statx reports an alignment for regular files)?
+bool direct_io_supported(const std::string& file) {
+  struct statx sx {};
+  return ::statx(AT_FDCWD, file.c_str(), 0, STATX_DIOALIGN, &sx) == 0 &&
+         (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align != 0;
+}
+
+// The value of key=VALUE in the index's "total" line for buffer 0.
+std::string total_field(const std::string& index, const std::string& key) {
+  for (const auto& w : index_lines(index, "total"))
+    for (const auto& kv : w)
+      if (kv.rfind(key + "=", 0) == 0) return kv.substr(key.size() + 1);
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("record: sub-buffers that records fill exactly go with O_DIRECT where the disk allows") {
+  Mount m;
+  TempDir out;
+  // 16 records of 4 KiB fill each 64 KiB sub-buffer with no padding: offsets and lengths stay
+  // aligned, and the mapping is page aligned.
+  rchan* c = open_global(m.dir, "dio", 65536, 8);
+  std::string data;
+  for (int i = 0; i < 64; ++i) {
+    std::string r(4096, static_cast<char>('A' + i % 26));
+    REQUIRE(relay_write(c, r.data(), r.size()) == 0);
+    data += r;
+  }
+  REQUIRE(relay_flush(c) == 0);
+  REQUIRE(relay_close(c) == 0);  // still readable: 4 sub-buffers wait
+  SUBCASE("by default") {
+    const Outcome o = relayctl("record " + m.path("dio") + " " + out.path("rec"));
+    REQUIRE(o.status == 0);
+    const std::string index = read_file(out.path("rec/dio.index"));
+    CHECK(total_field(index, "direct") == (direct_io_supported(out.path("rec/dio0")) ? "4" : "0"));
+    CHECK(read_file(out.path("rec/dio0")) == data);
+  }
+  SUBCASE("--no-direct") {
+    const Outcome o = relayctl("record --no-direct " + m.path("dio") + " " + out.path("rec"));
+    REQUIRE(o.status == 0);
+    CHECK(total_field(read_file(out.path("rec/dio.index")), "direct") == "0");
+    CHECK(read_file(out.path("rec/dio0")) == data);
+  }
+}
+
+TEST_CASE("record: on a terminal it shows live progress") {
+  if (run("command -v script >/dev/null") != 0) {
+    MESSAGE("script(1) is missing: not tested");
+    return;
+  }
+  Mount m;
+  TempDir out;
+  const relay_options opts{RELAY_BLOCKING, 300};
+  rchan* c = open_global(m.dir, "tty", 4096, 4, {}, &opts);
+  Producer p(c);
+  // script(1) gives relayctl a terminal; SIGINT after 2 s.
+  const std::string cmd = "timeout -s INT 2 '" + relayctl_path() + "' record " + m.path("tty") +
+                          " " + out.path("rec");
+  const std::string typescript =
+      capture("script -qec \"" + cmd + "\" /dev/null </dev/null 2>&1");
+  p.join();
+  relay_close(c);
+  // Progress lines redraw in place: at least two before the final summary.
+  size_t redraws = 0;
+  for (size_t at = 0; (at = typescript.find("\r\033[Krelayctl record:", at)) != std::string::npos;
+       ++at)
+    ++redraws;
+  CHECK(redraws >= 3);
+  CHECK(typescript.find("MiB/s") != std::string::npos);
+  CHECK(typescript.find("stopped") != std::string::npos);
+}
