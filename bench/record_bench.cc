@@ -7,7 +7,9 @@
 // is checked for the size the producer wrote, then removed.
 //
 // Usage: record_bench DAEMON RELAYCTL [--runs N] [--seconds S] [--record BYTES] [--out DIR]
-//                                     [--subbuf BYTES] [--n-subbufs N]
+//                                     [--subbuf BYTES] [--n-subbufs N] [--no-direct 1]
+// With the default 4 KiB records in 1 MiB sub-buffers there is no padding, so relayctl record
+// writes with O_DIRECT where the filesystem has it; --no-direct 1 passes --no-direct to it.
 #include <fcntl.h>
 #include <relayfs/relay.h>
 #include <sched.h>
@@ -88,6 +90,7 @@ struct Config {
   std::string relayctl;
   double seconds = 2;
   size_t rec = 4096, subbuf = 1 << 20, n_subbufs = 8;
+  bool no_direct = false;
 };
 
 // One row: the producer writes flat out for cfg.seconds while `reader` drains channel `name`;
@@ -103,8 +106,9 @@ double run_row(const Config& cfg, const std::string& name, bool record) {
     return 0;
   }
   const std::string out = g_out + "/" + name;
-  const pid_t reader = record ? spawn({cfg.relayctl, "record", "-q", g_mnt + "/" + name, out}, "")
-                              : spawn({"cat", g_mnt + "/" + name + "0"}, out);
+  std::vector<std::string> rec_args = {cfg.relayctl, "record", "-q", g_mnt + "/" + name, out};
+  if (cfg.no_direct) rec_args.insert(rec_args.begin() + 2, "--no-direct");
+  const pid_t reader = record ? spawn(rec_args, "") : spawn({"cat", g_mnt + "/" + name + "0"}, out);
   pin(0);
   std::vector<char> r(cfg.rec, 'x');
   uint64_t written = 0;
@@ -149,7 +153,7 @@ int main(int argc, char** argv) {
   if (argc < 3) {
     std::fprintf(stderr,
                  "usage: %s DAEMON RELAYCTL [--runs N] [--seconds S] [--record BYTES] [--out DIR]"
-                 " [--subbuf BYTES] [--n-subbufs N]\n",
+                 " [--subbuf BYTES] [--n-subbufs N] [--no-direct 1]\n",
                  argv[0]);
     return 2;
   }
@@ -165,6 +169,7 @@ int main(int argc, char** argv) {
     else if (a == "--out") out_parent = argv[i + 1];
     else if (a == "--subbuf") cfg.subbuf = std::strtoul(argv[i + 1], nullptr, 10);
     else if (a == "--n-subbufs") cfg.n_subbufs = std::strtoul(argv[i + 1], nullptr, 10);
+    else if (a == "--no-direct") cfg.no_direct = std::atoi(argv[i + 1]) != 0;
   }
   if (::access("/dev/fuse", R_OK | W_OK) != 0) {
     std::fprintf(stderr, "SKIP: /dev/fuse is missing\n");
@@ -193,9 +198,9 @@ int main(int argc, char** argv) {
   std::printf("relayctl record vs cat FILE > file: one producer, %zu-byte records, flat out for "
               "%.1f s, RELAY_BLOCKING (no limit), global channel %zu x %zu B\n",
               cfg.rec, cfg.seconds, cfg.n_subbufs, cfg.subbuf);
-  std::printf("output in %s (same filesystem for both); producer on CPU 0, reader on CPU 1; "
+  std::printf("output in %s (same filesystem for both)%s; producer on CPU 0, reader on CPU 1; "
               "medians over %d runs [min .. max]\n\n",
-              out_parent.c_str(), runs);
+              out_parent.c_str(), cfg.no_direct ? ", relayctl record --no-direct" : "", runs);
   std::vector<double> rec, cat, ratio;
   for (int i = 0; i < runs; ++i) {
     rec.push_back(run_row(cfg, "rec" + std::to_string(i), true));
