@@ -93,9 +93,13 @@ struct Recorder {
     const size_t len = b.sb.length - b.written;
     const uint64_t off = b.off + b.written;
     const int fd = b.out.fd_for(off, addr, len);
-    if (fd != b.out.buffered_fd()) ++b.direct;
-    if (!ring.write(tag(kWrite, i), fd, addr, len, off, static_cast<int>(i)))
+    // The ring has room for a write and a poll per buffer and the signal read, so this only
+    // fails if the kernel refuses a submission.
+    if (!ring.write(tag(kWrite, i), fd, addr, len, off, static_cast<int>(i))) {
       fail(b.out.path(), "io_uring", EBUSY);
+      return;
+    }
+    if (fd != b.out.buffered_fd()) ++b.direct;  // writes that went with O_DIRECT
     b.writing = true;
   }
 
