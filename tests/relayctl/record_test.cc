@@ -274,19 +274,20 @@ TEST_CASE("record: on a terminal it shows live progress") {
   const relay_options opts{RELAY_BLOCKING, 300};
   rchan* c = open_global(m.dir, "tty", 4096, 4, {}, &opts);
   Producer p(c);
-  // script(1) gives relayctl a terminal; SIGINT after 2 s.
-  const std::string cmd = "timeout -s INT 2 '" + relayctl_path() + "' record " + m.path("tty") +
+  // script(1) gives relayctl a terminal; SIGINT after 3 s.
+  const std::string cmd = "timeout -s INT 3 '" + relayctl_path() + "' record " + m.path("tty") +
                           " " + out.path("rec");
   const std::string typescript =
       capture("script -qec \"" + cmd + "\" /dev/null </dev/null 2>&1");
   p.join();
   relay_close(c);
-  // Progress lines redraw in place: at least two before the final summary.
+  // Progress lines redraw in place, every 0.5 s: at least one before the final summary, which
+  // replaces the last (a loaded machine may start relayctl late).
   size_t redraws = 0;
   for (size_t at = 0; (at = typescript.find("\r\033[Krelayctl record:", at)) != std::string::npos;
        ++at)
     ++redraws;
-  CHECK(redraws >= 3);
+  CHECK(redraws >= 2);
   CHECK(typescript.find("MiB/s") != std::string::npos);
   CHECK(typescript.find("stopped") != std::string::npos);
 }
