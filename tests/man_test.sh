@@ -2,6 +2,7 @@
 # Every man page renders without a single warning from man(1) and groff. A one-line alias page
 # (".so man3/relay_open.3") is rendered as installed, from a tree of manN links to man/, so a
 # missing target is a warning too.
+# Every command page (section 1) has the standard sections.
 set -u
 command -v man >/dev/null || { echo "SKIP: man is not installed"; exit 77; }
 mandir=$(cd "$(dirname "$0")/../man" && pwd)
@@ -13,5 +14,10 @@ for page in "$mandir"/*.[0-9]; do
   name=$(basename "$page")
   out=$(cd "$tree" && LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -l "man${name##*.}/$name" 2>&1 >/dev/null)
   if [ -n "$out" ]; then echo "FAIL $page:"; echo "$out"; fail=1; else echo "ok - $page"; fi
+done
+for page in "$mandir"/*.1; do
+  for section in NAME SYNOPSIS DESCRIPTION OPTIONS "EXIT STATUS" EXAMPLES "SEE ALSO"; do
+    if ! grep -qx "\.SH \"\?$section\"\?" "$page"; then echo "FAIL $page: no $section section"; fail=1; fi
+  done
 done
 exit $fail

@@ -1,0 +1,126 @@
+// What the subcommands share: messages, numbers and the names of relay files (relayctl.h).
+#include <dirent.h>
+#include <getopt.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "relayctl/relayctl.h"
+
+namespace relayctl {
+
+int usage_error(const char* cmd, const std::string& message) {
+  std::fprintf(stderr, "relayctl: %s\nTry 'relayctl %s--help'.\n", message.c_str(),
+               cmd ? (std::string(cmd) + " ").c_str() : "");
+  return kExitUsage;
+}
+
+int sys_error(const std::string& path, const std::string& what, int err) {
+  std::fprintf(stderr, "relayctl: %s: %s%s%s\n", path.c_str(), what.c_str(),
+               what.empty() ? "" : ": ", std::strerror(err));
+  return kExitError;
+}
+
+void note(const std::string& message) {
+  std::fprintf(stderr, "relayctl: %s\n", message.c_str());
+}
+
+void start_options() {
+  opterr = 0;
+  optind = 1;
+}
+
+int option_error(const char* cmd, int c, char** argv) {
+  const std::string opt = argv[optind - 1];
+  return usage_error(cmd, c == ':' ? "option '" + opt + "' needs an argument"
+                                   : "unknown option '" + opt + "'");
+}
+
+bool parse_size(const char* text, unsigned long long* out, bool allow_zero) {
+  if (!text || *text < '0' || *text > '9') return false;  // no sign, no space, no empty
+  errno = 0;
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(text, &end, 10);
+  if (errno != 0) return false;
+  unsigned shift = 0;
+  switch (*end) {
+    case '\0': break;
+    case 'k': case 'K': shift = 10; ++end; break;
+    case 'm': case 'M': shift = 20; ++end; break;
+    case 'g': case 'G': shift = 30; ++end; break;
+    default: return false;
+  }
+  if (*end != '\0' || (v > (ULLONG_MAX >> shift))) return false;
+  v <<= shift;
+  if (v == 0 && !allow_zero) return false;
+  *out = v;
+  return true;
+}
+
+bool parse_int(const char* text, long long lo, long long hi, long long* out) {
+  if (!text || !*text) return false;
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(text, &end, 10);
+  if (errno != 0 || *end != '\0' || v < lo || v > hi) return false;
+  *out = v;
+  return true;
+}
+
+bool split_path(const std::string& path, std::string* dir, std::string* name) {
+  const auto slash = path.rfind('/');
+  if (slash == std::string::npos) {
+    *dir = ".";
+    *name = path;
+  } else {
+    *dir = slash == 0 ? "/" : path.substr(0, slash);
+    *name = path.substr(slash + 1);
+  }
+  return !name->empty() && *name != "." && *name != "..";
+}
+
+namespace {
+
+// The number after prefix in name, if name is prefix + a canonical decimal number.
+bool suffix_number(const std::string& name, const std::string& prefix, unsigned long* n) {
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
+  const std::string digits = name.substr(prefix.size());
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return false;
+  if (digits.size() > 1 && digits[0] == '0') return false;
+  if (digits.size() > 9) return false;
+  *n = std::strtoul(digits.c_str(), nullptr, 10);
+  return true;
+}
+
+}  // namespace
+
+std::vector<std::string> channel_buffers(const std::string& dir, const std::string& name) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);
+  std::vector<std::pair<unsigned long, std::string>> found;
+  if (!d) return {};
+  while (const dirent* e = ::readdir(d.get())) {
+    unsigned long n;
+    if (suffix_number(e->d_name, name, &n)) found.emplace_back(n, e->d_name);
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> out;
+  for (auto& [n, f] : found) out.push_back(f);
+  return out;
+}
+
+bool looks_like_buffer(const std::string& dir, const std::string& name) {
+  size_t cut = name.size();
+  while (cut > 0 && name[cut - 1] >= '0' && name[cut - 1] <= '9') --cut;
+  if (cut == name.size() || cut == 0) return false;
+  struct stat st;
+  return ::stat((dir + "/" + name.substr(0, cut)).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+}  // namespace relayctl

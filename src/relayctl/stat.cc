@@ -1,0 +1,201 @@
+// relayctl stat: every buffer's counters, read from the user.relayfs.* extended attributes the
+// daemon puts on each relay file (relay(7) "Attributes"), as a table or as JSON.
+#include <dirent.h>
+#include <getopt.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "relayctl/relayctl.h"
+
+namespace relayctl {
+namespace {
+
+constexpr const char* kHelp =
+    "Usage: relayctl stat [--json] PATH...\n"
+    "Shows the counters of every buffer PATH names: a relay file (one buffer; the merged view\n"
+    "BASE gives sums over its channel), a channel DIR/BASE (all of BASE0, BASE1, ...), or a\n"
+    "directory (every channel buffer below it, recursively).\n"
+    "\n"
+    "  -j, --json   one JSON array of objects, one per buffer, for scripts\n"
+    "  -h, --help   this help\n";
+
+// The attributes, in relay(7)'s order; "mode" is text, the others are numbers.
+constexpr const char* kNames[] = {"subbuf_size",      "n_subbufs",      "mode",
+                                  "blocking",         "subbufs_produced", "subbufs_consumed",
+                                  "bytes_produced",   "bytes_consumed", "lost_full",
+                                  "lost_too_big",     "lost_wrap",      "overruns",
+                                  "lost_uncommitted", "corrupt"};
+constexpr size_t kCount = std::size(kNames);
+
+struct Row {
+  std::string path;
+  std::string values[kCount];
+};
+
+// Reads every attribute of path. Returns 0 or an errno (ENODATA / ENOTSUP: not a relay file).
+int read_row(const std::string& path, Row* row) {
+  row->path = path;
+  for (size_t i = 0; i < kCount; ++i) {
+    char v[64];
+    const ssize_t n = ::getxattr(path.c_str(), (std::string("user.relayfs.") + kNames[i]).c_str(),
+                                 v, sizeof v - 1);
+    if (n < 0) return errno;
+    row->values[i].assign(v, static_cast<size_t>(n));
+  }
+  return 0;
+}
+
+// Adds the buffers below dir (recursively), skipping merged views (they repeat their buffers).
+int walk(const std::string& dir, std::vector<Row>* rows) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);
+  if (!d) return sys_error(dir, "", errno);
+  std::vector<std::string> names;
+  while (const dirent* e = ::readdir(d.get()))
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
+      names.emplace_back(e->d_name);
+  std::sort(names.begin(), names.end());
+  int status = kExitOk;
+  for (const auto& name : names) {
+    const std::string p = dir == "/" ? "/" + name : dir + "/" + name;
+    struct stat st;
+    if (::lstat(p.c_str(), &st) != 0) continue;  // drained and gone meanwhile
+    if (S_ISDIR(st.st_mode)) {
+      if (walk(p, rows) != kExitOk) status = kExitError;
+    } else if (S_ISREG(st.st_mode) && channel_buffers(dir, name).empty()) {
+      Row r;
+      const int err = read_row(p, &r);
+      if (err == 0) rows->push_back(std::move(r));
+      else if (err != ENODATA && err != ENOTSUP && err != ENOENT) status = sys_error(p, "", err);
+    }
+  }
+  return status;
+}
+
+// One PATH: a directory, a channel base name, or a file.
+int collect(const std::string& path, std::vector<Row>* rows) {
+  struct stat st;
+  const bool exists = ::stat(path.c_str(), &st) == 0;
+  if (exists && S_ISDIR(st.st_mode)) return walk(path, rows);
+  std::string dir, name;
+  if (split_path(path, &dir, &name)) {
+    const auto bufs = channel_buffers(dir, name);
+    if (!bufs.empty()) {
+      int status = kExitOk;
+      for (const auto& b : bufs) {
+        Row r;
+        if (int err = read_row(dir + "/" + b, &r); err == 0) rows->push_back(std::move(r));
+        else if (err != ENOENT) status = sys_error(dir + "/" + b, "", err);
+      }
+      return status;
+    }
+  }
+  if (!exists) return sys_error(path, "", errno);
+  Row r;
+  if (int err = read_row(path, &r); err != 0)
+    return sys_error(path, "not a relay file", err == ENODATA ? ENOTSUP : err);
+  rows->push_back(std::move(r));
+  return kExitOk;
+}
+
+void print_json_string(const std::string& s) {
+  std::putchar('"');
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') std::printf("\\%c", c);
+    else if (c < 0x20) std::printf("\\u%04x", c);
+    else std::putchar(c);
+  }
+  std::putchar('"');
+}
+
+void print_json(const std::vector<Row>& rows) {
+  std::printf("[");
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::printf("%s\n  {\"path\": ", r ? "," : "");
+    print_json_string(rows[r].path);
+    for (size_t i = 0; i < kCount; ++i) {
+      std::printf(", \"%s\": ", kNames[i]);
+      const std::string& v = rows[r].values[i];
+      const bool numeric = !v.empty() && std::all_of(v.begin(), v.end(), [](char c) {
+        return c >= '0' && c <= '9';
+      });
+      if (numeric) std::fputs(v.c_str(), stdout);
+      else print_json_string(v);
+    }
+    std::printf("}");
+  }
+  std::printf("%s]\n", rows.empty() ? "" : "\n");
+}
+
+// The table: geometry, mode, then the counters; column widths fit the values.
+void print_table(const std::vector<Row>& rows) {
+  struct Col {
+    const char* title;
+    int attr;  // index into kNames, or -1 for the path, -2 for the geometry
+  };
+  static const Col kCols[] = {{"FILE", -1},        {"MODE", 2},           {"GEOMETRY", -2},
+                              {"PRODUCED", 6},     {"CONSUMED", 7},       {"SB_PROD", 4},
+                              {"SB_CONS", 5},      {"LOST_FULL", 8},      {"TOO_BIG", 9},
+                              {"WRAP", 10},        {"OVERRUNS", 11},      {"UNCOMMITTED", 12},
+                              {"CORRUPT", 13}};
+  auto cell = [](const Row& r, const Col& c) -> std::string {
+    if (c.attr == -1) return r.path;
+    if (c.attr == -2) return r.values[0] + "x" + r.values[1] + (r.values[3] == "1" ? " blk" : "");
+    return r.values[c.attr];
+  };
+  std::vector<size_t> width;
+  for (const Col& c : kCols) {
+    size_t w = std::strlen(c.title);
+    for (const Row& r : rows) w = std::max(w, cell(r, c).size());
+    width.push_back(w);
+  }
+  auto line = [&](auto text) {
+    for (size_t i = 0; i < std::size(kCols); ++i) {
+      const std::string t = text(kCols[i]);
+      // Text left-aligned, numbers right-aligned.
+      if (i < 3) std::printf("%s%-*s", i ? "  " : "", static_cast<int>(width[i]), t.c_str());
+      else std::printf("  %*s", static_cast<int>(width[i]), t.c_str());
+    }
+    std::putchar('\n');
+  };
+  line([](const Col& c) { return std::string(c.title); });
+  for (const Row& r : rows) line([&](const Col& c) { return cell(r, c); });
+}
+
+}  // namespace
+
+int cmd_stat(int argc, char** argv) {
+  static const option kLong[] = {{"json", no_argument, nullptr, 'j'},
+                                 {"help", no_argument, nullptr, 'h'},
+                                 {nullptr, 0, nullptr, 0}};
+  bool json = false;
+  start_options();
+  int c;
+  while ((c = getopt_long(argc, argv, "jh", kLong, nullptr)) != -1) {
+    if (c == 'j') {
+      json = true;
+    } else if (c == 'h') {
+      std::fputs(kHelp, stdout);
+      return kExitOk;
+    } else {
+      return option_error("stat", c, argv);
+    }
+  }
+  if (optind == argc) return usage_error("stat", "missing PATH");
+  std::vector<Row> rows;
+  int status = kExitOk;
+  for (int i = optind; i < argc; ++i)
+    if (collect(argv[i], &rows) != kExitOk) status = kExitError;
+  if (json) print_json(rows);
+  else if (!rows.empty()) print_table(rows);
+  return status;
+}
+
+}  // namespace relayctl

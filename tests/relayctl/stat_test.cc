@@ -1,0 +1,99 @@
+// relayctl stat: the table and --json show what the channel's buffers hold.
+#include "relayctl/tool.h"
+
+using namespace relayfs::test;
+
+namespace {
+
+// Field `key` of the object for `path` in relayctl stat --json output, through python3's json
+// parser (so the output must be valid JSON too); "" if there is none.
+std::string json_field(const std::string& json, const std::string& path, const std::string& key) {
+  TempDir t;
+  write_file(t.path("j"), json);
+  return capture("python3 -c 'import json,sys\n"
+                 "for b in json.load(open(sys.argv[1])):\n"
+                 "  if b[\"path\"] == sys.argv[2]: print(b[sys.argv[3]])' '" +
+                 t.path("j") + "' '" + path + "' '" + key + "'");
+}
+
+// The table row of `path`, split into its columns (empty if there is none).
+std::vector<std::string> row(const std::string& table, const std::string& path) {
+  const auto rows = lines_starting(table, path);
+  return rows.empty() ? std::vector<std::string>{} : rows[0];
+}
+
+}  // namespace
+
+TEST_CASE("stat: a channel's buffers, in a table and as JSON, with what was written") {
+  Mount m;
+  REQUIRE(::mkdir(m.path("app").c_str(), 0755) == 0);
+  rchan* c = open_global(m.path("app"), "log", 4096, 4);
+  const std::string data = write_records(c, 0, 500);  // 5500 bytes: two sub-buffers switched
+  // Something consumed, so produced and consumed differ.
+  const int fd = ::open(m.path("app/log0").c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  CHECK(read_exactly(fd, 1100, 1100).size() == 1100);
+  ::close(fd);
+
+  const std::string buf = m.path("app/log0");
+  const Outcome table = relayctl("stat " + m.path("app/log"));
+  REQUIRE(table.status == 0);
+  const auto cols = row(table.out, buf);
+  REQUIRE(cols.size() == 13);
+  CHECK(cols[1] == "no-overwrite");
+  CHECK(cols[2] == "4096x4");
+  CHECK(cols[3] == std::to_string(data.size()));  // PRODUCED
+  CHECK(cols[4] == "1100");                       // CONSUMED
+  CHECK(table.out.rfind("FILE", 0) == 0);
+
+  const Outcome json = relayctl("stat --json " + m.path("app/log"));
+  REQUIRE(json.status == 0);
+  CHECK(run("echo '" + json.out + "' | python3 -m json.tool >/dev/null") == 0);
+  CHECK(json_field(json.out, buf, "bytes_produced") == std::to_string(data.size()) + "\n");
+  CHECK(json_field(json.out, buf, "bytes_consumed") == "1100\n");
+  CHECK(json_field(json.out, buf, "subbuf_size") == "4096\n");
+  CHECK(json_field(json.out, buf, "mode") == "no-overwrite\n");
+  CHECK(json_field(json.out, buf, "lost_full") == "0\n");
+  relay_close(c);
+}
+
+TEST_CASE("stat: a directory tree lists every buffer once, without merged views") {
+  Mount m;
+  REQUIRE(::mkdir(m.path("a").c_str(), 0755) == 0);
+  REQUIRE(::mkdir(m.path("a/b").c_str(), 0755) == 0);
+  rchan* one = open_global(m.path("a"), "one");
+  rchan* two = relay_open("two", m.path("a/b").c_str(), 4096, 2, nullptr, nullptr);  // per CPU
+  REQUIRE(two != nullptr);
+  write_records(one, 0, 10);
+
+  const Outcome json = relayctl("--help >/dev/null; '" + relayctl_path() + "' stat -j " + m.dir);
+  REQUIRE(json.status == 0);
+  CHECK(json_field(json.out, m.path("a/one0"), "bytes_produced") == "110\n");
+  CHECK(json_field(json.out, m.path("a/one"), "bytes_produced").empty());  // merged view
+  for (unsigned i = 0; i < ncpus(); ++i)
+    CHECK(json_field(json.out, m.path("a/b/two" + std::to_string(i)), "n_subbufs") == "2\n");
+  const Outcome table = relayctl("stat " + m.dir);
+  REQUIRE(table.status == 0);
+  CHECK(std::count(table.out.begin(), table.out.end(), '\n') == 2 + static_cast<int>(ncpus()));
+
+  // One file: the merged view, which sums its channel.
+  const Outcome merged = relayctl("stat -j " + m.path("a/one"));
+  CHECK(merged.status == 0);
+  CHECK(json_field(merged.out, m.path("a/one0"), "bytes_produced") == "110\n");
+  relay_close(one);
+  relay_close(two);
+}
+
+TEST_CASE("stat: a path that is no relay file is an error naming it") {
+  Mount m;
+  TempDir t;
+  write_file(t.path("plain"), "x");
+  Outcome o = relayctl("stat " + t.path("plain"));
+  CHECK(o.status == 1);
+  CHECK(o.err.find(t.path("plain")) != std::string::npos);
+  CHECK(o.err.find("not a relay file") != std::string::npos);
+  o = relayctl("stat --json " + m.path("nothing"));
+  CHECK(o.status == 1);
+  CHECK(o.err.find(m.path("nothing") + ": " + std::strerror(ENOENT)) != std::string::npos);
+  CHECK(o.out == "[]\n");  // still valid JSON
+}
