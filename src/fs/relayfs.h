@@ -33,7 +33,7 @@ struct Options {
 // What a FUSE worker hands to the loop thread.
 struct LoopEvent {
   enum Kind : uint32_t { kPark, kInterrupt, kFree } kind;
-  uint64_t id;       // kInterrupt: parked read id; kFree: channel id
+  uint64_t id;       // kInterrupt: parked read id; kFree: channel id (0: only wake the loop)
   ParkedRead* read;  // kPark
 };
 
@@ -120,6 +120,7 @@ class RelayFs {
   void free_channel(uint32_t id);
   void on_doorbell(uint32_t channel_id);
   void drain_events();
+  void tell_kernel_gone();
   void service(const std::shared_ptr<Source>& s);
   void finish_read(ParkedRead* pr, const char* data, ssize_t n);
   int register_buffer(RelayBuffer& b);
@@ -147,6 +148,16 @@ class RelayFs {
   // Loop thread only.
   std::unordered_map<uint64_t, ParkedRead*> parked_;
   std::vector<bool> fixed_used_;
+
+  // Relay files taken out of the tree whose names the kernel may still cache: the loop thread
+  // tells it (fuse_lowlevel_notify_delete), with no lock held, so that it forgets them and the
+  // daemon can free their buffers.
+  struct Gone {
+    fuse_ino_t parent, ino;
+    std::string name;
+  };
+  std::mutex gone_mu_;
+  std::vector<Gone> gone_;
 
   std::mutex conns_mu_;
   std::unordered_map<uint64_t, std::shared_ptr<Connection>> conns_;
