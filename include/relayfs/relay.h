@@ -190,7 +190,8 @@ RELAY_API int relay_reset(struct rchan *chan);
  *             record was dropped and counted;
  *   ETIMEDOUT RELAY_BLOCKING: no room came within block_timeout_ms (dropped, in lost_full);
  *   EMSGSIZE  the record is larger than a sub-buffer (dropped and counted);
- *   EINVAL    length is 0;   EPIPE  the channel is closed.
+ *   EINVAL    length is 0;   EPIPE  the channel is closed, or its daemon
+ *            is gone (killed or unmounted: nothing would read the record).
  */
 RELAY_API int relay_write(struct rchan *chan, const void *data, size_t length);
 

@@ -138,8 +138,14 @@ void event_loop(Chan* c) {
       c->cv.notify_all();
     }
   }
-  // The daemon is gone (or the channel is closing): writers blocked for room stop waiting.
-  for (auto& b : c->bufs) b->producer->abandon();
+  // The daemon is gone (or the channel is closing): nobody will read these buffers again, so
+  // writes fail with EPIPE from now on instead of filling a buffer no reader will drain (and
+  // then reporting ENOSPC, which reads as "reader too slow"); writers blocked for room stop
+  // waiting. Closing is idempotent and safe while threads write: relay_close closed them already.
+  for (auto& b : c->bufs) {
+    b->producer->close();
+    b->producer->abandon();
+  }
   std::lock_guard lk(c->mu);
   c->close_replied = true;  // nobody will confirm
   if (c->close_status == 0) c->close_status = -EIO;
