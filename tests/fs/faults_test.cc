@@ -1,0 +1,356 @@
+// Fault tests (issue 6, "Faults"): producers killed mid-write, the daemon killed under blocked
+// readers, and unmounts under load. Every process here is a real one (fork), so that what is
+// checked is what a user would see: exit statuses, process states in /proc, records in files.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/xattr.h>
+
+#include <cinttypes>
+#include <random>
+
+#include "helpers.h"
+#include "tagged.h"
+
+using namespace relayfs::test;
+
+namespace {
+
+// Children report through exit statuses; these are theirs.
+constexpr int kChildOk = 0;
+constexpr int kChildSetupFailed = 90;
+
+// Shared with a producer child: how many records each writer thread had committed (relay_write
+// or relay_commit returned), stored after the fact, so a record below the count is committed.
+struct Committed {
+  std::atomic<uint64_t> count[2];
+  std::atomic<uint32_t> ready;  // the channel is open
+};
+static_assert(std::atomic<uint64_t>::is_always_lock_free);
+
+// Fork with the child's body; the child never returns into the test.
+template <typename F>
+pid_t spawn(F body) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    ::_exit(body());
+  }
+  return pid;
+}
+
+// Waits for a child up to limit; returns its wait status, or -1 if it did not end (it is then
+// killed, so that no test leaves a process behind).
+int wait_child(pid_t pid, std::chrono::milliseconds limit) {
+  int st = 0;
+  const auto until = Clock::now() + limit;
+  while (::waitpid(pid, &st, WNOHANG) == 0) {
+    if (Clock::now() > until) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &st, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return st;
+}
+
+std::string describe(int st) {
+  if (st == -1) return "did not end in time (killed)";
+  if (WIFSIGNALED(st)) return "killed by signal " + std::to_string(WTERMSIG(st));
+  return "exit " + std::to_string(WEXITSTATUS(st));
+}
+
+// Reads a relay file to EOF in 1 MiB reads and checks it holds the tagged records of one writer
+// thread, whole and gapless from sequence 0. Returns how many; *bad counts what is wrong.
+struct Stream {
+  uint64_t records = 0, bad = 0, leftover = 0;
+  uint64_t lost_uncommitted = 0, lost_full = 0;  // the file's counters at EOF
+};
+
+uint64_t xattr_num(int fd, const char* name) {
+  char v[32] = {};
+  return ::fgetxattr(fd, name, v, sizeof v - 1) > 0 ? std::strtoull(v, nullptr, 10) : 0;
+}
+Stream read_tagged(const std::string& path, uint32_t thread) {
+  Stream s;
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return s;
+  std::vector<char> buf(1 << 20);
+  std::string pending;
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n <= 0) break;
+    pending.append(buf.data(), static_cast<size_t>(n));
+    size_t at = 0;
+    TaggedHeader h;
+    long len;
+    while ((len = tagged_check(pending.data() + at, pending.size() - at, &h)) > 0) {
+      if (h.thread != thread || h.seq != s.records) ++s.bad;
+      ++s.records;
+      at += static_cast<size_t>(len);
+    }
+    if (len < 0) {
+      ++s.bad;  // a torn or foreign record
+      at = pending.size();
+    }
+    pending.erase(0, at);
+  }
+  s.leftover = pending.size();
+  s.lost_uncommitted = xattr_num(fd, "user.relayfs.lost_uncommitted");
+  s.lost_full = xattr_num(fd, "user.relayfs.lost_full");
+  ::close(fd);
+  return s;
+}
+
+// A writer thread of a producer child: pinned to cpu, so that it alone writes that CPU's buffer
+// (commits in order: everything committed is provably whole). Writes tagged records of 40..4000
+// bytes, half through relay_write and half through relay_reserve + relay_commit, so a kill can
+// land between a reservation and its commit.
+void write_forever(rchan* c, unsigned cpu, uint32_t channel, std::atomic<uint64_t>* committed) {
+  pin_to(cpu);
+  std::mt19937 rng(channel * 31 + cpu);
+  std::vector<char> rec(4096);
+  for (uint64_t seq = 0;;) {
+    TaggedHeader h{};
+    h.len = 40 + rng() % 3961;
+    h.channel = channel;
+    h.buffer = cpu;
+    h.thread = cpu;
+    h.seq = seq;
+    tagged_make(h, rec.data());
+    bool ok;
+    if (seq % 2) {
+      ok = relay_write(c, rec.data(), h.len) == 0;
+    } else if (void* slot = relay_reserve(c, h.len)) {
+      std::memcpy(slot, rec.data(), h.len);
+      relay_commit(c, slot, h.len);
+      ok = true;
+    } else {
+      ok = false;
+    }
+    if (ok) committed->store(++seq, std::memory_order_release);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("producers killed with SIGKILL mid-write, many times: every committed record is read") {
+  Mount m({"-o", "blocking"});
+  const unsigned cpus = std::min(2u, ncpus());
+  auto* shared = static_cast<Committed*>(
+      ::mmap(nullptr, sizeof(Committed), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(shared != MAP_FAILED);
+  constexpr int kKills = 60;
+  std::mt19937 rng(6);
+  // mid_record: buffers whose writer died between a reservation and its commit.
+  // mid_stream: buffers that were not full when their writer died (it was writing, not dropping).
+  uint64_t committed_total = 0, read_total = 0, mid_record = 0, mid_stream = 0;
+  for (int k = 0; k < kKills; ++k) {
+    for (auto& c : shared->count) c.store(0);
+    shared->ready.store(0);
+    const std::string base = "k" + std::to_string(k) + "_";
+    const pid_t child = spawn([&] {
+      // 8 MiB per CPU: the writers seldom fill it in the few ms before the kill.
+      rchan* c = relay_open(base.c_str(), m.dir.c_str(), 256 << 10, 32, nullptr, nullptr);
+      if (!c) return kChildSetupFailed;
+      shared->ready.store(1);
+      std::vector<std::thread> writers;
+      for (unsigned t = 0; t < cpus; ++t)
+        writers.emplace_back(write_forever, c, t, static_cast<uint32_t>(k), &shared->count[t]);
+      for (auto& w : writers) w.join();  // never: the test kills us
+      return kChildOk;
+    });
+    REQUIRE(wait_for([&] { return shared->ready.load() != 0; }));
+    // A random point in the stream: after 0.1 .. 4 ms of writing.
+    std::this_thread::sleep_for(std::chrono::microseconds(100 + rng() % 3900));
+    ::kill(child, SIGKILL);
+    int st = 0;
+    ::waitpid(child, &st, 0);
+    REQUIRE(WIFSIGNALED(st));
+    for (unsigned t = 0; t < cpus; ++t) {
+      const uint64_t committed = shared->count[t].load(std::memory_order_acquire);
+      const std::string file = m.path(base + std::to_string(t));
+      const Stream s = read_tagged(file, t);
+      INFO("kill " << k << ", buffer " << t);
+      CHECK(s.bad == 0);
+      CHECK(s.leftover == 0);  // no torn record at the end either
+      // Everything committed before the kill is read; a record committed between its commit and
+      // the counter's store may be read too.
+      CHECK(s.records >= committed);
+      CHECK(s.records <= committed + 1);
+      committed_total += committed;
+      read_total += s.records;
+      if (s.lost_uncommitted > 0) ++mid_record;
+      if (s.lost_full == 0) ++mid_stream;
+    }
+    // Drained and finalized: the files go.
+    CHECK(wait_for([&] {
+      for (unsigned t = 0; t < cpus; ++t)
+        if (exists(m.path(base + std::to_string(t)))) return false;
+      return true;
+    }));
+  }
+  // The daemon runs on: a new channel works end to end.
+  CHECK(is_mounted(m.dir));
+  rchan* c = open_global(m.dir, "after");
+  const std::string data = write_records(c, 0, 10);
+  CHECK(relay_close(c) == 0);
+  CHECK(slurp(m.path("after0")) == data);  // what was committed, then EOF
+  std::printf("producer kills: %d SIGKILLs, %" PRIu64 " records committed before them, %" PRIu64
+              " read, all intact; of %u buffers %" PRIu64 " were not full at the kill and %" PRIu64
+              " had a record reserved and never committed\n",
+              kKills, committed_total, read_total, kKills * cpus, mid_stream, mid_record);
+  ::munmap(shared, sizeof(Committed));
+}
+
+namespace {
+
+// What a producer child saw of its daemon dying, for the test to report.
+struct ProducerView {
+  std::atomic<uint32_t> ready;
+  std::atomic<int> write_errno;  // first relay_write failure
+  std::atomic<int> close_rc, close_errno;
+  std::atomic<uint64_t> written;
+};
+
+// A producer child: a live channel with a record every 2 ms and an idle one, both global; writes
+// until relay_write fails or 10 s pass, then closes both. Exits 0 when it saw clear errors: a
+// failed write with EPIPE (the daemon is gone) and relay_close failing with EIO.
+int producer_until_error(const std::string& dir, const char* live, const char* idle,
+                         ProducerView* v) {
+  rchan_callbacks cb{};
+  cb.create_buf_file = &make_global<0444>;
+  rchan* a = relay_open(live, dir.c_str(), 4096, 8, &cb, nullptr);
+  rchan* b = relay_open(idle, dir.c_str(), 4096, 8, &cb, nullptr);
+  if (!a || !b) return kChildSetupFailed;
+  v->ready.store(1);
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  for (int i = 0; Clock::now() < until; ++i) {
+    const std::string r = record(i);
+    if (relay_write(a, r.data(), r.size()) != 0) {
+      v->write_errno.store(errno);
+      break;
+    }
+    v->written.fetch_add(1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  v->close_rc.store(relay_close(a));
+  v->close_errno.store(errno);
+  const int rc_b = relay_close(b);
+  const bool clear = v->write_errno.load() == EPIPE && v->close_rc.load() == -1 &&
+                     v->close_errno.load() == EIO && rc_b == -1 && errno == EIO;
+  return clear ? kChildOk : 1;
+}
+
+// A reader child. Blocking: read(2) loops; polled: poll() then a non-blocking read. Exits with
+// the errno that ended it (0: EOF).
+int reader(const std::string& path, bool polled) {
+  const int fd = ::open(path.c_str(), O_RDONLY | (polled ? O_NONBLOCK : 0));
+  if (fd < 0) return kChildSetupFailed;
+  char buf[65536];
+  for (;;) {
+    if (polled) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, -1) < 0) return errno;
+    }
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n == 0) return 0;
+    if (n < 0 && errno != EAGAIN && errno != EINTR) return errno;
+  }
+}
+
+struct Readers {
+  std::vector<pid_t> pids;
+  std::vector<std::string> what;
+
+  void start(const std::string& path, bool polled, const std::string& name) {
+    pids.push_back(spawn([=] { return reader(path, polled); }));
+    what.push_back(name);
+  }
+  // True once every reader sleeps (S): blocked in read or poll, not running or in D.
+  bool all_blocked() const {
+    for (pid_t p : pids)
+      if (proc_state("/proc/" + std::to_string(p)) != 'S') return false;
+    return true;
+  }
+  // Waits for every reader to end by itself within limit, sampling states meanwhile; returns
+  // the number of samples that found one in state D. Each end is described in ends.
+  int wait_all(std::chrono::milliseconds limit, std::vector<std::string>* ends) {
+    int d_samples = 0;
+    const auto until = Clock::now() + limit;
+    std::vector<int> status(pids.size(), -2);
+    for (size_t left = pids.size(); left > 0 && Clock::now() < until;) {
+      for (size_t i = 0; i < pids.size(); ++i) {
+        if (status[i] != -2) continue;
+        if (proc_state("/proc/" + std::to_string(pids[i])) == 'D') ++d_samples;
+        int st;
+        if (::waitpid(pids[i], &st, WNOHANG) == pids[i]) {
+          status[i] = st;
+          --left;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    for (size_t i = 0; i < pids.size(); ++i) {
+      if (status[i] == -2) status[i] = wait_child(pids[i], std::chrono::milliseconds(0));
+      const int st = status[i];
+      ends->push_back(what[i] + ": " +
+                      (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0 &&
+                               WEXITSTATUS(st) != kChildSetupFailed
+                           ? std::string("returned ") + std::strerror(WEXITSTATUS(st))
+                           : describe(st)));
+    }
+    return d_samples;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("the daemon killed with SIGKILL under blocked readers: no reader in D, clear errors, "
+          "remount works") {
+  Mount m({"-o", "blocking"});
+  auto* v = static_cast<ProducerView*>(::mmap(nullptr, sizeof(ProducerView),
+                                              PROT_READ | PROT_WRITE,
+                                              MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(v != MAP_FAILED);
+  const pid_t producer = spawn([&] { return producer_until_error(m.dir, "live", "idle", v); });
+  REQUIRE(wait_for([&] { return v->ready.load() != 0; }));
+  Readers r;
+  r.start(m.path("live0"), false, "read(2) on a live file");
+  r.start(m.path("idle0"), false, "read(2) blocked on an idle file");
+  r.start(m.path("idle0"), true, "poll() on an idle file");
+  r.start(m.path("live0"), true, "poll() on a live file");
+  // Blocked: in read or poll, waiting for the daemon (a live reader between records).
+  CHECK(wait_for([&] { return r.all_blocked(); }));
+
+  const int st = m.stop_daemon(SIGKILL);
+  CHECK(WIFSIGNALED(st));
+  std::vector<std::string> ends;
+  const int d_samples = r.wait_all(std::chrono::seconds(5), &ends);
+  for (auto& e : ends) std::printf("daemon kill: reader %s\n", e.c_str());
+  for (auto& e : ends) {
+    INFO(e);
+    CHECK(e.find("returned") != std::string::npos);  // ended by itself, with an errno
+  }
+  CHECK(d_samples == 0);
+  const int pst = wait_child(producer, std::chrono::seconds(15));
+  std::printf("daemon kill: producer %s after %" PRIu64 " records; write failed with %s, "
+              "relay_close returned %d (%s)\n",
+              describe(pst).c_str(), v->written.load(), std::strerror(v->write_errno.load()),
+              v->close_rc.load(), std::strerror(v->close_errno.load()));
+  CHECK(pst == 0);  // exited (no crash), having seen EPIPE and EIO
+
+  // The dead mount: unmount it and mount again on the same directory.
+  CHECK(run("fusermount3 -u -z '" + m.dir + "'") == 0);
+  CHECK_FALSE(is_mounted(m.dir));
+  {
+    Mount again({}, m.dir);
+    rchan* c = open_global(again.dir, "again");
+    const std::string data = write_records(c, 0, 5);
+    CHECK(relay_close(c) == 0);
+    CHECK(slurp(again.path("again0")) == data);
+  }
+  ::munmap(v, sizeof(ProducerView));
+}
