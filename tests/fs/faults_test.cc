@@ -35,6 +35,10 @@ pid_t spawn(F body) {
   REQUIRE(pid >= 0);
   if (pid == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // doctest's crash handlers would report a signal the test sends the child as a crash of
+    // the test: a child dies of its signals plainly.
+    for (int sig : {SIGTERM, SIGINT, SIGSEGV, SIGABRT, SIGFPE, SIGILL, SIGBUS})
+      ::signal(sig, SIG_DFL);
     ::_exit(body());
   }
   return pid;
@@ -43,6 +47,7 @@ pid_t spawn(F body) {
 // Waits for a child up to limit; returns its wait status, or -1 if it did not end (it is then
 // killed, so that no test leaves a process behind).
 int wait_child(pid_t pid, std::chrono::milliseconds limit) {
+  REQUIRE(pid > 0);  // never waitpid(-1) or kill(-1): that would reach other processes
   int st = 0;
   const auto until = Clock::now() + limit;
   while (::waitpid(pid, &st, WNOHANG) == 0) {
@@ -216,17 +221,17 @@ struct ProducerView {
 };
 
 // A producer child: a live channel with a record every 2 ms and an idle one, both global; writes
-// until relay_write fails or 10 s pass, then closes both. Exits 0 when it saw clear errors: a
-// failed write with EPIPE (the daemon is gone) and relay_close failing with EIO.
-int producer_until_error(const std::string& dir, const char* live, const char* idle,
-                         ProducerView* v) {
+// until relay_write fails or `limit` passes, then closes both. What it saw goes to *v; it exits 0
+// unless it could not open its channels.
+int producer(const std::string& dir, const char* live, const char* idle,
+             std::chrono::milliseconds limit, ProducerView* v) {
   rchan_callbacks cb{};
   cb.create_buf_file = &make_global<0444>;
   rchan* a = relay_open(live, dir.c_str(), 4096, 8, &cb, nullptr);
   rchan* b = relay_open(idle, dir.c_str(), 4096, 8, &cb, nullptr);
   if (!a || !b) return kChildSetupFailed;
   v->ready.store(1);
-  const auto until = Clock::now() + std::chrono::seconds(10);
+  const auto until = Clock::now() + limit;
   for (int i = 0; Clock::now() < until; ++i) {
     const std::string r = record(i);
     if (relay_write(a, r.data(), r.size()) != 0) {
@@ -237,16 +242,54 @@ int producer_until_error(const std::string& dir, const char* live, const char* i
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   v->close_rc.store(relay_close(a));
-  v->close_errno.store(errno);
-  const int rc_b = relay_close(b);
-  const bool clear = v->write_errno.load() == EPIPE && v->close_rc.load() == -1 &&
-                     v->close_errno.load() == EIO && rc_b == -1 && errno == EIO;
-  return clear ? kChildOk : 1;
+  v->close_errno.store(v->close_rc.load() ? errno : 0);
+  relay_close(b);
+  return kChildOk;
 }
+
+ProducerView* shared_view() {
+  void* p = ::mmap(nullptr, sizeof(ProducerView), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(p != MAP_FAILED);
+  return new (p) ProducerView{};
+}
+
+std::string seen(const ProducerView& v) {
+  return std::to_string(v.written.load()) + " records written; relay_write " +
+         (v.write_errno.load() ? std::string("failed with ") + std::strerror(v.write_errno.load())
+                               : std::string("never failed")) +
+         ", relay_close returned " + std::to_string(v.close_rc.load()) +
+         (v.close_rc.load() ? std::string(" (") + std::strerror(v.close_errno.load()) + ")" : "");
+}
+
+// A blocking mount with a producer child writing to its "live" channel (and holding an "idle"
+// one) for `limit`, or until a write fails.
+struct Loaded {
+  Mount m{{"-o", "blocking"}};
+  ProducerView* v = shared_view();
+  pid_t pid = -1;
+
+  explicit Loaded(std::chrono::milliseconds limit) {
+    pid = spawn([&] { return producer(m.dir, "live", "idle", limit, v); });
+    REQUIRE(wait_for([&] { return v->ready.load() != 0; }));
+  }
+  ~Loaded() { ::munmap(v, sizeof(ProducerView)); }
+
+  // The producer ends by itself (no crash) having seen its daemon go: relay_write fails with
+  // EPIPE, relay_close with EIO.
+  void check_saw_daemon_go(const char* what) {
+    const int st = wait_child(pid, std::chrono::seconds(15));
+    std::printf("%s: producer %s, %s\n", what, describe(st).c_str(), seen(*v).c_str());
+    CHECK(st == 0);
+    CHECK(v->write_errno.load() == EPIPE);
+    CHECK(v->close_rc.load() == -1);
+    CHECK(v->close_errno.load() == EIO);
+  }
+};
 
 // A reader child. Blocking: read(2) loops; polled: poll() then a non-blocking read. Exits with
 // the errno that ended it (0: EOF).
-int reader(const std::string& path, bool polled) {
+int reader(const std::string& path, bool polled, std::atomic<uint64_t>* bytes) {
   const int fd = ::open(path.c_str(), O_RDONLY | (polled ? O_NONBLOCK : 0));
   if (fd < 0) return kChildSetupFailed;
   char buf[65536];
@@ -258,15 +301,31 @@ int reader(const std::string& path, bool polled) {
     const ssize_t n = ::read(fd, buf, sizeof buf);
     if (n == 0) return 0;
     if (n < 0 && errno != EAGAIN && errno != EINTR) return errno;
+    if (n > 0) bytes->fetch_add(static_cast<uint64_t>(n));
   }
 }
 
 struct Readers {
   std::vector<pid_t> pids;
   std::vector<std::string> what;
+  std::atomic<uint64_t>* bytes;  // read by all of them, in shared memory
+
+  Readers() {
+    void* p = ::mmap(nullptr, sizeof *bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                     -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    bytes = new (p) std::atomic<uint64_t>(0);
+  }
+  ~Readers() {
+    for (pid_t p : pids)
+      if (p > 0) ::kill(p, SIGKILL);  // those still there if a check failed
+    for (pid_t p : pids)
+      if (p > 0) ::waitpid(p, nullptr, 0);
+    ::munmap(bytes, sizeof *bytes);
+  }
 
   void start(const std::string& path, bool polled, const std::string& name) {
-    pids.push_back(spawn([=] { return reader(path, polled); }));
+    pids.push_back(spawn([=, b = bytes] { return reader(path, polled, b); }));
     what.push_back(name);
   }
   // True once every reader sleeps (S): blocked in read or poll, not running or in D.
@@ -296,6 +355,7 @@ struct Readers {
     for (size_t i = 0; i < pids.size(); ++i) {
       if (status[i] == -2) status[i] = wait_child(pids[i], std::chrono::milliseconds(0));
       const int st = status[i];
+      pids[i] = -1;  // reaped
       ends->push_back(what[i] + ": " +
                       (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0 &&
                                WEXITSTATUS(st) != kChildSetupFailed
@@ -310,13 +370,8 @@ struct Readers {
 
 TEST_CASE("the daemon killed with SIGKILL under blocked readers: no reader in D, clear errors, "
           "remount works") {
-  Mount m({"-o", "blocking"});
-  auto* v = static_cast<ProducerView*>(::mmap(nullptr, sizeof(ProducerView),
-                                              PROT_READ | PROT_WRITE,
-                                              MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  REQUIRE(v != MAP_FAILED);
-  const pid_t producer = spawn([&] { return producer_until_error(m.dir, "live", "idle", v); });
-  REQUIRE(wait_for([&] { return v->ready.load() != 0; }));
+  Loaded l(std::chrono::seconds(10));
+  Mount& m = l.m;
   Readers r;
   r.start(m.path("live0"), false, "read(2) on a live file");
   r.start(m.path("idle0"), false, "read(2) blocked on an idle file");
@@ -335,22 +390,100 @@ TEST_CASE("the daemon killed with SIGKILL under blocked readers: no reader in D,
     CHECK(e.find("returned") != std::string::npos);  // ended by itself, with an errno
   }
   CHECK(d_samples == 0);
-  const int pst = wait_child(producer, std::chrono::seconds(15));
-  std::printf("daemon kill: producer %s after %" PRIu64 " records; write failed with %s, "
-              "relay_close returned %d (%s)\n",
-              describe(pst).c_str(), v->written.load(), std::strerror(v->write_errno.load()),
-              v->close_rc.load(), std::strerror(v->close_errno.load()));
-  CHECK(pst == 0);  // exited (no crash), having seen EPIPE and EIO
+  l.check_saw_daemon_go("daemon kill");
 
   // The dead mount: unmount it and mount again on the same directory.
   CHECK(run("fusermount3 -u -z '" + m.dir + "'") == 0);
   CHECK_FALSE(is_mounted(m.dir));
-  {
-    Mount again({}, m.dir);
-    rchan* c = open_global(again.dir, "again");
-    const std::string data = write_records(c, 0, 5);
-    CHECK(relay_close(c) == 0);
-    CHECK(slurp(again.path("again0")) == data);
+  Mount again({}, m.dir);
+  rchan* c = open_global(again.dir, "again");
+  const std::string data = write_records(c, 0, 5);
+  CHECK(relay_close(c) == 0);
+  CHECK(slurp(again.path("again0")) == data);
+}
+
+namespace {
+
+// Waits up to limit for the mount's daemon to exit by itself (killing it after that); returns
+// its wait status, or -1 if it had to be killed.
+int daemon_exit(Mount& m, std::chrono::milliseconds limit) {
+  const int st = wait_child(m.pid, limit);
+  m.pid = -1;
+  return st;
+}
+
+bool exited_zero(int st) {
+  return st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("fusermount3 -u under load: refused while files are open, then unmounts under a "
+          "writing producer, which sees clear errors") {
+  Loaded l(std::chrono::seconds(10));
+  Mount& m = l.m;
+  Readers r;
+  r.start(m.path("live0"), false, "read(2) on a live file");
+  r.start(m.path("idle0"), true, "poll() on an idle file");
+  REQUIRE(wait_for([&] { return r.bytes->load() > 0; }));
+
+  // Busy: refused, and the mount goes on serving.
+  CHECK(run("fusermount3 -u '" + m.dir + "' 2>/dev/null") != 0);
+  CHECK(is_mounted(m.dir));
+  const uint64_t before = r.bytes->load();
+  CHECK(wait_for([&] { return r.bytes->load() > before; }));
+
+  // Readers blocked in read and poll end at a signal (interrupted, never in D).
+  for (pid_t p : r.pids) ::kill(p, SIGTERM);
+  std::vector<std::string> ends;
+  CHECK(r.wait_all(std::chrono::seconds(5), &ends) == 0);
+  for (auto& e : ends) {
+    INFO(e);
+    CHECK(e.find("signal 15") != std::string::npos);
   }
-  ::munmap(v, sizeof(ProducerView));
+  // Now it unmounts while the producer writes; the daemon exits, the producer sees why.
+  CHECK(run("fusermount3 -u '" + m.dir + "'") == 0);
+  const int dst = daemon_exit(m, std::chrono::seconds(5));
+  std::printf("fusermount3 -u: daemon %s\n", describe(dst).c_str());
+  CHECK(exited_zero(dst));
+  l.check_saw_daemon_go("fusermount3 -u");
+}
+
+TEST_CASE("umount -l under load: readers read on to EOF, the producer closes cleanly, new "
+          "producers are refused, and the daemon exits when the last file closes") {
+  Loaded l(std::chrono::milliseconds(1500));
+  Mount& m = l.m;
+  ProducerView* v = l.v;
+  Readers r;
+  r.start(m.path("live0"), false, "read(2) on a live file");
+  r.start(m.path("live0"), true, "poll() on a live file");
+  r.start(m.path("idle0"), false, "read(2) on an idle file");
+  REQUIRE(wait_for([&] { return r.bytes->load() > 0; }));
+
+  CHECK(run("umount -l '" + m.dir + "'") == 0);
+  CHECK_FALSE(is_mounted(m.dir));
+  // The directory is a plain one now: relay_open says it is not relayfs.
+  errno = 0;
+  CHECK(relay_open("late", m.dir.c_str(), 4096, 8, nullptr, nullptr) == nullptr);
+  CHECK(errno == ENOTSUP);
+
+  // The detached mount lives on for its open files: the readers get every record, then EOF
+  // when the producer closes; the daemon exits once they have closed their files.
+  std::vector<std::string> ends;
+  CHECK(r.wait_all(std::chrono::seconds(10), &ends) == 0);
+  for (auto& e : ends) {
+    INFO(e);
+    CHECK(e.find("exit 0") != std::string::npos);  // EOF
+  }
+  const int pst = wait_child(l.pid, std::chrono::seconds(15));
+  const int dst = daemon_exit(m, std::chrono::seconds(5));
+  std::printf("umount -l: readers read %" PRIu64 " bytes of %" PRIu64
+              " written; daemon %s; producer %s, %s\n",
+              r.bytes->load(), v->written.load() * kRec, describe(dst).c_str(),
+              describe(pst).c_str(), seen(*v).c_str());
+  CHECK(pst == 0);
+  CHECK(v->write_errno.load() == 0);
+  CHECK(v->close_rc.load() == 0);
+  CHECK(r.bytes->load() == v->written.load() * kRec);
+  CHECK(exited_zero(dst));
 }
