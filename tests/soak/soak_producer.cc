@@ -12,8 +12,9 @@
 //   buf chan=N name=BASE buf=I overwrite=0|1 subbuf=S n=K attempts=A ok=W okbytes=B nospc=X
 //       msgsize=Y other=Z close=0
 //
-// and "done" when SECONDS are up and every channel is closed. Exits 1 (message on stderr) if the
-// channel cannot be opened or a writer cannot be pinned.
+// "openfail name=BASE errno=E" for a relay_open that failed (the slot tries again 100 ms later),
+// and "done" when SECONDS are up and every channel is closed. Exits 1 (message on stderr) if a
+// writer cannot be pinned.
 #include <relayfs/relay.h>
 #include <sched.h>
 #include <sys/sysinfo.h>
@@ -78,14 +79,19 @@ void open_slot(Slot& s, unsigned index, uint32_t number, std::mt19937& rng, size
   rchan_callbacks cb{};
   s.chan = relay_open_opts(s.base.c_str(), nullptr, s.subbuf, s.n, &cb, nullptr, &o);
   if (!s.chan) {
+    // Reported for the test to count; the slot tries again with the next channel shortly.
+    std::printf("openfail name=%s errno=%d\n", s.base.c_str(), errno);
+    std::fflush(stdout);
     std::fprintf(stderr, "soak_producer %u: relay_open %s: %s\n", g_producer, s.base.c_str(),
                  std::strerror(errno));
-    std::exit(1);
+    s.close_at = Clock::now() + std::chrono::milliseconds(100);
+    return;
   }
   s.close_at = Clock::now() + std::chrono::milliseconds(1000 + rng() % 5000);
 }
 
 void close_slot(Slot& s) {
+  if (!s.chan) return;  // its relay_open failed
   const int rc = relay_close(s.chan);
   const int err = rc == 0 ? 0 : errno;
   s.chan = nullptr;

@@ -202,6 +202,7 @@ class Load {
   std::map<std::string, Produced> produced;
   std::map<std::string, Read> read;
   unsigned producer_failures = 0;
+  std::atomic<unsigned> open_failures{0};  // relay_open calls that failed
   bool timed_out = false;
 
  private:
@@ -213,6 +214,10 @@ class Load {
       std::istringstream in(line);
       std::string word;
       in >> word;
+      if (word == "openfail") {
+        open_failures.fetch_add(1);
+        continue;
+      }
       if (word != "buf") continue;
       Produced p;
       while (in >> word) {
@@ -414,6 +419,7 @@ TEST_CASE("soak: 64 channels from 16 processes, every record intact and accounte
     const Totals t = check(warm);
     print("warm-up", t, std::chrono::duration<double>(Clock::now() - t0).count() / 60);
     REQUIRE(warm.producer_failures == 0);
+    REQUIRE(warm.open_failures.load() == 0);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   const Daemon before = measure(m.pid);
@@ -424,10 +430,13 @@ TEST_CASE("soak: 64 channels from 16 processes, every record intact and accounte
   const double minutes = std::chrono::duration<double>(Clock::now() - t1).count() / 60;
   CHECK_FALSE(load.timed_out);
   CHECK(load.producer_failures == 0);
+  CHECK(load.open_failures.load() == 0);
   const Totals t = check(load);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   const Daemon after = measure(m.pid);
   print("run", t, minutes);
+  std::printf("  relay_open failures: %u, producer processes failing: %u\n",
+              load.open_failures.load(), load.producer_failures);
   std::printf(
       "  daemon: RssAnon %ld -> %ld KiB, VmRSS %ld -> %ld KiB, fds %ld -> %ld, threads %ld -> "
       "%ld\n",
@@ -441,7 +450,8 @@ TEST_CASE("soak: 64 channels from 16 processes, every record intact and accounte
   // the heap may end a few pages up or down; a leak of even one channel's bookkeeping per
   // channel opened (thousands here) would exceed it.
   CHECK(after.rss_anon <= before.rss_anon + kRssToleranceKib);
-  const bool pass = t.bad == 0 && !load.timed_out && after.fds == before.fds &&
+  const bool pass = t.bad == 0 && !load.timed_out && load.open_failures.load() == 0 &&
+                    load.producer_failures == 0 && after.fds == before.fds &&
                     after.rss_anon <= before.rss_anon + kRssToleranceKib;
   std::printf("soak result: %s\n", pass ? "PASS" : "FAIL");
 }
