@@ -355,7 +355,6 @@ void RelayFs::maybe_remove(uint32_t channel_id) noexcept {
 
 void RelayFs::remove_drained(uint32_t channel_id) {
   bool free_it = true;
-  std::vector<Gone> gone;
   {
     std::lock_guard lk(tree.mu);
     auto it = channels_.find(channel_id);
@@ -365,21 +364,15 @@ void RelayFs::remove_drained(uint32_t channel_id) {
       if (!s->unlinked && s->drained()) {
         s->unlinked = true;
         if (Node* n = tree.get(s->ino)) {
-          gone.push_back({n->parent, n->ino, n->name});
+          // Until the kernel forgets the node, the node keeps the buffer alive.
+          forgetter_.gone(n->parent, n->name);
           tree.unlink(n);
         }
       }
       if (!s->unlinked || s->opens) free_it = false;
     }
   }
-  if (!gone.empty()) {
-    // Until the kernel forgets a node, the node keeps its buffer (memfd and mapping) alive, and
-    // the kernel keeps a dentry it has no reason to drop: tell it the files are gone.
-    std::lock_guard lk(gone_mu_);
-    for (auto& g : gone) gone_.push_back(std::move(g));
-  }
-  // kFree with id 0 only wakes the loop, which tells the kernel.
-  if (free_it || !gone.empty()) post({LoopEvent::kFree, free_it ? channel_id : 0, nullptr});
+  if (free_it) post({LoopEvent::kFree, channel_id, nullptr});
 }
 
 void RelayFs::free_channel(uint32_t id) {

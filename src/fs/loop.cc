@@ -91,11 +91,16 @@ int RelayFs::start() {
   watch(listen_fd_.get(), tag(kListen, 0));
   watch(notify_fd_.get(), tag(kNotify, 0));
   io_uring_submit(&ring_);
+  // Without it relayfs works on, but keeps the buffers of drained channels the kernel did not
+  // happen to forget.
+  if (int rc = se_ ? forgetter_.start(fuse_session_fd(se_)) : -EINVAL; rc != 0)
+    std::fprintf(stderr, "relayfs: cannot start the forgetter: %s\n", std::strerror(-rc));
   loop_ = std::thread([this] { loop_main(); });
   return 0;
 }
 
 void RelayFs::stop() {
+  forgetter_.stop();
   if (!loop_.joinable()) return;
   stopping_.store(true, std::memory_order_release);
   post({LoopEvent::kFree, 0, nullptr});  // wakes the loop
@@ -150,7 +155,6 @@ void RelayFs::loop_main() {
           while (::read(notify_fd_.get(), &v, sizeof v) > 0) {
           }
           drain_events();
-          tell_kernel_gone();
           break;
         }
         case kConn: {
@@ -251,24 +255,6 @@ void RelayFs::drain_events() {
         break;
     }
   }
-}
-
-// Tells the kernel that drained relay files left their directory, so that it drops their
-// dentries and, once nothing holds their inodes, sends FORGET: only then is a node freed, and
-// with it the buffer it holds (memfd and mapping). Without this a daemon serving many short-lived
-// channels kept every buffer until the kernel happened to evict the dentry. Loop thread, no lock
-// held: the kernel takes the directory's lock for the notification, and a FUSE request that holds
-// it may be waiting for a handler that needs tree.mu.
-void RelayFs::tell_kernel_gone() {
-  std::vector<Gone> gone;
-  {
-    std::lock_guard lk(gone_mu_);
-    gone.swap(gone_);
-  }
-  if (!se_) return;
-  for (const Gone& g : gone)
-    // -ENOENT: the kernel had not cached it, nothing to drop.
-    fuse_lowlevel_notify_delete(se_, g.parent, g.ino, g.name.c_str(), g.name.size());
 }
 
 void RelayFs::finish_read(ParkedRead* pr, const char* data, ssize_t n) {

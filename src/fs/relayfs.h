@@ -20,6 +20,7 @@
 #include "core/fd.h"
 #include "core/wire.h"
 #include "fs/channel.h"
+#include "fs/forget.h"
 #include "fs/tree.h"
 
 namespace relayfs::fs {
@@ -33,7 +34,7 @@ struct Options {
 // What a FUSE worker hands to the loop thread.
 struct LoopEvent {
   enum Kind : uint32_t { kPark, kInterrupt, kFree } kind;
-  uint64_t id;       // kInterrupt: parked read id; kFree: channel id (0: only wake the loop)
+  uint64_t id;       // kInterrupt: parked read id; kFree: channel id
   ParkedRead* read;  // kPark
 };
 
@@ -120,7 +121,6 @@ class RelayFs {
   void free_channel(uint32_t id);
   void on_doorbell(uint32_t channel_id);
   void drain_events();
-  void tell_kernel_gone();
   void service(const std::shared_ptr<Source>& s);
   void finish_read(ParkedRead* pr, const char* data, ssize_t n);
   int register_buffer(RelayBuffer& b);
@@ -149,15 +149,9 @@ class RelayFs {
   std::unordered_map<uint64_t, ParkedRead*> parked_;
   std::vector<bool> fixed_used_;
 
-  // Relay files taken out of the tree whose names the kernel may still cache: the loop thread
-  // tells it (fuse_lowlevel_notify_delete), with no lock held, so that it forgets them and the
-  // daemon can free their buffers.
-  struct Gone {
-    fuse_ino_t parent, ino;
-    std::string name;
-  };
-  std::mutex gone_mu_;
-  std::vector<Gone> gone_;
+  // Tells the kernel which relay files left the tree, so that it forgets them and their
+  // buffers can be freed (forget.h).
+  Forgetter forgetter_;
 
   std::mutex conns_mu_;
   std::unordered_map<uint64_t, std::shared_ptr<Connection>> conns_;
