@@ -18,6 +18,7 @@
 #include <relayfs/relay.h>
 #include <sched.h>
 #include <sys/sysinfo.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -82,7 +83,10 @@ void open_slot(Slot& s, unsigned index, uint32_t number, std::mt19937& rng, size
     // Reported for the test to count; the slot tries again with the next channel shortly.
     std::printf("openfail name=%s errno=%d\n", s.base.c_str(), errno);
     std::fflush(stdout);
-    std::fprintf(stderr, "soak_producer %u: relay_open %s: %s\n", g_producer, s.base.c_str(),
+    timespec now;
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    std::fprintf(stderr, "soak_producer %u: %ld.%03ld: relay_open %s: %s\n", g_producer,
+                 static_cast<long>(now.tv_sec % 86400), now.tv_nsec / 1000000, s.base.c_str(),
                  std::strerror(errno));
     s.close_at = Clock::now() + std::chrono::milliseconds(100);
     return;
