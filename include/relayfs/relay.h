@@ -208,7 +208,8 @@ RELAY_API int relay_reset(struct rchan *chan);
  *             record was dropped and counted;
  *   ETIMEDOUT RELAY_BLOCKING: no room came within block_timeout_ms (dropped, in lost_full);
  *   EMSGSIZE  the record is larger than a sub-buffer (dropped and counted);
- *   EINVAL    length is 0;   EPIPE  the channel is closed.
+ *   EINVAL    length is 0;   EPIPE  the channel is closed, or its daemon
+ *            is gone (killed or unmounted: nothing would read the record).
  */
 RELAY_API int relay_write(struct rchan *chan, const void *data, size_t length);
 
@@ -266,7 +267,7 @@ RELAY_API int relay_buf_stats(struct rchan_buf *buf, struct relay_stats *st);
  * Only the owner of the channel's files, or root, may ask, and only if the producer opened the
  * channel with RELAY_CONTROL. Returns 0 once the producer has done it, or -1 with errno: EPERM
  * (not allowed, by the producer or for this user), ENOENT (not a relay file, or the producer is
- * gone), EINVAL (unknown op), ETIMEDOUT (no answer within 5 s), EBUSY, or the producer's refusal.
+ * gone), EINVAL (unknown op), ETIMEDOUT (no answer within 30 s), EBUSY, or the producer's refusal.
  */
 RELAY_API int relay_control(const char *path, int op);
 

@@ -16,7 +16,6 @@ namespace relayfs::client {
 
 namespace {
 constexpr const char* kControlXattr = "user.relayfs.control";
-constexpr auto kReplyTimeout = std::chrono::seconds(5);
 }  // namespace
 
 int connect_daemon(const char* dir, core::UniqueFd* out) {

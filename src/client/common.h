@@ -3,11 +3,17 @@
 
 #include <relayfs/relay.h>
 
+#include <chrono>
+
 #include "core/buffer.h"
 #include "core/fd.h"
 #include "core/wire.h"
 
 namespace relayfs::client {
+
+// How long a request waits for the daemon. Generous: a daemon serving many busy channels on a
+// loaded machine has been seen to take over 5 s to answer; the limit is for a hung daemon only.
+inline constexpr auto kReplyTimeout = std::chrono::seconds(30);
 
 // Connects to the control socket of the daemon of the mount that holds dir, found through the
 // extended attribute every relayfs directory carries. Returns 0 or an errno: ENOENT, ENOTSUP

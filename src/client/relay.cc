@@ -37,7 +37,6 @@ namespace core = relayfs::core;
 namespace proto = relayfs::proto;
 
 using relayfs::client::connect_daemon;
-constexpr auto kReplyTimeout = std::chrono::seconds(5);
 
 struct Chan;
 
@@ -174,8 +173,14 @@ void event_loop(Chan* c) {
       c->cv.notify_all();
     }
   }
-  // The daemon is gone (or the channel is closing): writers blocked for room stop waiting.
-  for (auto& b : c->bufs) b->producer->abandon();
+  // The daemon is gone (or the channel is closing): nobody will read these buffers again, so
+  // writes fail with EPIPE from now on instead of filling a buffer no reader will drain (and
+  // then reporting ENOSPC, which reads as "reader too slow"); writers blocked for room stop
+  // waiting. Closing is idempotent and safe while threads write: relay_close closed them already.
+  for (auto& b : c->bufs) {
+    b->producer->close();
+    b->producer->abandon();
+  }
   std::lock_guard lk(c->mu);
   c->close_replied = true;  // nobody will confirm
   if (c->close_status == 0) c->close_status = -EIO;
@@ -341,7 +346,7 @@ RELAY_API int relay_close(rchan* chan) {
     const uint32_t seq = c->seq.fetch_add(1);
     if (proto::send_message(c->sock.get(), proto::encode(proto::CloseRequest{c->id}, seq)) == 0) {
       std::unique_lock lk(c->mu);
-      if (!c->cv.wait_for(lk, kReplyTimeout, [&] { return c->close_replied; }))
+      if (!c->cv.wait_for(lk, relayfs::client::kReplyTimeout, [&] { return c->close_replied; }))
         status = -EIO;
       else
         status = c->close_status;

@@ -372,7 +372,11 @@ void RelayFs::remove_drained(uint32_t channel_id) {
       std::lock_guard slk(s->mu);
       if (!s->unlinked && s->drained()) {
         s->unlinked = true;
-        if (Node* n = tree.get(s->ino)) tree.unlink(n);
+        if (Node* n = tree.get(s->ino)) {
+          // Until the kernel forgets the node, the node keeps the buffer alive.
+          forgetter_.gone(n->parent, n->name);
+          tree.unlink(n);
+        }
       }
       if (!s->unlinked || s->opens) free_it = false;
     }

@@ -91,11 +91,16 @@ int RelayFs::start() {
   watch(listen_fd_.get(), tag(kListen, 0));
   watch(notify_fd_.get(), tag(kNotify, 0));
   io_uring_submit(&ring_);
+  // Without it relayfs works on, but keeps the buffers of drained channels the kernel did not
+  // happen to forget.
+  if (int rc = se_ ? forgetter_.start(fuse_session_fd(se_)) : -EINVAL; rc != 0)
+    std::fprintf(stderr, "relayfs: cannot start the forgetter: %s\n", std::strerror(-rc));
   loop_ = std::thread([this] { loop_main(); });
   return 0;
 }
 
 void RelayFs::stop() {
+  forgetter_.stop();
   if (!loop_.joinable()) return;
   stopping_.store(true, std::memory_order_release);
   post({LoopEvent::kFree, 0, nullptr});  // wakes the loop

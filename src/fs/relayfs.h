@@ -20,6 +20,7 @@
 #include "core/fd.h"
 #include "core/wire.h"
 #include "fs/channel.h"
+#include "fs/forget.h"
 #include "fs/tree.h"
 
 namespace relayfs::fs {
@@ -158,6 +159,10 @@ class RelayFs {
   std::unordered_map<uint32_t, PendingControl> pending_controls_;  // by the seq sent to the producer
   uint32_t next_control_seq_ = 1;
   std::vector<bool> fixed_used_;
+
+  // Tells the kernel which relay files left the tree, so that it forgets them and their
+  // buffers can be freed (forget.h).
+  Forgetter forgetter_;
 
   std::mutex conns_mu_;
   std::unordered_map<uint64_t, std::shared_ptr<Connection>> conns_;

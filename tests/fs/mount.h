@@ -56,10 +56,11 @@ inline int run(const std::string& cmd) {
 
 class Mount {
  public:
-  explicit Mount(const std::vector<std::string>& opts = {}) {
+  // at: mount on this existing directory (a remount) instead of a fresh one.
+  explicit Mount(const std::vector<std::string>& opts = {}, const std::string& at = {}) {
     char tmpl[] = "/tmp/relayfs-test-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    dir = tmpl;
+    REQUIRE((!at.empty() || ::mkdtemp(tmpl) != nullptr));
+    dir = at.empty() ? tmpl : at;
     pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
