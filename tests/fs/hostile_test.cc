@@ -69,22 +69,9 @@ int open_errno(const std::string& base, const std::string& dir, size_t subbuf, s
 }
 
 // An open request sent raw on connection s; the daemon's answer as an errno (0: it created the
-// channel, owned by s until s closes). A refusal of the whole message (kError) counts too.
+// channel, owned by s until s closes).
 int raw_open(int s, const proto::OpenRequest& req, uint32_t seq) {
-  REQUIRE(proto::send_message(s, proto::encode(req, seq)) == 0);
-  proto::Received r;
-  REQUIRE(proto::recv_message(s, &r, proto::kMaxFds) == 1);
-  if (r.header.type == static_cast<uint16_t>(proto::Type::kError)) {
-    proto::Status st;
-    REQUIRE(proto::decode(r.payload.data(), r.payload.size(), &st) == 0);
-    return -st.status;
-  }
-  REQUIRE(r.header.type == static_cast<uint16_t>(proto::Type::kOpenReply));
-  CHECK(r.header.seq == seq);
-  proto::OpenReply reply;
-  REQUIRE(proto::decode(r.payload.data(), r.payload.size(), &reply) == 0);
-  if (reply.status == 0) CHECK(r.fds.size() == reply.n_buffers + 1);
-  return -reply.status;
+  return control_answer(s, proto::encode(req, seq));
 }
 
 uint64_t ino_of(const std::string& path) {
@@ -167,12 +154,7 @@ TEST_CASE("hostile names and fields sent raw to the control socket are refused t
     auto lie = proto::encode(req("lie"), seq++);
     const uint32_t len = 2;  // name_len, at offset 24 of the payload, says 2; 3 bytes follow
     std::memcpy(lie.data() + sizeof(proto::Header) + 24, &len, sizeof len);
-    REQUIRE(proto::send_message(s, lie) == 0);
-    proto::Received r;
-    REQUIRE(proto::recv_message(s, &r, proto::kMaxFds) == 1);
-    proto::OpenReply reply;
-    REQUIRE(proto::decode(r.payload.data(), r.payload.size(), &reply) == 0);
-    CHECK(reply.status == -EPROTO);
+    CHECK(control_answer(s, lie) == EPROTO);
   }
   CHECK(raw_open(s, {root, 4096, 4, 0, 1u << 20, "flags"}, seq++) == EINVAL);
   CHECK(raw_open(s, {root, 4096, 4, 010000, 0, "mode"}, seq++) == EINVAL);
