@@ -157,13 +157,13 @@ struct relay_stats {
 /*
  * Creates a channel: files base_filename0 ... base_filenameN-1 in parent, one per possible CPU
  * (or base_filename0 alone for a global channel). Returns the channel, or NULL with errno:
- *   EINVAL   a size is 0, base_filename is not a valid file name, or parent is NULL and
- *            RELAYFS_MOUNT is unset;
+ *   EINVAL   a size is 0, base_filename is not a valid file name (empty, ".", "..", or with
+ *            '/' or a control character), or parent is NULL and RELAYFS_MOUNT is unset;
  *   EFBIG    subbuf_size, n_subbufs or their product is above the limits (see relay(7));
  *   ENOENT   parent does not exist;   ENOTDIR  parent is not a directory;
  *   ENOTSUP  parent is not inside a mounted relayfs;
  *   EACCES   no write permission on parent;   EEXIST  the files exist already;
- *   ENAMETOOLONG  base_filename with its number is too long;
+ *   ENAMETOOLONG  base_filename, or it with its number, is longer than NAME_MAX (255 bytes);
  *   EPERM    create_buf_file refused;   ECONNREFUSED, EIO  the daemon cannot be reached.
  */
 RELAY_API struct rchan *relay_open(const char *base_filename, const char *parent,

@@ -189,7 +189,8 @@ void event_loop(Chan* c) {
 
 int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_size,
                  size_t n_subbufs) {
-  if (!base || !proto::valid_name(base)) return EINVAL;
+  if (!base) return EINVAL;
+  if (int bad = proto::name_error(base); bad) return bad;
   if (!parent || !*parent) parent = std::getenv("RELAYFS_MOUNT");
   if (!parent || !*parent) return EINVAL;
   core::Geometry g;

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cstring>
 #include <new>
 
 namespace relayfs::core {
@@ -12,6 +13,8 @@ namespace relayfs::core {
 namespace {
 
 constexpr int kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW;
+// memfd_create's limit on a name: NAME_MAX less the "memfd:" prefix it adds.
+constexpr size_t kMemfdNameMax = 255 - 6;
 
 void init_header(ShmHeader* h, const Geometry& g, const Layout& l) {
   // The memfd is fresh and zero-filled; construct the atomics in place so their lifetime
@@ -31,7 +34,14 @@ void init_header(ShmHeader* h, const Geometry& g, const Layout& l) {
 
 int Buffer::create(const Geometry& g, const char* name, Buffer* out) noexcept {
   const Layout l = Layout::of(g);
-  UniqueFd fd(::memfd_create(name ? name : "relayfs-buffer", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  // The name only labels the memfd (/proc/PID/fd, /proc/PID/maps). memfd_create refuses names
+  // above 249 bytes with EINVAL, but a relay file's name may have 255: cut it.
+  char label[kMemfdNameMax + 1] = "relayfs-buffer";
+  if (name) {
+    std::strncpy(label, name, kMemfdNameMax);
+    label[kMemfdNameMax] = '\0';
+  }
+  UniqueFd fd(::memfd_create(label, MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd) return -errno;
   // A memfd is born mode 0777: anyone handed a read-only descriptor of it could reopen it
   // read-write through /proc/self/fd. Only the creator may reopen it; others get the access

@@ -17,7 +17,8 @@ class Buffer {
 
   // Creates a buffer: a memfd sized by Layout::of(g), sealed against shrinking and growing,
   // mapped read-write, with an initialised, empty control area. The buffer is not started:
-  // the first sub-buffer begins when a Producer opens it. Returns 0 or -errno (-ENOMEM,
+  // the first sub-buffer begins when a Producer opens it. name labels the memfd (cut to the 249
+  // bytes memfd_create takes; nullptr: "relayfs-buffer"). Returns 0 or -errno (-ENOMEM,
   // -EMFILE, ... from memfd_create/ftruncate/mmap).
   static int create(const Geometry& g, const char* name, Buffer* out) noexcept;
 

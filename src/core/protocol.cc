@@ -103,11 +103,12 @@ int exact(const char* p, size_t len, Wire* w) {
 
 }  // namespace
 
-bool valid_name(const std::string& name) {
-  if (name.empty() || name.size() > kMaxName || name == "." || name == "..") return false;
+int name_error(const std::string& name) {
+  if (name.size() > kMaxName) return ENAMETOOLONG;
+  if (name.empty() || name == "." || name == "..") return EINVAL;
   for (unsigned char c : name)
-    if (c == '/' || c < 0x20 || c == 0x7f) return false;
-  return true;
+    if (c == '/' || c < 0x20 || c == 0x7f) return EINVAL;
+  return 0;
 }
 
 int check_header(const Header& h) {
@@ -172,8 +173,7 @@ int decode(const char* p, size_t len, OpenRequest* out) {
   out->flags = w.flags;
   out->base_filename.assign(p + sizeof w, tail);
   if ((w.flags & ~kFlagsKnown) != 0 || (w.mode & ~07777u) != 0) return -EINVAL;
-  if (!valid_name(out->base_filename)) return -EINVAL;
-  return 0;
+  return -name_error(out->base_filename);
 }
 
 int decode(const char* p, size_t len, OpenReply* out) {

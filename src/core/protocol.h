@@ -150,9 +150,9 @@ std::vector<char> encode(const ChannelControl& m, uint32_t seq);
 int check_header(const Header& h);
 
 // Decoding of a payload whose header passed check_header and whose type matches. Returns 0, or
-// -EPROTO when the payload is malformed (wrong size, lengths that do not add up), or -EINVAL when
-// a field is out of range (empty or over-long name, a name with '/' or a control character, "."
-// or "..", unknown flags).
+// -EPROTO when the payload is malformed (wrong size, lengths that do not add up), -ENAMETOOLONG
+// for a name above kMaxName bytes, or -EINVAL when a field is out of range (empty name, a name
+// with '/' or a control character, "." or "..", unknown flags or mode bits).
 int decode(const char* payload, size_t len, OpenRequest* out);
 int decode(const char* payload, size_t len, OpenReply* out);
 int decode(const char* payload, size_t len, CloseRequest* out);
@@ -165,8 +165,12 @@ int decode(const char* payload, size_t len, ReaderConsumed* out);
 int decode(const char* payload, size_t len, ControlRequest* out);  // -EINVAL: unknown op
 int decode(const char* payload, size_t len, ChannelControl* out);  // -EINVAL: unknown op
 
-// Is this a valid name for one directory entry? Not empty, at most kMaxName bytes, not "." or
-// "..", no '/', no NUL and no control character.
-bool valid_name(const std::string& name);
+// Why name cannot be one directory entry: 0 if it can; ENAMETOOLONG above kMaxName bytes, as
+// the kernel says for a path component; EINVAL if it is empty, "." or "..", or holds '/', NUL
+// or a control character (a name that would break `ls`, scripts and log lines).
+int name_error(const std::string& name);
+inline bool valid_name(const std::string& name) {
+  return name_error(name) == 0;
+}
 
 }  // namespace relayfs::proto

@@ -167,8 +167,8 @@ void RelayFs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t 
       err = ENOENT;
     else if (!dir->is_dir())
       err = ENOTDIR;
-    else if (!proto::valid_name(name))
-      err = std::strlen(name) > proto::kMaxName ? ENAMETOOLONG : EINVAL;
+    else if (int bad = proto::name_error(name); bad)
+      err = bad;
     else if (tree.child(dir, name))
       err = EEXIST;
     else {

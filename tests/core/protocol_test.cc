@@ -203,7 +203,7 @@ TEST_CASE("malformed open payloads are refused without reading past them") {
     const auto empty = encode(OpenRequest{1, 1, 1, 0, 0, ""}, 0);
     CHECK(decode(payload_of(empty), header_of(empty).length, &out) == -EINVAL);
     const auto longname = encode(OpenRequest{1, 1, 1, 0, 0, std::string(256, 'a')}, 0);
-    CHECK(decode(payload_of(longname), header_of(longname).length, &out) == -EINVAL);
+    CHECK(decode(payload_of(longname), header_of(longname).length, &out) == -ENAMETOOLONG);
     const auto maxname = encode(OpenRequest{1, 1, 1, 0, 0, std::string(255, 'a')}, 0);
     CHECK(decode(payload_of(maxname), header_of(maxname).length, &out) == 0);
   }
@@ -215,6 +215,18 @@ TEST_CASE("valid_name accepts ordinary names, including UTF-8") {
   CHECK(valid_name("caf\xc3\xa9"));
   CHECK_FALSE(valid_name(std::string("a\0b", 3)));
   CHECK_FALSE(valid_name("del\x7f"));
+}
+
+TEST_CASE("name_error says why: ENAMETOOLONG above NAME_MAX, EINVAL for the rest") {
+  CHECK(name_error(std::string(255, 'a')) == 0);
+  CHECK(name_error(std::string(256, 'a')) == ENAMETOOLONG);
+  CHECK(name_error(std::string(10000, '/')) == ENAMETOOLONG);  // length is judged first
+  for (const char* bad : {"", ".", "..", "/", "a/b", "a\nb", "\x01", "tab\t", "del\x7f"}) {
+    CAPTURE(bad);
+    CHECK(name_error(bad) == EINVAL);
+  }
+  CHECK(name_error(std::string("a\0b", 3)) == EINVAL);
+  CHECK(name_error("...") == 0);  // only "." and ".." are special
 }
 
 TEST_CASE("messages carry descriptors over a seqpacket socket") {

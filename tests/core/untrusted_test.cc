@@ -256,3 +256,167 @@ TEST_CASE("the position word, commit count and proven prefix agreeing on an impo
     }
   }
 }
+
+namespace {
+
+// The control area's atomics as an honest producer left them, to put back between attacks.
+struct Snapshot {
+  uint64_t wpos, produced, bytes_produced, consumed;
+  uint32_t prev_padding, prev_slot, reset_gen, closed, close_off;
+  uint64_t commit[kN], ready[kN];
+  uint32_t padding[kN];
+
+  explicit Snapshot(core::Buffer& b) {
+    const core::ShmHeader* h = b.header();
+    wpos = h->wpos.load();
+    produced = h->produced.load();
+    bytes_produced = h->bytes_produced.load();
+    consumed = h->consumed.load();
+    prev_padding = h->prev_padding.load();
+    prev_slot = h->prev_slot.load();
+    reset_gen = h->reset_gen.load();
+    closed = h->closed.load();
+    close_off = h->close_off.load();
+    for (uint32_t i = 0; i < kN; ++i) {
+      commit[i] = b.meta()[i].commit.load();
+      ready[i] = b.meta()[i].ready.load();
+      padding[i] = b.meta()[i].padding.load();
+    }
+  }
+  void restore(core::Buffer& b) const {
+    core::ShmHeader* h = b.header();
+    h->wpos.store(wpos);
+    h->produced.store(produced);
+    h->bytes_produced.store(bytes_produced);
+    h->consumed.store(consumed);
+    h->prev_padding.store(prev_padding);
+    h->prev_slot.store(prev_slot);
+    h->reset_gen.store(reset_gen);
+    h->closed.store(closed);
+    h->close_off.store(close_off);
+    for (uint32_t i = 0; i < kN; ++i) {
+      b.meta()[i].commit.store(commit[i]);
+      b.meta()[i].ready.store(ready[i]);
+      b.meta()[i].padding.store(padding[i]);
+    }
+  }
+};
+
+// What a read may hand out from this test's buffer: record bytes, or the zeros of bytes never
+// written (a hostile control area may point the consumer anywhere inside the data area, never
+// outside it).
+bool from_data_area(const char* p, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (p[i] != 'r' && p[i] != 0) return false;
+  return true;
+}
+
+}  // namespace
+
+// The test above corrupts fields at random moments, but with a buffer that is corrupt most of the
+// time reads rarely get as far as copying. Here a vandal thread puts the honest control area
+// back, lets a read start on it, and corrupts it while the read runs: large sub-buffers make
+// every copy long, and a counter the vandal moves shows which reads overlapped an attack. Both
+// kinds of read are attacked: read() while it copies, and a zero-copy plan_read() between the
+// plan and the delivery (when the daemon's reply copies out of the planned spans).
+TEST_CASE(
+    "a producer corrupting the control area while a read is in progress: reads stay in bounds") {
+  constexpr uint32_t kBig = 256 * 1024;
+  Rig rig(kBig, kN);
+  const std::string rec(1000, 'r');
+  int records = 0;
+  while (rig.write(rec) == 0) ++records;  // no-overwrite: until the buffer is full
+  REQUIRE(records > 4 * 200);
+  const Snapshot honest(rig.buf);
+  char* const data = rig.buf.data();
+  const size_t data_size = uint64_t{kBig} * kN;
+
+  const auto fields = all_fields();
+  auto values = boundary_values();
+  for (uint64_t v : {uint64_t{kBig} - 1, uint64_t{kBig}, uint64_t{kBig} + 1, uint64_t{kBig} * kN,
+                     core::make_word(1, 1, kBig), core::make_word(3, 3, kBig - 7),
+                     core::make_word(0, 4, 1000), uint64_t{kBig} * 2 + 5})
+    values.push_back(v);
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> attacks{0};
+  std::thread vandal([&] {
+    std::mt19937_64 rng(1234);
+    while (!stop.load(std::memory_order_relaxed)) {
+      honest.restore(rig.buf);
+      // Give a read the time to plan on the honest state and begin its copy.
+      for (unsigned spin = rng() % 20000; spin > 0; --spin)
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+      for (int k = 1 + static_cast<int>(rng() % 3); k > 0; --k) {
+        const Field& f = fields[rng() % fields.size()];
+        f.set(rig.buf, rng() % 4 ? values[rng() % values.size()] : rng());
+      }
+      attacks.fetch_add(1, std::memory_order_release);
+      for (unsigned spin = rng() % 20000; spin > 0; --spin)
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+    }
+  });
+
+  std::vector<char> out(3 * kBig);
+  uint64_t reads = 0, overlapped = 0, plans = 0, plans_overlapped = 0, bytes = 0;
+  std::mt19937_64 rng(5678);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+  while (std::chrono::steady_clock::now() < until) {
+    // A fresh consumer starts at the first sub-buffer, so the honest state always has data.
+    core::Consumer c(rig.buf);
+    for (int i = 0; i < 6; ++i) {
+      const size_t count = 1 + rng() % out.size();
+      const uint64_t before = attacks.load(std::memory_order_acquire);
+      if (i % 2 == 0) {
+        const ssize_t n = c.read(out.data(), count, rng() % 4 == 0);
+        REQUIRE((n == -EIO || (n >= 0 && static_cast<size_t>(n) <= count)));
+        if (n > 0) {
+          REQUIRE(from_data_area(out.data(), static_cast<size_t>(n)));
+          bytes += static_cast<size_t>(n);
+        }
+        ++reads;
+        overlapped += attacks.load(std::memory_order_acquire) != before;
+      } else {
+        iovec iov[8];
+        int n_iov = -1;
+        const ssize_t n = c.plan_read(iov, 1 + static_cast<int>(rng() % 8), count, &n_iov);
+        REQUIRE((n == -EIO || (n >= 0 && static_cast<size_t>(n) <= count)));
+        size_t total = 0;
+        for (int k = 0; k < n_iov; ++k) {
+          const char* b = static_cast<const char*>(iov[k].iov_base);
+          REQUIRE(b >= data);
+          REQUIRE(b + iov[k].iov_len <= data + data_size);
+          // The delivery: the reply copies out of the mapping while the vandal goes on.
+          std::memcpy(out.data() + total, b, iov[k].iov_len);
+          REQUIRE(from_data_area(out.data() + total, iov[k].iov_len));
+          total += iov[k].iov_len;
+        }
+        REQUIRE(total == static_cast<size_t>(n > 0 ? n : 0));
+        if (n > 0) {
+          if (rng() % 2)
+            c.finish_read();
+          else
+            c.abort_read();
+        }
+        ++plans;
+        plans_overlapped += attacks.load(std::memory_order_acquire) != before;
+      }
+      (void)c.data_available();
+      (void)c.subbuf_ready();
+      (void)c.at_record_boundary();
+      const int rc = c.consume_upto(static_cast<uint32_t>(rng() % 3), rng() % (2 * kN));
+      REQUIRE((rc == 0 || rc == -ESTALE || rc == -EIO));
+      const core::BufferStats st = c.stats();
+      CHECK(st.subbuf_size == kBig);
+      CHECK(st.n_subbufs == kN);
+      c.arm_doorbell(rng() % 2);
+    }
+  }
+  stop = true;
+  vandal.join();
+  MESSAGE(reads << " reads (" << overlapped << " overlapped an attack), " << plans
+                << " zero-copy reads (" << plans_overlapped << " overlapped an attack), "
+                << attacks.load() << " attacks, " << bytes << " bytes read");
+  CHECK(overlapped > 0);
+  CHECK(plans_overlapped > 0);
+}

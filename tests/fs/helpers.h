@@ -33,6 +33,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/protocol.h"
+#include "core/wire.h"
 #include "mount.h"
 
 namespace relayfs::test {
@@ -219,6 +221,30 @@ inline int dial_control(const std::string& name) {
   return s;
 }
 
+// The daemon's answer to one request sent raw on connection s, as an errno: 0 when it granted
+// it, the refusal's errno otherwise, whatever the reply type (kOpenReply, kReaderOpenReply, or a
+// Status). 200+ when the exchange itself failed. No REQUIRE: also for child processes.
+inline int control_answer(int s, const std::vector<char>& msg) {
+  namespace proto = relayfs::proto;
+  if (proto::send_message(s, msg) != 0) return 201;
+  proto::Received r;
+  if (proto::recv_message(s, &r, proto::kMaxFds) != 1) return 202;
+  switch (static_cast<proto::Type>(r.header.type)) {
+    case proto::Type::kOpenReply: {
+      proto::OpenReply o;
+      return proto::decode(r.payload.data(), r.payload.size(), &o) == 0 ? -o.status : 203;
+    }
+    case proto::Type::kReaderOpenReply: {
+      proto::ReaderOpenReply o;
+      return proto::decode(r.payload.data(), r.payload.size(), &o) == 0 ? -o.status : 203;
+    }
+    default: {
+      proto::Status st;
+      return proto::decode(r.payload.data(), r.payload.size(), &st) == 0 ? -st.status : 203;
+    }
+  }
+}
+
 // A raw connection to the control socket of the mount at dir.
 inline int connect_control(const std::string& dir) {
   const int s = dial_control(control_name(dir));
@@ -227,6 +253,18 @@ inline int connect_control(const std::string& dir) {
 }
 
 // ---- Another user -------------------------------------------------------------------------------
+
+// A user made for the permission tests (useradd --system, no home), or -1 if users cannot be made
+// here (not root). Its primary group goes to *gid.
+inline uid_t test_user(gid_t* gid, const std::string& name = "relayfs-test") {
+  if (::getuid() != 0) return static_cast<uid_t>(-1);
+  run("id " + name + " >/dev/null 2>&1 || useradd --system --no-create-home " + name);
+  const std::string uid = capture("id -u " + name + " 2>/dev/null");
+  const std::string g = capture("id -g " + name + " 2>/dev/null");
+  if (uid.empty() || g.empty()) return static_cast<uid_t>(-1);
+  *gid = static_cast<gid_t>(std::stoul(g));
+  return static_cast<uid_t>(std::stoul(uid));
+}
 
 // Runs f in a child process as uid/gid, without supplementary groups; returns what f returned (an
 // errno, 0 for success), 250 if the child could not become that user, 251 if it did not exit.

@@ -513,17 +513,6 @@ int registered_buffers(pid_t daemon, int want) {
   return n;
 }
 
-// A user made for the permission tests, or -1 if users cannot be made here (not root).
-uid_t test_user(gid_t* gid) {
-  if (::getuid() != 0) return static_cast<uid_t>(-1);
-  run("id relayfs-test >/dev/null 2>&1 || useradd --system --no-create-home relayfs-test");
-  const std::string uid = capture("id -u relayfs-test");
-  const std::string g = capture("id -g relayfs-test");
-  if (uid.empty() || g.empty()) return static_cast<uid_t>(-1);
-  *gid = static_cast<gid_t>(std::stoul(g));
-  return static_cast<uid_t>(std::stoul(uid));
-}
-
 std::atomic<int> g_mapped{0}, g_unmapped{0};
 
 }  // namespace
