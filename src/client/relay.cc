@@ -40,6 +40,9 @@ using relayfs::client::connect_daemon;
 
 struct Chan;
 
+// Events relay_open keeps while it waits for the daemon's reply (see open_channel).
+constexpr size_t kMaxEarlyEvents = 4096;
+
 struct Buf {
   rchan_buf pub{};
   core::Buffer buffer;
@@ -119,6 +122,16 @@ void hook_wakeup(void* ctx, core::Producer&) {
   }
 }
 
+// buf_mapped / buf_unmapped, for an event about one of this channel's buffers.
+void deliver_event(Chan* c, const proto::Received& r) {
+  const auto type = static_cast<proto::Type>(r.header.type);
+  proto::BufferEvent ev;
+  if (proto::decode(r.payload.data(), r.payload.size(), &ev) != 0) return;
+  if (ev.channel_id != c->id || ev.buffer >= c->bufs.size()) return;
+  auto fn = type == proto::Type::kMapped ? c->cb.buf_mapped : c->cb.buf_unmapped;
+  if (fn) fn(&c->bufs[ev.buffer]->pub, nullptr);
+}
+
 // A flush, reset or close asked for from outside (relay_control), if the producer allows it.
 // Returns 0 or -errno for the requester.
 int outside_control(Chan* c, proto::ControlOp op) {
@@ -153,11 +166,7 @@ void event_loop(Chan* c) {
     if (rc <= 0) break;
     const auto type = static_cast<proto::Type>(r.header.type);
     if (type == proto::Type::kMapped || type == proto::Type::kUnmapped) {
-      proto::BufferEvent ev;
-      if (proto::decode(r.payload.data(), r.payload.size(), &ev) != 0) continue;
-      if (ev.channel_id != c->id || ev.buffer >= c->bufs.size()) continue;
-      auto fn = type == proto::Type::kMapped ? c->cb.buf_mapped : c->cb.buf_unmapped;
-      if (fn) fn(&c->bufs[ev.buffer]->pub, nullptr);
+      deliver_event(c, r);
     } else if (type == proto::Type::kControlRequest) {
       proto::ChannelControl req;
       int status = proto::decode(r.payload.data(), r.payload.size(), &req);
@@ -229,8 +238,19 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   const uint32_t seq = c->seq.fetch_add(1);
   if (int rc = proto::send_message(c->sock.get(), proto::encode(req, seq)); rc) return -rc;
   proto::Received r;
-  const int rc = proto::recv_message(c->sock.get(), &r, proto::kMaxFds);
-  if (rc <= 0) return rc == 0 || rc == -EAGAIN ? EIO : -rc;
+  // A reader may open a file of the new channel before the reply reaches us (the files exist
+  // once the daemon made them): its buf_mapped event can come first. Such events are kept and
+  // delivered once the channel is set up; a daemon that sent nothing but events is broken.
+  std::vector<proto::Received> early;
+  for (;;) {
+    const int rc = proto::recv_message(c->sock.get(), &r, proto::kMaxFds);
+    if (rc <= 0) return rc == 0 || rc == -EAGAIN ? EIO : -rc;
+    const auto type = static_cast<proto::Type>(r.header.type);
+    if (type != proto::Type::kMapped && type != proto::Type::kUnmapped) break;
+    if (early.size() >= kMaxEarlyEvents) return EIO;
+    early.push_back(std::move(r));
+    r = {};
+  }
   proto::OpenReply reply;
   if (static_cast<proto::Type>(r.header.type) != proto::Type::kOpenReply)
     return relayfs::client::refusal(r);
@@ -279,6 +299,7 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
       b->producer->set_blocking(
           true, c->opts.block_timeout_ms < 0 ? -1 : int64_t{c->opts.block_timeout_ms} * 1'000'000);
   }
+  for (const auto& ev : early) deliver_event(c, ev);
   timeval none{0, 0};  // from now on the event thread waits for as long as the channel lives
   ::setsockopt(c->sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
   c->events = std::thread(event_loop, c);

@@ -1,5 +1,5 @@
 // relayctl: write standard input into a relay channel, show buffers' counters, record a channel
-// to disk (relayctl(1)). main() only dispatches to the subcommand.
+// to disk, flush/reset/close a channel from outside (relayctl(1)). main() only dispatches to the subcommand.
 #include <cstdio>
 #include <cstring>
 
@@ -18,6 +18,9 @@ constexpr const char* kUsage =
     "                                directory tree\n"
     "  record [OPTIONS] PATH OUTDIR  drain channel PATH to files in OUTDIR until stopped\n"
     "                                (SIGINT, SIGTERM) or until the channel closes\n"
+    "  flush PATH...                 ask the producer to flush, reset or close the channel,\n"
+    "  reset PATH...                 if it allows outside control (RELAY_CONTROL,\n"
+    "  close PATH...                 relayctl write --control)\n"
     "\n"
     "PATH names a channel by its base name in a mounted relayfs: /mnt/relay/app/log is the\n"
     "channel whose buffers are the files log0, log1, ... in /mnt/relay/app.\n"
@@ -32,6 +35,9 @@ constexpr Command kCommands[] = {
     {"write", relayctl::cmd_write},
     {"stat", relayctl::cmd_stat},
     {"record", relayctl::cmd_record},
+    {"flush", relayctl::cmd_flush},
+    {"reset", relayctl::cmd_reset},
+    {"close", relayctl::cmd_close},
 };
 
 }  // namespace

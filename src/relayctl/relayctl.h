@@ -18,6 +18,9 @@ inline constexpr int kExitUsage = 2;  // bad arguments: nothing was done
 int cmd_write(int argc, char** argv);
 int cmd_stat(int argc, char** argv);
 int cmd_record(int argc, char** argv);
+int cmd_flush(int argc, char** argv);
+int cmd_reset(int argc, char** argv);
+int cmd_close(int argc, char** argv);
 
 // "relayctl: " + message on stderr. usage_error adds "Try 'relayctl CMD --help'." and returns
 // kExitUsage; sys_error names the path and strerror(err) and returns kExitError.

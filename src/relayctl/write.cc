@@ -32,6 +32,8 @@ constexpr const char* kHelp =
     "  -p, --per-cpu         one buffer per CPU (default: one global buffer, BASE0, which\n"
     "                        keeps the input's order)\n"
     "  -m, --mode OCTAL      permission bits of the files (default 0400)\n"
+    "  -c, --control         let relayctl flush and close act on the channel (RELAY_CONTROL;\n"
+    "                        reset stays refused: this writer cannot pause for it)\n"
     "  -h, --help            this help\n"
     "Records the channel drops (full buffer, too big, ...) are counted and reported on stderr.\n";
 
@@ -44,6 +46,7 @@ struct WriteOptions {
   long long timeout_ms = -1;
   bool timeout_given = false;
   bool per_cpu = false;
+  bool control = false;
   mode_t mode = 0400;
   std::string path;
 };
@@ -66,11 +69,12 @@ int parse(int argc, char** argv, WriteOptions* o, bool* help) {
       {"timeout-ms", required_argument, nullptr, 't'},
       {"per-cpu", no_argument, nullptr, 'p'},
       {"mode", required_argument, nullptr, 'm'},
+      {"control", no_argument, nullptr, 'c'},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0}};
   start_options();
   int c;
-  while ((c = getopt_long(argc, argv, ":r:s:n:obt:pm:h", kLong, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, ":r:s:n:obt:pm:ch", kLong, nullptr)) != -1) {
     long long v;
     switch (c) {
       case 'r':
@@ -94,6 +98,7 @@ int parse(int argc, char** argv, WriteOptions* o, bool* help) {
         o->timeout_given = true;
         break;
       case 'p': o->per_cpu = true; break;
+      case 'c': o->control = true; break;
       case 'm': {
         char* end = nullptr;
         const unsigned long m = std::strtoul(optarg, &end, 8);
@@ -190,7 +195,8 @@ int cmd_write(int argc, char** argv) {
     return usage_error("write", "'" + o.path + "' does not name a channel (DIR/BASE)");
   rchan_callbacks cb{};
   cb.create_buf_file = decide_files;
-  relay_options ro{(o.overwrite ? RELAY_OVERWRITE : 0u) | (o.blocking ? RELAY_BLOCKING : 0u),
+  relay_options ro{(o.overwrite ? RELAY_OVERWRITE : 0u) | (o.blocking ? RELAY_BLOCKING : 0u) |
+                       (o.control ? RELAY_CONTROL : 0u),
                    static_cast<int>(o.timeout_ms), nullptr};
   rchan* chan = relay_open_opts(base.c_str(), dir.c_str(), o.subbuf_size, o.n_subbufs, &cb, &o, &ro);
   if (!chan) return sys_error(o.path, "cannot open channel", errno);
