@@ -186,10 +186,13 @@ Result run_relay(const Mount& m, double seconds, size_t rec, bool blocking) {
   for (uint64_t i = 0;; ++i) {
     if ((i & 1023) == 0 && Clock::now() >= until) break;
     std::memcpy(r.data(), &i, sizeof i);
-    if (relay_write(c, r.data(), rec) == 0)
+    if (relay_write(c, r.data(), rec) == 0) {
       ++written;
-    else
+    } else {
       ++lost;
+      if (blocking)  // nothing may fail here: say how it did
+        fprintf(stderr, "e2e_bench: blocking relay_write failed: %s\n", strerror(errno));
+    }
   }
   // Closing finalizes the channel: cat reads what is left, gets end of file and exits.
   relay_flush(c);

@@ -160,6 +160,7 @@ bool Producer::claim_word(uint64_t* w, uint64_t to) noexcept {
       *w = before;
       return true;
     }
+    return false;  // a reservation overwrote our claim: the caller looks at the word again
   }
 }
 
@@ -299,16 +300,21 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
   char* prev = seq == 0 ? nullptr : subbuf_data(prev_slot);
   bool ok;
   bool wrapped = false;
+  // Whether the buffer was full when the switch was refused: decided once, here. Asking again
+  // when counting the drop could find a sub-buffer freed meanwhile and drop a blocking writer's
+  // record that should have waited.
+  bool full = false;
   // The slot may be reused only once its previous lap is wholly committed; otherwise a writer
   // still copying an old record would tear a new one (overwrite mode, LTTng's "lost_wrap").
   if (meta_[slot].commit.load(std::memory_order_acquire) != base) {
     ok = false;
     // A wrap, unless the buffer is also full in no-overwrite mode, where the switch would be
     // refused anyway. In overwrite mode a full buffer is normal: the record is lost to the wrap.
-    wrapped = overwrite_seen_ || !buf_full();
+    full = buf_full();
+    wrapped = overwrite_seen_ || !full;
   } else {
     header_ = 0;
-    const bool full = buf_full();
+    full = buf_full();
     ok = hooks_.subbuf_start ? hooks_.subbuf_start(hooks_.ctx, *this, subbuf, prev, prev_padding)
                              : !full;
     // The mode is the callback's: one that switches into a buffer that is full before and after
@@ -323,7 +329,7 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     tl_switch_held = hold.outer;
     h->wpos.store(make_word(slot, seq, kOffStopped), std::memory_order_release);
     if (len == 0) return 0;
-    return wrapped ? drop(h->lost_wrap, -ENOSPC, false) : drop(h->lost_full, -ENOSPC, buf_full());
+    return wrapped ? drop(h->lost_wrap, -ENOSPC, false) : drop(h->lost_full, -ENOSPC, full);
   }
 
   const uint32_t hdr_len = static_cast<uint32_t>(std::min<uint64_t>(header_, size_));
