@@ -67,11 +67,15 @@ inline int32_t current_cpu() noexcept {
 // provided; the "memory" clobber keeps the compiler from moving accesses across it.
 inline Cas cas_on_cpu(uint64_t* word, uint64_t expect, uint64_t desired, uint32_t cpu) noexcept {
   struct ::rseq* rs = thread_area();
-  // Section layout: 1 = start, 2 = post-commit, 3 = descriptor, 4 = abort handler. The abort
-  // handler is preceded by the signature glibc registered (RSEQ_SIG), encoded in a ud1 so that
-  // falling into it traps. An abort restarts nothing here: the caller retries from its loop.
+  // Section layout: 1 = start, 2 = post-commit, 3 = descriptor, 4 = abort handler. The "?"
+  // flag puts the descriptor and the abort handler in the section group of the code around
+  // them: an inline function's code is a COMDAT group, and when the linker discards a duplicate
+  // copy it must discard the descriptor that points into it too (else clang builds fail to
+  // link). The abort handler is preceded by the signature glibc registered (RSEQ_SIG), encoded
+  // in a ud1 so that falling into it traps. An abort restarts nothing here: the caller retries
+  // from its loop.
   __asm__ goto(
-      ".pushsection __rseq_cs, \"aw\"\n\t"
+      ".pushsection __rseq_cs, \"aw?\"\n\t"
       ".balign 32\n\t"
       "3:\n\t"
       ".long 0, 0\n\t"
@@ -86,7 +90,7 @@ inline Cas cas_on_cpu(uint64_t* word, uint64_t expect, uint64_t desired, uint32_
       "jnz %l[changed]\n\t"
       "movq %[desired], %[word]\n\t"
       "2:\n\t"
-      ".pushsection __rseq_failure, \"ax\"\n\t"
+      ".pushsection __rseq_failure, \"ax?\"\n\t"
       ".byte 0x0f, 0xb9, 0x3d\n\t"
       ".long 0x53053053\n\t"
       "4:\n\t"

@@ -43,7 +43,11 @@ struct Poller {
 class Source {
  public:
   Source(uint32_t channel_id, uint64_t owner) : channel_id_(channel_id), owner_(owner) {}
-  virtual ~Source() = default;
+  // Poll handles still waiting belong to us: the kernel will not ask about them again.
+  virtual ~Source() {
+    for (auto& p : polls)
+      if (p.ph) fuse_pollhandle_destroy(p.ph);
+  }
   Source(const Source&) = delete;
   Source& operator=(const Source&) = delete;
 

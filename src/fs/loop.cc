@@ -41,6 +41,7 @@ RelayFs::RelayFs(const Options& o) : opts_(o) {}
 
 RelayFs::~RelayFs() {
   stop();
+  free_handles();  // the session is over: no RELEASE will come for files still open
   if (ring_ok_) io_uring_queue_exit(&ring_);
 }
 

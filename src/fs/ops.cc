@@ -276,8 +276,16 @@ void RelayFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto* fh = new FileHandle;
   fh->source = b;
   fi->fh = reinterpret_cast<uint64_t>(fh);
+  {
+    std::lock_guard hl(handles_mu_);
+    open_handles_.insert(fh);
+  }
   if (fuse_reply_open(req, fi) != 0) {
     // The opener went away (interrupted): undo; the kernel sends no release for it.
+    {
+      std::lock_guard hl(handles_mu_);
+      open_handles_.erase(fh);
+    }
     delete fh;
     {
       std::lock_guard lk(tree.mu);
@@ -292,6 +300,10 @@ void RelayFs::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void RelayFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   auto* fh = reinterpret_cast<FileHandle*>(fi->fh);
+  {
+    std::lock_guard hl(handles_mu_);
+    open_handles_.erase(fh);
+  }
   std::shared_ptr<Source> b = std::move(fh->source);
   delete fh;
   bool last;
@@ -636,6 +648,12 @@ void RelayFs::statfs(fuse_req_t req, fuse_ino_t) {
     sv.f_files = tree.size();
   }
   fuse_reply_statfs(req, &sv);
+}
+
+void RelayFs::free_handles() noexcept {
+  std::lock_guard hl(handles_mu_);
+  for (void* p : open_handles_) delete static_cast<FileHandle*>(p);
+  open_handles_.clear();
 }
 
 }  // namespace relayfs::fs

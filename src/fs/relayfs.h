@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "core/fd.h"
@@ -163,6 +164,12 @@ class RelayFs {
   // Tells the kernel which relay files left the tree, so that it forgets them and their
   // buffers can be freed (forget.h).
   Forgetter forgetter_;
+
+  // Open relay files (FileHandle*, ops.cc): the kernel sends no RELEASE for those still open
+  // when the session ends, so the destructor frees them.
+  std::mutex handles_mu_;
+  std::unordered_set<void*> open_handles_;
+  void free_handles() noexcept;
 
   std::mutex conns_mu_;
   std::unordered_map<uint64_t, std::shared_ptr<Connection>> conns_;
