@@ -48,17 +48,9 @@ pid_t spawn(F body) {
 // killed, so that no test leaves a process behind).
 int wait_child(pid_t pid, std::chrono::milliseconds limit) {
   REQUIRE(pid > 0);  // never waitpid(-1) or kill(-1): that would reach other processes
-  int st = 0;
-  const auto until = Clock::now() + limit;
-  while (::waitpid(pid, &st, WNOHANG) == 0) {
-    if (Clock::now() > until) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &st, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return st;
+  bool killed;
+  const int st = wait_or_kill(pid, limit, &killed);
+  return killed ? -1 : st;
 }
 
 std::string describe(int st) {

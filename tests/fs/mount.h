@@ -54,6 +54,24 @@ inline int run(const std::string& cmd) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+// Waits up to limit for child pid to end; if it does not, kills it (SIGKILL) and reaps it, so
+// no test leaves a process behind. Returns its wait status; *killed says whether it was killed.
+inline int wait_or_kill(pid_t pid, std::chrono::milliseconds limit, bool* killed) {
+  int st = 0;
+  *killed = false;
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (::waitpid(pid, &st, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > until) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &st, 0);
+      *killed = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return st;
+}
+
 class Mount {
  public:
   // at: mount on this existing directory (a remount) instead of a fresh one.
@@ -99,16 +117,8 @@ class Mount {
   int stop_daemon(int sig) {
     if (pid <= 0) return -1;
     ::kill(pid, sig);
-    int st = -1;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (::waitpid(pid, &st, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > until) {
-        ::kill(pid, SIGKILL);
-        ::waitpid(pid, &st, 0);
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    bool killed;
+    const int st = wait_or_kill(pid, std::chrono::seconds(5), &killed);
     pid = -1;
     return st;
   }

@@ -110,16 +110,11 @@ inline pid_t spawn_relayctl(const std::vector<std::string>& args, const std::str
 // Waits up to limit for pid to exit; kills it if it does not. Returns its exit status, or -1
 // (and fails the test) if it had to be killed or died of a signal.
 inline int wait_exit(pid_t pid, std::chrono::milliseconds limit = std::chrono::seconds(20)) {
-  int st = 0;
-  const auto until = Clock::now() + limit;
-  while (::waitpid(pid, &st, WNOHANG) == 0) {
-    if (Clock::now() > until) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &st, 0);
-      FAIL_CHECK("relayctl did not exit in time");
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  bool killed;
+  const int st = wait_or_kill(pid, limit, &killed);
+  if (killed) {
+    FAIL_CHECK("relayctl did not exit in time");
+    return -1;
   }
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
