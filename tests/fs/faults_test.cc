@@ -335,10 +335,12 @@ struct Loaded {
 };
 
 // A reader child. Blocking: read(2) loops; polled: poll() then a non-blocking read. Exits with
-// the errno that ended it (0: EOF).
-int reader(const std::string& path, bool polled, std::atomic<uint64_t>* bytes) {
+// the errno that ended it (0: EOF). Counts itself in opened once its open(2) has returned.
+int reader(const std::string& path, bool polled, std::atomic<uint64_t>* bytes,
+           std::atomic<int>* opened) {
   const int fd = ::open(path.c_str(), O_RDONLY | (polled ? O_NONBLOCK : 0));
   if (fd < 0) return kChildSetupFailed;
+  opened->fetch_add(1);
   char buf[65536];
   for (;;) {
     if (polled) {
@@ -355,28 +357,37 @@ int reader(const std::string& path, bool polled, std::atomic<uint64_t>* bytes) {
 struct Readers {
   std::vector<pid_t> pids;
   std::vector<std::string> what;
-  std::atomic<uint64_t>* bytes;  // read by all of them, in shared memory
+  // In shared memory: bytes read by all of them, and how many have their file open.
+  struct Shared {
+    std::atomic<uint64_t> bytes{0};
+    std::atomic<int> opened{0};
+  };
+  Shared* shared;
+  std::atomic<uint64_t>* bytes;
 
   Readers() {
-    void* p = ::mmap(nullptr, sizeof *bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                     -1, 0);
+    void* p = ::mmap(nullptr, sizeof *shared, PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     REQUIRE(p != MAP_FAILED);
-    bytes = new (p) std::atomic<uint64_t>(0);
+    shared = new (p) Shared;
+    bytes = &shared->bytes;
   }
   ~Readers() {
     for (pid_t p : pids)
       if (p > 0) ::kill(p, SIGKILL);  // those still there if a check failed
     for (pid_t p : pids)
       if (p > 0) ::waitpid(p, nullptr, 0);
-    ::munmap(bytes, sizeof *bytes);
+    ::munmap(shared, sizeof *shared);
   }
 
   void start(const std::string& path, bool polled, const std::string& name) {
-    pids.push_back(spawn([=, b = bytes] { return reader(path, polled, b); }));
+    pids.push_back(spawn([=, s = shared] { return reader(path, polled, &s->bytes, &s->opened); }));
     what.push_back(name);
   }
-  // True once every reader sleeps (S): blocked in read or poll, not running or in D.
+  // True once every reader has its file open and sleeps (S): blocked in read or poll, not
+  // running or in D. (A reader still in open(2) also sleeps in S, waiting for the daemon.)
   bool all_blocked() const {
+    if (shared->opened.load() != static_cast<int>(pids.size())) return false;
     for (pid_t p : pids)
       if (proc_state("/proc/" + std::to_string(p)) != 'S') return false;
     return true;
