@@ -97,6 +97,17 @@ void dispatch(const Received& m) {
     case Type::kReaderConsumed:
       decode_as<ReaderConsumed>(p, len);
       break;
+    case Type::kRecord: {
+      RecordRequest r;
+      if (decode_copy(p, len, &r) == 0 &&
+          ((r.mem_align & (r.mem_align - 1)) != 0 || (r.off_align & (r.off_align - 1)) != 0 ||
+           r.mem_align > kMaxDirectAlign || r.off_align > kMaxDirectAlign))
+        fail("a record request with an impossible alignment was accepted");
+      break;
+    }
+    case Type::kRecordStop:
+      decode_as<Status>(p, len);
+      break;
     default:  // replies and events: the daemon refuses them from a producer
       break;
   }
@@ -118,6 +129,12 @@ void decode_all(const char* p, size_t len) {
   ReaderOpenReply h;
   if (decode_copy(p, len, &h) == 0 && h.status > 0) fail("a positive reader status was accepted");
   decode_as<ReaderConsumed>(p, len);
+  decode_as<RecordRequest>(p, len);
+  RecordReply i;
+  if (decode_copy(p, len, &i) == 0 && (i.status > 0 || i.fixed > 1))
+    fail("an impossible record reply was accepted");
+  RecordEvent j;
+  if (decode_copy(p, len, &j) == 0 && j.status > 0) fail("a positive record status was accepted");
 }
 
 struct Socket {

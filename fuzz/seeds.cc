@@ -93,6 +93,15 @@ void protocol_seeds() {
   put(d, "reader-open-reply", encode(ReaderOpenReply{0, 4096, 8, 1}, 24));
   put(d, "reader-consumed", encode(ReaderConsumed{2, 5}, 25));
   put(d, "reader-consumed-reply", encode_status(Type::kReaderConsumedReply, Status{0}, 25));
+  put(d, "control", encode(ControlRequest{42, ControlOp::kFlush}, 27));
+  put(d, "control-reply", encode_status(Type::kControlReply, Status{-EPERM}, 27));
+  put(d, "control-request", encode(ChannelControl{3, ControlOp::kReset}, 28));
+  put(d, "control-done", encode_status(Type::kControlDone, Status{0}, 28));
+  put(d, "record", encode(RecordRequest{42, 0, 512, 4096}, 29));
+  put(d, "record-align-bad", encode(RecordRequest{42, 1, 3, 4096}, 30));
+  put(d, "record-reply", encode(RecordReply{0, 1, 0}, 29));
+  put(d, "record-stop", encode_status(Type::kRecordStop, Status{0}, 31));
+  put(d, "record-event", encode(RecordEvent{0, RecordKind::kEnd, 0, 1, 4096, 1, 0, 0, 0, 1}));
   {
     // One header field edited at a time, on a valid close request.
     auto edited = [](std::vector<char> m, auto edit) {
@@ -106,7 +115,7 @@ void protocol_seeds() {
     put(d, "bad-version", edited(close, [](Header& h) { h.version = kVersion + 1; }));
     put(d, "type-zero", edited(close, [](Header& h) { h.type = 0; }));
     put(d, "type-unknown", edited(close, [](Header& h) {
-          h.type = static_cast<uint16_t>(Type::kReaderConsumedReply) + 1;
+          h.type = static_cast<uint16_t>(Type::kRecordEvent) + 1;
         }));
     put(d, "length-above-max", edited(close, [](Header& h) { h.length = kMaxPayload + 1; }));
     put(d, "length-short", edited(close, [](Header& h) { h.length = 4; }));

@@ -1,9 +1,5 @@
 #include "client/common.h"
 
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <sys/xattr.h>
-
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -11,29 +7,12 @@
 
 #include "core/layout.h"
 #include "core/protocol.h"
+#include "core/wire.h"
 
 namespace relayfs::client {
 
-namespace {
-constexpr const char* kControlXattr = "user.relayfs.control";
-}  // namespace
-
 int connect_daemon(const char* dir, core::UniqueFd* out) {
-  char name[108];
-  const ssize_t n = ::getxattr(dir, kControlXattr, name, sizeof name - 1);
-  if (n < 0) return errno == ENOENT ? ENOENT : ENOTSUP;  // not a relayfs directory
-  if (n < 2 || name[0] != '@') return ENOTSUP;
-  core::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!s) return errno;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));  // abstract: leading NUL
-  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + static_cast<size_t>(n));
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return errno;
-  timeval tv{static_cast<time_t>(kReplyTimeout.count()), 0};
-  ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  *out = std::move(s);
-  return 0;
+  return proto::connect_control(dir, static_cast<int>(kReplyTimeout.count()), out);
 }
 
 int refusal(const proto::Received& m) {

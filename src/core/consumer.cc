@@ -300,6 +300,34 @@ void Consumer::abort_read() noexcept {
   defer_publish_ = false;  // nothing was published since the plan began: nothing to undo
 }
 
+int Consumer::take_extent(Extent* e) noexcept {
+  if (!sync_reset()) return 0;
+  Span s;
+  if (int rc = next_span(&s); rc < 0) return rc;
+  if (s.len == 0) return 0;
+  // A closed sub-buffer goes whole (its rest, after a partial read), once nothing is left to
+  // commit in it; the open one only once no writer is left.
+  const bool whole = s.closed && s.off + s.len == s.end;
+  if (!whole && !finalized_) return 0;
+  *e = {s.seq, gen_, s.slot, s.off, s.len, s.end, s.closed};
+  return 1;
+}
+
+int Consumer::finish_extent(const Extent& e) noexcept {
+  if (!sync_reset() || e.gen != gen_) return 0;
+  // Our own position says whether another reader took any of it meanwhile.
+  if (consumed_ != e.seq || bytes_consumed_ != e.off) return 0;
+  // The seqlock check of read(): the bytes that went to disk were read before this.
+  if (!still_valid(Span{e.seq, e.slot, e.off, e.len, e.end, e.closed})) return 0;
+  bytes_consumed_ += e.len;
+  total_read_ += e.len;
+  if (e.closed && bytes_consumed_ >= e.end)
+    consume_one();  // read up to its padding: consumed, as read() does
+  else
+    hdr_rw_->bytes_consumed.store(total_read_, std::memory_order_relaxed);
+  return 1;
+}
+
 bool Consumer::data_available() noexcept {
   if (!sync_reset()) return false;
   Span s;

@@ -47,6 +47,30 @@ class Consumer {
   void finish_read() noexcept;
   void abort_read() noexcept;
 
+  // Recording to disk, with the write in flight while other calls come and go. An extent is
+  // the unread rest of the oldest sub-buffer, once that sub-buffer is closed and wholly
+  // committed; once the channel is finalized, also what is proven committed of the last one
+  // (the "tail", which will never close). take_extent() consumes nothing; after the bytes
+  // reached the disk the caller calls finish_extent(), which consumes them only if they are
+  // still unread by anyone else and were not overwritten meanwhile (overwrite mode).
+  struct Extent {
+    uint64_t seq = 0;     // sub-buffer sequence number
+    uint32_t gen = 0;     // reset generation it was taken in
+    uint32_t slot = 0;    // its index in the buffer
+    uint32_t off = 0;     // where the extent starts inside it
+    uint32_t len = 0;     // bytes (> 0)
+    uint32_t end = 0;     // a closed sub-buffer's padding start
+    bool closed = false;  // false: the tail of a finalized channel
+    // Offset of the extent in the data area (Buffer::data()).
+    uint64_t data_offset(uint32_t subbuf_size) const { return uint64_t{slot} * subbuf_size + off; }
+  };
+  // Returns 1 with *e filled, 0 if no extent is ready now, or -EIO (as read()).
+  int take_extent(Extent* e) noexcept;
+  // Returns 1 if the extent's bytes were this lap's and are now consumed; 0 if another reader
+  // consumed some of them, the writer reused the slot, or a reset came (nothing is consumed:
+  // the copy must be dropped; what was overwritten is skipped and counted by the next call).
+  int finish_extent(const Extent& e) noexcept;
+
   // True if a read would stop at a record boundary: nothing of the current record has been
   // returned. A read that ran out of room mid-span leaves it false until the span is finished.
   bool at_record_boundary() const noexcept;

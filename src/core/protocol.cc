@@ -93,6 +93,28 @@ int fixed(const char* p, size_t len, Wire* w, size_t* tail) {
   return 0;
 }
 
+struct RecordWire {
+  uint64_t ino;
+  uint32_t cookie;
+  uint32_t mem_align;
+  uint32_t off_align;
+  uint32_t reserved;
+};
+struct RecordReplyWire {
+  int32_t status;
+  uint32_t fixed;
+  uint32_t buffer;
+  uint32_t reserved;
+};
+struct RecordEventWire {
+  uint32_t cookie;
+  uint32_t kind;
+  int32_t status;
+  uint32_t ended_by;
+  uint64_t bytes, subbufs, tail, lapped, direct, fixed;
+  uint64_t lost_full, lost_too_big, lost_wrap, overruns, lost_uncommitted;
+};
+
 // A payload that is exactly one Wire and nothing after it.
 template <typename Wire>
 int exact(const char* p, size_t len, Wire* w) {
@@ -115,7 +137,7 @@ int check_header(const Header& h) {
   if (h.magic != kMagic) return -EPROTO;
   if (h.version != kVersion) return -EPROTONOSUPPORT;
   if (h.type < static_cast<uint16_t>(Type::kOpen) ||
-      h.type > static_cast<uint16_t>(Type::kControlDone))
+      h.type > static_cast<uint16_t>(Type::kRecordEvent))
     return -EPROTO;
   if (h.length > kMaxPayload) return -EPROTO;
   return 0;
@@ -266,6 +288,63 @@ int decode(const char* p, size_t len, ChannelControl* out) {
   if (int rc = exact(p, len, &w); rc) return rc;
   if (!known_op(w.op)) return -EINVAL;
   *out = {w.channel_id, static_cast<ControlOp>(w.op)};
+  return 0;
+}
+
+namespace {
+bool valid_align(uint32_t a) {
+  return a == 0 || (a <= kMaxDirectAlign && (a & (a - 1)) == 0);
+}
+}  // namespace
+
+std::vector<char> encode(const RecordRequest& m, uint32_t seq) {
+  return message(Type::kRecord, seq, RecordWire{m.ino, m.cookie, m.mem_align, m.off_align, 0});
+}
+
+std::vector<char> encode(const RecordReply& m, uint32_t seq) {
+  return message(Type::kRecordReply, seq, RecordReplyWire{m.status, m.fixed, m.buffer, 0});
+}
+
+std::vector<char> encode(const RecordEvent& m) {
+  return message(Type::kRecordEvent, 0,
+                 RecordEventWire{m.cookie, static_cast<uint32_t>(m.kind), m.status, m.ended_by,
+                                 m.bytes, m.subbufs, m.tail, m.lapped, m.direct, m.fixed,
+                                 m.lost_full, m.lost_too_big, m.lost_wrap, m.overruns,
+                                 m.lost_uncommitted});
+}
+
+int decode(const char* p, size_t len, RecordRequest* out) {
+  RecordWire w;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  if (w.reserved != 0) return -EPROTO;
+  if (!valid_align(w.mem_align) || !valid_align(w.off_align)) return -EINVAL;
+  *out = {w.ino, w.cookie, w.mem_align, w.off_align};
+  return 0;
+}
+
+int decode(const char* p, size_t len, RecordReply* out) {
+  RecordReplyWire w;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  if (w.status > 0 || w.fixed > 1 || w.reserved != 0) return -EPROTO;
+  *out = {w.status, w.fixed, w.buffer};
+  return 0;
+}
+
+int decode(const char* p, size_t len, RecordEvent* out) {
+  RecordEventWire w;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  if (w.status > 0 || w.ended_by > 4) return -EPROTO;
+  if (w.kind != static_cast<uint32_t>(RecordKind::kProgress) &&
+      w.kind != static_cast<uint32_t>(RecordKind::kEnd))
+    return -EINVAL;
+  *out = {w.cookie,   static_cast<RecordKind>(w.kind),
+          w.status,   w.ended_by,
+          w.bytes,    w.subbufs,
+          w.tail,     w.lapped,
+          w.direct,   w.fixed,
+          w.lost_full, w.lost_too_big,
+          w.lost_wrap, w.overruns,
+          w.lost_uncommitted};
   return 0;
 }
 

@@ -42,6 +42,10 @@ enum class Type : uint16_t {
   kControlReply,         // daemon -> requester: Status, once the producer answered
   kControlRequest,       // daemon -> producer: do this to your channel
   kControlDone,          // producer -> daemon: Status of a kControlRequest (same seq)
+  kRecord,               // recorder -> daemon: record a buffer to files it passes (relayctl)
+  kRecordReply,          // daemon -> recorder: RecordReply
+  kRecordStop,           // recorder -> daemon: Status 0; end every recording of the connection
+  kRecordEvent,          // daemon -> recorder: progress or end of one recording (RecordEvent)
 };
 
 struct Header {
@@ -127,6 +131,43 @@ struct ChannelControl {  // kControlRequest
   ControlOp op = ControlOp::kFlush;
 };
 
+// Recording to disk in the daemon (relayctl record): the daemon writes whole sub-buffers from
+// its io_uring-registered buffer to files the recorder opened and passes along, and consumes
+// them once written. Three or four fds follow a kRecord: the output file, the index (O_APPEND),
+// and where the filesystem has direct I/O an O_DIRECT descriptor of the output file.
+struct RecordRequest {    // kRecord
+  uint64_t ino = 0;       // the relay file (one buffer), by its inode number in the mount
+  uint32_t cookie = 0;    // the recorder's number for it, echoed in its events
+  uint32_t mem_align = 0; // O_DIRECT memory and file-offset alignment of the output (statx
+  uint32_t off_align = 0; // STATX_DIOALIGN): powers of two up to kMaxDirectAlign, 0 without
+};
+inline constexpr uint32_t kMaxDirectAlign = 1u << 20;
+
+struct RecordReply {     // kRecordReply
+  int32_t status = 0;
+  uint32_t fixed = 0;    // 1: writes come from io_uring fixed (registered) buffers
+  uint32_t buffer = 0;   // index of the buffer in its channel (the CPU)
+};
+
+enum class RecordKind : uint32_t { kProgress = 1, kEnd = 2 };
+
+struct RecordEvent {  // kRecordEvent; totals so far for one recording
+  uint32_t cookie = 0;
+  RecordKind kind = RecordKind::kProgress;
+  int32_t status = 0;     // kEnd: 0, or -errno of the failure that ended it
+  uint32_t ended_by = 0;  // kEnd: 1 channel closed and drained, 2 stopped, 3 output write
+                          // failed, 4 index write failed
+  uint64_t bytes = 0;     // written to the output file (as cat gives them)
+  uint64_t subbufs = 0;   // whole sub-buffers written
+  uint64_t tail = 0;      // bytes of the last, never-closed sub-buffer
+  uint64_t lapped = 0;    // sub-buffers taken back: the writer overwrote them mid-write
+  uint64_t direct = 0;    // writes that went with O_DIRECT
+  uint64_t fixed = 0;     // writes from fixed buffers
+  // The buffer's loss counters at the time (relay(7) ATTRIBUTES), so the recorder can report
+  // them after the drained buffer's file is gone.
+  uint64_t lost_full = 0, lost_too_big = 0, lost_wrap = 0, overruns = 0, lost_uncommitted = 0;
+};
+
 // ioctl on an open relay file (no argument): from now on poll() on this open file reports POLLIN
 // only for a whole sub-buffer ready (the kernel's relay poll()), not for any readable byte.
 // relay_reader_open sets it on the descriptor it hands out.
@@ -144,6 +185,9 @@ std::vector<char> encode(const ReaderOpenReply& m, uint32_t seq);
 std::vector<char> encode(const ReaderConsumed& m, uint32_t seq);
 std::vector<char> encode(const ControlRequest& m, uint32_t seq);
 std::vector<char> encode(const ChannelControl& m, uint32_t seq);
+std::vector<char> encode(const RecordRequest& m, uint32_t seq);
+std::vector<char> encode(const RecordReply& m, uint32_t seq);
+std::vector<char> encode(const RecordEvent& m);
 
 // Checks a header. Returns 0, or -EPROTO (bad magic, unknown type, length above kMaxPayload),
 // or -EPROTONOSUPPORT (another protocol version).
@@ -164,6 +208,9 @@ int decode(const char* payload, size_t len, ReaderOpenReply* out);
 int decode(const char* payload, size_t len, ReaderConsumed* out);
 int decode(const char* payload, size_t len, ControlRequest* out);  // -EINVAL: unknown op
 int decode(const char* payload, size_t len, ChannelControl* out);  // -EINVAL: unknown op
+int decode(const char* payload, size_t len, RecordRequest* out);   // -EINVAL: bad alignment
+int decode(const char* payload, size_t len, RecordReply* out);
+int decode(const char* payload, size_t len, RecordEvent* out);     // -EINVAL: unknown kind
 
 // Why name cannot be one directory entry: 0 if it can; ENAMETOOLONG above kMaxName bytes, as
 // the kernel says for a path component; EINVAL if it is empty, "." or "..", or holds '/', NUL

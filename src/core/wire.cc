@@ -1,8 +1,11 @@
 #include "core/wire.h"
 
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 
 namespace relayfs::proto {
@@ -63,6 +66,24 @@ int recv_message(int sock, Received* out, size_t max_fds) {
   if (out->header.length != static_cast<size_t>(n) - sizeof(Header)) return -EPROTO;
   out->payload.assign(buf.data() + sizeof(Header), buf.data() + n);
   return 1;
+}
+
+int connect_control(const char* dir, int timeout_s, core::UniqueFd* out) {
+  char name[108];
+  const ssize_t n = ::getxattr(dir, "user.relayfs.control", name, sizeof name - 1);
+  if (n < 0) return errno == ENOENT ? ENOENT : ENOTSUP;  // not a relayfs directory
+  if (n < 2 || name[0] != '@') return ENOTSUP;
+  core::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!s) return errno;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));  // abstract: leading NUL
+  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + static_cast<size_t>(n));
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return errno;
+  timeval tv{static_cast<time_t>(timeout_s), 0};
+  ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  *out = std::move(s);
+  return 0;
 }
 
 }  // namespace relayfs::proto

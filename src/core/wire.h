@@ -26,4 +26,10 @@ struct Received {
 // or -errno. With max_fds == 0 any descriptors sent along are closed by the kernel.
 int recv_message(int sock, Received* out, size_t max_fds = 0);
 
+// Connects to the control socket of the daemon of the mount that holds dir, named by the
+// extended attribute user.relayfs.control every relayfs directory carries; replies are awaited
+// at most timeout_s seconds. Returns 0 or an errno: ENOENT, ENOTSUP (not inside relayfs), or
+// the connect error.
+int connect_control(const char* dir, int timeout_s, core::UniqueFd* out);
+
 }  // namespace relayfs::proto

@@ -19,6 +19,7 @@
 namespace relayfs::fs {
 
 class Source;
+struct Recording;
 
 // A read that found the file empty, in blocking mode: parked until data arrives, the channel is
 // drained, or the reader is interrupted. Owned by the event loop once handed over.
@@ -61,6 +62,7 @@ class Source {
 
   // Loop thread only.
   std::deque<ParkedRead*> parked;
+  Recording* recording = nullptr;  // a buffer being recorded to disk (record.h)
 
   // The consuming read: padding removed, consumed for every reader. >= 0 bytes, or -errno.
   virtual ssize_t consume(void* dst, size_t count) = 0;

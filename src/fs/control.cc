@@ -15,15 +15,11 @@
 #include "core/geometry.h"
 #include "core/protocol.h"
 #include "fs/relayfs.h"
+#include "fs/ring_tag.h"
 
 namespace relayfs::fs {
 
 namespace {
-
-enum Watch : uint64_t { kConn = 3, kDoorbell = 4 };
-constexpr uint64_t tag(Watch s, uint64_t id) {
-  return (uint64_t{s} << 56) | id;
-}
 
 // May the peer have `want` access (rwx bits, as for "other") to node n, and search every
 // directory above it, as path resolution and open(2) would require?
@@ -81,7 +77,7 @@ void RelayFs::on_connection(const std::shared_ptr<Connection>& c) {
   // Bounded per wake-up, so one chatty producer cannot starve the others.
   for (int i = 0; i < 64; ++i) {
     proto::Received r;
-    const int rc = proto::recv_message(c->fd.get(), &r);
+    const int rc = proto::recv_message(c->fd.get(), &r, 3);  // a kRecord carries up to 3
     if (rc == -EAGAIN) return;
     if (rc == 1) {
       on_message(*c, r);
@@ -98,7 +94,7 @@ void RelayFs::on_connection(const std::shared_ptr<Connection>& c) {
   }
 }
 
-void RelayFs::on_message(Connection& c, const proto::Received& r) {
+void RelayFs::on_message(Connection& c, proto::Received& r) {
   const auto type = static_cast<proto::Type>(r.header.type);
   if (c.refused) {
     // Every request gets its own reply type, so a client reports EACCES, not a protocol error.
@@ -109,6 +105,8 @@ void RelayFs::on_message(Connection& c, const proto::Received& r) {
       msg = proto::encode(proto::ReaderOpenReply{-EACCES, 0, 0, 0}, r.header.seq);
     else if (type == proto::Type::kControl)
       msg = proto::encode_status(proto::Type::kControlReply, {-EACCES}, r.header.seq);
+    else if (type == proto::Type::kRecord)
+      msg = proto::encode(proto::RecordReply{-EACCES, 0, 0}, r.header.seq);
     else
       msg = proto::encode_status(proto::Type::kError, {-EACCES}, r.header.seq);
     std::lock_guard lk(c.send_mu);
@@ -136,6 +134,12 @@ void RelayFs::on_message(Connection& c, const proto::Received& r) {
       return;
     case proto::Type::kControlDone:
       handle_control_done(c, r.header.seq, r.payload.data(), r.payload.size());
+      return;
+    case proto::Type::kRecord:
+      handle_record(c, r);
+      return;
+    case proto::Type::kRecordStop:
+      handle_record_stop(c);
       return;
     default: {  // a reply or event type: producers do not send those
       std::lock_guard lk(c.send_mu);
@@ -267,31 +271,34 @@ void RelayFs::handle_reader_open(Connection& c, uint32_t seq, const char* payloa
   core::UniqueFd ro;
   int err = -proto::decode(payload, len, &req);
   if (!err && c.mapped) err = EBUSY;  // one reader per connection
+  std::shared_ptr<RelayBuffer> b;
+  if (!err) err = readable_buffer(c, req.ino, &b);
   if (!err) {
-    std::lock_guard lk(tree.mu);
-    Node* n = tree.get(req.ino);
-    auto* b = n && n->parent ? dynamic_cast<RelayBuffer*>(n->source.get()) : nullptr;
-    if (!b)
-      err = n && n->parent && !n->is_dir() ? EINVAL : ENOENT;  // the merged view has no buffer
-    else if (!may_access(tree, n, S_IROTH, c))
-      err = EACCES;
-    else {
-      // A descriptor of its own, opened read-only, so the reader cannot map the buffer writable.
-      const std::string self = "/proc/self/fd/" + std::to_string(b->buf.fd());
-      ro.reset(::open(self.c_str(), O_RDONLY | O_CLOEXEC));
-      if (!ro) {
-        err = errno;
-      } else {
-        const auto& g = b->buf.geometry();
-        reply = {0, g.subbuf_size, g.n_subbufs, b->index()};
-        c.mapped = std::static_pointer_cast<RelayBuffer>(n->source);
-      }
+    // A descriptor of its own, opened read-only, so the reader cannot map the buffer writable.
+    const std::string self = "/proc/self/fd/" + std::to_string(b->buf.fd());
+    ro.reset(::open(self.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ro) {
+      err = errno;
+    } else {
+      const auto& g = b->buf.geometry();
+      reply = {0, g.subbuf_size, g.n_subbufs, b->index()};
+      c.mapped = std::move(b);
     }
   }
   if (err) reply = {-err, 0, 0, 0};
   const int fd = ro.get();
   std::lock_guard lk(c.send_mu);
   proto::send_message(c.fd.get(), proto::encode(reply, seq), err ? nullptr : &fd, err ? 0 : 1);
+}
+
+int RelayFs::readable_buffer(const Connection& c, uint64_t ino, std::shared_ptr<RelayBuffer>* out) {
+  std::lock_guard lk(tree.mu);
+  Node* n = tree.get(ino);
+  auto* b = n && n->parent ? dynamic_cast<RelayBuffer*>(n->source.get()) : nullptr;
+  if (!b) return n && n->parent && !n->is_dir() ? EINVAL : ENOENT;  // the merged view: no buffer
+  if (!may_access(tree, n, S_IROTH, c)) return EACCES;
+  *out = std::static_pointer_cast<RelayBuffer>(n->source);
+  return 0;
 }
 
 // The reply comes once the sub-buffers are released, so a reader's relay_reader_consumed has
@@ -332,6 +339,7 @@ void RelayFs::close_connection(uint64_t id) {
   }
   for (auto& ch : owned) finalize_channel(ch);
   drop_controls(id);
+  drop_recordings(id);
   c->mapped.reset();
   retire(tag(kConn, id));
   std::lock_guard lk(c->send_mu);  // a FUSE worker may be sending a buf_mapped event

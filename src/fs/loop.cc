@@ -14,22 +14,11 @@
 #include <random>
 
 #include "fs/relayfs.h"
+#include "fs/ring_tag.h"
 
 namespace relayfs::fs {
 
 namespace {
-
-// user_data of a multishot poll: what it watches, and which one.
-enum Watch : uint64_t { kListen = 1, kNotify = 2, kConn = 3, kDoorbell = 4, kCancel = 5 };
-constexpr uint64_t tag(Watch s, uint64_t id) {
-  return (uint64_t{s} << 56) | id;
-}
-constexpr Watch source_of(uint64_t ud) {
-  return static_cast<Watch>(ud >> 56);
-}
-constexpr uint64_t id_of(uint64_t ud) {
-  return ud & ((uint64_t{1} << 56) - 1);
-}
 
 // The kernel's limit on registered buffers (IORING_MAX_REG_BUFFERS).
 constexpr unsigned kFixedSlots = 1 << 14;
@@ -133,10 +122,14 @@ void RelayFs::loop_main() {
     }
     unsigned head, seen = 0;
     rearm.clear();
-    std::vector<std::pair<uint64_t, int>> ready;
+    std::vector<std::pair<uint64_t, int>> ready, writes;
     io_uring_for_each_cqe(&ring_, head, cqe) {
       ++seen;
       const uint64_t ud = io_uring_cqe_get_data64(cqe);
+      if (source_of(ud) == kRecordWrite) {  // one shot, and its result is the byte count
+        writes.emplace_back(id_of(ud), cqe->res);
+        continue;
+      }
       const bool more = cqe->flags & IORING_CQE_F_MORE;
       ready.emplace_back(ud, cqe->res);
       if (!more && cqe->res != -ECANCELED) rearm.push_back(ud);
@@ -172,9 +165,11 @@ void RelayFs::loop_main() {
           on_doorbell(static_cast<uint32_t>(id_of(ud)));
           break;
         case kCancel:
+        case kRecordWrite:
           break;
       }
     }
+    for (auto& [id, res] : writes) on_record_write(id, res);
     // A multishot poll that ended (the kernel may end one under pressure): arm it again.
     for (uint64_t ud : rearm) {
       int fd = -1;
@@ -198,6 +193,7 @@ void RelayFs::loop_main() {
           break;
         }
         case kCancel:
+        case kRecordWrite:
           break;
       }
       if (fd >= 0) watch(fd, ud);
@@ -312,6 +308,7 @@ void RelayFs::service(const std::shared_ptr<Source>& b) {
     }
   }
   if (check_removal) maybe_remove(b->channel_id());
+  if (b->recording) record_step(*b->recording);
 }
 
 void RelayFs::on_doorbell(uint32_t channel_id) {

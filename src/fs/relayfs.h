@@ -22,6 +22,7 @@
 #include "core/wire.h"
 #include "fs/channel.h"
 #include "fs/forget.h"
+#include "fs/record.h"
 #include "fs/tree.h"
 
 namespace relayfs::fs {
@@ -111,12 +112,14 @@ class RelayFs {
   void loop_main();
   void on_accept();
   void on_connection(const std::shared_ptr<Connection>& c);
-  void on_message(Connection& c, const proto::Received& r);
+  void on_message(Connection& c, proto::Received& r);
   void close_connection(uint64_t id);
   void handle_open(Connection& c, uint32_t seq, const char* payload, size_t len);
   void handle_close(Connection& c, uint32_t seq, const char* payload, size_t len);
   void handle_consumed(Connection& c, const char* payload, size_t len);
   void handle_reader_open(Connection& c, uint32_t seq, const char* payload, size_t len);
+  // The buffer of relay file ino, if c may read it: 0, ENOENT, EINVAL (the merged view), EACCES.
+  int readable_buffer(const Connection& c, uint64_t ino, std::shared_ptr<RelayBuffer>* out);
   void handle_reader_consumed(Connection& c, uint32_t seq, const char* payload, size_t len);
   void handle_control(Connection& c, uint32_t seq, const char* payload, size_t len);
   void handle_control_done(Connection& c, uint32_t seq, const char* payload, size_t len);
@@ -126,6 +129,16 @@ class RelayFs {
     uint64_t producer = 0;   // connection that was asked
   };
   void answer_control(const PendingControl& p, int status);
+  // Recording to disk (record.cc).
+  void handle_record(Connection& c, proto::Received& r);
+  void handle_record_stop(Connection& c);
+  void record_step(Recording& r);
+  void submit_record_write(Recording& r);
+  void on_record_write(uint64_t id, int res);
+  void finish_record_extent(Recording& r);
+  void send_record_event(Recording& r, proto::RecordKind kind);
+  void end_recording(Recording& r, RecordEnd how, int err);
+  void drop_recordings(uint64_t conn_id);
   void drop_controls(uint64_t conn_id);
   void finalize_channel(const std::shared_ptr<Channel>& ch);
   void free_channel(uint32_t id);
@@ -160,6 +173,8 @@ class RelayFs {
   std::unordered_map<uint32_t, PendingControl> pending_controls_;  // by the seq sent to the producer
   uint32_t next_control_seq_ = 1;
   std::vector<bool> fixed_used_;
+  std::unordered_map<uint64_t, std::unique_ptr<Recording>> recordings_;
+  uint64_t next_recording_id_ = 1;
 
   // Tells the kernel which relay files left the tree, so that it forgets them and their
   // buffers can be freed (forget.h).

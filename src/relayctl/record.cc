@@ -1,17 +1,18 @@
 // relayctl record: drains a channel to files on disk, one per buffer, plus an index, until
 // SIGINT/SIGTERM or until the channel closes and is drained.
 //
-// Each buffer is mapped with the reader API (relay_reader_open); whole sub-buffers go to disk
-// from the mapping through one io_uring (record_disk.h: fixed buffers where the kernel takes
-// them, O_DIRECT where aligned) and each is consumed (relay_reader_consumed) only once its write
-// completed. The reader API hands out one sub-buffer at a time per buffer, so each buffer has at
-// most one write in flight; buffers proceed in parallel. The part of the last sub-buffer that
-// never closed (the producer closed the channel without relay_flush) is taken at the end with
-// read(2), the one copy through user space, so every file holds what `cat` of its buffer gives.
+// The recording itself runs in the daemon (src/fs/record.cc), which holds every channel buffer
+// registered with its io_uring: relayctl creates the output files and the index with its own
+// permissions and passes their descriptors over the control socket (kRecord), one request per
+// buffer. The daemon writes whole sub-buffers, padding cut, with fixed-buffer writes straight
+// from the registered buffer (O_DIRECT where the file and the write's alignment allow), appends
+// an index line for each, and consumes a sub-buffer only once its write completed. At the end it
+// writes the committed part of the sub-buffer that never closed, so every file holds what `cat`
+// of its buffer gives. relayctl shows the daemon's progress events, turns a signal into
+// kRecordStop (writes in flight finish first), and writes the totals once every buffer ended.
 #include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
-#include <relayfs/relay.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -21,16 +22,18 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <memory>
 #include <string>
 #include <vector>
 
+#include "core/protocol.h"
+#include "core/wire.h"
 #include "relayctl/record_disk.h"
 #include "relayctl/relayctl.h"
 
 namespace relayctl {
 namespace {
 
+namespace proto = relayfs::proto;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kHelp =
@@ -39,6 +42,7 @@ constexpr const char* kHelp =
     "as the buffer's file (BASE0, BASE1, ...), holding exactly what cat of it would give, and\n"
     "BASE.index (sub-buffers, offsets, lengths, totals and loss counters). Runs until SIGINT or\n"
     "SIGTERM (in-flight writes finish first) or until the channel closes and is drained.\n"
+    "The daemon does the writing, from its io_uring-registered buffers.\n"
     "\n"
     "  -D, --no-direct   never use O_DIRECT (default: where the filesystem and alignment allow)\n"
     "  -q, --quiet       no progress on a terminal and no summary line\n"
@@ -46,185 +50,93 @@ constexpr const char* kHelp =
 
 constexpr int kProgressMs = 500;
 
-// Completion tags: kind in the top byte, buffer number below.
-enum Kind : uint64_t { kWrite = 1, kPoll = 2, kSignal = 3 };
-uint64_t tag(Kind k, size_t i) {
-  return (uint64_t{k} << 56) | i;
-}
-
-struct ReaderClose {
-  void operator()(relay_reader* r) const { relay_reader_close(r); }
-};
-
 struct Buf {
   std::string src, name;  // the relay file and its name
-  std::unique_ptr<relay_reader, ReaderClose> r;
   OutputFile out;
-  uint64_t off = 0;          // bytes in the output file
-  relay_subbuf sb{};         // the sub-buffer being written, while writing
-  size_t written = 0;        // of it, so far (a short write continues)
-  bool writing = false, polling = false, done = false;
-  unsigned long long subbufs = 0, bytes = 0, lapped = 0, tail = 0, direct = 0;
+  unsigned cpu = 0;
+  bool started = false, ended = false;
+  proto::RecordEvent last{};  // the daemon's latest totals for it
 };
 
 struct Recorder {
-  std::string path, outdir, base;
+  std::string path, outdir, base, index_path;
   std::vector<Buf> bufs;
-  Ring ring;
-  int fixed_err = 0;  // why the ring writes without fixed buffers (0: it uses them)
-  FILE* index = nullptr;
-  relayfs::core::UniqueFd sigfd;
-  signalfd_siginfo siginfo{};
+  relayfs::core::UniqueFd sock, index, sigfd;
+  uint32_t seq = 1;
+  bool fixed = true;  // every buffer is written from fixed buffers
   bool stopping = false, failed = false;
   Clock::time_point t0 = Clock::now();
-
-  ~Recorder() {
-    if (index) std::fclose(index);
-  }
 
   int fail(const std::string& p, const std::string& what, int err) {
     failed = true;
     return sys_error(p, what, err);
   }
 
-  void submit_write(size_t i) {
-    Buf& b = bufs[i];
-    const char* addr = static_cast<const char*>(b.sb.data) + b.written;
-    const size_t len = b.sb.length - b.written;
-    const uint64_t off = b.off + b.written;
-    const int fd = b.out.fd_for(off, addr, len);
-    // The ring has room for a write and a poll per buffer and the signal read, so this only
-    // fails if the kernel refuses a submission.
-    if (!ring.write(tag(kWrite, i), fd, addr, len, off, static_cast<int>(i))) {
-      fail(b.out.path(), "io_uring", EBUSY);
-      return;
-    }
-    if (fd != b.out.buffered_fd()) ++b.direct;  // writes that went with O_DIRECT
-    b.writing = true;
+  // A kRecordEvent: the buffer's new totals; at its end, why it ended.
+  void on_event(const proto::RecordEvent& ev) {
+    if (ev.cookie >= bufs.size()) return;
+    Buf& b = bufs[ev.cookie];
+    b.last = ev;
+    if (ev.kind != proto::RecordKind::kEnd) return;
+    b.ended = true;
+    if (ev.ended_by == 3) fail(b.out.path(), "write", -ev.status);
+    if (ev.ended_by == 4) fail(index_path, "write", -ev.status);
   }
 
-  // Starts the next write of buffer i, or waits in a poll for a sub-buffer.
-  void advance(size_t i) {
-    Buf& b = bufs[i];
-    while (!b.writing && !b.done && !stopping && !failed) {
-      const int rc = relay_reader_next(b.r.get(), &b.sb);
-      if (rc < 0) {
-        fail(b.src, "reader", errno);
-        return;
+  // Receives one message; returns it in *m, or false once the connection failed (reported).
+  bool receive(proto::Received* m) {
+    const int rc = proto::recv_message(sock.get(), m);
+    if (rc == 1) {
+      if (static_cast<proto::Type>(m->header.type) == proto::Type::kRecordEvent) {
+        proto::RecordEvent ev;
+        if (proto::decode(m->payload.data(), m->payload.size(), &ev) == 0) on_event(ev);
       }
-      if (rc == 0) {
-        if (!b.polling && !ring.poll(tag(kPoll, i), b.r->fd, POLLIN)) fail(b.src, "io_uring", EBUSY);
-        b.polling = true;
-        return;
-      }
-      b.written = 0;
-      if (b.sb.length > 0) {
-        submit_write(i);
-        return;
-      }
-      finish_subbuf(i);  // nothing but padding: nothing to write
+      return true;
     }
+    fail(path, "connection to the daemon", rc == 0 ? ECONNRESET : -rc);
+    for (Buf& b : bufs) b.ended = true;  // nothing more will come
+    return false;
   }
 
-  // Buffer i's sub-buffer is on disk: keep it if the writer did not lap it meanwhile, then
-  // consume it.
-  void finish_subbuf(size_t i) {
+  // Asks the daemon to record buffer i; returns 0 or an errno (reported).
+  int start(size_t i) {
     Buf& b = bufs[i];
-    b.writing = false;
-    if (relay_reader_valid(b.r.get(), &b.sb) == 1) {
-      std::fprintf(index, "subbuf %u %llu %llu %zu\n", b.r->cpu, b.sb.seq,
-                   static_cast<unsigned long long>(b.off), b.sb.length);
-      b.off += b.sb.length;
-      b.bytes += b.sb.length;
-      ++b.subbufs;
-    } else {
-      // Overwrite mode: the writer reused the sub-buffer while it went to disk, so what was
-      // written may mix two laps. Take it back.
-      std::fprintf(index, "lapped %u %llu %llu %zu\n", b.r->cpu, b.sb.seq,
-                   static_cast<unsigned long long>(b.off), b.sb.length);
-      ++b.lapped;
-      if (int err = b.out.truncate(b.off); err) {
-        fail(b.out.path(), "truncate", err);
-        return;
-      }
-    }
-    if (relay_reader_consumed(b.r.get(), 1) != 0) fail(b.src, "consume", errno);
-  }
-
-  void on_write(size_t i, int res) {
-    Buf& b = bufs[i];
-    if (res == -EINTR || res == -EAGAIN) {
-      submit_write(i);
-      return;
-    }
-    if (res <= 0) {
-      // Not consumed: the sub-buffer stays in the channel for another reader.
-      b.writing = false;
-      fail(b.out.path(), "write", res == 0 ? EIO : -res);
-      return;
-    }
-    b.written += static_cast<size_t>(res);
-    if (b.written < b.sb.length) {  // short: write the rest, which reports the error if any
-      submit_write(i);
-      return;
-    }
-    finish_subbuf(i);
-    advance(i);
-  }
-
-  // The channel is closed and no whole sub-buffer is left: what remains is the committed part
-  // of the sub-buffer that never closed, which only read(2) gives.
-  void drain_tail(size_t i) {
-    Buf& b = bufs[i];
-    relayfs::core::UniqueFd fd(::open(b.src.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) {
-      if (errno != ENOENT) fail(b.src, "open", errno);  // ENOENT: drained and removed
-      b.done = true;
-      return;
-    }
-    std::vector<char> buf(1 << 20);
+    struct stat st;
+    if (::stat(b.src.c_str(), &st) != 0) return sys_error(b.src, "", errno);
+    const bool direct = b.out.direct_fd() >= 0;
+    const proto::RecordRequest req{static_cast<uint64_t>(st.st_ino), static_cast<uint32_t>(i),
+                                   direct ? b.out.mem_align() : 0, direct ? b.out.off_align() : 0};
+    const int fds[3] = {b.out.buffered_fd(), index.get(), b.out.direct_fd()};
+    const uint32_t my_seq = seq++;
+    if (int rc = proto::send_message(sock.get(), proto::encode(req, my_seq), fds, direct ? 3 : 2))
+      return sys_error(path, "connection to the daemon", -rc);
+    // Events of the buffers started before may come first.
     for (;;) {
-      const ssize_t n = ::read(fd.get(), buf.data(), buf.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        fail(b.src, "read", errno);
-        break;
-      }
-      if (n == 0) break;
-      const uint64_t at = b.off;
-      for (ssize_t done = 0; done < n;) {
-        const ssize_t w = ::pwrite(b.out.buffered_fd(), buf.data() + done,
-                                   static_cast<size_t>(n - done), static_cast<off_t>(b.off));
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-          // The bytes were consumed by the read; say how many did not reach the disk.
-          fail(b.out.path(), "write (" + std::to_string(n - done) + " bytes of the tail lost)",
-               w == 0 ? EIO : errno);
-          b.done = true;
-          return;
-        }
-        done += w;
-        b.off += static_cast<uint64_t>(w);
-      }
-      std::fprintf(index, "tail %u - %llu %zd\n", b.r->cpu, static_cast<unsigned long long>(at),
-                   n);
-      b.tail += static_cast<unsigned long long>(n);
+      proto::Received m;
+      if (!receive(&m)) return EIO;
+      if (m.header.seq != my_seq) continue;
+      proto::RecordReply reply;
+      if (static_cast<proto::Type>(m.header.type) != proto::Type::kRecordReply ||
+          proto::decode(m.payload.data(), m.payload.size(), &reply) != 0)
+        return sys_error(b.src, "cannot record", EPROTO);
+      if (reply.status < 0) return sys_error(b.src, "cannot record", -reply.status);
+      b.started = true;
+      b.cpu = reply.buffer;
+      fixed = fixed && reply.fixed;
+      return 0;
     }
-    b.done = true;
   }
 
-  void on_poll(size_t i, int res) {
-    Buf& b = bufs[i];
-    b.polling = false;
-    if (res < 0 && res != -EINTR) {
-      fail(b.src, "poll", -res);
-      return;
-    }
-    // POLLERR without POLLIN: the channel is finalized and no whole sub-buffer is left. One may
-    // still have closed just before: advance takes it first.
-    const bool closed = res > 0 && (res & (POLLERR | POLLHUP)) && !(res & POLLIN);
-    advance(i);
-    if (closed && !b.writing && !b.done && !stopping && !failed) drain_tail(i);
+  void stop() {
+    if (stopping) return;
+    stopping = true;
+    proto::send_message(sock.get(), proto::encode_status(proto::Type::kRecordStop, {0}, seq++));
+  }
+
+  bool all_ended() const {
+    for (const Buf& b : bufs)
+      if (b.started && !b.ended) return false;
+    return true;
   }
 
   struct Totals {
@@ -233,15 +145,12 @@ struct Recorder {
   Totals totals() const {
     Totals t;
     for (const Buf& b : bufs) {
-      t.bytes += b.bytes + b.tail;
-      t.subbufs += b.subbufs;
-      t.lapped += b.lapped;
-      t.direct += b.direct;
-      relay_stats st{};
-      if (relay_reader_stats(b.r.get(), &st) == 0) {
-        t.lost += st.lost_full + st.lost_too_big + st.lost_wrap;
-        t.overruns += st.overruns;
-      }
+      t.bytes += b.last.bytes;
+      t.subbufs += b.last.subbufs;
+      t.lapped += b.last.lapped;
+      t.direct += b.last.direct;
+      t.lost += b.last.lost_full + b.last.lost_too_big + b.last.lost_wrap;
+      t.overruns += b.last.overruns;
     }
     return t;
   }
@@ -259,21 +168,33 @@ struct Recorder {
     return line;
   }
 
+  bool closed() const {
+    for (const Buf& b : bufs)
+      if (!b.started || b.last.ended_by != 1) return false;
+    return true;
+  }
+
   void write_totals() {
     for (const Buf& b : bufs) {
-      relay_stats st{};
-      relay_reader_stats(b.r.get(), &st);
-      std::fprintf(index,
-                   "total %u %s bytes=%llu subbufs=%llu tail=%llu lapped=%llu direct=%llu "
-                   "lost_full=%llu lost_too_big=%llu lost_wrap=%llu overruns=%llu "
-                   "lost_uncommitted=%llu\n",
-                   b.r->cpu, b.name.c_str(), b.bytes + b.tail, b.subbufs, b.tail, b.lapped,
-                   b.direct, st.lost_full, st.lost_too_big, st.lost_wrap, st.overruns,
-                   st.lost_uncommitted);
+      const proto::RecordEvent& e = b.last;
+      ::dprintf(index.get(),
+                "total %u %s bytes=%llu subbufs=%llu tail=%llu lapped=%llu direct=%llu "
+                "lost_full=%llu lost_too_big=%llu lost_wrap=%llu overruns=%llu "
+                "lost_uncommitted=%llu\n",
+                b.cpu, b.name.c_str(), static_cast<unsigned long long>(e.bytes),
+                static_cast<unsigned long long>(e.subbufs), static_cast<unsigned long long>(e.tail),
+                static_cast<unsigned long long>(e.lapped), static_cast<unsigned long long>(e.direct),
+                static_cast<unsigned long long>(e.lost_full),
+                static_cast<unsigned long long>(e.lost_too_big),
+                static_cast<unsigned long long>(e.lost_wrap),
+                static_cast<unsigned long long>(e.overruns),
+                static_cast<unsigned long long>(e.lost_uncommitted));
     }
-    std::fprintf(index, "end %s io=%s\n", failed ? "error" : stopping ? "stopped" : "closed",
-                 ring.fixed() ? "fixed" : "mapped");
+    if (::dprintf(index.get(), "end %s io=%s\n", outcome(), fixed ? "fixed" : "write") < 0)
+      fail(index_path, "write", errno);
   }
+
+  const char* outcome() const { return failed ? "error" : closed() ? "closed" : "stopped"; }
 };
 
 int parse(int argc, char** argv, bool* direct, bool* quiet, bool* help) {
@@ -296,7 +217,8 @@ int parse(int argc, char** argv, bool* direct, bool* quiet, bool* help) {
   return kExitOk;
 }
 
-// Opens the buffers of PATH, the output files and the index.
+// Opens the output files and the index, connects to the daemon, and blocks the stop signals
+// into a signalfd.
 int setup(Recorder* rec, bool direct) {
   std::string dir;
   if (!split_path(rec->path, &dir, &rec->base))
@@ -307,38 +229,36 @@ int setup(Recorder* rec, bool direct) {
     if (::stat(rec->path.c_str(), &st) != 0) return sys_error(rec->path, "", errno);
     names.push_back(rec->base);  // one buffer file
   }
+  if (int err = relayfs::proto::connect_control(dir.c_str(), 30, &rec->sock); err)
+    return sys_error(dir, err == ENOTSUP ? "not a relayfs directory" : "cannot reach the daemon",
+                     err);
   if (::mkdir(rec->outdir.c_str(), 0755) != 0 && errno != EEXIST)
     return sys_error(rec->outdir, "mkdir", errno);
   rec->bufs.resize(names.size());
-  std::vector<iovec> maps;
   for (size_t i = 0; i < names.size(); ++i) {
     Buf& b = rec->bufs[i];
     b.name = names[i];
     b.src = dir + "/" + names[i];
-    b.r.reset(relay_reader_open(b.src.c_str()));
-    if (!b.r) return sys_error(b.src, "cannot map buffer", errno);
     if (int err = b.out.open(rec->outdir + "/" + names[i], direct); err)
       return sys_error(rec->outdir + "/" + names[i], "", err);
-    maps.push_back({const_cast<void*>(b.r->base), b.r->n_subbufs * b.r->subbuf_size});
   }
-  const std::string index = rec->outdir + "/" + rec->base + ".index";
-  rec->index = std::fopen(index.c_str(), "w");
-  if (!rec->index) return sys_error(index, "", errno);
-  std::fprintf(rec->index, "# relayctl record %s: KIND BUFFER SEQ OFFSET LENGTH\n",
-               rec->path.c_str());
-  if (int rc = rec->ring.init(static_cast<unsigned>(2 * names.size() + 8)); rc < 0)
-    return sys_error("io_uring", "", -rc);
-  if (int rc = rec->ring.register_buffers(maps); rc < 0) rec->fixed_err = -rc;
+  // O_APPEND: the daemon appends a line per sub-buffer, relayctl the header and the totals.
+  rec->index_path = rec->outdir + "/" + rec->base + ".index";
+  rec->index.reset(::open(rec->index_path.c_str(),
+                          O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644));
+  if (!rec->index) return sys_error(rec->index_path, "", errno);
+  if (::dprintf(rec->index.get(), "# relayctl record %s: KIND BUFFER SEQ OFFSET LENGTH\n",
+                rec->path.c_str()) < 0)
+    return sys_error(rec->index_path, "write", errno);
 
-  // SIGINT and SIGTERM arrive as reads on a signalfd in the ring: a stop is one more event.
+  // SIGINT and SIGTERM arrive as reads on a signalfd: a stop is one more event to poll for.
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   sigprocmask(SIG_BLOCK, &set, nullptr);
-  rec->sigfd.reset(::signalfd(-1, &set, SFD_CLOEXEC));
+  rec->sigfd.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
   if (!rec->sigfd) return sys_error("signalfd", "", errno);
-  rec->ring.read(tag(kSignal, 0), rec->sigfd.get(), &rec->siginfo, sizeof rec->siginfo);
   return kExitOk;
 }
 
@@ -356,44 +276,41 @@ int cmd_record(int argc, char** argv) {
   if (int rc = setup(&rec, direct); rc != kExitOk) return rc;
   const bool live = !quiet && ::isatty(2);
 
-  for (size_t i = 0; i < rec.bufs.size(); ++i) rec.advance(i);
-  std::vector<std::pair<uint64_t, int>> done;
+  bool refused = false;
+  for (size_t i = 0; i < rec.bufs.size() && !refused; ++i) refused = rec.start(i) != 0;
+  if (refused) rec.stop();  // end the buffers that did start, and report nothing more
+
   auto last = Clock::now();
-  for (;;) {
-    bool busy = false, all_done = true;
-    for (const Buf& b : rec.bufs) {
-      busy |= b.writing;
-      all_done &= b.done;
-    }
-    // Stopping or failed: wait for the writes in flight (a write the kernel has must not be
-    // torn from its sub-buffer), then stop.
-    if (!busy && (all_done || rec.stopping || rec.failed)) break;
-    if (int rc = rec.ring.wait(live ? kProgressMs : -1, &done); rc < 0) {
-      rec.fail("io_uring", "wait", -rc);
+  while (!rec.all_ended()) {
+    pollfd p[2] = {{rec.sock.get(), POLLIN, 0}, {rec.sigfd.get(), POLLIN, 0}};
+    const int n = ::poll(p, 2, live ? kProgressMs : -1);
+    if (n < 0 && errno != EINTR) {
+      rec.fail("poll", "", errno);
       break;
     }
-    for (auto [t, res] : done) {
-      const size_t i = t & ((uint64_t{1} << 56) - 1);
-      switch (static_cast<Kind>(t >> 56)) {
-        case kWrite: rec.on_write(i, res); break;
-        case kPoll: rec.on_poll(i, res); break;
-        case kSignal: rec.stopping = true; break;
+    if (n > 0 && (p[1].revents & POLLIN)) {
+      signalfd_siginfo si;
+      while (::read(rec.sigfd.get(), &si, sizeof si) == sizeof si) {
       }
+      rec.stop();
+    }
+    if (n > 0 && p[0].revents) {
+      proto::Received m;
+      if (!rec.receive(&m)) break;
     }
     if (live && Clock::now() - last >= std::chrono::milliseconds(kProgressMs)) {
       last = Clock::now();
       std::fprintf(stderr, "\r\033[Krelayctl record: %s", rec.progress_text().c_str());
     }
   }
+  if (refused) return kExitError;
   rec.write_totals();
-  if (std::fflush(rec.index) != 0) rec.fail(rec.outdir + "/" + rec.base + ".index", "write", errno);
   if (!quiet) {
-    std::string io = rec.ring.fixed() ? "fixed-buffer writes"
-                                      : std::string("writes from the mapping (fixed buffers: ") +
-                                            std::strerror(rec.fixed_err) + ")";
+    const char* io = rec.fixed ? "fixed-buffer writes in the daemon"
+                               : "writes from the mapping in the daemon (no fixed buffers)";
     std::fprintf(stderr, "%srelayctl record: %s: %s; %s; %s\n", live ? "\r\033[K" : "",
-                 rec.path.c_str(), rec.progress_text().c_str(), io.c_str(),
-                 rec.failed ? "failed" : rec.stopping ? "stopped" : "channel closed");
+                 rec.path.c_str(), rec.progress_text().c_str(), io,
+                 rec.failed ? "failed" : rec.closed() ? "channel closed" : "stopped");
   }
   return rec.failed ? kExitError : kExitOk;
 }

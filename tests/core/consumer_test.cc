@@ -282,3 +282,106 @@ TEST_CASE("plan_read hands out spans without consuming until finish_read; abort_
   CHECK(rig.drain() == "1234567812345678abcdefgh");  // the planned 16 bytes are gone
   CHECK(rig.cons->stats().bytes_consumed == 40);  // 16 delivered by the plan, 24 by drain()
 }
+
+namespace {
+// The bytes of an extent, as a recorder would write them from the mapping.
+std::string extent_bytes(const Rig& rig, const core::Consumer::Extent& e) {
+  return std::string(rig.buf.data() + e.data_offset(rig.buf.geometry().subbuf_size), e.len);
+}
+}  // namespace
+
+TEST_CASE("take_extent hands out closed sub-buffers whole, padding cut, and consumes nothing") {
+  Rig rig(16, 4);
+  core::Consumer::Extent e;
+  REQUIRE(rig.write("aaaaaaaaaa") == 0);
+  CHECK(rig.cons->take_extent(&e) == 0);  // the sub-buffer is still open
+  REQUIRE(rig.write("bbbbbbbb") == 0);    // closes sub-buffer 0 with 6 bytes of padding
+  REQUIRE(rig.cons->take_extent(&e) == 1);
+  CHECK(e.seq == 0);
+  CHECK(e.closed);
+  CHECK(extent_bytes(rig, e) == "aaaaaaaaaa");
+  core::Consumer::Extent again;
+  REQUIRE(rig.cons->take_extent(&again) == 1);  // nothing consumed: the same extent
+  CHECK(again.seq == e.seq);
+  CHECK(again.len == e.len);
+  CHECK(rig.cons->finish_extent(e) == 1);
+  CHECK(rig.cons->stats().subbufs_consumed == 1);
+  CHECK(rig.cons->take_extent(&e) == 0);  // "bbbbbbbb" is in the open sub-buffer
+  CHECK(rig.drain() == "bbbbbbbb");       // read() goes on where the extent ended
+}
+
+TEST_CASE("take_extent waits for a record in flight, then gives the rest after a partial read") {
+  Rig rig(16, 4);
+  core::Consumer::Extent e;
+  REQUIRE(rig.write("aaaa") == 0);
+  core::Reservation r;
+  REQUIRE(rig.prod->reserve(4, &r) == 0);
+  REQUIRE(rig.write("cccccccccccc") == 0);  // closes sub-buffer 0 with the record in flight
+  char two[2];
+  REQUIRE(rig.cons->read(two, 2) == 2);     // a reader took "aa"
+  CHECK(rig.cons->take_extent(&e) == 0);    // not wholly committed
+  std::memcpy(r.ptr, "bbbb", 4);
+  rig.prod->commit(r);
+  REQUIRE(rig.cons->take_extent(&e) == 1);
+  CHECK(extent_bytes(rig, e) == "aabbbb");  // the rest, from where the reader stopped
+  CHECK(rig.cons->finish_extent(e) == 1);
+  CHECK(rig.cons->stats().bytes_consumed == 8);
+}
+
+TEST_CASE("finish_extent consumes nothing if another reader took the bytes meanwhile") {
+  Rig rig(16, 4);
+  REQUIRE(rig.write("aaaaaaaaaaaa") == 0);
+  REQUIRE(rig.write("bbbbbbbbbbbb") == 0);
+  core::Consumer::Extent e;
+  REQUIRE(rig.cons->take_extent(&e) == 1);
+  char one;
+  REQUIRE(rig.cons->read(&one, 1) == 1);  // a cat read one byte while the extent was on its way
+  CHECK(rig.cons->finish_extent(e) == 0);
+  CHECK(rig.cons->stats().bytes_consumed == 1);
+  REQUIRE(rig.cons->take_extent(&e) == 1);  // the rest, once more
+  CHECK(extent_bytes(rig, e) == "aaaaaaaaaaa");
+  CHECK(rig.cons->finish_extent(e) == 1);
+}
+
+TEST_CASE("finish_extent refuses an extent the writer overwrote, and the overrun is counted") {
+  SpecHook hook{Mode::kOverwrite, 0};
+  Rig rig(4, 3, hook.hooks());
+  REQUIRE(rig.write("aaaa") == 0);
+  REQUIRE(rig.write("bbbb") == 0);
+  core::Consumer::Extent e;
+  REQUIRE(rig.cons->take_extent(&e) == 1);
+  CHECK(extent_bytes(rig, e) == "aaaa");
+  for (char c = 'c'; c <= 'f'; ++c) REQUIRE(rig.write(std::string(4, c)) == 0);  // laps it
+  CHECK(rig.cons->finish_extent(e) == 0);
+  REQUIRE(rig.cons->take_extent(&e) == 1);
+  CHECK(extent_bytes(rig, e) == "dddd");  // the oldest the writer has not begun to reuse
+  CHECK(rig.cons->stats().overruns == 3);
+}
+
+TEST_CASE("finish_extent refuses an extent taken before a reset") {
+  Rig rig(16, 4);
+  REQUIRE(rig.write("aaaaaaaaaaaa") == 0);
+  REQUIRE(rig.write("bbbbbbbbbbbb") == 0);
+  core::Consumer::Extent e;
+  REQUIRE(rig.cons->take_extent(&e) == 1);
+  rig.prod->reset();
+  CHECK(rig.cons->finish_extent(e) == 0);
+  CHECK(rig.cons->take_extent(&e) == 0);
+}
+
+TEST_CASE("once finalized, take_extent also gives the committed tail of the open sub-buffer") {
+  Rig rig(16, 4);
+  REQUIRE(rig.write("aaaa") == 0);
+  core::Reservation hole;
+  REQUIRE(rig.prod->reserve(3, &hole) == 0);  // its writer died
+  core::Consumer::Extent e;
+  CHECK(rig.cons->take_extent(&e) == 0);
+  rig.cons->finalize();
+  REQUIRE(rig.cons->take_extent(&e) == 1);
+  CHECK_FALSE(e.closed);
+  CHECK(extent_bytes(rig, e) == "aaaa");
+  CHECK(rig.cons->finish_extent(e) == 1);
+  CHECK(rig.cons->take_extent(&e) == 0);
+  CHECK(rig.cons->stats().lost_uncommitted == 3);
+  CHECK(rig.cons->drained());
+}

@@ -150,7 +150,61 @@ TEST_CASE("outside-control messages round-trip; unknown operations and junk are 
 
   Header h{kMagic, kVersion, static_cast<uint16_t>(Type::kControlDone), 8, 0};
   CHECK(check_header(h) == 0);
-  h.type = static_cast<uint16_t>(Type::kControlDone) + 1;
+}
+
+TEST_CASE("recording messages round-trip; bad alignments, kinds and junk are refused") {
+  auto m = encode(RecordRequest{42, 7, 512, 4096}, 3);
+  CHECK(header_of(m).type == static_cast<uint16_t>(Type::kRecord));
+  CHECK(header_of(m).seq == 3);
+  RecordRequest rq;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &rq) == 0);
+  CHECK(rq.ino == 42);
+  CHECK(rq.cookie == 7);
+  CHECK(rq.mem_align == 512);
+  CHECK(rq.off_align == 4096);
+  for (uint32_t bad : {3u, 1000u, kMaxDirectAlign * 2}) {
+    CAPTURE(bad);
+    m = encode(RecordRequest{42, 7, bad, 0}, 3);
+    CHECK(decode(payload_of(m), header_of(m).length, &rq) == -EINVAL);
+    m = encode(RecordRequest{42, 7, 0, bad}, 3);
+    CHECK(decode(payload_of(m), header_of(m).length, &rq) == -EINVAL);
+  }
+  CHECK(decode(payload_of(m), header_of(m).length - 1, &rq) == -EPROTO);
+
+  m = encode(RecordReply{0, 1, 2}, 4);
+  RecordReply rp;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &rp) == 0);
+  CHECK(rp.fixed == 1);
+  CHECK(rp.buffer == 2);
+  m = encode(RecordReply{1, 0, 0}, 4);  // a positive status is not an errno
+  CHECK(decode(payload_of(m), header_of(m).length, &rp) == -EPROTO);
+
+  RecordEvent ev{9, RecordKind::kEnd, -ENOSPC, 3, 100, 2, 10, 1, 0, 2, 11, 12, 13, 14, 15};
+  m = encode(ev);
+  CHECK(header_of(m).type == static_cast<uint16_t>(Type::kRecordEvent));
+  RecordEvent got;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &got) == 0);
+  CHECK(got.cookie == 9);
+  CHECK(got.kind == RecordKind::kEnd);
+  CHECK(got.status == -ENOSPC);
+  CHECK(got.ended_by == 3);
+  CHECK(got.bytes == 100);
+  CHECK(got.subbufs == 2);
+  CHECK(got.tail == 10);
+  CHECK(got.lapped == 1);
+  CHECK(got.fixed == 2);
+  CHECK(got.lost_full == 11);
+  CHECK(got.lost_too_big == 12);
+  CHECK(got.lost_wrap == 13);
+  CHECK(got.overruns == 14);
+  CHECK(got.lost_uncommitted == 15);
+  std::vector<char> junk(payload_of(m), payload_of(m) + header_of(m).length);
+  junk[4] = 5;  // kind
+  CHECK(decode(junk.data(), junk.size(), &got) == -EINVAL);
+
+  Header h{kMagic, kVersion, static_cast<uint16_t>(Type::kRecordEvent), 8, 0};
+  CHECK(check_header(h) == 0);
+  h.type = static_cast<uint16_t>(Type::kRecordEvent) + 1;
   CHECK(check_header(h) == -EPROTO);
 }
 
@@ -168,7 +222,7 @@ TEST_CASE("headers with a bad magic, version, type or length are refused") {
   CHECK(check_header(bad) == -EPROTO);
   bad.type = 999;
   CHECK(check_header(bad) == -EPROTO);
-  bad.type = static_cast<uint16_t>(Type::kControlDone) + 1;  // the last type + 1
+  bad.type = static_cast<uint16_t>(Type::kRecordEvent) + 1;  // the last type + 1
   CHECK(check_header(bad) == -EPROTO);
   bad = h;
   bad.length = kMaxPayload + 1;

@@ -222,11 +222,13 @@ inline int dial_control(const std::string& name) {
 }
 
 // The daemon's answer to one request sent raw on connection s, as an errno: 0 when it granted
-// it, the refusal's errno otherwise, whatever the reply type (kOpenReply, kReaderOpenReply, or a
-// Status). 200+ when the exchange itself failed. No REQUIRE: also for child processes.
-inline int control_answer(int s, const std::vector<char>& msg) {
+// it, the refusal's errno otherwise, whatever the reply type (kOpenReply, kReaderOpenReply,
+// kRecordReply, or a Status). 200+ when the exchange itself failed. fds go along with msg. No
+// REQUIRE: also for child processes.
+inline int control_answer(int s, const std::vector<char>& msg, const int* fds = nullptr,
+                          size_t nfds = 0) {
   namespace proto = relayfs::proto;
-  if (proto::send_message(s, msg) != 0) return 201;
+  if (proto::send_message(s, msg, fds, nfds) != 0) return 201;
   proto::Received r;
   if (proto::recv_message(s, &r, proto::kMaxFds) != 1) return 202;
   switch (static_cast<proto::Type>(r.header.type)) {
@@ -236,6 +238,10 @@ inline int control_answer(int s, const std::vector<char>& msg) {
     }
     case proto::Type::kReaderOpenReply: {
       proto::ReaderOpenReply o;
+      return proto::decode(r.payload.data(), r.payload.size(), &o) == 0 ? -o.status : 203;
+    }
+    case proto::Type::kRecordReply: {
+      proto::RecordReply o;
       return proto::decode(r.payload.data(), r.payload.size(), &o) == 0 ? -o.status : 203;
     }
     default: {

@@ -54,6 +54,24 @@ inline int run(const std::string& cmd) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+// A file's whole contents ("" if it does not exist).
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// A fresh directory under /tmp, removed with everything in it at the end of the test.
+struct TempDir {
+  TempDir() {
+    char tmpl[] = "/tmp/relayfs-test-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    dir = tmpl;
+  }
+  ~TempDir() { run("rm -rf '" + dir + "'"); }
+  std::string path(const std::string& rel) const { return dir + "/" + rel; }
+  std::string dir;
+};
+
 // Waits up to limit for child pid to end; if it does not, kills it (SIGKILL) and reaps it, so
 // no test leaves a process behind. Returns its wait status; *killed says whether it was killed.
 inline int wait_or_kill(pid_t pid, std::chrono::milliseconds limit, bool* killed) {

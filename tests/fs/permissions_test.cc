@@ -292,7 +292,7 @@ TEST_CASE("nobody creates a channel where they may not write, through the librar
   }
 }
 
-TEST_CASE("another user cannot close, consume or map a channel through the control socket") {
+TEST_CASE("another user cannot close, consume, map or record a channel through the control socket") {
   NEED_USERS(alice, bob);
   Mount m({"-o", "allow_other"});
   const std::string home = home_of(m, alice);
@@ -338,6 +338,19 @@ TEST_CASE("another user cannot close, consume or map a channel through the contr
     if (control_answer(s, proto::encode(proto::ReaderOpenRequest{dir_ino}, 4)) != ENOENT)
       return 106;
     if (control_answer(s, proto::encode(proto::ReaderOpenRequest{987654}, 5)) != ENOENT) return 107;
+    // Recording her buffer into files of his own (relayctl record's request).
+    const int out = ::open("/tmp", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+    const int idx = ::open("/tmp", O_TMPFILE | O_WRONLY | O_APPEND | O_CLOEXEC, 0600);
+    if (out < 0 || idx < 0) return 110;
+    const int outputs[2] = {out, idx};
+    if (control_answer(s, proto::encode(proto::RecordRequest{file_ino, 0, 0, 0}, 6), outputs, 2) !=
+        EACCES)
+      return 111;
+    if (control_answer(s, proto::encode(proto::RecordRequest{merged_ino, 0, 0, 0}, 7), outputs,
+                       2) != EINVAL)
+      return 112;
+    ::close(out);
+    ::close(idx);
     ::close(s);
     if (reader_errno(home + "/mine0") != EACCES) return 108;
     // Nor through the daemon's own descriptors.

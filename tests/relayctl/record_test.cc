@@ -128,8 +128,12 @@ TEST_CASE("record: runs until the channel closes, every CPU's buffer into its ow
   }
   CHECK(index_lines(index, "tail").size() >= 1);  // the unflushed sub-buffers
   CHECK(index_lines(index, "end").at(0).at(1) == "closed");
+  // The daemon wrote every sub-buffer from its io_uring fixed (registered) buffers.
+  CHECK(index_lines(index, "end").at(0).at(2) == "io=fixed");
   CHECK(index_lines(index, "total").size() == wrote.size());
-  CHECK(read_file(out.path("err")).find("channel closed") != std::string::npos);
+  const std::string err = read_file(out.path("err"));
+  CHECK(err.find("channel closed") != std::string::npos);
+  CHECK(err.find("fixed-buffer writes in the daemon") != std::string::npos);
 }
 
 TEST_CASE("record: what relayctl write wrote comes out as cat gives it") {

@@ -29,12 +29,6 @@ inline std::string relayctl_path() {
   return p;
 }
 
-// A file's whole contents ("" if it does not exist).
-inline std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 inline void write_file(const std::string& path, const std::string& data) {
   std::ofstream out(path, std::ios::binary);
   out << data;
@@ -55,18 +49,6 @@ inline std::vector<std::vector<std::string>> lines_starting(const std::string& t
   }
   return out;
 }
-
-// A fresh directory under /tmp, removed with everything in it at the end of the test.
-struct TempDir {
-  TempDir() {
-    char tmpl[] = "/tmp/relayctl-test-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    dir = tmpl;
-  }
-  ~TempDir() { run("rm -rf '" + dir + "'"); }
-  std::string path(const std::string& rel) const { return dir + "/" + rel; }
-  std::string dir;
-};
 
 struct Outcome {
   int status = -1;  // exit status, or -1 if it did not exit normally

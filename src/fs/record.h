@@ -1,0 +1,54 @@
+// Recording a buffer to disk inside the daemon (relayctl record): whole sub-buffers go from the
+// buffer's io_uring-registered mapping to the output file with fixed-buffer writes, O_DIRECT
+// where the file and the write's alignment allow, and are consumed only once written.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+
+#include "core/consumer.h"
+#include "core/fd.h"
+#include "core/protocol.h"
+
+namespace relayfs::fs {
+
+class RelayBuffer;
+
+// One buffer being recorded. Loop thread only; owned by RelayFs::recordings_, pointed to by its
+// buffer's Source::recording while it runs.
+struct Recording {
+  uint64_t id = 0;
+  uint64_t conn = 0;    // the recorder's control connection; 0 once it went away
+  uint32_t cookie = 0;  // the recorder's number for this buffer
+  std::shared_ptr<RelayBuffer> buf;
+  core::UniqueFd out, index, direct;  // passed by the recorder, checked (record.cc)
+  uint32_t mem_align = 0, off_align = 0;
+
+  uint64_t off = 0;                 // bytes in the output file
+  core::Consumer::Extent ext{};     // the extent being written, while writing
+  uint32_t written = 0;             // of it, so far (a short write goes on)
+  bool writing = false;             // a write is in flight: the recording must outlive it
+  bool via_direct = false;          // the write in flight uses the O_DIRECT descriptor
+  bool stopping = false;            // end after the write in flight
+  std::chrono::steady_clock::time_point last_progress{};
+  proto::RecordEvent totals{};      // what the events report
+
+  // The descriptor for a write of len bytes from addr at file offset off: O_DIRECT only if
+  // every one of them meets the filesystem's alignment.
+  bool direct_ok(uint64_t at, const void* addr, uint32_t len) const {
+    if (!direct.valid() || mem_align == 0 || off_align == 0) return false;
+    return reinterpret_cast<uintptr_t>(addr) % mem_align == 0 && at % off_align == 0 &&
+           len % off_align == 0;
+  }
+};
+
+// How a recording ended (proto::RecordEvent::ended_by).
+enum RecordEnd : uint32_t {
+  kEndClosed = 1,       // the channel closed and the buffer is drained
+  kEndStopped = 2,      // kRecordStop, or the recorder went away
+  kEndFailed = 3,       // a write to the output file failed (status)
+  kEndIndexFailed = 4,  // a write to the index failed (status)
+};
+
+}  // namespace relayfs::fs

@@ -1,0 +1,26 @@
+// user_data of the daemon's io_uring submissions: what completed (top byte) and which one.
+#pragma once
+
+#include <cstdint>
+
+namespace relayfs::fs {
+
+enum Watch : uint64_t {
+  kListen = 1,       // multishot poll: the control socket's listener
+  kNotify = 2,       // multishot poll: the eventfd FUSE workers ring
+  kConn = 3,         // multishot poll: a control connection, by id
+  kDoorbell = 4,     // multishot poll: a channel's doorbell, by channel id
+  kCancel = 5,       // a poll removal
+  kRecordWrite = 6,  // a recording's write to disk, by recording id (one shot)
+};
+constexpr uint64_t tag(Watch s, uint64_t id) {
+  return (uint64_t{s} << 56) | id;
+}
+constexpr Watch source_of(uint64_t ud) {
+  return static_cast<Watch>(ud >> 56);
+}
+constexpr uint64_t id_of(uint64_t ud) {
+  return ud & ((uint64_t{1} << 56) - 1);
+}
+
+}  // namespace relayfs::fs
