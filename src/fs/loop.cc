@@ -126,8 +126,8 @@ void RelayFs::loop_main() {
     io_uring_for_each_cqe(&ring_, head, cqe) {
       ++seen;
       const uint64_t ud = io_uring_cqe_get_data64(cqe);
-      if (source_of(ud) == kRecordWrite) {  // one shot, and its result is the byte count
-        writes.emplace_back(id_of(ud), cqe->res);
+      if (source_of(ud) == kRecordWrite || source_of(ud) == kIndexWrite) {
+        writes.emplace_back(ud, cqe->res);  // one shot, and its result is the byte count
         continue;
       }
       const bool more = cqe->flags & IORING_CQE_F_MORE;
@@ -166,10 +166,16 @@ void RelayFs::loop_main() {
           break;
         case kCancel:
         case kRecordWrite:
+        case kIndexWrite:
           break;
       }
     }
-    for (auto& [id, res] : writes) on_record_write(id, res);
+    for (auto& [ud, res] : writes) {
+      if (source_of(ud) == kRecordWrite)
+        on_record_write(id_of(ud), res);
+      else
+        on_index_write(id_of(ud), res);
+    }
     // A multishot poll that ended (the kernel may end one under pressure): arm it again.
     for (uint64_t ud : rearm) {
       int fd = -1;
@@ -194,6 +200,7 @@ void RelayFs::loop_main() {
         }
         case kCancel:
         case kRecordWrite:
+        case kIndexWrite:
           break;
       }
       if (fd >= 0) watch(fd, ud);

@@ -5,7 +5,10 @@
 // of a closed sub-buffer, padding cut; at the end, the never-closed tail) with one io_uring write
 // straight from the buffer's registered mapping (IORING_OP_WRITE_FIXED), and consumes it only
 // once the write completed and the bytes were still unread by anyone else and not overwritten.
-// One write per buffer is in flight at a time; buffers proceed in parallel.
+// One write per buffer is in flight at a time; buffers proceed in parallel. The index lines go
+// through the ring too: the loop thread never makes a blocking call on a descriptor a recorder
+// passed (it may be on a slow, or a hostile, filesystem), and a lapped extent is overwritten in
+// place by the next one rather than cut off (the recorder cuts the file to the final total).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -35,22 +38,15 @@ int check_output(int fd, bool append, struct stat* st) {
   return 0;
 }
 
-// Appends one line to the index. A failure ends the recording: an index that silently misses
-// lines would misdescribe the output.
-int index_line(int fd, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-int index_line(int fd, const char* fmt, ...) {
+// Formats one index line onto the recording's pending index text.
+void index_line(Recording& r, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+void index_line(Recording& r, const char* fmt, ...) {
   char line[160];
   va_list ap;
   va_start(ap, fmt);
   const int n = std::vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
-  if (n < 0 || static_cast<size_t>(n) >= sizeof line) return EOVERFLOW;
-  for (;;) {
-    const ssize_t w = ::write(fd, line, static_cast<size_t>(n));
-    if (w == n) return 0;
-    if (w < 0 && errno == EINTR) continue;
-    return w < 0 ? errno : EIO;  // O_APPEND to a regular file: short only when the disk is full
-  }
+  if (n > 0) r.index_pending.append(line, std::min(static_cast<size_t>(n), sizeof line - 1));
 }
 
 }  // namespace
@@ -107,10 +103,7 @@ void RelayFs::handle_record_stop(Connection& c) {
   std::vector<Recording*> mine;
   for (auto& [id, r] : recordings_)
     if (r->conn == c.id) mine.push_back(r.get());
-  for (Recording* r : mine) {
-    r->stopping = true;
-    if (!r->writing) end_recording(*r, kEndStopped, 0);
-  }
+  for (Recording* r : mine) end_recording(*r, kEndStopped, 0);
 }
 
 // The recorder hung up: its recordings end once their writes in flight are done (the bytes of a
@@ -121,16 +114,14 @@ void RelayFs::drop_recordings(uint64_t conn_id) {
     if (r->conn == conn_id) mine.push_back(r.get());
   for (Recording* r : mine) {
     r->conn = 0;
-    r->stopping = true;
-    if (!r->writing) end_recording(*r, kEndStopped, 0);
+    end_recording(*r, kEndStopped, 0);
   }
 }
 
 // Starts the next write, or arms the doorbell for the next sub-buffer, or ends the recording
 // once the channel is finalized and drained.
 void RelayFs::record_step(Recording& r) {
-  if (r.writing) return;
-  if (r.stopping) return end_recording(r, kEndStopped, 0);
+  if (r.writing || r.ending) return;
   RelayBuffer& b = *r.buf;
   int rc;
   bool drained = false;
@@ -166,7 +157,7 @@ void RelayFs::submit_record_write(Recording& r) {
   r.via_direct = r.direct_ok(at, addr, len);
   const int fd = r.via_direct ? r.direct.get() : r.out.get();
   io_uring_sqe* e = sqe();
-  if (!e) return end_recording(r, kEndFailed, EBUSY);
+  if (!e) return end_recording(r, kEndFailed, EBUSY);  // the kernel takes no submissions
   if (b.fixed_index >= 0)
     io_uring_prep_write_fixed(e, fd, addr, len, at, b.fixed_index);
   else
@@ -206,12 +197,11 @@ void RelayFs::finish_record_extent(Recording& r) {
     kept = b.cons.finish_extent(r.ext);
   }
   const unsigned cpu = b.index();
-  int err = 0;
   if (kept) {
-    err = r.ext.closed ? index_line(r.index.get(), "subbuf %u %" PRIu64 " %" PRIu64 " %u\n", cpu,
-                                    r.ext.seq, r.off, r.ext.len)
-                       : index_line(r.index.get(), "tail %u - %" PRIu64 " %u\n", cpu, r.off,
-                                    r.ext.len);
+    if (r.ext.closed)
+      index_line(r, "subbuf %u %" PRIu64 " %" PRIu64 " %u\n", cpu, r.ext.seq, r.off, r.ext.len);
+    else
+      index_line(r, "tail %u - %" PRIu64 " %u\n", cpu, r.off, r.ext.len);
     r.off += r.ext.len;
     r.totals.bytes += r.ext.len;
     if (r.ext.closed)
@@ -220,20 +210,53 @@ void RelayFs::finish_record_extent(Recording& r) {
       r.totals.tail += r.ext.len;
   } else {
     // Overwritten while it went to disk (overwrite mode), or another reader took some of it:
-    // the written copy may mix two laps or repeat what that reader got. Take it back.
+    // the written copy may mix two laps or repeat what that reader got. It is not kept: the
+    // next extent goes to the same offset.
     ++r.totals.lapped;
-    if (::ftruncate(r.out.get(), static_cast<off_t>(r.off)) != 0)
-      return end_recording(r, kEndFailed, errno);
-    err = index_line(r.index.get(), "lapped %u %" PRIu64 " %" PRIu64 " %u\n", cpu, r.ext.seq,
-                     r.off, r.ext.len);
+    index_line(r, "lapped %u %" PRIu64 " %" PRIu64 " %u\n", cpu, r.ext.seq, r.off, r.ext.len);
   }
-  if (err) return end_recording(r, kEndIndexFailed, err);
+  submit_index_write(r);
+  if (r.ending) return end_recording(r, kEndStopped, 0);  // stopped meanwhile: finish now
   const auto now = std::chrono::steady_clock::now();
   if (now - r.last_progress >= kProgressEvery) {
     r.last_progress = now;
     send_record_event(r, proto::RecordKind::kProgress);
   }
   record_step(r);
+}
+
+// Appends the pending index lines, one write in flight at a time so they stay in order.
+void RelayFs::submit_index_write(Recording& r) {
+  if (r.index_writing || r.index_pending.empty()) return;
+  r.index_inflight = std::move(r.index_pending);
+  r.index_pending.clear();
+  r.index_done = 0;
+  resubmit_index_write(r);
+}
+
+void RelayFs::resubmit_index_write(Recording& r) {
+  io_uring_sqe* e = sqe();
+  if (!e) return end_recording(r, kEndIndexFailed, EBUSY);
+  // Offset -1: at the file position, which O_APPEND makes the end of the file.
+  io_uring_prep_write(e, r.index.get(), r.index_inflight.data() + r.index_done,
+                      static_cast<unsigned>(r.index_inflight.size() - r.index_done),
+                      static_cast<uint64_t>(-1));
+  io_uring_sqe_set_data64(e, tag(kIndexWrite, r.id));
+  r.index_writing = true;
+}
+
+void RelayFs::on_index_write(uint64_t id, int res) {
+  auto it = recordings_.find(id);
+  if (it == recordings_.end()) return;
+  Recording& r = *it->second;
+  r.index_writing = false;
+  if (res == -EINTR || res == -EAGAIN) return resubmit_index_write(r);
+  // An index that silently misses lines would misdescribe the output: a failure ends it.
+  if (res <= 0) return end_recording(r, kEndIndexFailed, res == 0 ? EIO : -res);
+  r.index_done += static_cast<size_t>(res);
+  if (r.index_done < r.index_inflight.size()) return resubmit_index_write(r);
+  submit_index_write(r);
+  if (r.ending) end_recording(r, kEndStopped, 0);  // the cause is kept from the first call
 }
 
 void RelayFs::send_record_event(Recording& r, proto::RecordKind kind) {
@@ -263,9 +286,18 @@ void RelayFs::send_record_event(Recording& r, proto::RecordKind kind) {
   proto::send_message(c->fd.get(), proto::encode(ev));
 }
 
+// Ends the recording: at once if nothing is in flight, else when the last write completes (the
+// kernel may still be reading the buffer, and the index text). The first cause given is kept,
+// except that a failure replaces a stop: a write that fails after a stop is still reported.
 void RelayFs::end_recording(Recording& r, RecordEnd how, int err) {
-  r.totals.status = -err;
-  r.totals.ended_by = how;
+  const bool failure = how == kEndFailed || how == kEndIndexFailed;
+  const bool failed = r.totals.ended_by == kEndFailed || r.totals.ended_by == kEndIndexFailed;
+  if (!r.ending || (failure && !failed)) {
+    r.ending = true;
+    r.totals.status = -err;
+    r.totals.ended_by = how;
+  }
+  if (r.writing || r.index_writing) return;
   send_record_event(r, proto::RecordKind::kEnd);
   if (r.buf->recording == &r) r.buf->recording = nullptr;
   const uint32_t channel = r.buf->channel_id();

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "core/consumer.h"
 #include "core/fd.h"
@@ -30,7 +31,11 @@ struct Recording {
   uint32_t written = 0;             // of it, so far (a short write goes on)
   bool writing = false;             // a write is in flight: the recording must outlive it
   bool via_direct = false;          // the write in flight uses the O_DIRECT descriptor
-  bool stopping = false;            // end after the write in flight
+  bool ending = false;              // ends once nothing is in flight (end_recording)
+  std::string index_pending;        // index lines not yet submitted
+  std::string index_inflight;       // the index write in flight (kept alive until it completes)
+  size_t index_done = 0;            // of it, written so far
+  bool index_writing = false;
   std::chrono::steady_clock::time_point last_progress{};
   proto::RecordEvent totals{};      // what the events report
 

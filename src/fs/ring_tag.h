@@ -12,6 +12,7 @@ enum Watch : uint64_t {
   kDoorbell = 4,     // multishot poll: a channel's doorbell, by channel id
   kCancel = 5,       // a poll removal
   kRecordWrite = 6,  // a recording's write to disk, by recording id (one shot)
+  kIndexWrite = 7,   // a recording's write to its index, by recording id (one shot)
 };
 constexpr uint64_t tag(Watch s, uint64_t id) {
   return (uint64_t{s} << 56) | id;

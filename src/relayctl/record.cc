@@ -174,6 +174,14 @@ struct Recorder {
     return true;
   }
 
+  // Cuts each output file to what the daemon kept: a lapped sub-buffer's bytes, or those of a
+  // failed write, may lie past it (the daemon writes the next sub-buffer over them).
+  void cut_outputs() {
+    for (const Buf& b : bufs)
+      if (b.started && ::ftruncate(b.out.buffered_fd(), static_cast<off_t>(b.last.bytes)) != 0)
+        fail(b.out.path(), "truncate", errno);
+  }
+
   void write_totals() {
     for (const Buf& b : bufs) {
       const proto::RecordEvent& e = b.last;
@@ -303,6 +311,7 @@ int cmd_record(int argc, char** argv) {
       std::fprintf(stderr, "\r\033[Krelayctl record: %s", rec.progress_text().c_str());
     }
   }
+  rec.cut_outputs();
   if (refused) return kExitError;
   rec.write_totals();
   if (!quiet) {

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cerrno>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -70,6 +71,19 @@ proto::RecordEvent wait_end(int s, uint32_t cookie) {
     REQUIRE(proto::decode(r.payload.data(), r.payload.size(), &ev) == 0);
     if (ev.cookie == cookie && ev.kind == proto::RecordKind::kEnd) return ev;
   }
+}
+
+// The bytes the index says the output file holds: the lengths of its subbuf and tail lines.
+uint64_t index_total(const std::string& index) {
+  std::istringstream in(index);
+  std::string kind, buffer, seq;
+  uint64_t off, len, total = 0;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream f(line);
+    if (f >> kind >> buffer >> seq >> off >> len && (kind == "subbuf" || kind == "tail"))
+      total += len;
+  }
+  return total;
 }
 
 // A reader on path (open all along, so the file stays while it drains) until done is set, then
@@ -202,7 +216,11 @@ struct Recorded {
   ~Recorded() {
     if (s >= 0) ::close(s);
   }
-  std::string recorded() const { return read_file(out.path("out")); }
+  // What the recording kept: the output file up to the end the index gives. (A sub-buffer
+  // taken back may lie past it; relayctl cuts the file there at the end.)
+  std::string recorded() const {
+    return read_file(out.path("out")).substr(0, index_total(read_file(out.path("idx"))));
+  }
 };
 
 }  // namespace
@@ -220,6 +238,8 @@ TEST_CASE("a recorder that hangs up mid-recording loses nothing: what it did not
   REQUIRE(relay_close(r.c) == 0);
   done = true;
   cat.join();
+  // The index's last lines are written after the data, asynchronously: wait for them.
+  CHECK(wait_for([&] { return r.recorded().size() + rest.size() >= written.size(); }));
   const std::string recorded = r.recorded();
   CHECK(recorded.size() > 0);
   CHECK(recorded.size() + rest.size() == written.size());
@@ -238,7 +258,8 @@ TEST_CASE("a cat reading a buffer while it is recorded: every record lands once,
   done = true;
   reader.join();
   CHECK(end.ended_by == 1);
-  const std::string recorded = r.recorded();
+  const std::string recorded = r.recorded();  // the index is complete once the end event came
+  CHECK(recorded.size() == end.bytes);
   MESSAGE("recorded " << recorded.size() << " bytes, cat read " << cat.size() << ", "
                       << end.lapped << " extents taken back after cat took part of them");
   CHECK(recorded.size() + cat.size() == written.size());
