@@ -137,6 +137,7 @@ class Channel {
   uint32_t id = 0;
   uint64_t owner = 0;       // the control connection that created it
   uint32_t flags = 0;       // proto::kFlag*: global, declared mode, blocking
+  std::string base;         // base_filename: files BASE0..BASEn-1 and the merged view BASE
   bool finalized = false;   // producer closed or gone: nothing more will be written
   core::UniqueFd doorbell;  // eventfd the producer writes when a reader waits
   std::vector<std::shared_ptr<RelayBuffer>> buffers;

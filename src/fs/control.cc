@@ -181,6 +181,7 @@ void RelayFs::handle_open(Connection& c, uint32_t seq, const char* payload, size
     ch->id = next_channel_id_++;
     ch->owner = c.id;
     ch->flags = req.flags;
+    ch->base = req.base_filename;
     ch->doorbell.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!ch->doorbell) return fail(errno);
     for (unsigned i = 0; i < n; ++i) {

@@ -552,7 +552,7 @@ constexpr const char* kStatNames[] = {"subbuf_size",      "n_subbufs",        "m
                                       "blocking",         "subbufs_produced", "subbufs_consumed",
                                       "bytes_produced",   "bytes_consumed",   "lost_full",
                                       "lost_too_big",     "lost_wrap",        "overruns",
-                                      "lost_uncommitted", "corrupt"};
+                                      "lost_uncommitted", "corrupt",          "channel"};
 
 // The index in kStatNames of an attribute name, or std::size(kStatNames) if it is none of them.
 size_t stat_index(const char* name) {
@@ -563,9 +563,10 @@ size_t stat_index(const char* name) {
   return i;
 }
 
-// Their values, in the order of kStatNames.
+// Their values, in the order of kStatNames. base: the channel's base_filename.
 std::array<std::string, std::size(kStatNames)> stat_values(const core::BufferStats& st,
-                                                           uint32_t flags) {
+                                                           uint32_t flags,
+                                                           const std::string& base) {
   const char* mode = flags & proto::kFlagOverwrite  ? "overwrite"
                      : flags & proto::kFlagHookMode ? "subbuf_start"
                                                     : "no-overwrite";
@@ -583,7 +584,8 @@ std::array<std::string, std::size(kStatNames)> stat_values(const core::BufferSta
           to_string(st.lost_wrap),
           to_string(st.overruns),
           to_string(st.lost_uncommitted),
-          to_string(st.corrupt)};
+          to_string(st.corrupt),
+          base};
 }
 
 }  // namespace
@@ -611,7 +613,7 @@ void RelayFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t 
         std::lock_guard blk(n->source->mu);
         st = n->source->stats();
       }
-      value = stat_values(st, flags)[i];
+      value = stat_values(st, flags, it == channels_.end() ? std::string() : it->second->base)[i];
     }
   }
   if (err)

@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <getopt.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -75,13 +76,11 @@ bool parse_int(const char* text, long long lo, long long hi, long long* out) {
 
 bool split_path(const std::string& path, std::string* dir, std::string* name) {
   const auto slash = path.rfind('/');
-  if (slash == std::string::npos) {
-    *dir = ".";
-    *name = path;
-  } else {
-    *dir = slash == 0 ? "/" : path.substr(0, slash);
-    *name = path.substr(slash + 1);
-  }
+  std::string d = slash == std::string::npos ? std::string(".")
+                  : slash == 0               ? std::string("/")
+                                             : path.substr(0, slash);
+  *name = slash == std::string::npos ? path : path.substr(slash + 1);
+  *dir = std::move(d);
   return !name->empty() && *name != "." && *name != "..";
 }
 
@@ -107,20 +106,19 @@ std::vector<std::string> channel_buffers(const std::string& dir, const std::stri
   if (!d) return {};
   while (const dirent* e = ::readdir(d.get())) {
     unsigned long n;
-    if (suffix_number(e->d_name, name, &n)) found.emplace_back(n, e->d_name);
+    if (!suffix_number(e->d_name, name, &n)) continue;
+    // log2 may be channel log's third buffer, or another channel's merged view: the file's
+    // channel attribute tells.
+    char base[256];
+    const ssize_t len = ::getxattr((dir + "/" + e->d_name).c_str(), "user.relayfs.channel", base,
+                                   sizeof base);
+    if (len >= 0 && name.compare(0, std::string::npos, base, static_cast<size_t>(len)) == 0)
+      found.emplace_back(n, e->d_name);
   }
   std::sort(found.begin(), found.end());
   std::vector<std::string> out;
   for (auto& [n, f] : found) out.push_back(f);
   return out;
-}
-
-bool looks_like_buffer(const std::string& dir, const std::string& name) {
-  size_t cut = name.size();
-  while (cut > 0 && name[cut - 1] >= '0' && name[cut - 1] <= '9') --cut;
-  if (cut == name.size() || cut == 0) return false;
-  struct stat st;
-  return ::stat((dir + "/" + name.substr(0, cut)).c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
 }  // namespace relayctl

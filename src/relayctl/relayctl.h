@@ -44,12 +44,9 @@ bool parse_int(const char* text, long long lo, long long hi, long long* out);
 // empty (a trailing '/').
 bool split_path(const std::string& path, std::string* dir, std::string* name);
 
-// The buffer files of channel `name` in dir: name0 .. nameN-1, sorted by number. Empty if dir
-// has none (a digit string with a leading zero other than "0" itself does not count).
+// The buffer files of channel `name` in dir: name0 .. nameN-1, sorted by number, each one whose
+// user.relayfs.channel attribute says `name` (not another channel's files that merely begin so).
+// Empty if dir has none.
 std::vector<std::string> channel_buffers(const std::string& dir, const std::string& name);
-
-// True if `name` in dir is a buffer file of a channel, name = BASE + digits, with BASE the
-// channel's merged view beside it (or, failing that, the name ends in digits).
-bool looks_like_buffer(const std::string& dir, const std::string& name);
 
 }  // namespace relayctl

@@ -32,7 +32,7 @@ const char* const kAttrNames[] = {"subbuf_size",      "n_subbufs",        "mode"
                                   "blocking",         "subbufs_produced", "subbufs_consumed",
                                   "bytes_produced",   "bytes_consumed",   "lost_full",
                                   "lost_too_big",     "lost_wrap",        "overruns",
-                                  "lost_uncommitted", "corrupt"};
+                                  "lost_uncommitted", "corrupt",          "channel"};
 
 // The producer's view (relay_buf_stats) and the daemon's (the attributes) agree on everything.
 void check_same(const relay_stats& st, const Attrs& a) {
@@ -118,6 +118,8 @@ TEST_CASE(
   CHECK(num(a, "n_subbufs") == kN);
   CHECK(text(a, "mode") == "no-overwrite");
   CHECK(text(a, "blocking") == "0");
+  CHECK(text(a, "channel") == "xa");
+  CHECK(text(getfattr(m.path("xa")), "channel") == "xa");  // the merged view
   CHECK(num(a, "bytes_produced") == all.size());
   CHECK(num(a, "bytes_consumed") == kRead);
   CHECK(num(a, "subbufs_produced") ==

@@ -97,3 +97,35 @@ TEST_CASE("stat: a path that is no relay file is an error naming it") {
   CHECK(o.err.find(m.path("nothing") + ": " + std::strerror(ENOENT)) != std::string::npos);
   CHECK(o.out == "[]\n");  // still valid JSON
 }
+
+TEST_CASE("stat and record tell a channel's buffers from another channel's files named alike") {
+  Mount m;
+  // Channel "log" has log0 and the merged view log; channel "log2" has log20 and log2. By
+  // name alone, log2 and log20 could be buffers 2 and 20 of "log".
+  rchan* log = open_global(m.dir, "log");
+  rchan* log2 = open_global(m.dir, "log2");
+  const std::string mine = write_records(log, 0, 10);
+  write_records(log2, 100, 120);
+
+  const Outcome one = relayctl("stat -j " + m.path("log"));
+  REQUIRE(one.status == 0);
+  CHECK(json_field(one.out, m.path("log0"), "bytes_produced") == "110\n");
+  CHECK(json_field(one.out, m.path("log2"), "bytes_produced").empty());
+  CHECK(json_field(one.out, m.path("log20"), "bytes_produced").empty());
+  const Outcome tree = relayctl("stat -j " + m.dir);  // every buffer once, no merged view
+  REQUIRE(tree.status == 0);
+  CHECK(json_field(tree.out, m.path("log0"), "bytes_produced") == "110\n");
+  CHECK(json_field(tree.out, m.path("log20"), "bytes_produced") == "220\n");
+  CHECK(json_field(tree.out, m.path("log2"), "bytes_produced").empty());
+
+  TempDir out;
+  REQUIRE(relay_close(log) == 0);
+  const Outcome rec = relayctl("record -q " + m.path("log") + " " + out.path("rec"));
+  CHECK(rec.status == 0);
+  CHECK(rec.err.empty());
+  CHECK(read_file(out.path("rec/log0")) == mine);
+  CHECK(::access(out.path("rec/log2").c_str(), F_OK) != 0);
+  CHECK(::access(out.path("rec/log20").c_str(), F_OK) != 0);
+  CHECK(slurp(m.path("log20")).size() == 220);  // untouched by the recording of "log"
+  relay_close(log2);
+}
