@@ -6,6 +6,10 @@
 #include <fuse_lowlevel.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -19,6 +23,40 @@
 using relayfs::fs::RelayFs;
 
 namespace {
+
+// /proc/self/mountinfo escapes space, tab, newline and backslash in paths as \ooo.
+std::string unescape_mountinfo(const std::string& s) {
+  std::string out;
+  auto octal = [](char c) { return c >= '0' && c <= '7'; };
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size() && octal(s[i + 1]) && octal(s[i + 2]) &&
+        octal(s[i + 3])) {
+      out.push_back(static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
+      i += 3;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+// True if path is already where a relayfs is mounted. mount(8) stacks a FUSE mount on another
+// without a word, and the new one would hide the old one's channels from their readers.
+bool relayfs_mounted_at(const char* path) {
+  char real[PATH_MAX];
+  if (!::realpath(path, real)) return false;  // fuse_session_mount says what is wrong with it
+  std::ifstream in("/proc/self/mountinfo");
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, point;
+    const auto dash = line.find(" - ");
+    if (!(f >> id >> parent >> dev >> root >> point) || dash == std::string::npos) continue;
+    std::istringstream t(line.substr(dash + 3));
+    std::string fstype;
+    if (t >> fstype && fstype == "fuse.relayfs" && unescape_mountinfo(point) == real) return true;
+  }
+  return false;
+}
 
 RelayFs* fs_of(fuse_req_t req) {
   return static_cast<RelayFs*>(fuse_req_userdata(req));
@@ -211,6 +249,13 @@ int main(int argc, char** argv) {
   if (!cmd.mountpoint) {
     usage(argv[0]);
     return 2;
+  }
+  if (relayfs_mounted_at(cmd.mountpoint)) {
+    std::fprintf(stderr, "relayfs: %s: a relayfs is already mounted there (unmount it first)\n",
+                 cmd.mountpoint);
+    fuse_opt_free_args(&args);
+    free(cmd.mountpoint);
+    return 1;
   }
 
   int rc = 1;

@@ -36,6 +36,8 @@ inline bool is_mounted(const std::string& dir) {
     std::istringstream ss(line);
     std::string f[5];
     for (auto& x : f) ss >> x;
+    // mountinfo writes a space in a path as \040.
+    for (size_t at; (at = f[4].find("\\040")) != std::string::npos;) f[4].replace(at, 4, " ");
     if (f[4] != dir) continue;
     const auto dash = line.find(" - ");
     if (dash != std::string::npos && line.compare(dash + 3, 12, "fuse.relayfs") == 0) return true;

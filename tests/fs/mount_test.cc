@@ -855,3 +855,22 @@ TEST_CASE("fusermount3 -u unmounts cleanly and the daemon exits") {
   m.pid = -1;
   CHECK_FALSE(is_mounted(m.dir));
 }
+
+TEST_CASE("a second relayfs on the same mount point is refused, and the first one keeps serving") {
+  // A name with a space, which /proc/self/mountinfo escapes.
+  TempDir t;
+  const std::string at = t.path("relay mnt");
+  REQUIRE(::mkdir(at.c_str(), 0755) == 0);
+  Mount m({}, at);
+  rchan* c = open_global(m.dir, "first");
+  const std::string data = write_records(c, 0, 10);
+  const std::string out =
+      capture("timeout -s KILL 20 '" + daemon_path() + "' none '" + at + "' 2>&1; echo rc=$?");
+  CHECK(out.find("a relayfs is already mounted there") != std::string::npos);
+  CHECK(out.find("rc=1") != std::string::npos);
+  // Still one mount there, the first, with its channel.
+  CHECK(std::stoi(capture("grep -c ' fuse.relayfs ' /proc/self/mountinfo | tr -d '\\n'")) >= 1);
+  CHECK(capture("findmnt -n -o TARGET --target '" + at + "' | wc -l | tr -d ' \\n'") == "1");
+  CHECK(slurp(m.path("first0")) == data);
+  REQUIRE(relay_close(c) == 0);
+}
