@@ -37,6 +37,14 @@ int main(int argc, char** argv) {
   double rate = 10;
   long long count = -1;
   int opt;
+  if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+    printf("usage: %s [-n BASE] [-r RECORDS_PER_SECOND] [-c COUNT] [DIR]\n"
+           "Writes numbered lines of text into per-CPU channel BASE (default demo) in DIR\n"
+           "(default $RELAYFS_MOUNT), 10 a second by default, until COUNT are written or a\n"
+           "signal; then flushes and closes the channel. See relayfs-demo(1).\n",
+           argv[0]);
+    return 0;
+  }
   while ((opt = getopt(argc, argv, "n:r:c:h")) != -1) {
     switch (opt) {
       case 'n':

@@ -2,6 +2,7 @@
 // runs as its own process, and what it wrote is checked through the files.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -118,4 +119,22 @@ TEST_CASE("flight_recorder: a read on demand returns the newest events, consecut
   CHECK(slurp(base + ".err").find("100000 events written") != std::string::npos);
   std::remove((base + ".out").c_str());
   std::remove((base + ".err").c_str());
+}
+
+TEST_CASE("relayfs-demo and relayfs-mmap-reader: --help, usage errors, and the demo end to end") {
+  const std::string demo = std::getenv("RELAYFS_DEMO");
+  const std::string reader = std::getenv("RELAYFS_MMAP_READER");
+  for (const std::string& prog : {demo, reader}) {
+    CAPTURE(prog);
+    const std::string help = capture("'" + prog + "' --help; echo rc=$?");
+    CHECK(help.find("usage: ") == 0);
+    CHECK(help.find("rc=0") != std::string::npos);
+  }
+  CHECK(capture("'" + demo + "' -x 2>&1; echo rc=$?").find("rc=2") != std::string::npos);
+  CHECK(capture("'" + reader + "' 2>&1; echo rc=$?").find("rc=2") != std::string::npos);
+  // Ten records, then a flush and close: cat of the merged view gets all ten, then end of file.
+  Mount m({"-o", "blocking"});
+  const std::string out = capture("'" + demo + "' -r 1000 -c 10 -n d '" + m.dir +
+                                  "' 2>/dev/null; cat '" + m.path("d") + "'");
+  CHECK(std::count(out.begin(), out.end(), '\n') == 10);
 }

@@ -58,6 +58,13 @@ check env LD_LIBRARY_PATH=/usr/local/lib/x86_64-linux-gnu:/usr/local/lib "$work/
 check sh -c "cat '$dir'/hello* | grep -q 'hello from pkg-config'"
 check umount "$dir"
 
+# A man page for every command and the overview, where man(1) finds them.
+if command -v man >/dev/null; then
+  for page in relayfs.8 relayctl.1 relayfs-demo.1 relayfs-mmap-reader.1 relay.7 relay_open.3; do
+    check sh -c "man -w ${page##*.} ${page%.*} >/dev/null"
+  done
+fi
+
 # The installed examples build with their Makefile (pkg-config) and run against a mount.
 examples=""
 for d in /usr/local/share/doc/relayfs/examples /usr/share/doc/relayfs/examples; do
@@ -67,6 +74,9 @@ check test -n "$examples"
 if [ -n "$examples" ]; then
   cp -r "$examples" "$work/examples"
   check make -s -C "$work/examples"
+  for prog in percpu_producer reserve_commit poll_consumer flight_recorder demo mmap_reader; do
+    check test -x "$work/examples/$prog"
+  done
   check mount -t fuse.relayfs none "$dir" -o blocking
   export LD_LIBRARY_PATH=/usr/local/lib/x86_64-linux-gnu:/usr/local/lib
   check sh -c "'$work/examples/reserve_commit' '$dir' ex 100 & sleep 0.2; cat '$dir/ex0' | grep -c '^event' | grep -qx 100; r=\$?; wait; exit \$r"
