@@ -81,6 +81,9 @@ void RelayFs::on_connection(const std::shared_ptr<Connection>& c) {
     if (rc == -EAGAIN) return;
     if (rc == 1) {
       on_message(*c, r);
+      // Descriptors nobody took (any message may carry some): closed through the ring, since
+      // closing one from a stalled filesystem could block.
+      for (auto& fd : r.fds) close_later(std::move(fd));
       continue;
     }
     if (rc == -EPROTO || rc == -EPROTONOSUPPORT) {
@@ -91,6 +94,12 @@ void RelayFs::on_connection(const std::shared_ptr<Connection>& c) {
     }
     close_connection(c->id);  // end of stream, or the socket failed
     return;
+  }
+  // More may be waiting, and the multishot poll reports only new arrivals: a sender blocked on
+  // a full socket would wait for us forever. Come back for the rest after the others' turn.
+  if (io_uring_sqe* e = sqe()) {
+    io_uring_prep_nop(e);
+    io_uring_sqe_set_data64(e, tag(kConnMore, c->id));
   }
 }
 

@@ -151,7 +151,8 @@ void RelayFs::loop_main() {
           drain_events();
           break;
         }
-        case kConn: {
+        case kConn:
+        case kConnMore: {
           std::shared_ptr<Connection> c;
           {
             std::lock_guard lk(conns_mu_);
@@ -163,6 +164,9 @@ void RelayFs::loop_main() {
         }
         case kDoorbell:
           on_doorbell(static_cast<uint32_t>(id_of(ud)));
+          break;
+        case kConnOut:
+          on_conn_writable(id_of(ud));
           break;
         case kCancel:
         case kRecordWrite:
@@ -176,6 +180,7 @@ void RelayFs::loop_main() {
       else
         on_index_write(id_of(ud), res);
     }
+    reap_recordings();  // here, where no handler holds a reference to one
     // A multishot poll that ended (the kernel may end one under pressure): arm it again.
     for (uint64_t ud : rearm) {
       int fd = -1;
@@ -201,6 +206,8 @@ void RelayFs::loop_main() {
         case kCancel:
         case kRecordWrite:
         case kIndexWrite:
+        case kConnOut:  // one shot: on_conn_writable arms another when needed
+        case kConnMore:
           break;
       }
       if (fd >= 0) watch(fd, ud);
@@ -348,6 +355,9 @@ int RelayFs::register_buffer(RelayBuffer& b) {
 
 void RelayFs::unregister_buffer(RelayBuffer& b) {
   if (b.fixed_index < 0) return;
+  // A recording's write to this slot may be prepared and not yet submitted: submit it first, so
+  // that it takes its reference to the buffer before the slot is emptied.
+  io_uring_submit(&ring_);
   iovec iov{nullptr, 0};
   __u64 tag_value = 0;
   io_uring_register_buffers_update_tag(&ring_, static_cast<unsigned>(b.fixed_index), &iov,
@@ -358,6 +368,61 @@ void RelayFs::unregister_buffer(RelayBuffer& b) {
 
 size_t RelayFs::fixed_buffers_registered() const {
   return static_cast<size_t>(std::count(fixed_used_.begin(), fixed_used_.end(), true));
+}
+
+void RelayFs::close_later(core::UniqueFd fd) {
+  if (!fd) return;
+  io_uring_sqe* e = sqe();
+  if (!e) return;  // no room even after submitting: fd closes here, as it goes out of scope
+  io_uring_prep_close(e, fd.release());
+  io_uring_sqe_set_data64(e, tag(kCancel, 0));
+}
+
+void RelayFs::cancel(uint64_t ud) {
+  if (io_uring_sqe* e = sqe()) {
+    io_uring_prep_cancel64(e, ud, 0);
+    io_uring_sqe_set_data64(e, tag(kCancel, 0));
+  }
+}
+
+void RelayFs::send_queued(Connection& c, std::vector<char> msg, bool must) {
+  std::lock_guard lk(c.send_mu);
+  if (!c.fd) return;
+  // In order: nothing overtakes what is queued.
+  if (c.outq.empty() && proto::send_message(c.fd.get(), msg) != -EAGAIN) return;  // sent, or
+                                                   // the socket failed (its close comes next)
+  if (!must) return;
+  c.outq.push_back(std::move(msg));
+  if (c.out_armed) return;
+  if (io_uring_sqe* e = sqe()) {
+    io_uring_prep_poll_add(e, c.fd.get(), POLLOUT);
+    io_uring_sqe_set_data64(e, tag(kConnOut, c.id));
+    c.out_armed = true;
+  }
+}
+
+void RelayFs::on_conn_writable(uint64_t conn_id) {
+  std::shared_ptr<Connection> c;
+  {
+    std::lock_guard lk(conns_mu_);
+    auto it = conns_.find(conn_id);
+    if (it == conns_.end()) return;
+    c = it->second;
+  }
+  std::lock_guard lk(c->send_mu);
+  c->out_armed = false;
+  while (!c->outq.empty() && c->fd) {
+    const int rc = proto::send_message(c->fd.get(), c->outq.front());
+    if (rc == -EAGAIN) break;
+    c->outq.pop_front();  // sent, or the socket failed: then none of them can go
+    if (rc != 0) c->outq.clear();
+  }
+  if (c->outq.empty() || !c->fd) return;
+  if (io_uring_sqe* e = sqe()) {
+    io_uring_prep_poll_add(e, c->fd.get(), POLLOUT);
+    io_uring_sqe_set_data64(e, tag(kConnOut, c->id));
+    c->out_armed = true;
+  }
 }
 
 }  // namespace relayfs::fs

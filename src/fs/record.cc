@@ -5,19 +5,25 @@
 // of a closed sub-buffer, padding cut; at the end, the never-closed tail) with one io_uring write
 // straight from the buffer's registered mapping (IORING_OP_WRITE_FIXED), and consumes it only
 // once the write completed and the bytes were still unread by anyone else and not overwritten.
-// One write per buffer is in flight at a time; buffers proceed in parallel. The index lines go
-// through the ring too: the loop thread never makes a blocking call on a descriptor a recorder
-// passed (it may be on a slow, or a hostile, filesystem), and a lapped extent is overwritten in
-// place by the next one rather than cut off (the recorder cuts the file to the final total).
+// One write per buffer is in flight at a time; buffers proceed in parallel.
+//
+// The descriptors may be on a slow or a hostile filesystem (a FUSE mount that never answers), so
+// the loop thread never makes a call on them that the filesystem can hold up: the checks use
+// fcntl and cached attributes, the index lines go through the ring like the data, a lapped
+// extent is overwritten in place by the next one rather than cut off (the recorder cuts the file
+// to the final total), and the descriptors are closed through the ring (IORING_OP_CLOSE runs a
+// filesystem's flush on a kernel worker). Stopping cancels writes in flight.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdarg>
 #include <cinttypes>
+#include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "fs/relayfs.h"
 #include "fs/ring_tag.h"
@@ -27,14 +33,51 @@ namespace relayfs::fs {
 namespace {
 
 constexpr auto kProgressEvery = std::chrono::milliseconds(250);
+// Index text waiting for its write: beyond this, no more extents are taken until it drains.
+constexpr size_t kMaxIndexPending = 64 * 1024;
+// EAGAIN/EINTR results retried in a row before the write counts as failed.
+constexpr unsigned kMaxRetries = 1000;
 
-// 0 if fd is a regular file open for writing (and, with append, in O_APPEND mode); else EINVAL.
-int check_output(int fd, bool append, struct stat* st) {
+// The type of the filesystem that holds device dev, from /proc/self/mountinfo ("" if unknown).
+std::string fs_type_of(unsigned major, unsigned minor) {
+  const std::string dev = std::to_string(major) + ":" + std::to_string(minor);
+  std::ifstream in("/proc/self/mountinfo");
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream f(line);
+    std::string id, parent, d;
+    const auto dash = line.find(" - ");
+    if (!(f >> id >> parent >> d) || d != dev || dash == std::string::npos) continue;
+    std::istringstream t(line.substr(dash + 3));
+    std::string type;
+    t >> type;
+    return type;
+  }
+  return "";
+}
+
+// Pseudo-filesystems whose files act on writes as the writer: a daemon running as root must not
+// write what a producer chose into them on a recorder's behalf.
+bool pseudo_fs(const std::string& type) {
+  for (const char* t : {"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+                        "bpf", "configfs", "efivarfs", "pstore", "selinuxfs", "smackfs", "fusectl",
+                        "binfmt_misc", "devtmpfs", "devpts", "mqueue", "hugetlbfs"})
+    if (type == t) return true;
+  return false;
+}
+
+// 0 if fd is a regular file open for writing, in O_APPEND mode exactly when append (the index)
+// and not otherwise (an output is written at offsets), on a filesystem that is not a pseudo-
+// filesystem; else EBADF (not writable) or EINVAL. *sx gets its (cached) attributes. Nothing here
+// waits for the file's filesystem: fcntl, and statx from the attribute cache.
+int check_output(int fd, bool append, struct statx* sx) {
   const int fl = ::fcntl(fd, F_GETFL);
-  if (fl < 0 || ::fstat(fd, st) != 0) return EBADF;
-  if (!S_ISREG(st->st_mode)) return EINVAL;
+  if (fl < 0 || fl & O_PATH) return EBADF;
   if ((fl & O_ACCMODE) != O_WRONLY && (fl & O_ACCMODE) != O_RDWR) return EBADF;
-  if (append && !(fl & O_APPEND)) return EINVAL;
+  if (static_cast<bool>(fl & O_APPEND) != append) return EINVAL;
+  if (::statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, sx) != 0)
+    return EBADF;
+  if (!S_ISREG(sx->stx_mode)) return EINVAL;
+  if (pseudo_fs(fs_type_of(sx->stx_dev_major, sx->stx_dev_minor))) return EINVAL;
   return 0;
 }
 
@@ -57,13 +100,14 @@ void RelayFs::handle_record(Connection& c, proto::Received& m) {
   auto rec = std::make_unique<Recording>();
   int err = -proto::decode(m.payload.data(), m.payload.size(), &req);
   if (!err && m.fds.size() != 2 && m.fds.size() != 3) err = EBADF;
-  struct stat out_st{}, st{};
-  if (!err) err = check_output(m.fds[0].get(), false, &out_st);
-  if (!err) err = check_output(m.fds[1].get(), true, &st);
+  struct statx out_sx{}, sx{};
+  if (!err) err = check_output(m.fds[0].get(), false, &out_sx);
+  if (!err) err = check_output(m.fds[1].get(), true, &sx);
   if (!err && m.fds.size() == 3) {
-    err = check_output(m.fds[2].get(), false, &st);
+    err = check_output(m.fds[2].get(), false, &sx);
     // The O_DIRECT descriptor must be another opening of the output file itself.
-    if (!err && (st.st_dev != out_st.st_dev || st.st_ino != out_st.st_ino ||
+    if (!err && (sx.stx_dev_major != out_sx.stx_dev_major ||
+                 sx.stx_dev_minor != out_sx.stx_dev_minor || sx.stx_ino != out_sx.stx_ino ||
                  !(::fcntl(m.fds[2].get(), F_GETFL) & O_DIRECT)))
       err = EINVAL;
   }
@@ -76,7 +120,7 @@ void RelayFs::handle_record(Connection& c, proto::Received& m) {
     rec->conn = c.id;
     rec->cookie = req.cookie;
     rec->totals.cookie = req.cookie;
-    auto& fds = m.fds;  // ours to keep
+    auto& fds = m.fds;  // ours to keep; on_connection closes what is left through the ring
     rec->out = std::move(fds[0]);
     rec->index = std::move(fds[1]);
     if (fds.size() == 3) {
@@ -88,14 +132,11 @@ void RelayFs::handle_record(Connection& c, proto::Received& m) {
   } else {
     reply = {-err, 0, 0};
   }
-  {
-    std::lock_guard lk(c.send_mu);
-    proto::send_message(c.fd.get(), proto::encode(reply, m.header.seq));
-  }
+  send_queued(c, proto::encode(reply, m.header.seq), true);  // after any event queued before
   if (err) return;
   Recording& r = *rec;
-  r.buf->recording = &r;
   recordings_.emplace(r.id, std::move(rec));
+  r.buf->recording = &r;  // after the emplace, which may throw
   record_step(r);
 }
 
@@ -106,8 +147,8 @@ void RelayFs::handle_record_stop(Connection& c) {
   for (Recording* r : mine) end_recording(*r, kEndStopped, 0);
 }
 
-// The recorder hung up: its recordings end once their writes in flight are done (the bytes of a
-// write the kernel holds are not consumed until it completes, so nothing is lost).
+// The recorder hung up: its recordings end once their writes in flight are done or cancelled
+// (the bytes of a write the kernel holds are not consumed until it completed, so nothing is lost).
 void RelayFs::drop_recordings(uint64_t conn_id) {
   std::vector<Recording*> mine;
   for (auto& [id, r] : recordings_)
@@ -122,6 +163,7 @@ void RelayFs::drop_recordings(uint64_t conn_id) {
 // once the channel is finalized and drained.
 void RelayFs::record_step(Recording& r) {
   if (r.writing || r.ending) return;
+  if (r.index_pending.size() > kMaxIndexPending) return;  // on_index_write steps again
   RelayBuffer& b = *r.buf;
   int rc;
   bool drained = false;
@@ -173,18 +215,25 @@ void RelayFs::on_record_write(uint64_t id, int res) {
   if (it == recordings_.end()) return;
   Recording& r = *it->second;
   r.writing = false;
-  if (res == -EINTR || res == -EAGAIN) return submit_record_write(r);
-  if (res == -EINVAL && r.via_direct) {
+  if ((res == -EINTR || res == -EAGAIN) && !r.ending && ++r.retries <= kMaxRetries)
+    return submit_record_write(r);
+  if (res == -EINVAL && r.via_direct && !r.ending) {
     // The filesystem refused this direct write after all: from now on, the page cache.
-    r.direct.reset();
+    close_later(std::move(r.direct));
     return submit_record_write(r);
   }
-  // Failed: nothing of the extent is consumed; it stays in the channel for another reader.
-  if (res <= 0) return end_recording(r, kEndFailed, res == 0 ? EIO : -res);
+  // Failed or cancelled (a stop): nothing of the extent is consumed; it stays in the channel.
+  if (res <= 0) return end_recording(r, res == -ECANCELED ? kEndStopped : kEndFailed,
+                                     res == 0 ? EIO : res == -ECANCELED ? 0 : -res);
+  r.retries = 0;
   r.written += static_cast<uint32_t>(res);
-  if (r.written < r.ext.len) return submit_record_write(r);  // short: the rest reports errors
+  // Short: write the rest, which reports the error if any (unless stopping: then not consumed).
+  if (r.written < r.ext.len) {
+    if (r.ending) return end_recording(r, kEndStopped, 0);
+    return submit_record_write(r);
+  }
   const std::shared_ptr<RelayBuffer> b = r.buf;
-  finish_record_extent(r);  // may end the recording: r is not used after it
+  finish_record_extent(r);
   service(b);  // pollers and parked readers of the buffer see the new position
 }
 
@@ -227,7 +276,7 @@ void RelayFs::finish_record_extent(Recording& r) {
 
 // Appends the pending index lines, one write in flight at a time so they stay in order.
 void RelayFs::submit_index_write(Recording& r) {
-  if (r.index_writing || r.index_pending.empty()) return;
+  if (r.index_writing || r.index_pending.empty() || r.dead) return;
   r.index_inflight = std::move(r.index_pending);
   r.index_pending.clear();
   r.index_done = 0;
@@ -250,13 +299,20 @@ void RelayFs::on_index_write(uint64_t id, int res) {
   if (it == recordings_.end()) return;
   Recording& r = *it->second;
   r.index_writing = false;
-  if (res == -EINTR || res == -EAGAIN) return resubmit_index_write(r);
+  if ((res == -EINTR || res == -EAGAIN) && ++r.retries <= kMaxRetries)
+    return resubmit_index_write(r);
   // An index that silently misses lines would misdescribe the output: a failure ends it.
-  if (res <= 0) return end_recording(r, kEndIndexFailed, res == 0 ? EIO : -res);
+  if (res <= 0)
+    return end_recording(r, res == -ECANCELED ? kEndStopped : kEndIndexFailed,
+                         res == 0 ? EIO : res == -ECANCELED ? 0 : -res);
+  r.retries = 0;
   r.index_done += static_cast<size_t>(res);
   if (r.index_done < r.index_inflight.size()) return resubmit_index_write(r);
   submit_index_write(r);
-  if (r.ending) end_recording(r, kEndStopped, 0);  // the cause is kept from the first call
+  if (r.ending)
+    end_recording(r, kEndStopped, 0);  // the cause is kept from the first call
+  else
+    record_step(r);  // it may have waited for the index to drain
 }
 
 void RelayFs::send_record_event(Recording& r, proto::RecordKind kind) {
@@ -280,29 +336,44 @@ void RelayFs::send_record_event(Recording& r, proto::RecordKind kind) {
   ev.lost_wrap = st.lost_wrap;
   ev.overruns = st.overruns;
   ev.lost_uncommitted = st.lost_uncommitted;
-  std::lock_guard lk(c->send_mu);
-  // Progress is at most 4 events a second per buffer, so the socket has room; should it not,
-  // the recorder misses a progress line, and the end event reports the same totals anyway.
-  proto::send_message(c->fd.get(), proto::encode(ev));
+  // Progress may be skipped while the recorder does not keep up (the end event carries the same
+  // totals); the end event is queued until the socket takes it.
+  send_queued(*c, proto::encode(ev), kind == proto::RecordKind::kEnd);
 }
 
-// Ends the recording: at once if nothing is in flight, else when the last write completes (the
-// kernel may still be reading the buffer, and the index text). The first cause given is kept,
-// except that a failure replaces a stop: a write that fails after a stop is still reported.
+// Ends the recording: at once if nothing is in flight, else when the last write completes or is
+// cancelled (the kernel may still be reading the buffer, and the index text). The first cause
+// given is kept, except that a failure replaces a stop: a write that fails after a stop is still
+// reported. The Recording itself is freed by the loop (reap_recordings), never under a caller.
 void RelayFs::end_recording(Recording& r, RecordEnd how, int err) {
+  if (r.dead) return;
   const bool failure = how == kEndFailed || how == kEndIndexFailed;
   const bool failed = r.totals.ended_by == kEndFailed || r.totals.ended_by == kEndIndexFailed;
   if (!r.ending || (failure && !failed)) {
-    r.ending = true;
     r.totals.status = -err;
     r.totals.ended_by = how;
   }
+  if (!r.ending && how == kEndStopped) {
+    // Asked to stop: what is in flight is cancelled, so a write to a filesystem that never
+    // answers does not hold the recording (and its buffer) for good.
+    if (r.writing) cancel(tag(kRecordWrite, r.id));
+    if (r.index_writing) cancel(tag(kIndexWrite, r.id));
+  }
+  r.ending = true;
   if (r.writing || r.index_writing) return;
+  r.dead = true;
   send_record_event(r, proto::RecordKind::kEnd);
   if (r.buf->recording == &r) r.buf->recording = nullptr;
-  const uint32_t channel = r.buf->channel_id();
-  recordings_.erase(r.id);  // r is gone from here on
-  maybe_remove(channel);    // what the recording drained may now leave the tree
+  close_later(std::move(r.out));
+  close_later(std::move(r.index));
+  close_later(std::move(r.direct));
+  reap_.push_back(r.id);
+  maybe_remove(r.buf->channel_id());  // what the recording drained may now leave the tree
+}
+
+void RelayFs::reap_recordings() {
+  for (uint64_t id : reap_) recordings_.erase(id);
+  reap_.clear();
 }
 
 }  // namespace relayfs::fs

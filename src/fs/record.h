@@ -32,6 +32,8 @@ struct Recording {
   bool writing = false;             // a write is in flight: the recording must outlive it
   bool via_direct = false;          // the write in flight uses the O_DIRECT descriptor
   bool ending = false;              // ends once nothing is in flight (end_recording)
+  bool dead = false;                // ended: waits for the loop to free it
+  unsigned retries = 0;             // EAGAIN/EINTR results in a row
   std::string index_pending;        // index lines not yet submitted
   std::string index_inflight;       // the index write in flight (kept alive until it completes)
   size_t index_done = 0;            // of it, written so far

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <boost/lockfree/queue.hpp>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -52,6 +53,10 @@ struct Connection {
   std::mutex send_mu;    // FUSE workers send buf_mapped events; the loop sends replies
   // The buffer this connection's reader mapped (relay_reader_open), if any. Loop thread only.
   std::shared_ptr<RelayBuffer> mapped;
+  // Messages that must reach the peer but found its socket full (recordings' end events),
+  // sent when it has room (RelayFs::send_queued). Guarded by send_mu; loop thread only.
+  std::deque<std::vector<char>> outq;
+  bool out_armed = false;  // a POLLOUT poll is pending
 };
 
 // The name the xattr on every directory gives: how a producer finds this daemon.
@@ -142,6 +147,14 @@ class RelayFs {
   void send_record_event(Recording& r, proto::RecordKind kind);
   void end_recording(Recording& r, RecordEnd how, int err);
   void drop_recordings(uint64_t conn_id);
+  void reap_recordings();
+  // Sends msg on c; if the socket is full, queues it when must, else drops it. Loop thread.
+  void send_queued(Connection& c, std::vector<char> msg, bool must);
+  void on_conn_writable(uint64_t conn_id);
+  // Closes fd through the ring: a filesystem's flush on close runs on a kernel worker, not here.
+  void close_later(core::UniqueFd fd);
+  // Cancels the request with user_data ud, if still pending.
+  void cancel(uint64_t ud);
   void drop_controls(uint64_t conn_id);
   void finalize_channel(const std::shared_ptr<Channel>& ch);
   void free_channel(uint32_t id);
@@ -177,6 +190,7 @@ class RelayFs {
   uint32_t next_control_seq_ = 1;
   std::vector<bool> fixed_used_;
   std::unordered_map<uint64_t, std::unique_ptr<Recording>> recordings_;
+  std::vector<uint64_t> reap_;  // ended recordings, freed at the end of the loop's pass
   uint64_t next_recording_id_ = 1;
 
   // Tells the kernel which relay files left the tree, so that it forgets them and their

@@ -13,6 +13,8 @@ enum Watch : uint64_t {
   kCancel = 5,       // a poll removal
   kRecordWrite = 6,  // a recording's write to disk, by recording id (one shot)
   kIndexWrite = 7,   // a recording's write to its index, by recording id (one shot)
+  kConnOut = 8,      // one-shot poll: a control connection has room for queued messages
+  kConnMore = 9,     // a no-op: a control connection has more messages to read than one pass took
 };
 constexpr uint64_t tag(Watch s, uint64_t id) {
   return (uint64_t{s} << 56) | id;

@@ -55,6 +55,7 @@ struct Buf {
   OutputFile out;
   unsigned cpu = 0;
   bool started = false, ended = false;
+  bool got_end = false;       // the daemon's end event came: last holds the final totals
   proto::RecordEvent last{};  // the daemon's latest totals for it
 };
 
@@ -79,6 +80,7 @@ struct Recorder {
     b.last = ev;
     if (ev.kind != proto::RecordKind::kEnd) return;
     b.ended = true;
+    b.got_end = true;
     if (ev.ended_by == 3) fail(b.out.path(), "write", -ev.status);
     if (ev.ended_by == 4) fail(index_path, "write", -ev.status);
   }
@@ -189,8 +191,8 @@ struct Recorder {
   // Cuts each output file to what the daemon kept: a lapped sub-buffer's bytes, or those of a
   // failed write, may lie past it (the daemon writes the next sub-buffer over them).
   void cut_outputs() {
-    for (const Buf& b : bufs)
-      if (b.started && ::ftruncate(b.out.buffered_fd(), static_cast<off_t>(b.last.bytes)) != 0)
+    for (const Buf& b : bufs)  // without the end event the totals may be stale: keep all
+      if (b.got_end && ::ftruncate(b.out.buffered_fd(), static_cast<off_t>(b.last.bytes)) != 0)
         fail(b.out.path(), "truncate", errno);
   }
 

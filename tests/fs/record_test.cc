@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <relayfs/relay.h>
 #include <sys/stat.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -159,6 +160,12 @@ TEST_CASE("a record request is checked: descriptors, the file, the caller; refus
   CHECK(ask_record(s, file, 0, {w.get(), no_append.get()}) == EINVAL);        // index not O_APPEND
   CHECK(ask_record(s, file, 0, {w.get(), idx.get(), other_direct.get()}) == EINVAL);  // another file
   CHECK(ask_record(s, file, 0, {w.get(), idx.get(), w.get()}) == EINVAL);     // not O_DIRECT
+  CHECK(ask_record(s, file, 0, {idx.get(), idx.get()}) == EINVAL);            // output O_APPEND
+  UniqueFd proc(::open("/proc/self/comm", O_WRONLY | O_CLOEXEC));
+  REQUIRE(proc.valid());
+  CHECK(ask_record(s, file, 0, {proc.get(), idx.get()}) == EINVAL);           // a pseudo-fs file
+  UniqueFd opath(::open(out.path("out").c_str(), O_PATH | O_CLOEXEC));
+  CHECK(ask_record(s, file, 0, {opath.get(), idx.get()}) == EBADF);           // O_PATH
   CHECK(ask_record(s, merged, 0, {w.get(), idx.get()}) == EINVAL);            // the merged view
   CHECK(ask_record(s, ino_of(m.dir), 0, {w.get(), idx.get()}) == ENOENT);     // a directory
   CHECK(ask_record(s, 987654, 0, {w.get(), idx.get()}) == ENOENT);            // no such file
@@ -264,4 +271,85 @@ TEST_CASE("a cat reading a buffer while it is recorded: every record lands once,
                       << end.lapped << " extents taken back after cat took part of them");
   CHECK(recorded.size() + cat.size() == written.size());
   CHECK(same_records(recorded, cat, 30000));
+}
+
+namespace {
+
+// The daemon's open descriptors.
+size_t daemon_fds(pid_t pid) {
+  return std::stoul(capture("ls /proc/" + std::to_string(pid) + "/fd | wc -l"));
+}
+
+}  // namespace
+
+TEST_CASE("descriptors sent along with any message are closed, not kept") {
+  Mount m;
+  TempDir out;
+  rchan* c = open_global(m.dir, "fds");
+  const int s = connect_control(m.dir);
+  UniqueFd a(open_in(out, "a", O_WRONLY)), b(open_in(out, "b", O_WRONLY | O_APPEND));
+  const int fds[3] = {a.get(), b.get(), a.get()};
+  // Warm up (the daemon opens what it needs on first use), then count.
+  REQUIRE(proto::send_message(s, proto::encode_status(proto::Type::kRecordStop, {0}, 1), fds, 3) ==
+          0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const size_t before = daemon_fds(m.pid);
+  for (uint32_t i = 0; i < 200; ++i) {
+    // Messages that take no descriptors, and refused record requests.
+    REQUIRE(proto::send_message(s, proto::encode_status(proto::Type::kRecordStop, {0}, i), fds,
+                                3) == 0);
+    CHECK(control_answer(s, proto::encode(proto::RecordRequest{987654, 0, 0, 0}, i), fds, 2) ==
+          ENOENT);
+  }
+  CHECK(wait_for([&] { return daemon_fds(m.pid) <= before; }));
+  MESSAGE("daemon descriptors: " << before << " before, " << daemon_fds(m.pid) << " after");
+  ::close(s);
+  relay_close(c);
+}
+
+TEST_CASE("end events reach a recorder that reads late: none is lost to a full socket") {
+  Mount m;
+  TempDir out;
+  constexpr int kChannels = 5;
+  const int s = connect_control(m.dir);
+  std::vector<rchan*> chans;
+  for (int i = 0; i < kChannels; ++i) {
+    const std::string base = "e" + std::to_string(i) + "_";
+    chans.push_back(open_global(m.dir, base.c_str()));
+    write_records(chans.back(), 0, 3);
+    UniqueFd w(open_in(out, base, O_WRONLY | O_TRUNC)), x(open_in(out, base + ".idx", O_WRONLY | O_APPEND));
+    REQUIRE(ask_record(s, ino_of(m.path(base + "0")), static_cast<uint32_t>(i), {w.get(), x.get()}) ==
+            0);
+  }
+  // Fill the socket towards us: requests whose replies we do not read (a refusal each; the
+  // daemon drops those it cannot send, as it may for a client that does not read). A daemon
+  // that stopped reading us would block these sends: fail after 10 s instead of hanging.
+  const timeval limit{10, 0};
+  ::setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+  for (uint32_t i = 0; i < 3000; ++i)
+    REQUIRE(proto::send_message(s, proto::encode(proto::ReaderOpenRequest{987654}, i)) == 0);
+  for (rchan* c : chans) REQUIRE(relay_close(c) == 0);  // every recording ends
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  std::set<uint32_t> ended;
+  size_t messages = 0;
+  for (;;) {
+    pollfd p{s, POLLIN, 0};
+    if (::poll(&p, 1, 5000) != 1) break;
+    proto::Received r;
+    if (proto::recv_message(s, &r) != 1) break;
+    ++messages;
+    proto::RecordEvent ev;
+    if (static_cast<proto::Type>(r.header.type) == proto::Type::kRecordEvent &&
+        proto::decode(r.payload.data(), r.payload.size(), &ev) == 0 &&
+        ev.kind == proto::RecordKind::kEnd) {
+      CHECK(ev.ended_by == 1);
+      CHECK(ev.bytes == 3 * kRec);
+      ended.insert(ev.cookie);
+      if (ended.size() == kChannels) break;
+    }
+  }
+  MESSAGE(messages << " messages read until the last end event");
+  CHECK(messages < 3000);  // the socket was full: some refusals were dropped
+  CHECK(ended.size() == kChannels);
+  ::close(s);
 }
