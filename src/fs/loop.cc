@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <random>
 
 #include "fs/relayfs.h"
@@ -135,50 +136,26 @@ void RelayFs::loop_main() {
       if (!more && cqe->res != -ECANCELED) rearm.push_back(ud);
     }
     io_uring_cq_advance(&ring_, seen);
+    // An exception from one event's handler (std::bad_alloc) is reported and the loop goes
+    // on: only main() may end the process.
     for (auto& [ud, res] : ready) {
-      if (res < 0 && res != -ECANCELED && source_of(ud) != kCancel)
-        std::fprintf(stderr, "relayfs: poll failed on source %llu: %s\n",
-                     static_cast<unsigned long long>(ud), std::strerror(-res));
-      if (res < 0) continue;
-      switch (source_of(ud)) {
-        case kListen:
-          on_accept();
-          break;
-        case kNotify: {
-          uint64_t v;
-          while (::read(notify_fd_.get(), &v, sizeof v) > 0) {
-          }
-          drain_events();
-          break;
-        }
-        case kConn:
-        case kConnMore: {
-          std::shared_ptr<Connection> c;
-          {
-            std::lock_guard lk(conns_mu_);
-            auto it = conns_.find(id_of(ud));
-            if (it != conns_.end()) c = it->second;
-          }
-          if (c) on_connection(c);
-          break;
-        }
-        case kDoorbell:
-          on_doorbell(static_cast<uint32_t>(id_of(ud)));
-          break;
-        case kConnOut:
-          on_conn_writable(id_of(ud));
-          break;
-        case kCancel:
-        case kRecordWrite:
-        case kIndexWrite:
-          break;
+      try {
+        dispatch(ud, res);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "relayfs: %s while handling event %llu; going on\n", e.what(),
+                     static_cast<unsigned long long>(ud));
       }
     }
     for (auto& [ud, res] : writes) {
-      if (source_of(ud) == kRecordWrite)
-        on_record_write(id_of(ud), res);
-      else
-        on_index_write(id_of(ud), res);
+      try {
+        if (source_of(ud) == kRecordWrite)
+          on_record_write(id_of(ud), res);
+        else
+          on_index_write(id_of(ud), res);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "relayfs: %s while handling a recording's write; going on\n",
+                     e.what());
+      }
     }
     reap_recordings();  // here, where no handler holds a reference to one
     // A multishot poll that ended (the kernel may end one under pressure): arm it again.
@@ -212,6 +189,47 @@ void RelayFs::loop_main() {
       }
       if (fd >= 0) watch(fd, ud);
     }
+  }
+}
+
+// Handles one completion of a multishot poll (or a no-op or a cancel).
+void RelayFs::dispatch(uint64_t ud, int res) {
+  if (res < 0 && res != -ECANCELED && source_of(ud) != kCancel)
+    std::fprintf(stderr, "relayfs: poll failed on source %llu: %s\n",
+                 static_cast<unsigned long long>(ud), std::strerror(-res));
+  if (res < 0) return;
+  switch (source_of(ud)) {
+    case kListen:
+      on_accept();
+      break;
+    case kNotify: {
+      uint64_t v;
+      while (::read(notify_fd_.get(), &v, sizeof v) > 0) {
+      }
+      drain_events();
+      break;
+    }
+    case kConn:
+    case kConnMore: {
+      std::shared_ptr<Connection> c;
+      {
+        std::lock_guard lk(conns_mu_);
+        auto it = conns_.find(id_of(ud));
+        if (it != conns_.end()) c = it->second;
+      }
+      if (c) on_connection(c);
+      break;
+    }
+    case kDoorbell:
+      on_doorbell(static_cast<uint32_t>(id_of(ud)));
+      break;
+    case kConnOut:
+      on_conn_writable(id_of(ud));
+      break;
+    case kCancel:
+    case kRecordWrite:
+    case kIndexWrite:
+      break;
   }
 }
 

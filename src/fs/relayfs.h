@@ -115,6 +115,7 @@ class RelayFs {
 
   // Loop thread.
   void loop_main();
+  void dispatch(uint64_t ud, int res);
   void on_accept();
   void on_connection(const std::shared_ptr<Connection>& c);
   void on_message(Connection& c, proto::Received& r);
