@@ -424,13 +424,8 @@ void RelayFs::notify_owner(const Source& s, bool mapped) {
   // buf_mapped and buf_unmapped concern one buffer's file, not the merged view.
   const auto* b = dynamic_cast<const RelayBuffer*>(&s);
   if (!b) return;
-  std::shared_ptr<Connection> c;
-  {
-    std::lock_guard lk(conns_mu_);
-    auto it = conns_.find(b->owner());
-    if (it == conns_.end()) return;
-    c = it->second;
-  }
+  std::shared_ptr<Connection> c = connection(b->owner());
+  if (!c) return;
   const auto msg = proto::encode_event(mapped ? proto::Type::kMapped : proto::Type::kUnmapped,
                                        {b->channel_id(), b->index()});
   std::lock_guard lk(c->send_mu);

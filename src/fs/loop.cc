@@ -168,12 +168,9 @@ void RelayFs::loop_main() {
         case kNotify:
           fd = notify_fd_.get();
           break;
-        case kConn: {
-          std::lock_guard lk(conns_mu_);
-          auto it = conns_.find(id_of(ud));
-          if (it != conns_.end()) fd = it->second->fd.get();
+        case kConn:
+          if (auto c = connection(id_of(ud))) fd = c->fd.get();
           break;
-        }
         case kDoorbell: {
           std::lock_guard lk(tree.mu);
           auto it = channels_.find(static_cast<uint32_t>(id_of(ud)));
@@ -210,16 +207,9 @@ void RelayFs::dispatch(uint64_t ud, int res) {
       break;
     }
     case kConn:
-    case kConnMore: {
-      std::shared_ptr<Connection> c;
-      {
-        std::lock_guard lk(conns_mu_);
-        auto it = conns_.find(id_of(ud));
-        if (it != conns_.end()) c = it->second;
-      }
-      if (c) on_connection(c);
+    case kConnMore:
+      if (auto c = connection(id_of(ud))) on_connection(c);
       break;
-    }
     case kDoorbell:
       on_doorbell(static_cast<uint32_t>(id_of(ud)));
       break;
@@ -411,6 +401,10 @@ void RelayFs::send_queued(Connection& c, std::vector<char> msg, bool must) {
                                                    // the socket failed (its close comes next)
   if (!must) return;
   c.outq.push_back(std::move(msg));
+  arm_out(c);
+}
+
+void RelayFs::arm_out(Connection& c) {
   if (c.out_armed) return;
   if (io_uring_sqe* e = sqe()) {
     io_uring_prep_poll_add(e, c.fd.get(), POLLOUT);
@@ -419,14 +413,15 @@ void RelayFs::send_queued(Connection& c, std::vector<char> msg, bool must) {
   }
 }
 
+std::shared_ptr<Connection> RelayFs::connection(uint64_t id) {
+  std::lock_guard lk(conns_mu_);
+  auto it = conns_.find(id);
+  return it == conns_.end() ? nullptr : it->second;
+}
+
 void RelayFs::on_conn_writable(uint64_t conn_id) {
-  std::shared_ptr<Connection> c;
-  {
-    std::lock_guard lk(conns_mu_);
-    auto it = conns_.find(conn_id);
-    if (it == conns_.end()) return;
-    c = it->second;
-  }
+  std::shared_ptr<Connection> c = connection(conn_id);
+  if (!c) return;
   std::lock_guard lk(c->send_mu);
   c->out_armed = false;
   while (!c->outq.empty() && c->fd) {
@@ -435,12 +430,7 @@ void RelayFs::on_conn_writable(uint64_t conn_id) {
     c->outq.pop_front();  // sent, or the socket failed: then none of them can go
     if (rc != 0) c->outq.clear();
   }
-  if (c->outq.empty() || !c->fd) return;
-  if (io_uring_sqe* e = sqe()) {
-    io_uring_prep_poll_add(e, c->fd.get(), POLLOUT);
-    io_uring_sqe_set_data64(e, tag(kConnOut, c->id));
-    c->out_armed = true;
-  }
+  if (!c->outq.empty() && c->fd) arm_out(*c);
 }
 
 }  // namespace relayfs::fs

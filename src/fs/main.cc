@@ -7,54 +7,29 @@
 
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <new>
 #include <string>
 #include <vector>
 
+#include "fs/mountinfo.h"
 #include "fs/relayfs.h"
 
 using relayfs::fs::RelayFs;
 
 namespace {
 
-// /proc/self/mountinfo escapes space, tab, newline and backslash in paths as \ooo.
-std::string unescape_mountinfo(const std::string& s) {
-  std::string out;
-  auto octal = [](char c) { return c >= '0' && c <= '7'; };
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size() && octal(s[i + 1]) && octal(s[i + 2]) &&
-        octal(s[i + 3])) {
-      out.push_back(static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
-      i += 3;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
 // True if path is already where a relayfs is mounted. mount(8) stacks a FUSE mount on another
 // without a word, and the new one would hide the old one's channels from their readers.
 bool relayfs_mounted_at(const char* path) {
   char real[PATH_MAX];
   if (!::realpath(path, real)) return false;  // fuse_session_mount says what is wrong with it
-  std::ifstream in("/proc/self/mountinfo");
-  for (std::string line; std::getline(in, line);) {
-    std::istringstream f(line);
-    std::string id, parent, dev, root, point;
-    const auto dash = line.find(" - ");
-    if (!(f >> id >> parent >> dev >> root >> point) || dash == std::string::npos) continue;
-    std::istringstream t(line.substr(dash + 3));
-    std::string fstype;
-    if (t >> fstype && fstype == "fuse.relayfs" && unescape_mountinfo(point) == real) return true;
-  }
+  for (const auto& m : relayfs::fs::read_mountinfo())
+    if (m.type == "fuse.relayfs" && m.point == real) return true;
   return false;
 }
 

@@ -47,12 +47,7 @@ void RelayFs::handle_control(Connection& c, uint32_t seq, const char* payload, s
   for (auto& [k, p] : pending_controls_) mine += p.requester == c.id;
   if (err == 0 && mine >= kMaxPendingPerRequester) err = -EBUSY;
   std::shared_ptr<Connection> producer;
-  if (err == 0) {
-    std::lock_guard lk(conns_mu_);
-    auto it = conns_.find(owner);
-    if (it == conns_.end()) err = -ENOENT;
-    else producer = it->second;
-  }
+  if (err == 0 && !(producer = connection(owner))) err = -ENOENT;
   if (err == 0) {
     const uint32_t tag = next_control_seq_++;
     pending_controls_[tag] = {c.id, seq, owner};
@@ -78,13 +73,8 @@ void RelayFs::handle_control_done(Connection& c, uint32_t seq, const char* paylo
 }
 
 void RelayFs::answer_control(const PendingControl& p, int status) {
-  std::shared_ptr<Connection> requester;
-  {
-    std::lock_guard lk(conns_mu_);
-    auto it = conns_.find(p.requester);
-    if (it == conns_.end()) return;
-    requester = it->second;
-  }
+  std::shared_ptr<Connection> requester = connection(p.requester);
+  if (!requester) return;
   send_status(*requester, proto::Type::kControlReply, status, p.seq);
 }
 

@@ -22,9 +22,8 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
+#include "fs/mountinfo.h"
 #include "fs/relayfs.h"
 #include "fs/ring_tag.h"
 
@@ -38,20 +37,11 @@ constexpr size_t kMaxIndexPending = 64 * 1024;
 // EAGAIN/EINTR results retried in a row before the write counts as failed.
 constexpr unsigned kMaxRetries = 1000;
 
-// The type of the filesystem that holds device dev, from /proc/self/mountinfo ("" if unknown).
+// The type of the filesystem that holds device major:minor ("" if unknown).
 std::string fs_type_of(unsigned major, unsigned minor) {
   const std::string dev = std::to_string(major) + ":" + std::to_string(minor);
-  std::ifstream in("/proc/self/mountinfo");
-  for (std::string line; std::getline(in, line);) {
-    std::istringstream f(line);
-    std::string id, parent, d;
-    const auto dash = line.find(" - ");
-    if (!(f >> id >> parent >> d) || d != dev || dash == std::string::npos) continue;
-    std::istringstream t(line.substr(dash + 3));
-    std::string type;
-    t >> type;
-    return type;
-  }
+  for (const auto& m : read_mountinfo())
+    if (m.dev == dev) return m.type;
   return "";
 }
 
@@ -118,7 +108,6 @@ void RelayFs::handle_record(Connection& c, proto::Received& m) {
   if (!err) {
     rec->id = next_recording_id_++;
     rec->conn = c.id;
-    rec->cookie = req.cookie;
     rec->totals.cookie = req.cookie;
     auto& fds = m.fds;  // ours to keep; on_connection closes what is left through the ring
     rec->out = std::move(fds[0]);
@@ -140,23 +129,24 @@ void RelayFs::handle_record(Connection& c, proto::Received& m) {
   record_step(r);
 }
 
-void RelayFs::handle_record_stop(Connection& c) {
-  std::vector<Recording*> mine;
+// Ends every recording of connection conn_id (once their writes in flight are done or
+// cancelled); forget: the connection went away, so nothing is reported to it.
+void RelayFs::stop_recordings(uint64_t conn_id, bool forget) {
   for (auto& [id, r] : recordings_)
-    if (r->conn == c.id) mine.push_back(r.get());
-  for (Recording* r : mine) end_recording(*r, kEndStopped, 0);
+    if (r->conn == conn_id) {
+      if (forget) r->conn = 0;
+      end_recording(*r, kEndStopped, 0);  // never erases: reap_recordings does
+    }
 }
 
-// The recorder hung up: its recordings end once their writes in flight are done or cancelled
-// (the bytes of a write the kernel holds are not consumed until it completed, so nothing is lost).
+void RelayFs::handle_record_stop(Connection& c) {
+  stop_recordings(c.id, false);
+}
+
+// The recorder hung up: the bytes of a write the kernel holds are not consumed until it
+// completed, so nothing is lost.
 void RelayFs::drop_recordings(uint64_t conn_id) {
-  std::vector<Recording*> mine;
-  for (auto& [id, r] : recordings_)
-    if (r->conn == conn_id) mine.push_back(r.get());
-  for (Recording* r : mine) {
-    r->conn = 0;
-    end_recording(*r, kEndStopped, 0);
-  }
+  stop_recordings(conn_id, true);
 }
 
 // Starts the next write, or arms the doorbell for the next sub-buffer, or ends the recording
@@ -223,8 +213,7 @@ void RelayFs::on_record_write(uint64_t id, int res) {
     return submit_record_write(r);
   }
   // Failed or cancelled (a stop): nothing of the extent is consumed; it stays in the channel.
-  if (res <= 0) return end_recording(r, res == -ECANCELED ? kEndStopped : kEndFailed,
-                                     res == 0 ? EIO : res == -ECANCELED ? 0 : -res);
+  if (res <= 0) return end_after_write(r, res, kEndFailed);
   r.retries = 0;
   r.written += static_cast<uint32_t>(res);
   // Short: write the rest, which reports the error if any (unless stopping: then not consumed).
@@ -302,9 +291,7 @@ void RelayFs::on_index_write(uint64_t id, int res) {
   if ((res == -EINTR || res == -EAGAIN) && ++r.retries <= kMaxRetries)
     return resubmit_index_write(r);
   // An index that silently misses lines would misdescribe the output: a failure ends it.
-  if (res <= 0)
-    return end_recording(r, res == -ECANCELED ? kEndStopped : kEndIndexFailed,
-                         res == 0 ? EIO : res == -ECANCELED ? 0 : -res);
+  if (res <= 0) return end_after_write(r, res, kEndIndexFailed);
   r.retries = 0;
   r.index_done += static_cast<size_t>(res);
   if (r.index_done < r.index_inflight.size()) return resubmit_index_write(r);
@@ -316,13 +303,7 @@ void RelayFs::on_index_write(uint64_t id, int res) {
 }
 
 void RelayFs::send_record_event(Recording& r, proto::RecordKind kind) {
-  if (!r.conn) return;
-  std::shared_ptr<Connection> c;
-  {
-    std::lock_guard lk(conns_mu_);
-    auto it = conns_.find(r.conn);
-    if (it != conns_.end()) c = it->second;
-  }
+  std::shared_ptr<Connection> c = r.conn ? connection(r.conn) : nullptr;
   if (!c) return;
   proto::RecordEvent ev = r.totals;
   ev.kind = kind;
@@ -369,6 +350,12 @@ void RelayFs::end_recording(Recording& r, RecordEnd how, int err) {
   close_later(std::move(r.direct));
   reap_.push_back(r.id);
   maybe_remove(r.buf->channel_id());  // what the recording drained may now leave the tree
+}
+
+// A write completed with res <= 0: cancelled by a stop, or failed (how; 0 bytes is EIO).
+void RelayFs::end_after_write(Recording& r, int res, RecordEnd how) {
+  if (res == -ECANCELED) return end_recording(r, kEndStopped, 0);
+  end_recording(r, how, res == 0 ? EIO : -res);
 }
 
 void RelayFs::reap_recordings() {

@@ -21,7 +21,6 @@ class RelayBuffer;
 struct Recording {
   uint64_t id = 0;
   uint64_t conn = 0;    // the recorder's control connection; 0 once it went away
-  uint32_t cookie = 0;  // the recorder's number for this buffer
   std::shared_ptr<RelayBuffer> buf;
   core::UniqueFd out, index, direct;  // passed by the recorder, checked (record.cc)
   uint32_t mem_align = 0, off_align = 0;

@@ -148,7 +148,13 @@ class RelayFs {
   void send_record_event(Recording& r, proto::RecordKind kind);
   void end_recording(Recording& r, RecordEnd how, int err);
   void drop_recordings(uint64_t conn_id);
+  void stop_recordings(uint64_t conn_id, bool forget);
+  void end_after_write(Recording& r, int res, RecordEnd how);
   void reap_recordings();
+  // The control connection with this id, if it is still there. Any thread.
+  std::shared_ptr<Connection> connection(uint64_t id);
+  // Has the loop call on_conn_writable when c's socket has room. Loop thread, c.send_mu held.
+  void arm_out(Connection& c);
   // Sends msg on c; if the socket is full, queues it when must, else drops it. Loop thread.
   void send_queued(Connection& c, std::vector<char> msg, bool must);
   void on_conn_writable(uint64_t conn_id);
