@@ -54,7 +54,7 @@ struct Buf {
   std::string src, name;  // the relay file and its name
   OutputFile out;
   unsigned cpu = 0;
-  bool started = false, ended = false;
+  bool started = false;
   bool got_end = false;       // the daemon's end event came: last holds the final totals
   proto::RecordEvent last{};  // the daemon's latest totals for it
 };
@@ -66,6 +66,7 @@ struct Recorder {
   uint32_t seq = 1;
   bool fixed = true;  // every buffer is written from fixed buffers
   bool stopping = false, failed = false;
+  bool lost = false;  // the connection to the daemon failed
   Clock::time_point t0 = Clock::now();
 
   int fail(const std::string& p, const std::string& what, int err) {
@@ -79,7 +80,6 @@ struct Recorder {
     Buf& b = bufs[ev.cookie];
     b.last = ev;
     if (ev.kind != proto::RecordKind::kEnd) return;
-    b.ended = true;
     b.got_end = true;
     if (ev.ended_by == 3) fail(b.out.path(), "write", -ev.status);
     if (ev.ended_by == 4) fail(index_path, "write", -ev.status);
@@ -96,7 +96,7 @@ struct Recorder {
       return true;
     }
     fail(path, "connection to the daemon", rc == 0 ? ECONNRESET : -rc);
-    for (Buf& b : bufs) b.ended = true;  // nothing more will come
+    lost = true;  // nothing more will come
     return false;
   }
 
@@ -136,8 +136,9 @@ struct Recorder {
   }
 
   bool all_ended() const {
+    if (lost) return true;
     for (const Buf& b : bufs)
-      if (b.started && !b.ended) return false;
+      if (b.started && !b.got_end) return false;
     return true;
   }
 
