@@ -35,7 +35,7 @@ Reuse slot_reused(const ShmHeader& h, uint32_t n, uint64_t seq, uint64_t produce
     uint32_t off = word_off(w);
     // A closing switch publishes `produced` while the busy word still carries the sequence of the
     // sub-buffer it closes: the next one is undecided. Any later word has moved past `produced`.
-    if (lag == 1 && off == kOffBusy) {
+    if (lag == 1 && off_busy(off)) {
       cpu_relax();
       continue;
     }
@@ -44,7 +44,7 @@ Reuse slot_reused(const ShmHeader& h, uint32_t n, uint64_t seq, uint64_t produce
       off = h.closed.load(std::memory_order_acquire) ? h.close_off.load(std::memory_order_relaxed)
                                                      : kOffBusy;
     if (off == kOffStopped) return Reuse::kNo;
-    if (off != kOffBusy) return Reuse::kYes;
+    if (!off_busy(off)) return Reuse::kYes;
     cpu_relax();
   }
   return Reuse::kMaybe;

@@ -20,7 +20,8 @@ inline constexpr uint32_t kShmVersion = 2;
 inline constexpr size_t kCacheLine = 64;
 
 // The position word: where the next record goes.
-//   bits  0..31  offset inside the current sub-buffer, or kOffBusy / kOffStopped
+//   bits  0..31  offset inside the current sub-buffer, or a marker: kOffBusy (or a remote
+//                claim's busy value), kOffClosed, kOffStopped
 //   bits 32..47  index of the current sub-buffer (its slot, 0..n_subbufs-1)
 //   bits 48..63  low 16 bits of the current sub-buffer's sequence number
 // Writers reserve with one CAS on this word. kOffBusy means one writer is switching
@@ -31,6 +32,15 @@ inline constexpr size_t kCacheLine = 64;
 inline constexpr uint32_t kOffClosed = 0xfffffffd;
 inline constexpr uint32_t kOffBusy = 0xfffffffe;
 inline constexpr uint32_t kOffStopped = 0xffffffff;
+// A switch claimed from outside the CPU a buffer is bound to (Producer::claim_word) is busy too,
+// but each such claim stores an offset of its own from this range, above every sub-buffer size
+// (geometry.h: at most 1 GiB). The claimer recognises its word after the rseq fence only if no
+// other claim can have left the same value there meanwhile.
+inline constexpr uint32_t kOffRemoteFirst = 0x80000000;
+inline constexpr uint32_t kOffRemoteLast = 0xfffffffc;
+inline constexpr bool off_busy(uint32_t off) {
+  return off == kOffBusy || (off >= kOffRemoteFirst && off <= kOffRemoteLast);
+}
 
 inline constexpr uint64_t make_word(uint32_t slot, uint64_t seq, uint32_t off) {
   return (seq << 48) | (uint64_t{slot} << 32) | off;

@@ -1,6 +1,8 @@
 // The producer's slow path: sub-buffer switches, flush, reset and close.
 #include "core/producer.h"
 
+#include "core/geometry.h"
+
 #include <linux/futex.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -18,6 +20,9 @@
 #endif
 
 namespace relayfs::core {
+
+// Every real offset, and offset + record length, stays below the remote claims' busy values.
+static_assert(2 * kMaxSubbufSize <= kOffRemoteFirst);
 
 namespace {
 
@@ -142,26 +147,34 @@ bool Producer::claim_word(uint64_t* w, uint64_t to) noexcept {
   if (cpu_ < 0)
     return hdr_->wpos.compare_exchange_strong(*w, to, std::memory_order_acquire,
                                               std::memory_order_relaxed);
-  for (;;) {
-    int rc;
-    if (reserve_here(w, to, &rc)) return true;
-    if (rc == 0) return false;  // the word changed
-    // Not on the buffer's CPU: a CAS, then a fence that restarts every rseq section running
-    // there. A section that compared before our CAS may still have stored over it before the
-    // fence; after the fence none can, so the word either shows `to` (ours, and only we leave
-    // it) or a reservation that beat us, and then we never held it.
-    const uint64_t before = *w;
-    if (!hdr_->wpos.compare_exchange_strong(*w, to, std::memory_order_acquire,
-                                            std::memory_order_relaxed))
-      return false;
-    rseq::remote_fence(cpu_);  // fails only for an offline CPU, where no section runs
-    *w = hdr_->wpos.load(std::memory_order_acquire);
-    if (*w == to) {
-      *w = before;
-      return true;
-    }
-    return false;  // a reservation overwrote our claim: the caller looks at the word again
-  }
+  const uint64_t before = *w;
+  int rc;
+  if (reserve_here(w, to, &rc)) return true;
+  if (rc == 0) return false;  // the word changed
+  // reserve_here reloaded *w, and the word may have moved on meanwhile, even to a switch someone
+  // else holds: the claim below must still be from the word the caller examined.
+  *w = before;
+  // Not on the buffer's CPU: a CAS to a busy value of our own, then a fence that restarts every
+  // rseq section running there. A section that compared before our CAS may still have stored
+  // over it before the fence; after the fence none can. So if the word still shows our value,
+  // we hold it. The value must be ours alone: were it plain kOffBusy, a section could overwrite
+  // our claim and a later switch on that CPU (same slot and sequence) put the very same word
+  // back before our fence returned, and two writers would each think they hold the switch.
+  const uint32_t ticket = remote_claims_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t mine = (before & ~uint64_t{0xffffffff}) |
+                        (kOffRemoteFirst + ticket % (kOffRemoteLast - kOffRemoteFirst + 1));
+  if (!hdr_->wpos.compare_exchange_strong(*w, mine, std::memory_order_acquire,
+                                          std::memory_order_relaxed))
+    return false;
+  rseq::remote_fence(cpu_);  // fails only for an offline CPU, where no section runs
+  *w = hdr_->wpos.load(std::memory_order_acquire);
+  if (*w != mine) return false;  // a reservation overwrote our claim: look at the word again
+  // Ours, and every other writer waits while it is busy: the state the caller asked for.
+  // relaxed: nobody else reads anything we wrote yet; the caller's later release of the word
+  // (or `closed`) publishes it.
+  if (to != mine) hdr_->wpos.store(to, std::memory_order_relaxed);
+  *w = before;
+  return true;
 }
 
 bool Producer::bind_cpu(uint32_t cpu) noexcept {
@@ -173,7 +186,7 @@ bool Producer::bind_cpu(uint32_t cpu) noexcept {
 // Reloads *w until no switch is in progress. Returns false if the switch is held by this very
 // thread (a write from subbuf_start or from a signal handler): waiting would never end.
 bool Producer::wait_switch(uint64_t* w) const noexcept {
-  for (unsigned spins = 0; word_off(*w) == kOffBusy; ++spins) {
+  for (unsigned spins = 0; off_busy(word_off(*w)); ++spins) {
     if (holds_switch(this)) return false;
     relax(spins);
     *w = hdr_->wpos.load(std::memory_order_acquire);

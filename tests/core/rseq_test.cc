@@ -2,9 +2,13 @@
 #include <doctest/doctest.h>
 #include <sched.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "core/rseq.h"
 #include "harness.h"
@@ -97,4 +101,109 @@ TEST_CASE("a producer bound to a CPU takes writes there and refuses them elsewhe
   if (ncpu() > 1) REQUIRE(on_cpu(1, [&] { rig.prod->close(); }));
   REQUIRE(on_cpu(0, [&] { CHECK(rig.write("late\n") == -EPIPE); }));
   CHECK(rig.drain() == "on cpu 0\nagain\n");
+}
+
+// Switches claimed from another CPU (flush, or a writer woken elsewhere) against switches taken
+// on the buffer's own CPU: never two holders at once. The subbuf_start hook runs with the switch
+// held and lingers there, so a remote claim often finds the switch taken; each hook counts how
+// many hooks run at that moment. (A remote claim used to compare against the word reloaded after
+// its failed rseq attempt, so it could "claim" a switch held by a writer on the CPU.)
+TEST_CASE("a remote switch never shares the switch with one on the buffer's CPU") {
+  if (ncpu() < 2) {
+    MESSAGE("one CPU: no remote claim to race");
+    return;
+  }
+  struct Probe {
+    std::atomic<int> inside{0};
+    std::atomic<int> overlaps{0};
+    std::atomic<uint64_t> switches{0};
+  } probe;
+  core::ProducerHooks hooks;
+  hooks.ctx = &probe;
+  hooks.subbuf_start = [](void* ctx, core::Producer& p, void*, void*, uint32_t) {
+    auto* pr = static_cast<Probe*>(ctx);
+    // relaxed: the counter is the observation itself; the switch's own ordering is not tested.
+    if (pr->inside.fetch_add(1, std::memory_order_relaxed) != 0)
+      pr->overlaps.fetch_add(1, std::memory_order_relaxed);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(20);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+    pr->inside.fetch_sub(1, std::memory_order_relaxed);
+    pr->switches.fetch_add(1, std::memory_order_relaxed);
+    return !p.buf_full();
+  };
+  test::Rig rig(512, 4, hooks);
+  if (!rig.prod->bind_cpu(0)) return;  // CAS build: no remote path
+  std::atomic<bool> done{false};
+  std::atomic<uint64_t> written{0}, refused{0}, flushes{0};
+  auto pin = [](unsigned cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return ::sched_setaffinity(0, sizeof set, &set) == 0;
+  };
+  std::atomic<bool> pinned_ok{true};
+  std::thread writer([&] {
+    if (!pin(0)) pinned_ok.store(false);
+    char rec[64];
+    const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+    for (uint64_t seq = 0; std::chrono::steady_clock::now() < end; ++seq) {
+      std::memset(rec, 'a' + static_cast<int>(seq % 26), sizeof rec);
+      std::memcpy(rec, &seq, sizeof seq);
+      const int rc = rig.prod->write(rec, sizeof rec);
+      if (rc == 0) written.fetch_add(1, std::memory_order_relaxed);
+      else if (rc == -ENOSPC) refused.fetch_add(1, std::memory_order_relaxed);
+      else pinned_ok.store(false);  // kOtherCpu: the pin did not hold
+    }
+    done.store(true, std::memory_order_release);
+  });
+  std::thread flusher([&] {
+    if (!pin(1)) pinned_ok.store(false);
+    while (!done.load(std::memory_order_acquire))
+      if (rig.prod->flush() == 0) flushes.fetch_add(1, std::memory_order_relaxed);
+  });
+  // The reader frees sub-buffers and checks the stream: whole 64-byte records, in order.
+  uint64_t read = 0, last = 0, bad = 0, errors = 0;
+  std::string pending;
+  std::vector<char> tmp(1 << 14);
+  for (bool last_pass = false;;) {
+    const ssize_t n = rig.cons->read(tmp.data(), tmp.size());
+    if (n < 0) {
+      ++errors;
+      break;
+    }
+    pending.append(tmp.data(), static_cast<size_t>(n));
+    size_t at = 0;
+    for (; pending.size() - at >= 64; at += 64) {
+      uint64_t seq;
+      std::memcpy(&seq, pending.data() + at, sizeof seq);
+      if ((read != 0 && seq <= last) || pending[at + 63] != 'a' + static_cast<int>(seq % 26)) ++bad;
+      last = seq;
+      ++read;
+    }
+    pending.erase(0, at);
+    if (n != 0) continue;
+    if (last_pass) break;
+    if (done.load(std::memory_order_acquire)) {
+      writer.join();
+      flusher.join();
+      rig.prod->flush();
+      last_pass = true;
+    }
+  }
+  if (writer.joinable()) writer.join();
+  if (flusher.joinable()) flusher.join();
+  REQUIRE(pinned_ok.load());
+  const core::BufferStats st = rig.cons->stats();
+  MESSAGE("switches " << probe.switches.load() << ", flushes from CPU 1 " << flushes.load()
+                      << ", records written " << written.load() << ", refused "
+                      << refused.load() << ", read " << read);
+  CHECK(probe.overlaps.load() == 0);
+  CHECK(errors == 0);
+  CHECK(st.corrupt == 0);
+  CHECK(bad == 0);
+  CHECK(pending.empty());
+  CHECK(read == written.load());
+  CHECK(st.lost_full == refused.load());
+  CHECK(flushes.load() > 0);
 }

@@ -412,17 +412,24 @@ TEST_CASE("per-CPU buffers bound to their CPUs: migrating writers and a remote f
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   });
+  // Also on a failed REQUIRE: the reader is gone then, and writers blocked on a full buffer
+  // would wait for it forever; closing the buffers ends their writes with -EPIPE.
   struct Joiner {
     std::vector<std::thread>& ws;
     std::thread& m;
     std::atomic<bool>& stop;
+    std::vector<std::unique_ptr<test::Rig>>& rigs;
     ~Joiner() {
+      for (auto& r : rigs) {
+        r->prod->close();
+        r->prod->abandon();
+      }
       for (auto& t : ws)
         if (t.joinable()) t.join();
       stop.store(true, std::memory_order_relaxed);
       if (m.joinable()) m.join();
     }
-  } joiner{writers, mover, stop_mover};
+  } joiner{writers, mover, stop_mover, rigs};
 
   // One checker per buffer (a writer's records are in order within each buffer), then the
   // buffers together: no record in two of them, none missing.
