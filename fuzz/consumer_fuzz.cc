@@ -139,8 +139,12 @@ uint64_t hostile_value(FuzzedDataProvider& in, uint32_t size, uint32_t n) {
       return core::make_word(static_cast<uint32_t>(x % (n + 2)), (x >> 8) % 64,
                              static_cast<uint32_t>((x >> 16) % (size + 3)));
     case 2:
+      // The markers, and busy values of remote claims (the range below kOffClosed).
       return core::make_word(static_cast<uint32_t>(x % (n + 1)), (x >> 8) % 64,
-                             core::kOffClosed - static_cast<uint32_t>((x >> 16) % 3));
+                             (x >> 16) % 4 == 3
+                                 ? core::kOffRemoteFirst + static_cast<uint32_t>(x >> 32) %
+                                                               (core::kOffRemoteLast - core::kOffRemoteFirst + 1)
+                                 : core::kOffClosed - static_cast<uint32_t>((x >> 16) % 3));
     case 3:  // a commit or ready count: some lap base plus an offset
       return ((x >> 8) % 64) * size + (x & 0xff) % (size + 2);
     case 4:

@@ -81,7 +81,7 @@ struct ShmHeader {
   // Hot producer line: every reservation CASes it.
   alignas(kCacheLine) std::atomic<uint64_t> wpos;
 
-  // Switch line: written by the one writer that holds the switch (wpos == kOffBusy), read by
+  // Switch line: written by the one writer that holds the switch (wpos busy: off_busy), read by
   // the consumer. `produced` is stored with release after the closed sub-buffer's padding and
   // commit are in place, so a consumer that acquires it sees them.
   alignas(kCacheLine) std::atomic<uint64_t> produced;  // sub-buffers switched away from

@@ -44,6 +44,29 @@ bool holds_switch(const Producer* p) {
   return false;
 }
 
+// Marks this thread as holding p's switch from before it claims the word until after it released
+// it: a signal handler that interrupts the claim (a remote one sleeps in membarrier), the switch,
+// or the release, and writes to p, must find its own thread named, or it waits forever for the
+// busy word it interrupted. At worst, a handler that runs just before the claim or after the
+// release drops a record it could have written (counted).
+class SwitchScope {
+ public:
+  explicit SwitchScope(const Producer* p) : hold_{p, tl_switch_held} {
+    tl_switch_held = &hold_;
+    // The handler runs on this thread: only the compiler must keep the list set around the claim.
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  ~SwitchScope() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    tl_switch_held = hold_.outer;
+  }
+  SwitchScope(const SwitchScope&) = delete;
+  SwitchScope& operator=(const SwitchScope&) = delete;
+
+ private:
+  const SwitchHold hold_;
+};
+
 // A refused switch in blocking mode: the caller waits for room instead of counting a loss.
 // Internal only: nothing else on the slow path returns -EAGAIN.
 constexpr int kRetry = -EAGAIN;
@@ -161,14 +184,23 @@ bool Producer::claim_word(uint64_t* w, uint64_t to) noexcept {
   // our claim and a later switch on that CPU (same slot and sequence) put the very same word
   // back before our fence returned, and two writers would each think they hold the switch.
   const uint32_t ticket = remote_claims_.fetch_add(1, std::memory_order_relaxed);
-  const uint64_t mine = (before & ~uint64_t{0xffffffff}) |
-                        (kOffRemoteFirst + ticket % (kOffRemoteLast - kOffRemoteFirst + 1));
+  // A power-of-two range, so the values keep cycling through all of it when the ticket wraps.
+  constexpr uint32_t kTicketMask = 0x3fffffff;
+  static_assert(kOffRemoteFirst + kTicketMask <= kOffRemoteLast);
+  const uint64_t mine = (before & ~uint64_t{0xffffffff}) | (kOffRemoteFirst + (ticket & kTicketMask));
   if (!hdr_->wpos.compare_exchange_strong(*w, mine, std::memory_order_acquire,
                                           std::memory_order_relaxed))
     return false;
   rseq::remote_fence(cpu_);  // fails only for an offline CPU, where no section runs
   *w = hdr_->wpos.load(std::memory_order_acquire);
-  if (*w != mine) return false;  // a reservation overwrote our claim: look at the word again
+  if (*w != mine) {
+    // A reservation overwrote our claim: the caller looks at the word again. A reader that saw
+    // our busy value meanwhile could not decide whether its sub-buffer was reused, and may have
+    // gone to sleep on it: wake it to look again (the fence above ordered its arming before our
+    // load).
+    if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+    return false;
+  }
   // Ours, and every other writer waits while it is busy: the state the caller asked for.
   // relaxed: nobody else reads anything we wrote yet; the caller's later release of the word
   // (or `closed`) publishes it.
@@ -269,17 +301,28 @@ int Producer::try_slow(size_t len, Reservation* r) noexcept {
       // record without taking the switch, so a full buffer costs its writers little.
       return drop(hdr_->lost_full, -ENOSPC, true);
     }
+    const SwitchScope scope(this);
     if (take_switch(&w)) return switch_locked(w, static_cast<uint32_t>(len), r, false);
   }
 }
 
-// With the switch held (wpos == kOffBusy), w being the word before we took it: closes the current
+// Ends a switch: stores the new position word, then wakes a reader that armed the doorbell. The
+// wake-up comes after the store, not at the close: a reader that looked while the word was busy
+// could not tell whether its sub-buffer was being reused (slot_reused's kMaybe) and went to
+// sleep; if the switch was then refused, no later commit or switch would wake it.
+void Producer::release_switch(uint64_t word) noexcept {
+  // seq_cst: release publishes lap_base_, the new sub-buffer's header and metadata, and the
+  // closed sub-buffer, to the writers that reserve next and to readers; and with the load of
+  // `waiters` it is the Dekker pair of a reader that arms the doorbell and then looks at the word.
+  hdr_->wpos.store(word, std::memory_order_seq_cst);
+  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+}
+
+// With the switch held (wpos busy), w being the word before we took it: closes the current
 // sub-buffer unless the buffer is stopped, then asks subbuf_start to begin the next one. len > 0
 // also reserves a record in it. Releases the switch by storing the new position word.
 int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool opening) noexcept {
   ShmHeader* h = hdr_;
-  const SwitchHold hold{this, tl_switch_held};
-  tl_switch_held = &hold;
   const uint32_t off = word_off(w);
   // Only the switch holder writes `produced`, and our acquiring CAS ordered us after the last one.
   uint64_t seq = h->produced.load(std::memory_order_relaxed);
@@ -335,12 +378,9 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     if (ok && full && buf_full()) overwrite_seen_ = true;
     ok = ok || opening;  // the kernel ignores the hook's answer at open
   }
-  if (closing && h->waiters.load(std::memory_order_seq_cst) != 0) ring();
-
   if (!ok) {
     if (closing && !wrapped && hooks_.buf_full) hooks_.buf_full(hooks_.ctx, *this, prev_slot, prev);
-    tl_switch_held = hold.outer;
-    h->wpos.store(make_word(slot, seq, kOffStopped), std::memory_order_release);
+    release_switch(make_word(slot, seq, kOffStopped));
     if (len == 0) return 0;
     return wrapped ? drop(h->lost_wrap, -ENOSPC, false) : drop(h->lost_full, -ENOSPC, full);
   }
@@ -351,17 +391,14 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
   if (hdr_len != 0 && commit_bytes(slot, base, hdr_len)) on_complete(slot);
   // Nothing else is reserved yet, so the header is a proven-committed prefix.
   meta_[slot].ready.store(base + hdr_len, std::memory_order_release);
-  tl_switch_held = hold.outer;
   if (len == 0 || hdr_len + len > size_) {
-    h->wpos.store(make_word(slot, seq, hdr_len), std::memory_order_release);
+    release_switch(make_word(slot, seq, hdr_len));
     if (len == 0) return 0;
     // The record fitted a sub-buffer but not what the header left of it: too big, as in the kernel.
     h->lost_too_big.fetch_add(1, std::memory_order_relaxed);
     return -EMSGSIZE;
   }
-  // release: publishes lap_base_, the header and the metadata above to the writers that CAS on
-  // the word next.
-  h->wpos.store(make_word(slot, seq, hdr_len + len), std::memory_order_release);
+  release_switch(make_word(slot, seq, hdr_len + len));
   std::atomic_thread_fence(std::memory_order_release);  // seqlock writer side, as in reserve()
   r->ptr = subbuf + hdr_len;
   r->len = len;
@@ -375,6 +412,7 @@ void Producer::open() noexcept {
   uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
   // A fresh or reset buffer is "stopped" at sequence 0: the switch below begins sub-buffer 0
   // without closing anything, with prev_subbuf == nullptr.
+  const SwitchScope scope(this);
   while (!take_switch(&w)) {
   }
   switch_locked(w, 0, nullptr, true);
@@ -385,6 +423,7 @@ int Producer::flush() noexcept {
   for (;;) {
     if (!wait_switch(&w)) return -EDEADLK;
     if (word_off(w) == kOffClosed) return -EPIPE;
+    const SwitchScope scope(this);
     if (take_switch(&w)) return switch_locked(w, 0, nullptr, false);
   }
 }
@@ -420,6 +459,7 @@ void Producer::close() noexcept {
     if (!wait_switch(&w) || word_off(w) == kOffClosed) return;
     // The current sub-buffer stays as it is: readers drain it up to its committed prefix, which
     // they prove against close_off once no writer can reserve any more.
+    const SwitchScope scope(this);
     if (claim_word(&w, (w & ~uint64_t{0xffffffff}) | kOffClosed)) break;
   }
   // kOffStopped when nothing had begun: readers then find nothing in the current sub-buffer.

@@ -146,6 +146,7 @@ class Producer {
   bool wait_for_room(uint32_t seen, int64_t deadline_ns) noexcept;
   int switch_locked(uint64_t w, uint32_t len, Reservation* r, bool opening) noexcept;
   bool take_switch(uint64_t* w) noexcept;
+  void release_switch(uint64_t word) noexcept;
   bool claim_word(uint64_t* w, uint64_t to) noexcept;
   bool reserve_here(uint64_t* w, uint64_t to, int* rc) noexcept;
   bool wait_switch(uint64_t* w) const noexcept;

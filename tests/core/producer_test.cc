@@ -409,3 +409,65 @@ TEST_CASE("blocking mode: a thread holding an uncommitted reservation does not w
   rig.prod->commit(r);
   CHECK(rig.drain() == std::string(16, 'r') + std::string(16, 'a'));
 }
+
+namespace {
+
+// A reader that looks at the buffer while a switch is held, as the daemon may at any moment: it
+// finds nothing it can read yet, arms the doorbell (what the daemon does before it sleeps), and
+// counts the wake-ups it gets afterwards.
+struct LookWhileBusy {
+  core::Consumer* cons = nullptr;
+  bool refuse = false;
+  int seen_while_busy = -1;
+  int rings = 0;
+  void look() {
+    seen_while_busy = cons->data_available() ? 1 : 0;
+    cons->arm_doorbell(false);
+  }
+  static void wake(void* ctx, core::Producer&) { ++static_cast<LookWhileBusy*>(ctx)->rings; }
+  static void full(void* ctx, core::Producer&, uint32_t, void*) {
+    auto* s = static_cast<LookWhileBusy*>(ctx);
+    if (s->cons) s->look();
+  }
+  static bool start(void* ctx, core::Producer& p, void*, void*, uint32_t) {
+    auto* s = static_cast<LookWhileBusy*>(ctx);
+    if (s->cons && s->refuse) {
+      s->look();
+      return false;
+    }
+    return !p.buf_full();
+  }
+};
+
+}  // namespace
+
+// While a closing switch is held, the reader of a full buffer cannot tell whether its oldest
+// sub-buffer is being reused, so it sleeps. The switch is then refused: nothing later would wake
+// the reader (the buffer is full, so no commit comes, and later refusals skip the switch), and the
+// sub-buffer it could read sat unread for good. The release of the switch must ring.
+TEST_CASE("a reader that sleeps while a refused switch is held is woken when it is released") {
+  LookWhileBusy s;
+  core::ProducerHooks hk;
+  hk.wakeup = &LookWhileBusy::wake;
+  hk.ctx = &s;
+  bool retried = false;
+  SUBCASE("closing switch refused (default rule, buf_full callback running)") {
+    hk.buf_full = &LookWhileBusy::full;
+  }
+  SUBCASE("retried switch refused by the subbuf_start callback") {
+    hk.subbuf_start = &LookWhileBusy::start;
+    retried = true;
+  }
+  Rig rig(64, 2, hk);
+  const std::string rec(32, 'x');
+  for (int i = 0; i < 4; ++i) REQUIRE(rig.write(rec) == 0);  // sub-buffers 0 and 1 full
+  if (retried) {
+    CHECK(rig.write(rec) == -ENOSPC);  // the buffer is stopped; the next write retries the switch
+    s.refuse = true;
+  }
+  s.cons = rig.cons.get();
+  CHECK(rig.write(rec) == -ENOSPC);
+  CHECK(s.seen_while_busy == 0);  // the reader could not read while the switch was held
+  CHECK(s.rings == 1);
+  CHECK(rig.cons->data_available());
+}

@@ -1,10 +1,17 @@
 // The rseq compare-and-store (core/rseq.h) and a producer bound to a CPU with it.
 #include <doctest/doctest.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <new>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -206,4 +213,100 @@ TEST_CASE("a remote switch never shares the switch with one on the buffer's CPU"
   CHECK(read == written.load());
   CHECK(st.lost_full == refused.load());
   CHECK(flushes.load() > 0);
+}
+
+namespace {
+
+// What the signal handler of the test below did, in memory the parent process reads.
+struct HandlerCounts {
+  std::atomic<uint64_t> calls{0}, written{0}, dropped{0}, other_cpu{0}, other{0};
+  std::atomic<uint64_t> flushes{0};
+};
+core::Producer* g_signal_prod = nullptr;
+HandlerCounts* g_counts = nullptr;
+
+void write_from_handler(int) {
+  const int saved = errno;
+  const char rec[16] = "from a handler";
+  const int rc = g_signal_prod->write(rec, sizeof rec);
+  g_counts->calls.fetch_add(1, std::memory_order_relaxed);
+  if (rc == 0) g_counts->written.fetch_add(1, std::memory_order_relaxed);
+  else if (rc == -ENOSPC) g_counts->dropped.fetch_add(1, std::memory_order_relaxed);
+  else if (rc == core::kOtherCpu) g_counts->other_cpu.fetch_add(1, std::memory_order_relaxed);
+  else g_counts->other.fetch_add(1, std::memory_order_relaxed);
+  errno = saved;
+}
+
+}  // namespace
+
+// A thread flushes a per-CPU buffer from another CPU, so each flush claims the word remotely and
+// sleeps in membarrier with the word busy; signals keep arriving, and their handler writes to the
+// same buffer. A pending signal is delivered as membarrier returns, inside the claim: the handler
+// must see that its own thread holds the switch and drop its record (counted), not wait for the
+// busy word forever. Runs in a child process, so that a hang fails the test instead of the run.
+TEST_CASE("a signal handler that writes while its thread claims the switch from afar does not hang") {
+  if (ncpu() < 2 || !core::rseq::available()) {
+    MESSAGE("needs rseq and two CPUs");
+    return;
+  }
+  void* mem = ::mmap(nullptr, sizeof(HandlerCounts), PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mem != MAP_FAILED);
+  auto* counts = new (mem) HandlerCounts;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    test::Rig rig(4096, 4);
+    if (!rig.prod->bind_cpu(0)) ::_exit(3);
+    g_signal_prod = rig.prod.get();
+    g_counts = counts;
+    struct sigaction sa {};
+    sa.sa_handler = write_from_handler;
+    if (::sigaction(SIGUSR1, &sa, nullptr) != 0) ::_exit(4);
+    std::atomic<bool> stop{false};
+    std::atomic<pthread_t> flusher_id{};
+    std::atomic<bool> started{false};
+    std::thread flusher([&] {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(1, &set);
+      if (::sched_setaffinity(0, sizeof set, &set) != 0) ::_exit(5);
+      flusher_id.store(::pthread_self());
+      started.store(true, std::memory_order_release);
+      while (!stop.load(std::memory_order_relaxed)) {
+        if (rig.prod->flush() == 0) counts->flushes.fetch_add(1, std::memory_order_relaxed);
+        rig.drain();  // keeps the buffer from filling, so flushes switch rather than stop
+      }
+    });
+    while (!started.load(std::memory_order_acquire)) std::this_thread::yield();
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    while (std::chrono::steady_clock::now() < end) {
+      ::pthread_kill(flusher_id.load(), SIGUSR1);
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+    stop.store(true, std::memory_order_relaxed);
+    flusher.join();
+    ::_exit(0);
+  }
+  // The parent: a hung child is killed after 30 s (its run takes about one).
+  int status = -1;
+  bool exited = false;
+  for (int i = 0; i < 3000 && !exited; ++i) {
+    if (::waitpid(child, &status, WNOHANG) == child) exited = true;
+    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (!exited) {
+    ::kill(child, SIGKILL);
+    ::waitpid(child, &status, 0);
+  }
+  MESSAGE("signals handled " << counts->calls.load() << ": written " << counts->written.load()
+                             << ", dropped inside a claim " << counts->dropped.load()
+                             << ", refused off the CPU " << counts->other_cpu.load()
+                             << "; flushes " << counts->flushes.load());
+  CHECK(exited);  // false: the handler waited for its own thread's claim
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(counts->other.load() == 0);
+  CHECK(counts->dropped.load() > 0);  // the handler did run inside claims
+  ::munmap(mem, sizeof(HandlerCounts));
 }

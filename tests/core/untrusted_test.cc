@@ -103,6 +103,8 @@ std::vector<uint64_t> boundary_values() {
                              core::make_word(kN, 1, 1),
                              core::make_word(0xffff, 0xffff, 0),
                              core::make_word(2, 2, core::kOffClosed),
+                             core::make_word(1, 1, core::kOffRemoteFirst),
+                             core::make_word(3, 0xffff, core::kOffRemoteLast),
                              core::consumed_tag(0, 100),
                              core::consumed_tag(0, ~uint64_t{0})};
   std::mt19937_64 rng(42);
