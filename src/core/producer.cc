@@ -26,9 +26,9 @@ static_assert(2 * kMaxSubbufSize <= kOffRemoteFirst);
 
 namespace {
 
-// The Producers whose switch this thread holds, innermost first, in a list on the stack of
-// switch_locked. A write that finds the switch taken by its own thread comes from the
-// subbuf_start hook or from a signal handler that interrupted the switch; waiting would
+// The Producers whose switch this thread holds, innermost first, in a list on the stack of the
+// SwitchScopes below. A write that finds the switch taken by its own thread comes from a hook
+// or from a signal handler that interrupted the claim, the switch or its release; waiting would
 // deadlock, so such a record is dropped and counted instead. A list, not one pointer: a hook
 // may write to or flush another buffer, whose switch nests inside ours, and ending that inner
 // switch must not forget ours (relay_flush from subbuf_start spun forever that way).
@@ -52,6 +52,8 @@ bool holds_switch(const Producer* p) {
 class SwitchScope {
  public:
   explicit SwitchScope(const Producer* p) : hold_{p, tl_switch_held} {
+    // A handler must never find the list pointing at a hold not yet filled in.
+    std::atomic_signal_fence(std::memory_order_seq_cst);
     tl_switch_held = &hold_;
     // The handler runs on this thread: only the compiler must keep the list set around the claim.
     std::atomic_signal_fence(std::memory_order_seq_cst);
@@ -196,15 +198,17 @@ bool Producer::claim_word(uint64_t* w, uint64_t to) noexcept {
   if (*w != mine) {
     // A reservation overwrote our claim: the caller looks at the word again. A reader that saw
     // our busy value meanwhile could not decide whether its sub-buffer was reused, and may have
-    // gone to sleep on it: wake it to look again (the fence above ordered its arming before our
-    // load).
+    // gone to sleep on it: wake it to look again. It armed (seq_cst, then a seq_cst fence) before
+    // it loaded our value; our seq_cst load comes after the store that replaced that value, so
+    // it sees the arming.
     if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
     return false;
   }
   // Ours, and every other writer waits while it is busy: the state the caller asked for.
-  // relaxed: nobody else reads anything we wrote yet; the caller's later release of the word
-  // (or `closed`) publishes it.
-  if (to != mine) hdr_->wpos.store(to, std::memory_order_relaxed);
+  // seq_cst: nothing needs publishing yet (the caller's later release of the word, or `closed`,
+  // does that), but a reader that looks at the word after arming the doorbell must not miss
+  // this store if ours is the last one before the caller's wake-up check.
+  if (to != mine) hdr_->wpos.store(to, std::memory_order_seq_cst);
   *w = before;
   return true;
 }
@@ -342,7 +346,8 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     if (prev_padding != 0 && commit_bytes(prev_slot, lap_base_[prev_slot], prev_padding))
       on_complete(prev_slot);
     // seq_cst: release publishes padding and commit to readers that acquire `produced`; and
-    // with the load of `waiters` below it is the Dekker pair of a reader arming the doorbell.
+    // with the load of `waiters` in release_switch it is the Dekker pair of a reader arming
+    // the doorbell.
     h->produced.store(++seq, std::memory_order_seq_cst);
   } else {
     // Retrying a refused switch: the kernel passes the same prev_subbuf and prev_padding again.

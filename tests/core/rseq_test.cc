@@ -256,36 +256,41 @@ TEST_CASE("a signal handler that writes while its thread claims the switch from 
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {
-    test::Rig rig(4096, 4);
-    if (!rig.prod->bind_cpu(0)) ::_exit(3);
-    g_signal_prod = rig.prod.get();
-    g_counts = counts;
-    struct sigaction sa {};
-    sa.sa_handler = write_from_handler;
-    if (::sigaction(SIGUSR1, &sa, nullptr) != 0) ::_exit(4);
-    std::atomic<bool> stop{false};
-    std::atomic<pthread_t> flusher_id{};
-    std::atomic<bool> started{false};
-    std::thread flusher([&] {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      CPU_SET(1, &set);
-      if (::sched_setaffinity(0, sizeof set, &set) != 0) ::_exit(5);
-      flusher_id.store(::pthread_self());
-      started.store(true, std::memory_order_release);
-      while (!stop.load(std::memory_order_relaxed)) {
-        if (rig.prod->flush() == 0) counts->flushes.fetch_add(1, std::memory_order_relaxed);
-        rig.drain();  // keeps the buffer from filling, so flushes switch rather than stop
+    // A failed REQUIRE in here must end the child, not run the rest of the tests in it.
+    try {
+      test::Rig rig(4096, 4);
+      if (!rig.prod->bind_cpu(0)) ::_exit(3);
+      g_signal_prod = rig.prod.get();
+      g_counts = counts;
+      struct sigaction sa {};
+      sa.sa_handler = write_from_handler;
+      if (::sigaction(SIGUSR1, &sa, nullptr) != 0) ::_exit(4);
+      std::atomic<bool> stop{false};
+      std::atomic<pthread_t> flusher_id{};
+      std::atomic<bool> started{false};
+      std::thread flusher([&] {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(1, &set);
+        if (::sched_setaffinity(0, sizeof set, &set) != 0) ::_exit(5);
+        flusher_id.store(::pthread_self());
+        started.store(true, std::memory_order_release);
+        while (!stop.load(std::memory_order_relaxed)) {
+          if (rig.prod->flush() == 0) counts->flushes.fetch_add(1, std::memory_order_relaxed);
+          rig.drain();  // keeps the buffer from filling, so flushes switch rather than stop
+        }
+      });
+      while (!started.load(std::memory_order_acquire)) std::this_thread::yield();
+      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+      while (std::chrono::steady_clock::now() < end) {
+        ::pthread_kill(flusher_id.load(), SIGUSR1);
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
       }
-    });
-    while (!started.load(std::memory_order_acquire)) std::this_thread::yield();
-    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(1);
-    while (std::chrono::steady_clock::now() < end) {
-      ::pthread_kill(flusher_id.load(), SIGUSR1);
-      std::this_thread::sleep_for(std::chrono::microseconds(20));
+      stop.store(true, std::memory_order_relaxed);
+      flusher.join();
+    } catch (...) {
+      ::_exit(6);
     }
-    stop.store(true, std::memory_order_relaxed);
-    flusher.join();
     ::_exit(0);
   }
   // The parent: a hung child is killed after 30 s (its run takes about one).
