@@ -181,6 +181,24 @@ TEST_CASE("dd with several block sizes, and head -c") {
   CHECK(relay_close(c) == 0);
 }
 
+TEST_CASE("head -n prints its lines; what it read past them is consumed, and it says so") {
+  Mount m;
+  rchan* c = open_global(m.dir, "h", 4096, 64);
+  const std::string want = write_records(c, 0, 100);  // 100 lines of 11 bytes
+  const std::string err = m.dir + ".err";
+  CHECK(capture("head -n 3 " + m.path("h0") + " 2> " + err) == want.substr(0, 33));
+  // head read all 1100 bytes at once, then tried to seek back to the end of its third line.
+  // Relay files refuse lseek (ESPIPE, as the kernel's do): the rest was consumed by that read,
+  // and GNU head reports that it could not give it back.
+  const std::string msg = slurp(err);
+  ::unlink(err.c_str());
+  CHECK(msg.find("seek") != std::string::npos);
+  CHECK(capture("cat " + m.path("h0")) == "");
+  const std::string more = write_records(c, 100, 110);
+  CHECK(capture("head -n 10 " + m.path("h0") + " 2>/dev/null") == more);  // nothing extra left
+  CHECK(relay_close(c) == 0);
+}
+
 TEST_CASE("tail -f follows a relay file as records arrive") {
   Mount m;
   rchan* c = open_global(m.dir, "t");
