@@ -59,7 +59,11 @@ int recv_message(int sock, Received* out, size_t max_fds) {
       out->fds.emplace_back(fd);
     }
   }
-  if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return -EPROTO;
+  // The kernel truncates the descriptors (MSG_CTRUNC) when the buffer had no room for them, or
+  // when it could not install one because this process is at its descriptor limit: the buffer
+  // then still had room. Only the first is the peer's fault.
+  if (mh.msg_flags & MSG_CTRUNC) return out->fds.size() < max_fds ? -EMFILE : -EPROTO;
+  if (mh.msg_flags & MSG_TRUNC) return -EPROTO;
   if (static_cast<size_t>(n) < sizeof(Header)) return -EPROTO;
   std::memcpy(&out->header, buf.data(), sizeof(Header));
   if (int rc = check_header(out->header); rc) return rc;

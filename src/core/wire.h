@@ -22,8 +22,10 @@ struct Received {
 
 // Receives one message. Returns 1 with *out filled, 0 at end of stream, -EAGAIN when a
 // non-blocking socket has nothing, -EPROTO / -EPROTONOSUPPORT for a malformed message (header too
-// short, bad magic or version, length that does not match what arrived, descriptors truncated),
-// or -errno. With max_fds == 0 any descriptors sent along are closed by the kernel.
+// short, bad magic or version, length that does not match what arrived, more descriptors than
+// max_fds), -EMFILE when this process could not take the descriptors that came (its limit; the
+// kernel closed them), or -errno. With max_fds == 0 any descriptors sent along are closed by the
+// kernel.
 int recv_message(int sock, Received* out, size_t max_fds = 0);
 
 // Connects to the control socket of the daemon of the mount that holds dir, named by the

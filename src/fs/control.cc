@@ -10,10 +10,13 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <string>
 
 #include "core/geometry.h"
 #include "core/protocol.h"
+#include "fs/fault.h"
 #include "fs/relayfs.h"
 #include "fs/ring_tag.h"
 
@@ -86,7 +89,9 @@ void RelayFs::on_connection(const std::shared_ptr<Connection>& c) {
       for (auto& fd : r.fds) close_later(std::move(fd));
       continue;
     }
-    if (rc == -EPROTO || rc == -EPROTONOSUPPORT) {
+    // A malformed message, or descriptors this daemon had no room for: refused, and the
+    // connection goes on.
+    if (rc == -EPROTO || rc == -EPROTONOSUPPORT || rc == -EMFILE) {
       std::lock_guard lk(c->send_mu);
       proto::send_message(c->fd.get(),
                           proto::encode_status(proto::Type::kError, {rc}, r.header.seq));
@@ -171,6 +176,7 @@ void RelayFs::handle_open(Connection& c, uint32_t seq, const char* payload, size
   if (int rc = proto::decode(payload, len, &req); rc) return fail(-rc);
   core::Geometry g;
   if (int rc = core::make_geometry(req.subbuf_size, req.n_subbufs, &g); rc) return fail(-rc);
+  if (opts_.read_only) return fail(EROFS);  // as creating a file would be
   const bool global = req.flags & proto::kFlagGlobal;
   const unsigned n = global ? 1 : static_cast<unsigned>(std::max(1, get_nprocs_conf()));
   {
@@ -420,16 +426,25 @@ void RelayFs::free_channel(uint32_t id) {
   ch->doorbell.reset();
 }
 
-void RelayFs::notify_owner(const Source& s, bool mapped) {
+// noexcept: FUSE handlers call it after they replied (open), when a throw would reach the guard
+// in main.cc and make it reply a second time to a request libfuse has already freed.
+void RelayFs::notify_owner(const Source& s, bool mapped) noexcept {
   // buf_mapped and buf_unmapped concern one buffer's file, not the merged view.
   const auto* b = dynamic_cast<const RelayBuffer*>(&s);
   if (!b) return;
-  std::shared_ptr<Connection> c = connection(b->owner());
-  if (!c) return;
-  const auto msg = proto::encode_event(mapped ? proto::Type::kMapped : proto::Type::kUnmapped,
-                                       {b->channel_id(), b->index()});
-  std::lock_guard lk(c->send_mu);
-  if (c->fd) proto::send_message(c->fd.get(), msg);
+  try {
+    if (fault(Fault::kNotifyAlloc)) throw std::bad_alloc();
+    std::shared_ptr<Connection> c = connection(b->owner());
+    if (!c) return;
+    const auto msg = proto::encode_event(mapped ? proto::Type::kMapped : proto::Type::kUnmapped,
+                                         {b->channel_id(), b->index()});
+    std::lock_guard lk(c->send_mu);
+    if (c->fd) proto::send_message(c->fd.get(), msg);
+  } catch (const std::exception& e) {
+    // Out of memory: the producer misses this one callback; the file itself works on.
+    std::fprintf(stderr, "relayfs: %s event of channel %u buffer %u lost: %s\n",
+                 mapped ? "buf_mapped" : "buf_unmapped", b->channel_id(), b->index(), e.what());
+  }
 }
 
 }  // namespace relayfs::fs

@@ -4,8 +4,10 @@
 // shown as the fsname in /proc/mounts. Runs in the background unless -f is given; SIGTERM,
 // SIGINT or fusermount3 -u unmount it cleanly.
 #include <fuse_lowlevel.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
 #include <csignal>
 #include <cstdio>
@@ -16,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "fs/fault.h"
 #include "fs/mountinfo.h"
 #include "fs/relayfs.h"
 
@@ -204,9 +207,28 @@ int main(int argc, char** argv) {
       continue;
     for (size_t at = 0; at <= o.size();) {
       const size_t comma = std::min(o.find(',', at), o.size());
-      if (o.compare(at, comma - at, "allow_other") == 0) opts.allow_other = true;
+      const std::string item = o.substr(at, comma - at);
+      if (item == "allow_other") opts.allow_other = true;
+      // The kernel refuses mkdir on a read-only mount; channels are the daemon's to refuse.
+      if (item == "ro") opts.read_only = true;
+      if (item == "rw") opts.read_only = false;
       at = comma + 1;
     }
+  }
+  // A mount point that is missing or not a directory is a failure to mount (status 1), not a
+  // usage error: say so before libfuse's own check, which exits as if it were one.
+  struct stat mp;
+  const int mp_err = ::stat(positional.back().c_str(), &mp) != 0 ? errno
+                     : !S_ISDIR(mp.st_mode)                       ? ENOTDIR
+                                                                  : 0;
+  if (mp_err) {
+    std::fprintf(stderr, "relayfs: %s: %s\n", positional.back().c_str(), std::strerror(mp_err));
+    return 1;
+  }
+  if (!relayfs::fs::load_faults(std::getenv("RELAYFS_TEST_FAULTS"))) {
+    std::fprintf(stderr, "relayfs: RELAYFS_TEST_FAULTS: unknown fault in '%s'\n",
+                 std::getenv("RELAYFS_TEST_FAULTS"));
+    return 2;
   }
   std::vector<std::string> fargs = {argv[0], positional.back()};
   fargs.insert(fargs.end(), rest.begin(), rest.end());

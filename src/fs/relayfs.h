@@ -32,6 +32,7 @@ struct Options {
   std::string fsname = "relayfs";  // SOURCE, shown in /proc/mounts
   bool blocking = false;           // -o blocking: an empty read waits for data
   bool allow_other = false;        // -o allow_other: users other than the mounter may use it
+  bool read_only = false;          // -o ro: no new channels (EROFS), as no new files
 };
 
 // What a FUSE worker hands to the loop thread.
@@ -109,7 +110,7 @@ class RelayFs {
   void post(const LoopEvent& ev);
   void park(fuse_req_t req, size_t size, std::shared_ptr<Source> b);
   void page_read(fuse_req_t req, void* file_handle, size_t size, off_t off);
-  void notify_owner(const Source& s, bool mapped);
+  void notify_owner(const Source& s, bool mapped) noexcept;
   void maybe_remove(uint32_t channel_id) noexcept;
   void remove_drained(uint32_t channel_id);
 

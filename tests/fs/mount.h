@@ -92,6 +92,23 @@ inline int wait_or_kill(pid_t pid, std::chrono::milliseconds limit, bool* killed
   return st;
 }
 
+// Faults the daemons started while it lives inject (RELAYFS_TEST_FAULTS, src/fs/fault.h): make
+// one before the Mount.
+struct TestFaults {
+  explicit TestFaults(const char* spec) { ::setenv("RELAYFS_TEST_FAULTS", spec, 1); }
+  ~TestFaults() { ::unsetenv("RELAYFS_TEST_FAULTS"); }
+  TestFaults(const TestFaults&) = delete;
+  TestFaults& operator=(const TestFaults&) = delete;
+};
+
+// True while child pid has not ended. Does not reap it: whoever started it still waits for it.
+inline bool alive(pid_t pid) {
+  siginfo_t info{};
+  return pid > 0 &&
+         ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+         info.si_pid == 0;
+}
+
 class Mount {
  public:
   // at: mount on this existing directory (a remount) instead of a fresh one.

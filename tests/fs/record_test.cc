@@ -87,13 +87,19 @@ uint64_t index_total(const std::string& index) {
   return total;
 }
 
-// A reader on path (open all along, so the file stays while it drains) until done is set, then
+// Opens path for drain_until, in the caller's thread: a reader thread that opened it itself
+// could come too late, once the recording drained the channel and its file was gone.
+UniqueFd open_reader(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  REQUIRE(fd.valid());
+  return fd;
+}
+
+// A reader on fd (open all along, so the file stays while it drains) until done is set, then
 // to the end; reads of chunk bytes.
-std::string drain_until(const std::string& path, const std::atomic<bool>& done,
-                        size_t chunk = 1 << 16) {
+std::string drain_until(UniqueFd fd_owner, const std::atomic<bool>& done, size_t chunk = 1 << 16) {
   std::string out;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return "open failed";
+  const int fd = fd_owner.get();
   std::vector<char> buf(chunk);
   for (;;) {
     const bool last = done.load();
@@ -105,7 +111,6 @@ std::string drain_until(const std::string& path, const std::atomic<bool>& done,
     if (n < 0 || last) break;
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-  ::close(fd);
   return out;
 }
 
@@ -240,7 +245,9 @@ TEST_CASE("a recorder that hangs up mid-recording loses nothing: what it did not
   // The daemon ends the recording; from then on a cat drains what it left, while more comes.
   std::atomic<bool> done{false};
   std::string rest;
-  std::thread cat([&] { rest = drain_until(r.file, done, 5957 * kRec); });
+  std::thread cat([&, fd = open_reader(r.file)]() mutable {
+    rest = drain_until(std::move(fd), done, 5957 * kRec);
+  });
   written += write_records(r.c, 20000, 22000);
   REQUIRE(relay_close(r.c) == 0);
   done = true;
@@ -258,7 +265,9 @@ TEST_CASE("a cat reading a buffer while it is recorded: every record lands once,
   std::atomic<bool> done{false};
   std::string cat;
   // Small reads, often mid-sub-buffer, each ending on a record boundary (64 records).
-  std::thread reader([&] { cat = drain_until(r.file, done, 64 * kRec); });
+  std::thread reader([&, fd = open_reader(r.file)]() mutable {
+    cat = drain_until(std::move(fd), done, 64 * kRec);
+  });
   const std::string written = write_records(r.c, 0, 30000);
   REQUIRE(relay_close(r.c) == 0);
   const proto::RecordEvent end = wait_end(r.s, 3);
