@@ -270,7 +270,9 @@ int setup(Recorder* rec, bool direct) {
   std::string dir;
   if (!split_path(rec->path, &dir, &rec->base))
     return usage_error("record", "'" + rec->path + "' does not name a channel (DIR/BASE)");
-  std::vector<std::string> names = channel_buffers(dir, rec->base);
+  bool denied = false;
+  std::vector<std::string> names = channel_buffers(dir, rec->base, &denied);
+  if (denied) return sys_error(rec->path, "", EACCES);
   if (names.empty()) {
     struct stat st;
     if (::stat(rec->path.c_str(), &st) != 0) return sys_error(rec->path, "", errno);

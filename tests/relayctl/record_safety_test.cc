@@ -306,9 +306,10 @@ TEST_CASE("a recording the daemon refuses leaves nothing behind and says why") {
   const std::string data = closed_channel<0440>(m, "log");  // root's: the user may not read it
   const std::string mine = shared.path("mine");
   as(u, [&] { return ::mkdir(mine.c_str(), 0755) == 0; });
-  SUBCASE("by channel, into a new OUTDIR") {
+  SUBCASE("by channel, into a new OUTDIR: Permission denied, not Invalid argument") {
     const Outcome o = relayctl("record " + m.path("log") + " " + mine + "/rec", u.as());
     CHECK(o.status == 1);
+    CHECK(o.err == "relayctl: " + m.path("log") + ": " + std::strerror(EACCES) + "\n");
     CHECK(listing(mine).empty());
   }
   SUBCASE("by buffer file, into a new OUTDIR") {
@@ -324,6 +325,14 @@ TEST_CASE("a recording the daemon refuses leaves nothing behind and says why") {
     CHECK(o.err.find(std::strerror(EACCES)) != std::string::npos);
     CHECK(exists(mine));
     CHECK(listing(mine).empty());
+  }
+  SUBCASE("stat says the same, by channel and by file") {
+    Outcome o = relayctl("stat " + m.path("log"), u.as());
+    CHECK(o.status == 1);
+    CHECK(o.err == "relayctl: " + m.path("log") + ": " + std::strerror(EACCES) + "\n");
+    o = relayctl("stat " + m.path("log0"), u.as());
+    CHECK(o.status == 1);
+    CHECK(o.err == "relayctl: " + m.path("log0") + ": " + std::strerror(EACCES) + "\n");
   }
   CHECK(slurp(m.path("log0")) == data);  // nothing consumed
 }
