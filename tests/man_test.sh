@@ -3,6 +3,7 @@
 # (".so man3/relay_open.3") is rendered as installed, from a tree of manN links to man/, so a
 # missing target is a warning too.
 # Every command page (section 1) has the standard sections.
+# No example records into a predictable name under /tmp or /var/tmp.
 set -u
 command -v man >/dev/null || { echo "SKIP: man is not installed"; exit 77; }
 mandir=$(cd "$(dirname "$0")/../man" && pwd)
@@ -20,4 +21,10 @@ for page in "$mandir"/*.1; do
     if ! grep -qx "\.SH \"\?$section\"\?" "$page"; then echo "FAIL $page: no $section section"; fail=1; fi
   done
 done
+# No example records into a predictable name in a directory everyone may write: another user
+# could make it first (relayctl(1), record; issue 13). Pages and the README alike.
+if grep -nE 'relayctl record .*[[:space:]]/(var/)?tmp/' "$mandir"/*.[0-9] "$mandir/../README.md"; then
+  echo "FAIL: an example records into a predictable name in /tmp or /var/tmp"
+  fail=1
+fi
 exit $fail

@@ -100,9 +100,12 @@ bool suffix_number(const std::string& name, const std::string& prefix, unsigned 
 
 }  // namespace
 
-std::vector<std::string> channel_buffers(const std::string& dir, const std::string& name) {
+std::vector<std::string> channel_buffers(const std::string& dir, const std::string& name,
+                                         bool* denied) {
   std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);
   std::vector<std::pair<unsigned long, std::string>> found;
+  bool eacces = false;
+  if (denied) *denied = false;
   if (!d) return {};
   while (const dirent* e = ::readdir(d.get())) {
     unsigned long n;
@@ -112,9 +115,13 @@ std::vector<std::string> channel_buffers(const std::string& dir, const std::stri
     char base[256];
     const ssize_t len = ::getxattr((dir + "/" + e->d_name).c_str(), "user.relayfs.channel", base,
                                    sizeof base);
+    if (len < 0 && errno == EACCES) eacces = true;
     if (len >= 0 && name.compare(0, std::string::npos, base, static_cast<size_t>(len)) == 0)
       found.emplace_back(n, e->d_name);
   }
+  // With some buffers found, an unreadable candidate is taken for another channel's file: a
+  // producer's create_buf_file gives its buffers one owner and mode in practice.
+  if (denied) *denied = eacces && found.empty();
   std::sort(found.begin(), found.end());
   std::vector<std::string> out;
   for (auto& [n, f] : found) out.push_back(f);

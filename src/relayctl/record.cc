@@ -3,13 +3,14 @@
 //
 // The recording itself runs in the daemon (src/fs/record.cc), which holds every channel buffer
 // registered with its io_uring: relayctl creates the output files and the index with its own
-// permissions and passes their descriptors over the control socket (kRecord), one request per
-// buffer. The daemon writes whole sub-buffers, padding cut, with fixed-buffer writes straight
-// from the registered buffer (O_DIRECT where the file and the write's alignment allow), appends
-// an index line for each, and consumes a sub-buffer only once its write completed. At the end it
-// writes the committed part of the sub-buffer that never closed, so every file holds what `cat`
-// of its buffer gives. relayctl shows the daemon's progress events, turns a signal into
-// kRecordStop (writes in flight finish first), and writes the totals once every buffer ended.
+// permissions (exclusively, in a directory no other user controls: record_disk.h) and passes
+// their descriptors over the control socket (kRecord), one request per buffer. The daemon writes
+// whole sub-buffers, padding cut, with fixed-buffer writes straight from the registered buffer
+// (O_DIRECT where the file and the write's alignment allow), appends an index line for each, and
+// consumes a sub-buffer only once its write completed. At the end it writes the committed part
+// of the sub-buffer that never closed, so every file holds what `cat` of its buffer gives.
+// relayctl shows the daemon's progress events, turns a signal into kRecordStop (writes in flight
+// finish first), and writes the totals once every buffer ended.
 #include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
@@ -43,6 +44,10 @@ constexpr const char* kHelp =
     "BASE.index (sub-buffers, offsets, lengths, totals and loss counters). Runs until SIGINT or\n"
     "SIGTERM (in-flight writes finish first) or until the channel closes and is drained.\n"
     "The daemon does the writing, from its io_uring-registered buffers.\n"
+    "Files are created, never overwritten: an existing one is an error. OUTDIR (created if\n"
+    "missing) and every directory above it must belong to you or root and, unless sticky, be\n"
+    "writable by no one else. Files get the relay file's mode less the umask. A refused\n"
+    "recording leaves nothing behind.\n"
     "\n"
     "  -D, --no-direct   never use O_DIRECT (default: where the filesystem and alignment allow)\n"
     "  -q, --quiet       no progress on a terminal and no summary line\n"
@@ -52,6 +57,8 @@ constexpr int kProgressMs = 500;
 
 struct Buf {
   std::string src, name;  // the relay file and its name
+  ino_t ino = 0;          // the relay file's, for the daemon
+  mode_t mode = 0;        // its permission bits less the umask: the output file's
   OutputFile out;
   unsigned cpu = 0;
   bool started = false;
@@ -61,6 +68,7 @@ struct Buf {
 
 struct Recorder {
   std::string path, outdir, base, index_path;
+  OutputDir dir;
   std::vector<Buf> bufs;
   relayfs::core::UniqueFd sock, index, sigfd;
   uint32_t seq = 1;
@@ -103,10 +111,8 @@ struct Recorder {
   // Asks the daemon to record buffer i; returns 0 or an errno (reported).
   int start(size_t i) {
     Buf& b = bufs[i];
-    struct stat st;
-    if (::stat(b.src.c_str(), &st) != 0) return sys_error(b.src, "", errno);
     const bool direct = b.out.direct_fd() >= 0;
-    const proto::RecordRequest req{static_cast<uint64_t>(st.st_ino), static_cast<uint32_t>(i),
+    const proto::RecordRequest req{static_cast<uint64_t>(b.ino), static_cast<uint32_t>(i),
                                    direct ? b.out.mem_align() : 0, direct ? b.out.off_align() : 0};
     const int fds[3] = {b.out.buffered_fd(), index.get(), b.out.direct_fd()};
     const uint32_t my_seq = seq++;
@@ -197,6 +203,15 @@ struct Recorder {
         fail(b.out.path(), "truncate", errno);
   }
 
+  // Whether any output file holds a byte (after cut_outputs).
+  bool recorded_any() const {
+    for (const Buf& b : bufs) {
+      struct stat st;
+      if (::fstat(b.out.buffered_fd(), &st) != 0 || st.st_size > 0) return true;
+    }
+    return false;
+  }
+
   void write_totals() {
     for (const Buf& b : bufs) {
       const proto::RecordEvent& e = b.last;
@@ -240,36 +255,67 @@ int parse(int argc, char** argv, bool* direct, bool* quiet, bool* help) {
   return kExitOk;
 }
 
-// Opens the output files and the index, connects to the daemon, and blocks the stop signals
-// into a signalfd.
+// relayctl's message for an output file it could not create.
+int create_error(const std::string& path, int err) {
+  if (err != EEXIST) return sys_error(path, "", err);
+  note(path + ": " + std::strerror(EEXIST) +
+       "; relayctl record never overwrites: remove it or choose another OUTDIR");
+  return kExitError;
+}
+
+// Finds the buffers, connects to the daemon, opens OUTDIR (OutputDir: nobody else may control
+// it) and creates the output files and the index in it, and blocks the stop signals into a
+// signalfd. On failure the caller discards what was created.
 int setup(Recorder* rec, bool direct) {
   std::string dir;
   if (!split_path(rec->path, &dir, &rec->base))
     return usage_error("record", "'" + rec->path + "' does not name a channel (DIR/BASE)");
-  std::vector<std::string> names = channel_buffers(dir, rec->base);
+  bool denied = false;
+  std::vector<std::string> names = channel_buffers(dir, rec->base, &denied);
+  if (denied) return sys_error(rec->path, "", EACCES);
   if (names.empty()) {
     struct stat st;
     if (::stat(rec->path.c_str(), &st) != 0) return sys_error(rec->path, "", errno);
     names.push_back(rec->base);  // one buffer file
   }
-  if (int err = relayfs::proto::connect_control(dir.c_str(), 30, &rec->sock); err)
-    return sys_error(dir, err == ENOTSUP ? "not a relayfs directory" : "cannot reach the daemon",
-                     err);
-  if (::mkdir(rec->outdir.c_str(), 0755) != 0 && errno != EEXIST)
-    return sys_error(rec->outdir, "mkdir", errno);
+  // Each output gets its relay file's permission bits less the umask, as cp(1) gives a copy:
+  // a recording is no more readable than its channel. The index, which describes them all,
+  // gets what every one of them allows.
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  mode_t index_mode = 0777;
   rec->bufs.resize(names.size());
   for (size_t i = 0; i < names.size(); ++i) {
     Buf& b = rec->bufs[i];
     b.name = names[i];
     b.src = dir + "/" + names[i];
-    if (int err = b.out.open(rec->outdir + "/" + names[i], direct); err)
-      return sys_error(rec->outdir + "/" + names[i], "", err);
+    struct stat st;
+    if (::stat(b.src.c_str(), &st) != 0) return sys_error(b.src, "", errno);
+    b.ino = st.st_ino;
+    b.mode = st.st_mode & 0777 & ~mask;
+    index_mode &= b.mode;
+  }
+  if (int err = relayfs::proto::connect_control(dir.c_str(), 30, &rec->sock); err)
+    return sys_error(dir, err == ENOTSUP ? "not a relayfs directory" : "cannot reach the daemon",
+                     err);
+  OutputDir::Refusal why;
+  if (int rc = rec->dir.open(rec->outdir, &why); rc) {
+    if (why.controlled.empty()) return sys_error(why.path, why.what, -rc);
+    note(why.path + ": " + why.controlled +
+         ": another user controls it; choose another OUTDIR (relayctl(1), record)");
+    return kExitError;
+  }
+  for (Buf& b : rec->bufs) {
+    const std::string out = rec->outdir + "/" + b.name;
+    if (int rc = b.out.open(rec->dir, b.name, out, direct, b.mode); rc)
+      return create_error(out, -rc);
   }
   // O_APPEND: the daemon appends a line per sub-buffer, relayctl the header and the totals.
   rec->index_path = rec->outdir + "/" + rec->base + ".index";
-  rec->index.reset(::open(rec->index_path.c_str(),
-                          O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644));
-  if (!rec->index) return sys_error(rec->index_path, "", errno);
+  if (int rc = rec->dir.create(rec->base + ".index", O_APPEND, &rec->index); rc)
+    return create_error(rec->index_path, -rc);
+  if (::fchmod(rec->index.get(), index_mode) != 0)
+    return sys_error(rec->index_path, "chmod", errno);
   if (::dprintf(rec->index.get(), "# relayctl record %s: KIND BUFFER SEQ OFFSET LENGTH\n",
                 rec->path.c_str()) < 0)
     return sys_error(rec->index_path, "write", errno);
@@ -296,7 +342,10 @@ int cmd_record(int argc, char** argv) {
   Recorder rec;
   rec.path = argv[optind];
   rec.outdir = argv[optind + 1];
-  if (int rc = setup(&rec, direct); rc != kExitOk) return rc;
+  if (int rc = setup(&rec, direct); rc != kExitOk) {
+    rec.dir.discard();  // refused before anything was recorded: leave nothing behind
+    return rc;
+  }
   const bool live = !quiet && ::isatty(2);
 
   bool refused = false;
@@ -327,7 +376,16 @@ int cmd_record(int argc, char** argv) {
     }
   }
   rec.cut_outputs();
-  if (refused) return kExitError;
+  if (refused) {
+    // The daemon refused a buffer (EACCES, EBUSY, ...). If nothing reached the disk, this run
+    // leaves nothing behind; if a buffer started before did record something, that was consumed
+    // from the channel and is kept, with its totals, as a failed recording.
+    if (!rec.recorded_any()) {
+      rec.dir.discard();
+      return kExitError;
+    }
+    rec.failed = true;
+  }
   rec.write_totals();
   if (!quiet) {
     const char* io = rec.fixed ? "fixed-buffer writes in the daemon"

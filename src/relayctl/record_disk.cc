@@ -2,30 +2,216 @@
 #include "relayctl/record_disk.h"
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
+#include <deque>
 
 namespace relayctl {
+namespace {
 
-int OutputFile::open(const std::string& path, bool allow_direct) {
+using relayfs::core::UniqueFd;
+
+// Symbolic links followed while resolving one OUTDIR, as the kernel's MAXSYMLINKS.
+constexpr int kMaxSymlinks = 40;
+
+// "name (uid N)", or "uid N" for a user without a name.
+std::string user_name(uid_t uid) {
+  passwd pw, *found = nullptr;
+  char buf[1024];
+  const std::string id = "uid " + std::to_string(uid);
+  if (::getpwuid_r(uid, &pw, buf, sizeof buf, &found) != 0 || !found) return id;
+  return std::string(found->pw_name) + " (" + id + ")";
+}
+
+std::string group_name(gid_t gid) {
+  group gr, *found = nullptr;
+  char buf[1024];
+  const std::string id = "gid " + std::to_string(gid);
+  if (::getgrgid_r(gid, &gr, buf, sizeof buf, &found) != 0 || !found) return id;
+  return std::string(found->gr_name) + " (" + id + ")";
+}
+
+bool owned_by_caller_or_root(const struct stat& st) {
+  return st.st_uid == 0 || st.st_uid == ::geteuid();
+}
+
+// Why another user controls directory st: whoever owns a directory, or may write into one that
+// is not sticky, can rename what is in it and put a symbolic link or a file of their own in its
+// place. "" if nobody but the caller and root does. A sticky directory writable by all (/tmp,
+// /var/tmp) is fine: there only a file's owner may rename or remove it.
+std::string controller(const struct stat& st) {
+  if (!owned_by_caller_or_root(st)) return "owned by " + user_name(st.st_uid);
+  if (st.st_mode & S_ISVTX) return "";
+  if (st.st_mode & S_IWOTH) return "writable by every user, and not sticky";
+  if (st.st_mode & S_IWGRP)
+    return "writable by group " + group_name(st.st_gid) + ", and not sticky";
+  return "";
+}
+
+// Appends path's components to the front of todo, in order ("" and "." left out).
+void push_front_components(const std::string& path, std::deque<std::string>* todo) {
+  std::deque<std::string> parts;
+  size_t at = 0;
+  while (at <= path.size()) {
+    const size_t slash = std::min(path.find('/', at), path.size());
+    std::string part = path.substr(at, slash - at);
+    if (!part.empty() && part != ".") parts.push_back(std::move(part));
+    at = slash + 1;
+  }
+  todo->insert(todo->begin(), parts.begin(), parts.end());
+}
+
+std::string child(const std::string& dir, const std::string& name) {
+  return dir == "/" ? "/" + name : dir + "/" + name;
+}
+
+}  // namespace
+
+int OutputDir::open(const std::string& path, Refusal* why) {
+  struct Step {
+    UniqueFd fd;  // O_PATH
+    std::string path;
+  };
+  auto fail = [why](const std::string& where, const std::string& what, int err) {
+    *why = {where, what, ""};
+    return -err;
+  };
+  auto refuse = [why](const std::string& where, const std::string& reason) {
+    *why = {where, "", reason};
+    return -EPERM;
+  };
+  if (path.empty()) return fail(path, "", ENOENT);
+  std::deque<std::string> todo;
+  push_front_components(path, &todo);
+  if (path[0] != '/') {
+    char cwd[PATH_MAX];
+    if (!::getcwd(cwd, sizeof cwd)) return fail(path, "getcwd", errno);
+    push_front_components(cwd, &todo);
+  }
+  // The directories from "/" to where the walk is, each checked; ".." goes back one, as the
+  // kernel's ".." goes to the physical parent.
+  std::vector<Step> chain;
+  chain.push_back({UniqueFd(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC)), "/"});
+  if (!chain.back().fd) return fail("/", "", errno);
+  struct stat st;
+  if (::fstat(chain.back().fd.get(), &st) != 0) return fail("/", "", errno);
+  if (std::string c = controller(st); !c.empty()) return refuse("/", c);
+  int hops = 0;
+  while (!todo.empty()) {
+    const std::string name = std::move(todo.front());
+    todo.pop_front();
+    if (name == "..") {
+      if (chain.size() > 1) chain.pop_back();
+      continue;
+    }
+    const int parent = chain.back().fd.get();
+    const std::string here = child(chain.back().path, name);
+    UniqueFd fd(::openat(parent, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd && errno == ENOENT && todo.empty()) {
+      // OUTDIR itself is missing: make it in its checked parent. 0755 less the umask (mkdirat
+      // applies it), as mkdir(1) would, rather than 0700: each recording gets its own
+      // channel's mode less the umask, so the directory need not hide what the files allow;
+      // and nobody but the caller may write into it either way.
+      if (::mkdirat(parent, name.c_str(), 0755) == 0) {
+        // Remembered at once, so that discard() removes it whatever fails from here on.
+        parent_.reset(::fcntl(parent, F_DUPFD_CLOEXEC, 0));
+        if (parent_) created_name_ = name;
+        fd.reset(::openat(parent, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+      } else if (errno == EEXIST && ++hops <= kMaxSymlinks) {
+        todo.push_front(name);  // made meanwhile by someone else: look at it again
+        continue;
+      } else {
+        return fail(here, "mkdir", errno);
+      }
+    }
+    if (!fd) return fail(here, "", errno);
+    if (::fstat(fd.get(), &st) != 0) return fail(here, "", errno);
+    if (S_ISLNK(st.st_mode)) {
+      // Its owner decides where it points: only the caller's own, or root's, may redirect.
+      if (!owned_by_caller_or_root(st))
+        return refuse(here, "a symbolic link owned by " + user_name(st.st_uid));
+      if (++hops > kMaxSymlinks) return fail(here, "", ELOOP);
+      char target[PATH_MAX];
+      const ssize_t n = ::readlinkat(fd.get(), "", target, sizeof target);
+      if (n < 0) return fail(here, "readlink", errno);
+      if (static_cast<size_t>(n) >= sizeof target) return fail(here, "readlink", ENAMETOOLONG);
+      const std::string t(target, static_cast<size_t>(n));
+      push_front_components(t, &todo);
+      if (!t.empty() && t[0] == '/') chain.resize(1);
+      continue;
+    }
+    if (!S_ISDIR(st.st_mode)) return fail(here, "", ENOTDIR);
+    if (std::string c = controller(st); !c.empty()) return refuse(here, c);
+    chain.push_back({std::move(fd), here});
+  }
+  // The directory itself, for real this time (an O_PATH descriptor cannot be read or fsync'd):
+  // "." of the descriptor just checked, so no name is looked up again.
+  const Step& last = chain.back();
+  dir_.reset(::openat(last.fd.get(), ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!dir_) return fail(last.path, "", errno);
+  if (::fstat(dir_.get(), &st) != 0) return fail(last.path, "", errno);
+  if (std::string c = controller(st); !c.empty()) return refuse(last.path, c);
+  return 0;
+}
+
+int OutputDir::create(const std::string& name, int extra_flags, UniqueFd* out) {
+  out->reset(::openat(dir_.get(), name.c_str(),
+                      O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | extra_flags, 0600));
+  if (!*out) return -errno;
+  struct stat st;
+  if (::fstat(out->get(), &st) != 0) return -errno;
+  files_.push_back({name, st.st_dev, st.st_ino});
+  return 0;
+}
+
+void OutputDir::discard() {
+  for (const Created& f : files_) {
+    struct stat st;
+    // Only the file made here: in a sticky directory nobody else could rename it away, but a
+    // check costs nothing.
+    if (::fstatat(dir_.get(), f.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        st.st_dev == f.dev && st.st_ino == f.ino)
+      ::unlinkat(dir_.get(), f.name.c_str(), 0);
+  }
+  files_.clear();
+  if (!created_name_.empty()) ::unlinkat(parent_.get(), created_name_.c_str(), AT_REMOVEDIR);
+  created_name_.clear();
+}
+
+int OutputFile::open(OutputDir& dir, const std::string& name, const std::string& path,
+                     bool allow_direct, mode_t mode) {
   path_ = path;
-  buffered_.reset(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (!buffered_) return errno;
-  if (!allow_direct) return 0;
+  if (int rc = dir.create(name, 0, &buffered_); rc) return rc;
+  if (allow_direct) open_direct(dir.fd(), name);
+  // Both descriptors keep the write access they were opened with; the direct one is the same
+  // file (open_direct checks), so one fchmod gives both the final mode.
+  if (::fchmod(buffered_.get(), mode) != 0) return -errno;
+  return 0;
+}
+
+void OutputFile::open_direct(int dirfd, const std::string& name) {
   struct statx sx {};
   // Filesystems without direct I/O (tmpfs before 6.6, FUSE, ...) report no alignment, or
   // refuse O_DIRECT at open: then everything goes through the page cache.
   if (::statx(buffered_.get(), "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) != 0 ||
       !(sx.stx_mask & STATX_DIOALIGN) || sx.stx_dio_offset_align == 0 || sx.stx_dio_mem_align == 0)
-    return 0;
-  direct_.reset(::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC));
-  if (!direct_) return 0;
+    return;
+  // The second opening goes by name, so it must be the file just created and nothing put in its
+  // place: relative to the same directory, not following a link, and the same inode.
+  UniqueFd fd(::openat(dirfd, name.c_str(), O_WRONLY | O_DIRECT | O_NOFOLLOW | O_CLOEXEC));
+  struct stat mine, again;
+  if (!fd || ::fstat(buffered_.get(), &mine) != 0 || ::fstat(fd.get(), &again) != 0 ||
+      mine.st_dev != again.st_dev || mine.st_ino != again.st_ino)
+    return;
+  direct_ = std::move(fd);
   mem_align_ = sx.stx_dio_mem_align;
   off_align_ = sx.stx_dio_offset_align;
-  return 0;
 }
 
 }  // namespace relayctl

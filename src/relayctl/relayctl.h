@@ -46,7 +46,11 @@ bool split_path(const std::string& path, std::string* dir, std::string* name);
 
 // The buffer files of channel `name` in dir: name0 .. nameN-1, sorted by number, each one whose
 // user.relayfs.channel attribute says `name` (not another channel's files that merely begin so).
-// Empty if dir has none.
-std::vector<std::string> channel_buffers(const std::string& dir, const std::string& name);
+// Empty if dir has none. Reading that attribute needs read permission on the file: when none
+// was found and a candidate's attribute could not be read for EACCES, *denied (if given) is set:
+// the channel may well be there, only not for the caller, who must not then take DIR/NAME for a
+// single file (it would be the merged view, and the daemon refuses to record that: EINVAL).
+std::vector<std::string> channel_buffers(const std::string& dir, const std::string& name,
+                                         bool* denied = nullptr);
 
 }  // namespace relayctl

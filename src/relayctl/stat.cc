@@ -86,7 +86,11 @@ int collect(const std::string& path, std::vector<Row>* rows) {
   if (exists && S_ISDIR(st.st_mode)) return walk(path, rows);
   std::string dir, name;
   if (split_path(path, &dir, &name)) {
-    const auto bufs = channel_buffers(dir, name);
+    bool denied = false;
+    const auto bufs = channel_buffers(dir, name, &denied);
+    // The buffers are there but not for the caller: PATH is then no single file to stat (it
+    // would be the merged view, as unreadable).
+    if (denied) return sys_error(path, "", EACCES);
     if (!bufs.empty()) {
       int status = kExitOk;
       for (const auto& b : bufs) {
@@ -100,7 +104,7 @@ int collect(const std::string& path, std::vector<Row>* rows) {
   if (!exists) return sys_error(path, "", errno);
   Row r;
   if (int err = read_row(path, &r); err != 0)
-    return sys_error(path, "not a relay file", err == ENODATA ? ENOTSUP : err);
+    return sys_error(path, err == EACCES ? "" : "not a relay file", err == ENODATA ? ENOTSUP : err);
   rows->push_back(std::move(r));
   return kExitOk;
 }

@@ -68,6 +68,43 @@ inline Outcome relayctl(const std::string& args) {
   return o;
 }
 
+// Who runs relayctl, and where: uid/gid (no supplementary groups) unless uid is -1, in cwd
+// unless it is empty.
+struct RunAs {
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = 0;
+  std::string cwd;
+};
+
+// relayctl(args) as another user or in another directory. The output files are opened before
+// the child drops to that user, who could not open them in this test's private directory.
+inline Outcome relayctl(const std::string& args, const RunAs& as) {
+  TempDir t;
+  const std::string cmd = "exec timeout -s KILL 60 '" + relayctl_path() + "' " + args;
+  const std::string out = t.path("out"), err = t.path("err");
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (o < 0 || e < 0 || ::dup2(o, 1) < 0 || ::dup2(e, 2) < 0) ::_exit(126);
+    if (!as.cwd.empty() && ::chdir(as.cwd.c_str()) != 0) ::_exit(126);
+    if (as.uid != static_cast<uid_t>(-1) &&
+        (::setgroups(0, nullptr) != 0 || ::setgid(as.gid) != 0 || ::setuid(as.uid) != 0))
+      ::_exit(126);
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  bool killed;
+  const int st = wait_or_kill(pid, std::chrono::seconds(90), &killed);
+  Outcome o;
+  o.status = !killed && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  o.out = read_file(out);
+  o.err = read_file(err);
+  return o;
+}
+
 // relayctl in the background, stderr to err_file, stdout to /dev/null: for record.
 inline pid_t spawn_relayctl(const std::vector<std::string>& args, const std::string& err_file) {
   const std::string prog = relayctl_path();

@@ -19,6 +19,14 @@ TEST_CASE("--help, global and per command, goes to stdout with status 0") {
   }
 }
 
+TEST_CASE("record --help says it never overwrites and which OUTDIR it refuses") {
+  const Outcome o = relayctl("record --help");
+  CHECK(o.status == 0);
+  CHECK(o.out.find("never overwritten") != std::string::npos);
+  CHECK(o.out.find("must belong to you or root") != std::string::npos);
+  CHECK(o.out.find("mode less the umask") != std::string::npos);
+}
+
 TEST_CASE("bad arguments are usage errors, with status 2 and a message") {
   Mount m;
   struct Case {
