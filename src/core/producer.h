@@ -175,7 +175,8 @@ class Producer {
   // The CPU whose rseq sections alone may move the position word forward, or -1: CAS.
   int32_t cpu_ = -1;
   std::atomic<bool> abandoned_{false};
-  // Numbers the switch claims made from other CPUs, so each stores a busy value of its own.
+  // Numbers the switch claims made from other CPUs, so each stores a busy value of its own
+  // (claim_word mixes in the process, whose fork child starts from the same count).
   std::atomic<uint32_t> remote_claims_{0};
 };
 
