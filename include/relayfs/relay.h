@@ -12,6 +12,8 @@
  *    user-space writer can be preempted between reserving and filling a slot;
  *  - buf_mapped and buf_unmapped fire when a reader opens a buffer's file and when its last
  *    reader closes it, on a thread of the library's; filp is always NULL.
+ *  - after fork(2) a channel stays its opener's: a child's writes go into the same buffers, its
+ *    relay_close frees only its own handle, and its relay_reset fails with EPERM.
  *
  * relay_write, relay_reserve and relay_commit make no system call: the buffers are shared memory.
  * Link with `pkg-config --cflags --libs relayfs`.
@@ -185,6 +187,10 @@ RELAY_API struct rchan *relay_open_opts(const char *base_filename, const char *p
  * stays readable until drained, after which the files go. Frees chan. No thread may be writing,
  * and it must not be called from a callback. Returns 0, or -1 with errno EINVAL (chan NULL) or
  * EIO if the daemon did not confirm (the channel is closed anyway).
+ * relayfs: in a process that inherited chan through fork(2), frees only that process's handle
+ * (its mappings and its copies of the descriptors) and returns 0 at once, like close(2) on an
+ * inherited descriptor: the channel stays open for the process that opened it (relay_open(3),
+ * "fork(2)").
  */
 RELAY_API int relay_close(struct rchan *chan);
 
@@ -196,7 +202,10 @@ RELAY_API int relay_flush(struct rchan *chan);
 
 /*
  * Returns every buffer to its initial state, discarding unread data. Only while no thread is
- * writing. Loss counters keep counting. Returns 0, or -1 with EINVAL if chan is NULL.
+ * writing. Loss counters keep counting. Returns 0, or -1 with EINVAL if chan is NULL, or EPERM
+ * in a process that inherited chan through fork(2) rather than opened it: only the opener can
+ * promise that nobody writes. relayfs: a fork child must not write to chan after its parent
+ * reset it (relay_reset(3)).
  */
 RELAY_API int relay_reset(struct rchan *chan);
 

@@ -2,25 +2,28 @@
 // Exceptions stop here: every exported function catches and reports errno.
 #include "relayfs/relay.h"
 
+#include <linux/futex.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
+#include <climits>
 #include <cstdarg>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <memory>
-#include <mutex>
 #include <new>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "client/common.h"
@@ -53,6 +56,38 @@ struct Buf {
   Chan* chan = nullptr;
 };
 
+// The channel's event thread, held by its pthread_t rather than by a std::thread: a fork child
+// inherits the handle but not the thread, and must drop the handle without touching the thread.
+// A std::thread cannot be dropped that way: destroying a joinable one calls std::terminate, and
+// joining or detaching it in the child would act on a thread descriptor that glibc's fork has
+// already recycled there (the child's glibc takes the other threads' stacks for reuse), waiting
+// forever or freeing a stranger's. A pthread_t is a plain value that can simply be forgotten.
+class EventThread {
+ public:
+  EventThread() = default;
+  EventThread(const EventThread&) = delete;
+  EventThread& operator=(const EventThread&) = delete;
+  ~EventThread() { join(); }
+
+  // Starts fn(arg). Returns 0 or an errno of pthread_create (EAGAIN).
+  int start(void* (*fn)(void*), void* arg) noexcept {
+    const int err = ::pthread_create(&thread_, nullptr, fn, arg);
+    started_ = err == 0;
+    return err;
+  }
+  // Waits for the thread to end; the caller has made it end (shutdown of the socket).
+  void join() noexcept {
+    if (started_) ::pthread_join(thread_, nullptr);
+    started_ = false;
+  }
+  // Forgets the thread without waiting: in a fork child, where it does not exist.
+  void release() noexcept { started_ = false; }
+
+ private:
+  pthread_t thread_{};
+  bool started_ = false;
+};
+
 struct Chan {
   rchan pub{};
   rchan_callbacks cb{};
@@ -63,11 +98,17 @@ struct Chan {
   UniqueFd doorbell;
   uint32_t id = 0;
   std::atomic<uint32_t> seq{1};
-  std::thread events;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool close_replied = false;
-  int close_status = 0;
+  // The process that opened the channel, and the fork generation it was in (owns()).
+  pid_t owner_pid = 0;
+  uint64_t owner_gen = 0;
+  EventThread events;
+  // The answer to relay_close: the event thread sets close_status, then close_done (release),
+  // and wakes the futex on close_done that relay_close sleeps on. A futex word, not a mutex and
+  // condition variable: a fork child frees its copy of the channel, and glibc's
+  // pthread_cond_destroy waits for every waiter registered on the variable, so a copy taken
+  // while a parent thread waited in relay_close would hang the child's relay_close forever.
+  std::atomic<uint32_t> close_done{0};
+  int close_status = 0;  // written by the event thread only, before close_done
 };
 
 Chan* impl(rchan* c) {
@@ -80,6 +121,75 @@ Buf* impl(rchan_buf* b) {
 int fail(int err) {
   errno = err;
   return -1;
+}
+
+// ---- fork(2) ------------------------------------------------------------------------------------
+//
+// A fork child inherits its parent's channels: the handle, a copy of the socket and buffer
+// descriptors, the MAP_SHARED buffers, but not the event thread. The channel stays the parent's
+// (relay_open(3), "fork(2)"): the child's writes land in the shared buffers as the parent's do,
+// while relay_close only frees the child's handle and relay_reset, which needs the owner's
+// promise that nobody writes, fails with EPERM. Nothing is checked on the write path; the slow
+// paths that care ask owns().
+//
+// Two signs, each covering the other's blind spot: the pid recorded at relay_open, and a fork
+// generation a pthread_atfork child handler bumps. The pid alone misses a grandchild that gets
+// the pid of an opener that has exited (pid reuse), or a child in a new pid namespace that is
+// pid 1 like its parent; the generation alone misses children made without fork's handlers
+// (_Fork, a raw clone or syscall(SYS_fork)). getpid() is a system call, which is why only slow
+// paths ask.
+
+// Bumped in every child of fork(). relaxed: the handler runs while the child has one thread,
+// and threads started later are ordered after it by pthread_create.
+std::atomic<uint64_t> g_fork_gen{0};
+
+void on_fork_child() {
+  g_fork_gen.fetch_add(1, std::memory_order_relaxed);
+}
+
+// The current fork generation; registers the handler the first time (children inherit it). If
+// registering fails (ENOMEM), the generation stays put and the pid alone decides.
+uint64_t fork_generation() {
+  static const bool registered = ::pthread_atfork(nullptr, nullptr, &on_fork_child) == 0;
+  (void)registered;
+  return g_fork_gen.load(std::memory_order_relaxed);
+}
+
+// Whether the calling process opened c, rather than inheriting it from a fork.
+bool owns(const Chan* c) {
+  return c->owner_pid == ::getpid() && c->owner_gen == fork_generation();
+}
+
+// The futex word of an atomic that only this process maps: a private futex.
+uint32_t* futex_word(std::atomic<uint32_t>& a) {
+  static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
+  return reinterpret_cast<uint32_t*>(&a);
+}
+
+// The event thread's side of relay_close: the answer is known.
+void set_close_status(Chan* c, int status) {
+  c->close_status = status;
+  // release: relay_close reads close_status after its acquire load sees this.
+  c->close_done.store(1, std::memory_order_release);
+  ::syscall(SYS_futex, futex_word(c->close_done), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr,
+            0);
+}
+
+// relay_close's side: waits up to kReplyTimeout for the event thread's answer. Returns it, or
+// -EIO when none came in time.
+int wait_close_status(Chan* c) {
+  using Clock = std::chrono::steady_clock;
+  const auto until = Clock::now() + relayfs::client::kReplyTimeout;
+  // acquire: pairs with set_close_status's release, so close_status is the thread's.
+  while (c->close_done.load(std::memory_order_acquire) == 0) {
+    const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(until - Clock::now());
+    if (left.count() <= 0) return -EIO;
+    const timespec ts{static_cast<time_t>(left.count() / 1'000'000'000),
+                      static_cast<long>(left.count() % 1'000'000'000)};
+    // Returns at once if the word is no longer 0; EINTR and spurious wake-ups just loop.
+    ::syscall(SYS_futex, futex_word(c->close_done), FUTEX_WAIT_PRIVATE, 0, &ts, nullptr, 0);
+  }
+  return c->close_status;
 }
 
 // CPUs the system may have: the daemon makes one buffer per CPU the same way.
@@ -159,6 +269,7 @@ int outside_control(Chan* c, proto::ControlOp op) {
 // Receives the daemon's events: buf_mapped / buf_unmapped, requests from outside
 // (relay_control), and the reply to relay_close.
 void event_loop(Chan* c) {
+  bool answered = false;  // relay_close has its answer: close_status is final
   for (;;) {
     proto::Received r;
     const int rc = proto::recv_message(c->sock.get(), &r);
@@ -173,13 +284,11 @@ void event_loop(Chan* c) {
       if (status == 0) status = req.channel_id == c->id ? outside_control(c, req.op) : -ENOENT;
       proto::send_message(c->sock.get(), proto::encode_status(proto::Type::kControlDone,
                                                               {status}, r.header.seq));
-    } else if (type == proto::Type::kCloseReply) {
+    } else if (type == proto::Type::kCloseReply && !answered) {
       proto::Status st;
-      std::lock_guard lk(c->mu);
-      c->close_status =
-          proto::decode(r.payload.data(), r.payload.size(), &st) == 0 ? st.status : -EIO;
-      c->close_replied = true;
-      c->cv.notify_all();
+      set_close_status(c, proto::decode(r.payload.data(), r.payload.size(), &st) == 0 ? st.status
+                                                                                     : -EIO);
+      answered = true;
     }
   }
   // The daemon is gone (or the channel is closing): nobody will read these buffers again, so
@@ -190,10 +299,12 @@ void event_loop(Chan* c) {
     b->producer->close();
     b->producer->abandon();
   }
-  std::lock_guard lk(c->mu);
-  c->close_replied = true;  // nobody will confirm
-  if (c->close_status == 0) c->close_status = -EIO;
-  c->cv.notify_all();
+  if (!answered) set_close_status(c, -EIO);  // nobody will confirm
+}
+
+void* event_main(void* chan) {
+  event_loop(static_cast<Chan*>(chan));
+  return nullptr;
 }
 
 int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_size,
@@ -202,6 +313,8 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   if (int bad = proto::name_error(base); bad) return bad;
   if (!parent || !*parent) parent = std::getenv("RELAYFS_MOUNT");
   if (!parent || !*parent) return EINVAL;
+  c->owner_pid = ::getpid();
+  c->owner_gen = fork_generation();
   core::Geometry g;
   if (int rc = core::make_geometry(subbuf_size, n_subbufs, &g); rc) return -rc;
   struct stat st;
@@ -302,8 +415,7 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   for (const auto& ev : early) deliver_event(c, ev);
   timeval none{0, 0};  // from now on the event thread waits for as long as the channel lives
   ::setsockopt(c->sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
-  c->events = std::thread(event_loop, c);
-  return 0;
+  return c->events.start(&event_main, c);
 }
 
 core::Producer* producer_for(rchan* chan) {
@@ -362,27 +474,35 @@ RELAY_API rchan* relay_open_opts(const char* base_filename, const char* parent, 
 RELAY_API int relay_close(rchan* chan) {
   if (!chan) return fail(EINVAL);
   std::unique_ptr<Chan> c(impl(chan));
+  if (!owns(c.get())) {
+    // A fork child: the channel is the parent's, so only this process's handle goes. The
+    // buffers stay open (no Producer::close, which would write to the shared memory), the
+    // daemon hears nothing (a CloseRequest on the shared socket would finalize the parent's
+    // channel, and its reply go to the parent's event thread), and the socket is not shut down
+    // (that would cut the parent's connection too). The thread does not exist here: forget it.
+    // Destroying c then unmaps the child's mappings and closes its copies of the descriptors.
+    c->events.release();
+    return 0;
+  }
   for (auto& b : c->bufs) b->producer->close();
   int status = 0;
   try {
     const uint32_t seq = c->seq.fetch_add(1);
-    if (proto::send_message(c->sock.get(), proto::encode(proto::CloseRequest{c->id}, seq)) == 0) {
-      std::unique_lock lk(c->mu);
-      if (!c->cv.wait_for(lk, relayfs::client::kReplyTimeout, [&] { return c->close_replied; }))
-        status = -EIO;
-      else
-        status = c->close_status;
-    } else {
+    if (proto::send_message(c->sock.get(), proto::encode(proto::CloseRequest{c->id}, seq)) == 0)
+      status = wait_close_status(c.get());
+    else
       status = -EIO;
-    }
   } catch (...) {
     status = -EIO;
   }
   ::shutdown(c->sock.get(), SHUT_RDWR);  // ends the event thread
-  if (c->events.joinable()) c->events.join();
+  c->events.join();
   return status ? fail(EIO) : 0;
 }
 
+// Also from a fork child: a flush is the switch a write that does not fit makes, which the
+// child's writes make anyway. The switch is decided in the shared memory (the position word);
+// the Producer's process-local state is a hint or the switch holder's own (producer.h, lap_base_).
 RELAY_API int relay_flush(rchan* chan) {
   if (!chan) return fail(EINVAL);
   for (auto& b : impl(chan)->bufs)
@@ -392,6 +512,10 @@ RELAY_API int relay_flush(rchan* chan) {
 
 RELAY_API int relay_reset(rchan* chan) {
   if (!chan) return fail(EINVAL);
+  // A reset needs nobody writing, which only the owner can promise: a child cannot know what the
+  // parent's threads do. It would also leave the parent's lap bases ahead of the buffer's
+  // (producer.h).
+  if (!owns(impl(chan))) return fail(EPERM);
   for (auto& b : impl(chan)->bufs) b->producer->reset();
   return 0;
 }
@@ -470,6 +594,9 @@ RELAY_API void relay_commit(rchan* chan, void* reserved, size_t count) {
     }
 }
 
+// Also from a fork child: one datagram on the shared SOCK_SEQPACKET socket, whole however the
+// two processes interleave, with no reply to steal from the parent's event thread; the daemon
+// takes it as the owner's.
 RELAY_API int relay_subbufs_consumed(rchan* chan, unsigned int cpu, size_t subbufs_consumed) {
   Chan* c = impl(chan);
   if (cpu >= c->pub.n_buffers) return fail(EINVAL);

@@ -185,7 +185,14 @@ bool Producer::claim_word(uint64_t* w, uint64_t to) noexcept {
   // we hold it. The value must be ours alone: were it plain kOffBusy, a section could overwrite
   // our claim and a later switch on that CPU (same slot and sequence) put the very same word
   // back before our fence returned, and two writers would each think they hold the switch.
-  const uint32_t ticket = remote_claims_.fetch_add(1, std::memory_order_relaxed);
+  // relaxed: the count only has to differ between claims, which the RMW alone guarantees.
+  // A fork child writing the same buffer counts from the same value in its copy of this object,
+  // so the pid, spread over the range by a multiplicative hash, sets each process's numbers
+  // apart: two processes' claims then collide only if their counts differ by a hashed pid
+  // difference, across a claim window of microseconds. getpid() costs a system call, next to
+  // the membarrier below.
+  const uint32_t ticket = remote_claims_.fetch_add(1, std::memory_order_relaxed) +
+                          static_cast<uint32_t>(::getpid()) * 0x9e3779b1u;
   // A power-of-two range, so the values keep cycling through all of it when the ticket wraps.
   constexpr uint32_t kTicketMask = 0x3fffffff;
   static_assert(kOffRemoteFirst + kTicketMask <= kOffRemoteLast);

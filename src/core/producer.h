@@ -165,17 +165,39 @@ class Producer {
   // Commit-counter value at the start of each slot's current lap. Written by the switching
   // writer before it publishes the new position word with release, read by writers after their
   // acquiring CAS on that word.
+  //
+  // Process-local, like every member below: a fork child that writes the buffer (relay_open(3),
+  // "fork(2)") drives a copy of this Producer, and a switch made in one process leaves the
+  // other's entry for the new slot a lap (or more) behind, until that process itself switches
+  // into the slot. Behind is harmless: a reservation's base is only compared with the shared
+  // commit counter, whose values during the slot's real lap B lie in (B, B + S], out of reach of
+  // a base k >= 1 laps lower, so commit() never raises `ready` wrongly and never takes the
+  // sub-buffer for complete; it merely does neither. Readers then rely on their own proof
+  // (Consumer::proven_prefix loads the commit counter and the word) and on the counter reaching
+  // a full lap for closed sub-buffers, so every record stays readable, whole and once. What is
+  // lost is an optimisation: `deliver` does not run for a sub-buffer such a commit completes, and
+  // a sub-buffer waiter is rung by the next switch or close instead of by that commit (record
+  // waiters are rung by every commit regardless).
+  // Ahead is not harmless: after a reset in another process the real laps start again from 0,
+  // and a base exactly one lap ahead matches the next lap's start, so a commit whose update of
+  // `ready` comes after the slot's next lap has begun (a writer preempted between its add and
+  // that update) could move the new lap's `ready` over bytes not yet committed. Hence
+  // only the owner may reset (relay_reset fails with EPERM in a child), and relay_reset(3) asks
+  // that a child that inherited the channel not write to it after the parent's reset.
   std::unique_ptr<uint64_t[]> lap_base_;
   // Header bytes reserved by the running subbuf_start hook; touched only with the switch held.
   uint64_t header_ = 0;
   // The subbuf_start hook has switched into a full buffer: overwrite mode. Switch holder only.
+  // Per process: a fork child's copy may not have learned the mode, which only sorts a drop into
+  // lost_full instead of lost_wrap.
   bool overwrite_seen_ = false;
   bool blocking_ = false;
   int64_t block_timeout_ns_ = -1;
   // The CPU whose rseq sections alone may move the position word forward, or -1: CAS.
   int32_t cpu_ = -1;
   std::atomic<bool> abandoned_{false};
-  // Numbers the switch claims made from other CPUs, so each stores a busy value of its own.
+  // Numbers the switch claims made from other CPUs, so each stores a busy value of its own
+  // (claim_word mixes in the process, whose fork child starts from the same count).
   std::atomic<uint32_t> remote_claims_{0};
 };
 
