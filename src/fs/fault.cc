@@ -26,7 +26,7 @@ bool load_faults(const char* spec) noexcept {
     if (!known && len != 0) return false;
     p = end ? end + 1 : nullptr;
   }
-  detail::g_faults = mask;
+  detail::g_faults.store(mask, std::memory_order_relaxed);
   return true;
 }
 

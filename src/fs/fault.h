@@ -5,6 +5,7 @@
 // of one word on paths that are slow already.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 namespace relayfs::fs {
@@ -12,8 +13,9 @@ namespace relayfs::fs {
 enum class Fault : uint32_t {
   // notify_owner (buf_mapped / buf_unmapped) fails with std::bad_alloc, as when memory runs out.
   kNotifyAlloc = 1u << 0,
-  // A zero-copy read's reply to the kernel fails, as when the reader's request is gone: the
-  // daemon answers the read with EIO instead of the data, and treats it as a failed reply.
+  // The next zero-copy read's reply to the kernel fails, once, as when the reader's request is
+  // gone: the daemon answers that read with EIO instead of the data, and treats it as a failed
+  // reply.
   kReplyFail = 1u << 1,
   // A recording holds its index lines back until it is asked to stop: the stop then finds
   // index text not yet written for extents already consumed.
@@ -24,11 +26,20 @@ enum class Fault : uint32_t {
 bool load_faults(const char* spec) noexcept;
 
 namespace detail {
-inline uint32_t g_faults = 0;  // written once by main() before the threads start
+// relaxed: a fault is a bit nobody orders anything by; main() sets them before threads start.
+inline std::atomic<uint32_t> g_faults{0};
 }  // namespace detail
 
+// Whether fault f is on.
 inline bool fault(Fault f) noexcept {
-  return (detail::g_faults & static_cast<uint32_t>(f)) != 0;
+  return (detail::g_faults.load(std::memory_order_relaxed) & static_cast<uint32_t>(f)) != 0;
+}
+
+// Whether fault f is on, turning it off: for a fault that strikes once.
+inline bool fault_once(Fault f) noexcept {
+  if (!fault(f)) return false;
+  const auto bit = static_cast<uint32_t>(f);
+  return (detail::g_faults.fetch_and(~bit, std::memory_order_relaxed) & bit) != 0;
 }
 
 }  // namespace relayfs::fs

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "core/protocol.h"
+#include "fs/fault.h"
 #include "fs/relayfs.h"
 
 namespace relayfs::fs {
@@ -393,7 +394,10 @@ void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file
         return;
       }
       if (sent > 0) {
-        if (fuse_reply_iov(req, iov, count) == 0)
+        const bool delivered = fault_once(Fault::kReplyFail)
+                                   ? (fuse_reply_err(req, EIO), false)
+                                   : fuse_reply_iov(req, iov, count) == 0;
+        if (delivered)
           rb->cons.finish_read();
         else
           rb->cons.abort_read();  // the reader went away: the data stays for the next one

@@ -12,7 +12,8 @@
 // fcntl and cached attributes, the index lines go through the ring like the data, a lapped
 // extent is overwritten in place by the next one rather than cut off (the recorder cuts the file
 // to the final total), and the descriptors are closed through the ring (IORING_OP_CLOSE runs a
-// filesystem's flush on a kernel worker). Stopping cancels writes in flight.
+// filesystem's flush on a kernel worker). Stopping cancels the data write in flight; the index
+// lines of the extents already consumed are written all the same (end_recording).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "fs/fault.h"
 #include "fs/mountinfo.h"
 #include "fs/relayfs.h"
 #include "fs/ring_tag.h"
@@ -266,6 +268,7 @@ void RelayFs::finish_record_extent(Recording& r) {
 // Appends the pending index lines, one write in flight at a time so they stay in order.
 void RelayFs::submit_index_write(Recording& r) {
   if (r.index_writing || r.index_pending.empty() || r.dead) return;
+  if (fault(Fault::kIndexHold) && !r.ending) return;  // the test suite's stop with lines held
   r.index_inflight = std::move(r.index_pending);
   r.index_pending.clear();
   r.index_done = 0;
@@ -322,10 +325,11 @@ void RelayFs::send_record_event(Recording& r, proto::RecordKind kind) {
   send_queued(*c, proto::encode(ev), kind == proto::RecordKind::kEnd);
 }
 
-// Ends the recording: at once if nothing is in flight, else when the last write completes or is
-// cancelled (the kernel may still be reading the buffer, and the index text). The first cause
-// given is kept, except that a failure replaces a stop: a write that fails after a stop is still
-// reported. The Recording itself is freed by the loop (reap_recordings), never under a caller.
+// Ends the recording: at once if nothing is in flight and every index line is written, else when
+// the last write completes or is cancelled (the kernel may still be reading the buffer, and the
+// index text). The first cause given is kept, except that a failure replaces a stop: a write
+// that fails after a stop is still reported. The Recording itself is freed by the loop
+// (reap_recordings), never under a caller.
 void RelayFs::end_recording(Recording& r, RecordEnd how, int err) {
   if (r.dead) return;
   const bool failure = how == kEndFailed || how == kEndIndexFailed;
@@ -334,13 +338,15 @@ void RelayFs::end_recording(Recording& r, RecordEnd how, int err) {
     r.totals.status = -err;
     r.totals.ended_by = how;
   }
-  if (!r.ending && how == kEndStopped) {
-    // Asked to stop: what is in flight is cancelled, so a write to a filesystem that never
-    // answers does not hold the recording (and its buffer) for good.
-    if (r.writing) cancel(tag(kRecordWrite, r.id));
-    if (r.index_writing) cancel(tag(kIndexWrite, r.id));
-  }
+  // Asked to stop: the data write in flight is cancelled, so a write to a filesystem that never
+  // answers does not hold the recording (and its buffer) for good; its extent is not consumed
+  // unless the write completed first. The index write is not cancelled, and the index text not
+  // yet written is still written: it describes extents already consumed, and without its lines
+  // they would be gone from the channel and missing from the recording (a stop used to lose a
+  // sub-buffer that way).
+  if (!r.ending && how == kEndStopped && r.writing) cancel(tag(kRecordWrite, r.id));
   r.ending = true;
+  if (r.totals.ended_by != kEndIndexFailed) submit_index_write(r);
   if (r.writing || r.index_writing) return;
   r.dead = true;
   send_record_event(r, proto::RecordKind::kEnd);

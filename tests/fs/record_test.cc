@@ -237,7 +237,9 @@ struct Recorded {
 
 }  // namespace
 
-TEST_CASE("a recorder that hangs up mid-recording loses nothing: what it did not write stays") {
+// A recorder hangs up in the middle of recording: every record is then either in what the
+// recording kept (the output file up to its index's end) or left in the channel for a reader.
+static void hang_up_mid_recording() {
   Recorded r("hup", 0);
   std::string written = write_records(r.c, 0, 20000);  // 54 sub-buffers through a ring of 4
   ::close(r.s);  // gone, maybe with a write in flight
@@ -258,6 +260,19 @@ TEST_CASE("a recorder that hangs up mid-recording loses nothing: what it did not
   CHECK(recorded.size() > 0);
   CHECK(recorded.size() + rest.size() == written.size());
   CHECK(same_records(recorded, rest, 22000));
+}
+
+TEST_CASE("a recorder that hangs up mid-recording loses nothing: what it did not write stays") {
+  hang_up_mid_recording();
+}
+
+TEST_CASE("a recorder that hangs up while index lines wait loses nothing: they are written") {
+  // The daemon holds every index line back until the stop (fault index_hold): the stop then
+  // finds the lines of consumed sub-buffers unwritten, every time. They used to be dropped, and
+  // their sub-buffers lost from both the recording and the channel (now and then, when a stop
+  // met an index write in flight).
+  TestFaults faults("index_hold");
+  hang_up_mid_recording();
 }
 
 TEST_CASE("a cat reading a buffer while it is recorded: every record lands once, in one of them") {
