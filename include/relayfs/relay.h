@@ -141,19 +141,27 @@ struct relay_options {
 /*
  * Per-buffer counters (relay_buf_stats, relay_reader_stats). The same values are extended
  * attributes of the buffer's file, "user.relayfs.<name>" (getfattr -d -m - FILE; relay(7)).
+ * The books balance: bytes_produced = bytes_consumed + bytes_unread + lost_uncommitted + every
+ * lost_*_bytes.
  */
 struct relay_stats {
   unsigned long long subbuf_size;      /* geometry */
   unsigned long long n_subbufs;
   unsigned long long subbufs_produced; /* sub-buffers switched away from (since open or reset) */
   unsigned long long subbufs_consumed; /* sub-buffers read to the end or released */
-  unsigned long long bytes_produced;   /* bytes written, padding excluded; never shrinks */
+  unsigned long long bytes_produced;   /* bytes committed, padding excluded; never shrinks */
   unsigned long long bytes_consumed;   /* bytes handed to readers */
   unsigned long long lost_full;        /* records dropped: buffer full (or blocking timeout) */
   unsigned long long lost_too_big;     /* records dropped: larger than a sub-buffer */
   unsigned long long lost_wrap;        /* records dropped: next sub-buffer still being written */
   unsigned long long overruns;         /* sub-buffers the writer lapped before they were read */
   unsigned long long lost_uncommitted; /* bytes reserved but never committed (producer died) */
+  /* relayfs, in bytes (librelayfs.so.1): what else left the buffer without reaching a reader */
+  unsigned long long lost_overrun_bytes;   /* the bytes of the sub-buffers counted in overruns */
+  unsigned long long lost_reset_bytes;     /* unread bytes relay_reset discarded */
+  unsigned long long lost_readahead_bytes; /* taken by a splice/sendfile page cache, undelivered */
+  unsigned long long lost_expired_bytes;   /* freed unread after the producer (orphan_timeout) */
+  unsigned long long bytes_unread;         /* produced and not yet read or lost */
 };
 
 /*

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/layout.h"
+#include "core/proof.h"
 #include "core/protocol.h"
 #include "core/wire.h"
 
@@ -33,17 +34,24 @@ void read_stats(const core::Buffer& b, relay_stats* st) {
   const uint64_t tagged = h->consumed.load(std::memory_order_acquire);
   const uint32_t gen = h->reset_gen.load(std::memory_order_relaxed);
   st->subbufs_consumed = core::consumed_count(tagged, gen);
-  // Closed sub-buffers, plus what was reserved in the current one.
-  uint32_t off = core::word_off(h->wpos.load(std::memory_order_relaxed));
-  if (off == core::kOffClosed) off = h->close_off.load(std::memory_order_relaxed);
-  st->bytes_produced =
-      h->bytes_produced.load(std::memory_order_relaxed) + (off <= g.subbuf_size ? off : 0);
+  // Committed bytes, as the daemon counts them for the file's size (proof.h): a record in
+  // flight counts once it is committed.
+  st->bytes_produced = core::committed_bytes(*h, b.meta(), g.subbuf_size, g.n_subbufs);
   st->bytes_consumed = h->bytes_consumed.load(std::memory_order_relaxed);
   st->lost_full = h->lost_full.load(std::memory_order_relaxed);
   st->lost_too_big = h->lost_too_big.load(std::memory_order_relaxed);
   st->lost_wrap = h->lost_wrap.load(std::memory_order_relaxed);
   st->overruns = h->overruns.load(std::memory_order_relaxed);
   st->lost_uncommitted = h->lost_uncommitted.load(std::memory_order_relaxed);
+  st->lost_overrun_bytes = h->lost_overrun_bytes.load(std::memory_order_relaxed);
+  st->lost_reset_bytes = h->lost_reset_bytes.load(std::memory_order_relaxed);
+  st->lost_readahead_bytes = h->lost_readahead_bytes.load(std::memory_order_relaxed);
+  st->lost_expired_bytes = h->lost_expired_bytes.load(std::memory_order_relaxed);
+  // What the balance leaves: the daemon's counters are the ones it last published.
+  const unsigned long long gone = st->bytes_consumed + st->lost_uncommitted +
+                                  st->lost_overrun_bytes + st->lost_reset_bytes +
+                                  st->lost_readahead_bytes + st->lost_expired_bytes;
+  st->bytes_unread = st->bytes_produced > gone ? st->bytes_produced - gone : 0;
 }
 
 }  // namespace relayfs::client

@@ -10,6 +10,8 @@
 #include <climits>
 #include <cstring>
 
+#include "core/proof.h"
+
 #if defined(__SANITIZE_THREAD__)
 extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
 extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
@@ -68,6 +70,10 @@ void Consumer::publish() noexcept {
   hdr_rw_->bytes_consumed.store(total_read_, std::memory_order_relaxed);
   hdr_rw_->overruns.store(overruns_, std::memory_order_relaxed);
   hdr_rw_->lost_uncommitted.store(lost_uncommitted_, std::memory_order_relaxed);
+  hdr_rw_->lost_overrun_bytes.store(lost_overrun_, std::memory_order_relaxed);
+  hdr_rw_->lost_reset_bytes.store(lost_reset_, std::memory_order_relaxed);
+  hdr_rw_->lost_readahead_bytes.store(lost_readahead_, std::memory_order_relaxed);
+  hdr_rw_->lost_expired_bytes.store(lost_expired_, std::memory_order_relaxed);
   // seq_cst: the Dekker pair of Producer::wait_for_room (blocked++, then the futex compares
   // `progress`): either a blocked writer is seen here, or its futex wait finds the new value.
   hdr_rw_->progress.fetch_add(1, std::memory_order_seq_cst);
@@ -80,9 +86,20 @@ bool Consumer::sync_reset() noexcept {
   const uint32_t g = hdr_->reset_gen.load(std::memory_order_acquire);
   if (g == gen_) return true;
   if (g & 1) return false;
+  // What we had not read of the old generation is gone: the new one starts where the reset
+  // said. The value is the producer's: it may not take the position back, nor past what was
+  // produced.
+  const uint64_t at = pos_bytes_ + bytes_consumed_;
+  uint64_t start = hdr_->reset_bytes.load(std::memory_order_relaxed);
+  if (start < at || start > hdr_->bytes_produced.load(std::memory_order_relaxed)) {
+    ++corrupt_events_;
+    start = std::max(at, std::min(start, hdr_->bytes_produced.load(std::memory_order_relaxed)));
+  }
+  lost_reset_ += start - at;
   gen_ = g;
   consumed_ = 0;
   bytes_consumed_ = 0;
+  pos_bytes_ = start;
   ready_seq_ = ~uint64_t{0};
   ready_ = 0;
   publish();
@@ -96,32 +113,51 @@ int Consumer::corrupt() noexcept {
   return -EIO;
 }
 
+// Moves past sub-buffer consumed_, whose bytes up to bytes_consumed_ (its padding) are read or
+// counted by now.
 void Consumer::consume_one() noexcept {
   ++consumed_;
+  pos_bytes_ += bytes_consumed_;
   bytes_consumed_ = 0;
   publish();
 }
 
-// The longest prefix of sub-buffer seq known to be wholly committed.
+// The writer lapped us, and pos_bytes_ is only a lower bound of where sub-buffer consumed_
+// starts: once its slot tells (start_of), the difference is what the lap took unread, counted in
+// lost_overrun_bytes. Until then, bytes_unread includes it.
+void Consumer::settle(uint64_t produced) noexcept {
+  uint64_t start;
+  if (!pos_pending_ || !start_of(consumed_, produced, &start)) return;
+  lost_overrun_ += start - pos_bytes_;
+  pos_bytes_ = start;
+  pos_pending_ = false;
+}
+
+// Where sub-buffer seq starts in the byte stream, from its slot's start_bytes, when the slot
+// still holds seq's value: the writer stores it before `produced` moves to seq, and a switch that
+// overwrites it holds the busy word first and then moves `produced` on; the seqlock check of
+// still_valid tells. The value must also lie between where we know seq starts at the earliest
+// (pos_bytes_, for seq == consumed_) and what was produced.
+bool Consumer::start_of(uint64_t seq, uint64_t produced, uint64_t* out) const noexcept {
+  if (seq > produced || produced - seq >= n_) return false;
+  const uint64_t v = meta_[seq % n_].start_bytes.load(std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_acquire);  // the load above before the checks
+  const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
+  // Once finalized no switch is coming: a busy word is one a killed producer left.
+  if (!finalized_ &&
+      (off_busy(word_off(w)) || hdr_->produced.load(std::memory_order_acquire) != produced))
+    return false;  // a switch is on its way: look again later
+  if (v < pos_bytes_ || v > hdr_->bytes_produced.load(std::memory_order_acquire)) return false;
+  *out = v;
+  return true;
+}
+
+// The longest prefix of sub-buffer seq known to be wholly committed: what the shared area
+// proves now (proof.h), or what it proved before, remembered (the writers' bound can go down).
 uint32_t Consumer::proven_prefix(uint64_t seq, uint32_t slot, uint64_t base,
                                  bool current) const noexcept {
-  uint32_t best = ready_seq_ == seq ? ready_ : 0;
-  const SubbufMeta& m = meta_[slot];
-  // The writers' own proof (Producer::commit). Values of other laps fall outside [base, base+S].
-  const uint64_t r = m.ready.load(std::memory_order_acquire);
-  if (r >= base && r - base <= size_) best = std::max(best, static_cast<uint32_t>(r - base));
-  if (current) {
-    // Our own proof: load commit, then the position word. Every commit counted was reserved
-    // before the word we load, so if the count equals the reserved offset, nothing is in flight.
-    const uint64_t commit = m.commit.load(std::memory_order_acquire);
-    const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
-    uint32_t off = word_off(w);
-    const bool ours = word_slot(w) == slot && word_seq(w) == static_cast<uint16_t>(seq);
-    if (ours && off == kOffClosed && hdr_->closed.load(std::memory_order_acquire) != 0)
-      off = hdr_->close_off.load(std::memory_order_relaxed);  // kOffStopped if never begun
-    if (ours && off <= size_ && commit == base + off) best = std::max(best, off);
-  }
-  return best;
+  const uint32_t remembered = ready_seq_ == seq ? ready_ : 0;
+  return std::max(remembered, committed_prefix(*hdr_, meta_[slot], size_, seq, slot, base, current));
 }
 
 // How far writers reserved into sub-buffer seq, the one being written, if the position word (or
@@ -151,6 +187,7 @@ int Consumer::next_span(Span* s) noexcept {
     const Reuse reuse = reused(consumed_, produced);
     if (reuse == Reuse::kMaybe) return 0;  // a switch into our slot is undecided: nothing now
     if (reuse == Reuse::kYes) skip_lapped(produced);
+    settle(produced);
     const uint64_t seq = consumed_;
     const uint32_t slot = static_cast<uint32_t>(seq % n_);
     const uint64_t base = (seq / n_) * size_;
@@ -176,6 +213,7 @@ int Consumer::next_span(Span* s) noexcept {
         // No writer is left to commit what is missing (a producer died mid-record): what cannot
         // be proven whole is skipped and counted, so later sub-buffers still reach the reader.
         lost_uncommitted_ += end - bytes_consumed_;
+        bytes_consumed_ = end;
         consume_one();
         continue;
       }
@@ -202,12 +240,22 @@ int Consumer::next_span(Span* s) noexcept {
 }
 
 // The writer lapped us (overwrite mode): resume at the oldest sub-buffer it has not begun to
-// reuse, as the kernel does, and count what was skipped.
+// reuse, as the kernel does, and count what was skipped: in sub-buffers now, in bytes once
+// where the resumed one starts is known (settle).
 void Consumer::skip_lapped(uint64_t produced) noexcept {
   const uint64_t resume = produced - n_ + 1;
   overruns_ += resume - consumed_;
-  consumed_ = resume;
+  pass_to(resume);
+  settle(produced);
+}
+
+// Moves to sub-buffer seq without reading what lies between: its bytes are counted when settle()
+// learns where seq starts.
+void Consumer::pass_to(uint64_t seq) noexcept {
+  pos_bytes_ += bytes_consumed_;
+  consumed_ = seq;
   bytes_consumed_ = 0;
+  pos_pending_ = true;
   publish();
 }
 
@@ -260,7 +308,8 @@ ssize_t Consumer::read(void* dst, size_t count, bool one_subbuf) noexcept {
 ssize_t Consumer::plan_read(iovec* iov, int max_iov, size_t count, int* n_iov) noexcept {
   *n_iov = 0;
   if (count == 0 || max_iov <= 0 || !sync_reset()) return 0;
-  saved_ = {consumed_, ready_seq_, total_read_, overruns_, lost_uncommitted_, bytes_consumed_, ready_};
+  saved_ = {consumed_,      ready_seq_, total_read_,     overruns_,    lost_uncommitted_,
+            lost_overrun_, pos_bytes_, bytes_consumed_, ready_, pos_pending_};
   defer_publish_ = true;
   size_t done = 0;
   while (done < count && *n_iov < max_iov) {
@@ -295,6 +344,9 @@ void Consumer::abort_read() noexcept {
   total_read_ = saved_.total_read;
   overruns_ = saved_.overruns;
   lost_uncommitted_ = saved_.lost_uncommitted;
+  lost_overrun_ = saved_.lost_overrun;
+  pos_bytes_ = saved_.pos_bytes;
+  pos_pending_ = saved_.pos_pending;
   bytes_consumed_ = saved_.bytes_consumed;
   ready_ = saved_.ready;
   defer_publish_ = false;  // nothing was published since the plan began: nothing to undo
@@ -337,13 +389,42 @@ bool Consumer::data_available() noexcept {
 int Consumer::subbufs_consumed(uint64_t n) noexcept {
   if (n == 0) return -EINVAL;
   if (!sync_reset()) return 0;
-  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
+  uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
   if (produced < consumed_) return corrupt();
-  const uint64_t step = std::min(n, produced - consumed_);
-  if (step == 0) return 0;  // nothing closed to release: keep our place in the current one
-  consumed_ += step;
-  bytes_consumed_ = 0;
-  publish();
+  // As the kernel's relay_subbufs_consumed: n more, clamped to what was produced; whether the
+  // writer lapped what lies past them is for the next read to find.
+  const uint64_t target = consumed_ + std::min(n, produced - consumed_);
+  if (target == consumed_) return 0;  // nothing closed to release: keep our place
+  // The oldest may have been overwritten (overwrite mode): they were not the reader's to have
+  // whole, so they count as overruns, and their bytes as lost once settle() knows them.
+  uint64_t seq = consumed_;
+  while (seq < target && reused(seq, produced) == Reuse::kYes) ++seq;
+  if (seq > consumed_) {
+    overruns_ += seq - consumed_;
+    pass_to(seq);
+  }
+  // The rest the reader had through its mapping: their bytes count as consumed. Each one's length
+  // is its padding's, read while its slot is still its own.
+  uint64_t bytes = 0;
+  const uint64_t from = seq;
+  for (; seq < target; ++seq) {
+    const uint32_t padding = meta_[seq % n_].padding.load(std::memory_order_relaxed);
+    if (padding > size_) return corrupt();
+    // Seqlock reader side, as in still_valid: the padding was loaded before these checks.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    produced = hdr_->produced.load(std::memory_order_acquire);
+    if (reused(seq, produced) == Reuse::kYes) break;  // lapped meanwhile: the next read skips it
+    bytes += size_ - padding;
+  }
+  if (seq > from) {
+    const uint64_t unread = bytes - std::min<uint64_t>(bytes, bytes_consumed_);
+    total_read_ += unread;
+    pos_bytes_ += bytes_consumed_ + unread;
+    consumed_ = seq;
+    bytes_consumed_ = 0;
+    publish();
+  }
+  settle(produced);
   return 0;
 }
 
@@ -377,28 +458,29 @@ int Consumer::consume_upto(uint32_t gen, uint64_t seq) noexcept {
   if (produced < consumed_) return corrupt();
   seq = std::min(seq, produced);  // the reader's number is not trusted either
   // The mmap reader skipped what the writer had lapped (relay_reader_next): those are overruns,
-  // as they are when read() skips them. kYes means produced - consumed_ >= n_: no wrap below.
-  if (reused(consumed_, produced) == Reuse::kYes) {
-    const uint64_t resume = std::min(produced - n_ + 1, seq);
-    overruns_ += resume - consumed_;
-    consumed_ = resume;
-    bytes_consumed_ = 0;
-    publish();
-  }
+  // as they are when read() skips them.
+  if (reused(consumed_, produced) == Reuse::kYes) skip_lapped(produced);
   if (seq <= consumed_) return 0;
   return subbufs_consumed(seq - consumed_);
 }
 
+void Consumer::readahead_lost(uint64_t n) noexcept {
+  n = std::min(n, total_read_);
+  total_read_ -= n;
+  lost_readahead_ += n;
+  publish();
+}
+
 uint64_t Consumer::bytes_produced() noexcept {
   sync_reset();
-  uint64_t total = hdr_->bytes_produced.load(std::memory_order_acquire);
-  // The producer's counter runs on across resets; if it went backwards, count on from what we
-  // had already reported rather than shrink.
-  // Plus the readable part of the sub-buffer being written; proven_prefix checks that the
-  // position word still says it is the current one. Whether the reader is lapped is irrelevant.
+  // The closed sub-buffers plus the committed prefix of the one being written (proof.h), with
+  // what we proved of it before. Whether the reader is lapped is irrelevant.
   const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
   const uint32_t slot = static_cast<uint32_t>(produced % n_);
-  total += proven_prefix(produced, slot, (produced / n_) * size_, true);
+  const uint64_t total = hdr_->bytes_produced.load(std::memory_order_acquire) +
+                         proven_prefix(produced, slot, (produced / n_) * size_, true);
+  // The producer's counter runs on across resets; if it went backwards, count on from what we
+  // had already reported rather than shrink.
   bytes_produced_seen_ = std::max(bytes_produced_seen_, total);
   return bytes_produced_seen_;
 }
@@ -414,8 +496,14 @@ BufferStats Consumer::stats() noexcept {
   st.lost_full = hdr_->lost_full.load(std::memory_order_relaxed);
   st.lost_too_big = hdr_->lost_too_big.load(std::memory_order_relaxed);
   st.lost_wrap = hdr_->lost_wrap.load(std::memory_order_relaxed);
+  settle(hdr_->produced.load(std::memory_order_acquire));
+  st.bytes_unread = st.bytes_produced - std::min(st.bytes_produced, pos_bytes_ + bytes_consumed_);
   st.overruns = overruns_;
   st.lost_uncommitted = lost_uncommitted_;
+  st.lost_overrun_bytes = lost_overrun_;
+  st.lost_reset_bytes = lost_reset_;
+  st.lost_readahead_bytes = lost_readahead_;
+  st.lost_expired_bytes = lost_expired_;
   st.corrupt = corrupt_events_;
   return st;
 }

@@ -88,8 +88,14 @@ class Consumer {
   bool data_available() noexcept;
 
   // relay_subbufs_consumed() for mmap-style readers: n more sub-buffers are consumed, clamped
-  // to the number produced. Returns 0, or -EINVAL for n == 0.
+  // to the number produced; their bytes count in bytes_consumed (the reader had them through its
+  // mapping). Returns 0, or -EINVAL for n == 0.
   int subbufs_consumed(uint64_t n) noexcept;
+
+  // n bytes that a read handed out went to a page cache (splice, sendfile) and were never shown
+  // to reach a reader: they move from bytes_consumed to lost_readahead_bytes (at most what was
+  // handed out). The read position stays where it is: they left the buffer.
+  void readahead_lost(uint64_t n) noexcept;
 
   // The channel will produce nothing more (its producer closed or died). A finalized and
   // drained buffer reports POLLERR. From then on no commit can arrive: bytes reserved but never
@@ -123,6 +129,9 @@ class Consumer {
 
   int next_span(Span* s) noexcept;
   uint32_t proven_prefix(uint64_t seq, uint32_t slot, uint64_t base, bool current) const noexcept;
+  bool start_of(uint64_t seq, uint64_t produced, uint64_t* out) const noexcept;
+  void pass_to(uint64_t seq) noexcept;
+  void settle(uint64_t produced) noexcept;
   uint32_t remember_prefix(uint64_t seq, uint32_t prefix) noexcept;
   uint32_t reserved_end(uint64_t seq, uint32_t slot) const noexcept;
   Reuse reused(uint64_t seq, uint64_t produced) const noexcept;
@@ -144,6 +153,13 @@ class Consumer {
   // Private read position: the consumer never trusts the copy it publishes.
   uint64_t consumed_ = 0;        // sub-buffers consumed
   uint32_t bytes_consumed_ = 0;  // bytes read inside sub-buffer consumed_
+  // Where sub-buffer consumed_ starts in the byte stream (bytes_produced's units). Every byte
+  // before pos_bytes_ + bytes_consumed_ was handed to a reader or counted lost: the books
+  // balance (stats.h) because each move of the position counts what it passes. While
+  // pos_pending_, sub-buffers the writer lapped were passed and pos_bytes_ is only a lower
+  // bound: settle() counts the rest once the slot of consumed_ tells where it starts.
+  uint64_t pos_bytes_ = 0;
+  bool pos_pending_ = false;
   uint64_t ready_seq_ = ~uint64_t{0};
   uint32_t ready_ = 0;  // proven-committed prefix of sub-buffer ready_seq_
   uint32_t gen_ = 0;    // reset generation the position belongs to
@@ -151,14 +167,19 @@ class Consumer {
 
   // plan_read: publication is held back until finish_read, and abort_read restores this.
   struct Saved {
-    uint64_t consumed, ready_seq, total_read, overruns, lost_uncommitted;
+    uint64_t consumed, ready_seq, total_read, overruns, lost_uncommitted, lost_overrun, pos_bytes;
     uint32_t bytes_consumed, ready;
+    bool pos_pending;
   } saved_{};
   bool defer_publish_ = false;
 
-  uint64_t total_read_ = 0;
+  uint64_t total_read_ = 0;  // bytes_consumed
   uint64_t overruns_ = 0;
   uint64_t lost_uncommitted_ = 0;
+  uint64_t lost_overrun_ = 0;
+  uint64_t lost_reset_ = 0;
+  uint64_t lost_readahead_ = 0;
+  uint64_t lost_expired_ = 0;
   uint64_t corrupt_events_ = 0;
   uint64_t bytes_produced_seen_ = 0;
 };

@@ -16,7 +16,7 @@
 namespace relayfs::core {
 
 inline constexpr uint32_t kShmMagic = 0x52454c59;  // "RELY"
-inline constexpr uint32_t kShmVersion = 2;
+inline constexpr uint32_t kShmVersion = 3;
 inline constexpr size_t kCacheLine = 64;
 
 // The position word: where the next record goes.
@@ -92,6 +92,10 @@ struct ShmHeader {
   std::atomic<uint32_t> reset_gen;
   std::atomic<uint32_t> closed;     // set (release) after close_off: the producer closed it
   std::atomic<uint32_t> close_off;  // offset in the current sub-buffer when it was closed
+  // bytes_produced when the last relay_reset began sub-buffer 0 again, written while reset_gen
+  // is odd: where the new generation's stream starts, so the consumer can count what the reset
+  // discarded unread (lost_reset_bytes).
+  std::atomic<uint64_t> reset_bytes;
 
   // Loss counters: written on the slow path only.
   alignas(kCacheLine) std::atomic<uint64_t> lost_full;  // switch refused (buffer full)
@@ -104,6 +108,10 @@ struct ShmHeader {
   std::atomic<uint64_t> bytes_consumed;                // bytes handed to readers
   std::atomic<uint64_t> overruns;                      // sub-buffers lapped before they were read
   std::atomic<uint64_t> lost_uncommitted;              // bytes reserved but never committed
+  std::atomic<uint64_t> lost_overrun_bytes;            // bytes of those lapped sub-buffers
+  std::atomic<uint64_t> lost_reset_bytes;              // bytes a reset discarded unread
+  std::atomic<uint64_t> lost_readahead_bytes;          // bytes a page cache took, undelivered
+  std::atomic<uint64_t> lost_expired_bytes;            // bytes freed unread after the producer
   // Futex word: moves every time the consumer publishes progress. Blocking writers wait on it.
   std::atomic<uint32_t> progress;
 
@@ -124,12 +132,15 @@ inline constexpr uint32_t kWakeSubbuf = 2;  // wake when a sub-buffer is closed 
 // exactly subbuf_size, so the sub-buffer of lap L is complete when commit == (L + 1) * size.
 // `ready` is a lower bound on the committed prefix of the sub-buffer being written, in the
 // same units (lap base + offset); writers raise it when they find no reservation in flight.
+// `start_bytes` is bytes_produced where the sub-buffer that next uses the slot starts, written
+// by the switch that closes the one before it (before `produced` moves): a consumer the writer
+// lapped learns from it how many bytes it skipped (lost_overrun_bytes).
 struct SubbufMeta {
   std::atomic<uint64_t> commit;
   std::atomic<uint64_t> ready;
   std::atomic<uint32_t> padding;
   uint32_t unused;
-  uint64_t unused2;
+  std::atomic<uint64_t> start_bytes;
 };
 
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must be address-free");

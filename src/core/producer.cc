@@ -346,8 +346,12 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     meta_[prev_slot].padding.store(prev_padding, std::memory_order_relaxed);
     h->prev_padding.store(prev_padding, std::memory_order_relaxed);
     h->prev_slot.store(prev_slot, std::memory_order_relaxed);
-    h->bytes_produced.store(h->bytes_produced.load(std::memory_order_relaxed) + off,
-                            std::memory_order_relaxed);
+    const uint64_t produced_bytes = h->bytes_produced.load(std::memory_order_relaxed) + off;
+    h->bytes_produced.store(produced_bytes, std::memory_order_relaxed);
+    // Where the next sub-buffer starts, in the slot it will use. relaxed: `produced`, stored
+    // below with release, publishes it; a reader that finds the slot's old value checks the busy
+    // word we hold, as for the slot's bytes (Consumer::start_of).
+    meta_[(seq + 1) % n_].start_bytes.store(produced_bytes, std::memory_order_relaxed);
     // The padding counts as committed, so the last of this sub-buffer's writers (or we, if they
     // are all done) sees the counter reach a full lap.
     if (prev_padding != 0 && commit_bytes(prev_slot, lap_base_[prev_slot], prev_padding))
@@ -447,14 +451,18 @@ void Producer::reset() noexcept {
   // The bytes of the sub-buffer being written were produced too, even though nobody will read
   // them now: count them, so the file size never goes back.
   const uint32_t off = word_off(h->wpos.load(std::memory_order_relaxed));
-  if (off <= size_)
-    h->bytes_produced.store(h->bytes_produced.load(std::memory_order_relaxed) + off,
-                            std::memory_order_relaxed);
+  const uint64_t produced_bytes =
+      h->bytes_produced.load(std::memory_order_relaxed) + (off <= size_ ? off : 0);
+  h->bytes_produced.store(produced_bytes, std::memory_order_relaxed);
+  // The new generation's stream starts here: what the reader had not read of the old one is
+  // what the reset discards (lost_reset_bytes, counted by the consumer).
+  h->reset_bytes.store(produced_bytes, std::memory_order_relaxed);
   h->wpos.store(make_word(0, 0, kOffStopped), std::memory_order_relaxed);
   for (uint32_t i = 0; i < n_; ++i) {
     meta_[i].commit.store(0, std::memory_order_relaxed);
     meta_[i].ready.store(0, std::memory_order_relaxed);
     meta_[i].padding.store(0, std::memory_order_relaxed);
+    meta_[i].start_bytes.store(i == 0 ? produced_bytes : 0, std::memory_order_relaxed);
     lap_base_[i] = 0;
   }
   h->produced.store(0, std::memory_order_relaxed);

@@ -113,6 +113,7 @@ struct RecordEventWire {
   uint32_t ended_by;
   uint64_t bytes, subbufs, tail, lapped, direct, fixed;
   uint64_t lost_full, lost_too_big, lost_wrap, overruns, lost_uncommitted;
+  uint64_t lost_overrun_bytes, lost_reset_bytes, lost_readahead_bytes, lost_expired_bytes;
 };
 
 // A payload that is exactly one Wire and nothing after it.
@@ -310,7 +311,8 @@ std::vector<char> encode(const RecordEvent& m) {
                  RecordEventWire{m.cookie, static_cast<uint32_t>(m.kind), m.status, m.ended_by,
                                  m.bytes, m.subbufs, m.tail, m.lapped, m.direct, m.fixed,
                                  m.lost_full, m.lost_too_big, m.lost_wrap, m.overruns,
-                                 m.lost_uncommitted});
+                                 m.lost_uncommitted, m.lost_overrun_bytes, m.lost_reset_bytes,
+                                 m.lost_readahead_bytes, m.lost_expired_bytes});
 }
 
 int decode(const char* p, size_t len, RecordRequest* out) {
@@ -344,7 +346,9 @@ int decode(const char* p, size_t len, RecordEvent* out) {
           w.direct,   w.fixed,
           w.lost_full, w.lost_too_big,
           w.lost_wrap, w.overruns,
-          w.lost_uncommitted};
+          w.lost_uncommitted, w.lost_overrun_bytes,
+          w.lost_reset_bytes, w.lost_readahead_bytes,
+          w.lost_expired_bytes};
   return 0;
 }
 

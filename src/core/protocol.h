@@ -20,7 +20,8 @@
 namespace relayfs::proto {
 
 inline constexpr uint32_t kMagic = 0x52465343;  // "RFSC"
-inline constexpr uint16_t kVersion = 1;
+// 2: RecordEvent carries the byte counters of loss; buffers are shared-memory layout 3.
+inline constexpr uint16_t kVersion = 2;
 inline constexpr uint32_t kMaxPayload = 8192;
 inline constexpr size_t kMaxName = 255;  // NAME_MAX
 inline constexpr size_t kMaxFds = 253;   // SCM_MAX_FD
@@ -166,6 +167,8 @@ struct RecordEvent {  // kRecordEvent; totals so far for one recording
   // The buffer's loss counters at the time (relay(7) ATTRIBUTES), so the recorder can report
   // them after the drained buffer's file is gone.
   uint64_t lost_full = 0, lost_too_big = 0, lost_wrap = 0, overruns = 0, lost_uncommitted = 0;
+  uint64_t lost_overrun_bytes = 0, lost_reset_bytes = 0, lost_readahead_bytes = 0,
+           lost_expired_bytes = 0;
 };
 
 // ioctl on an open relay file (no argument): from now on poll() on this open file reports POLLIN

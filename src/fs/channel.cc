@@ -72,23 +72,8 @@ void MergedView::arm_doorbell(bool whole_subbufs) {
 core::BufferStats MergedView::stats() {
   core::BufferStats sum;
   for (auto& b : parts_) {
-    core::BufferStats s;
-    {
-      std::lock_guard lk(b->mu);
-      s = b->cons.stats();
-    }
-    sum.subbuf_size = s.subbuf_size;
-    sum.n_subbufs = s.n_subbufs;
-    sum.subbufs_produced += s.subbufs_produced;
-    sum.subbufs_consumed += s.subbufs_consumed;
-    sum.bytes_produced += s.bytes_produced;
-    sum.bytes_consumed += s.bytes_consumed;
-    sum.lost_full += s.lost_full;
-    sum.lost_too_big += s.lost_too_big;
-    sum.lost_wrap += s.lost_wrap;
-    sum.overruns += s.overruns;
-    sum.lost_uncommitted += s.lost_uncommitted;
-    sum.corrupt += s.corrupt;
+    std::lock_guard lk(b->mu);
+    sum.add(b->cons.stats());
   }
   return sum;
 }

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "core/protocol.h"
+#include "core/stats.h"
 #include "fs/fault.h"
 #include "fs/relayfs.h"
 
@@ -550,46 +551,41 @@ void RelayFs::ioctl(fuse_req_t req, fuse_ino_t, unsigned int cmd, fuse_file_info
 
 namespace {
 
-// A relay file's counters, as extended attributes "user.relayfs.<name>" (relay(7)).
+// A relay file's attributes "user.relayfs.<name>" (relay(7)): its buffer's counters (the list in
+// core/stats.h), then what describes the channel.
 constexpr const char* kStatPrefix = "user.relayfs.";
-constexpr const char* kStatNames[] = {"subbuf_size",      "n_subbufs",        "mode",
-                                      "blocking",         "subbufs_produced", "subbufs_consumed",
-                                      "bytes_produced",   "bytes_consumed",   "lost_full",
-                                      "lost_too_big",     "lost_wrap",        "overruns",
-                                      "lost_uncommitted", "corrupt",          "channel"};
+enum Described : size_t { kMode = core::kCounterCount, kBlocking, kChannel, kAttrCount };
+constexpr const char* kDescribedNames[] = {"mode", "blocking", "channel"};
+static_assert(std::size(kDescribedNames) == kAttrCount - core::kCounterCount);
 
-// The index in kStatNames of an attribute name, or std::size(kStatNames) if it is none of them.
-size_t stat_index(const char* name) {
+const char* attr_name(size_t i) {
+  return i < core::kCounterCount ? core::kCounterNames[i] : kDescribedNames[i - core::kCounterCount];
+}
+
+// The index of an attribute name, or kAttrCount if it is none of them.
+size_t attr_index(const char* name) {
   const size_t plen = std::strlen(kStatPrefix);
-  if (std::strncmp(name, kStatPrefix, plen) != 0) return std::size(kStatNames);
+  if (std::strncmp(name, kStatPrefix, plen) != 0) return kAttrCount;
   size_t i = 0;
-  while (i < std::size(kStatNames) && std::strcmp(kStatNames[i], name + plen) != 0) ++i;
+  while (i < kAttrCount && std::strcmp(attr_name(i), name + plen) != 0) ++i;
   return i;
 }
 
-// Their values, in the order of kStatNames. base: the channel's base_filename.
-std::array<std::string, std::size(kStatNames)> stat_values(const core::BufferStats& st,
-                                                           uint32_t flags,
-                                                           const std::string& base) {
-  const char* mode = flags & proto::kFlagOverwrite  ? "overwrite"
-                     : flags & proto::kFlagHookMode ? "subbuf_start"
-                                                    : "no-overwrite";
-  using std::to_string;
-  return {to_string(st.subbuf_size),
-          to_string(st.n_subbufs),
-          mode,
-          flags & proto::kFlagBlocking ? "1" : "0",
-          to_string(st.subbufs_produced),
-          to_string(st.subbufs_consumed),
-          to_string(st.bytes_produced),
-          to_string(st.bytes_consumed),
-          to_string(st.lost_full),
-          to_string(st.lost_too_big),
-          to_string(st.lost_wrap),
-          to_string(st.overruns),
-          to_string(st.lost_uncommitted),
-          to_string(st.corrupt),
-          base};
+// Attribute i's value. base: the channel's base_filename; flags: its proto::kFlag*.
+std::string attr_value(size_t i, const core::BufferStats& st, uint32_t flags,
+                       const std::string& base) {
+  switch (i) {
+    case kMode:
+      return flags & proto::kFlagOverwrite  ? "overwrite"
+             : flags & proto::kFlagHookMode ? "subbuf_start"
+                                            : "no-overwrite";
+    case kBlocking:
+      return flags & proto::kFlagBlocking ? "1" : "0";
+    case kChannel:
+      return base;
+    default:
+      return std::to_string(core::counter(st, i));
+  }
 }
 
 }  // namespace
@@ -607,17 +603,17 @@ void RelayFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t 
         value = control_name_;
       else
         err = ENODATA;
-    } else if (const size_t i = stat_index(name); i == std::size(kStatNames)) {
+    } else if (const size_t i = attr_index(name); i == kAttrCount) {
       err = ENODATA;
     } else {
       auto it = channels_.find(n->source->channel_id());
       const uint32_t flags = it == channels_.end() ? 0 : it->second->flags;
       core::BufferStats st;
-      {
+      if (i < core::kCounterCount) {
         std::lock_guard blk(n->source->mu);
         st = n->source->stats();
       }
-      value = stat_values(st, flags, it == channels_.end() ? std::string() : it->second->base)[i];
+      value = attr_value(i, st, flags, it == channels_.end() ? std::string() : it->second->base);
     }
   }
   if (err)
@@ -638,7 +634,8 @@ void RelayFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
     if (n->is_dir()) {
       names.append(kControlXattr).push_back('\0');
     } else {
-      for (const char* s : kStatNames) names.append(kStatPrefix).append(s).push_back('\0');
+      for (size_t i = 0; i < kAttrCount; ++i)
+        names.append(kStatPrefix).append(attr_name(i)).push_back('\0');
     }
   }
   reply_xattr(req, names, size);

@@ -320,6 +320,10 @@ void RelayFs::send_record_event(Recording& r, proto::RecordKind kind) {
   ev.lost_wrap = st.lost_wrap;
   ev.overruns = st.overruns;
   ev.lost_uncommitted = st.lost_uncommitted;
+  ev.lost_overrun_bytes = st.lost_overrun_bytes;
+  ev.lost_reset_bytes = st.lost_reset_bytes;
+  ev.lost_readahead_bytes = st.lost_readahead_bytes;
+  ev.lost_expired_bytes = st.lost_expired_bytes;
   // Progress may be skipped while the recorder does not keep up (the end event carries the same
   // totals); the end event is queued until the socket takes it.
   send_queued(*c, proto::encode(ev), kind == proto::RecordKind::kEnd);

@@ -218,7 +218,8 @@ struct Recorder {
       ::dprintf(index.get(),
                 "total %u %s bytes=%llu subbufs=%llu tail=%llu lapped=%llu direct=%llu "
                 "lost_full=%llu lost_too_big=%llu lost_wrap=%llu overruns=%llu "
-                "lost_uncommitted=%llu\n",
+                "lost_uncommitted=%llu lost_overrun_bytes=%llu lost_reset_bytes=%llu "
+                "lost_readahead_bytes=%llu lost_expired_bytes=%llu\n",
                 b.cpu, b.name.c_str(), static_cast<unsigned long long>(e.bytes),
                 static_cast<unsigned long long>(e.subbufs), static_cast<unsigned long long>(e.tail),
                 static_cast<unsigned long long>(e.lapped), static_cast<unsigned long long>(e.direct),
@@ -226,7 +227,11 @@ struct Recorder {
                 static_cast<unsigned long long>(e.lost_too_big),
                 static_cast<unsigned long long>(e.lost_wrap),
                 static_cast<unsigned long long>(e.overruns),
-                static_cast<unsigned long long>(e.lost_uncommitted));
+                static_cast<unsigned long long>(e.lost_uncommitted),
+                static_cast<unsigned long long>(e.lost_overrun_bytes),
+                static_cast<unsigned long long>(e.lost_reset_bytes),
+                static_cast<unsigned long long>(e.lost_readahead_bytes),
+                static_cast<unsigned long long>(e.lost_expired_bytes));
     }
     if (::dprintf(index.get(), "end %s io=%s\n", outcome(), fixed ? "fixed" : "write") < 0)
       fail(index_path, "write", errno);

@@ -8,11 +8,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/stats.h"
 #include "relayctl/relayctl.h"
 
 namespace relayctl {
@@ -27,17 +29,25 @@ constexpr const char* kHelp =
     "  -j, --json   one JSON array of objects, one per buffer, for scripts\n"
     "  -h, --help   this help\n";
 
-// The attributes, in relay(7)'s order; "mode" is text, the others are numbers.
-constexpr const char* kNames[] = {"subbuf_size",      "n_subbufs",      "mode",
-                                  "blocking",         "subbufs_produced", "subbufs_consumed",
-                                  "bytes_produced",   "bytes_consumed", "lost_full",
-                                  "lost_too_big",     "lost_wrap",      "overruns",
-                                  "lost_uncommitted", "corrupt"};
-constexpr size_t kCount = std::size(kNames);
+// The attributes shown: what describes the buffer ("mode" is text), then its counters, in
+// relay(7)'s order (the list in core/stats.h).
+constexpr size_t kDescribed = 2;
+constexpr size_t kCount = kDescribed + relayfs::core::kCounterCount;
+const char* attr_name(size_t i) {
+  static constexpr const char* kDescribedNames[kDescribed] = {"mode", "blocking"};
+  return i < kDescribed ? kDescribedNames[i] : relayfs::core::kCounterNames[i - kDescribed];
+}
+// The index of attribute name (which must be one).
+size_t attr_index(const char* name) {
+  size_t i = 0;
+  while (i < kCount && std::strcmp(attr_name(i), name) != 0) ++i;
+  return i;
+}
 
 struct Row {
   std::string path;
   std::string values[kCount];
+  const std::string& operator[](const char* name) const { return values[attr_index(name)]; }
 };
 
 // Reads every attribute of path. Returns 0 or an errno (ENODATA / ENOTSUP: not a relay file).
@@ -45,7 +55,7 @@ int read_row(const std::string& path, Row* row) {
   row->path = path;
   for (size_t i = 0; i < kCount; ++i) {
     char v[64];
-    const ssize_t n = ::getxattr(path.c_str(), (std::string("user.relayfs.") + kNames[i]).c_str(),
+    const ssize_t n = ::getxattr(path.c_str(), (std::string("user.relayfs.") + attr_name(i)).c_str(),
                                  v, sizeof v - 1);
     if (n < 0) return errno;
     row->values[i].assign(v, static_cast<size_t>(n));
@@ -125,7 +135,7 @@ void print_json(const std::vector<Row>& rows) {
     std::printf("%s\n  {\"path\": ", r ? "," : "");
     print_json_string(rows[r].path);
     for (size_t i = 0; i < kCount; ++i) {
-      std::printf(", \"%s\": ", kNames[i]);
+      std::printf(", \"%s\": ", attr_name(i));
       const std::string& v = rows[r].values[i];
       const bool numeric = !v.empty() && std::all_of(v.begin(), v.end(), [](char c) {
         return c >= '0' && c <= '9';
@@ -138,21 +148,40 @@ void print_json(const std::vector<Row>& rows) {
   std::printf("%s]\n", rows.empty() ? "" : "\n");
 }
 
-// The table: geometry, mode, then the counters; column widths fit the values.
+// The table: geometry, mode, then the counters; column widths fit the values. LOST_BYTES sums
+// the byte counters of loss other than UNCOMMITTED (--json has each).
 void print_table(const std::vector<Row>& rows) {
+  enum Kind { kAttr, kPath, kGeometry, kLostBytes };
   struct Col {
     const char* title;
-    int attr;  // index into kNames, or -1 for the path, -2 for the geometry
+    Kind kind;
+    const char* attr = nullptr;  // kAttr: the attribute shown
   };
-  static const Col kCols[] = {{"FILE", -1},        {"MODE", 2},           {"GEOMETRY", -2},
-                              {"PRODUCED", 6},     {"CONSUMED", 7},       {"SB_PROD", 4},
-                              {"SB_CONS", 5},      {"LOST_FULL", 8},      {"TOO_BIG", 9},
-                              {"WRAP", 10},        {"OVERRUNS", 11},      {"UNCOMMITTED", 12},
-                              {"CORRUPT", 13}};
+  static const Col kCols[] = {
+      {"FILE", kPath},          {"MODE", kAttr, "mode"},
+      {"GEOMETRY", kGeometry},  {"PRODUCED", kAttr, "bytes_produced"},
+      {"CONSUMED", kAttr, "bytes_consumed"}, {"UNREAD", kAttr, "bytes_unread"},
+      {"SB_PROD", kAttr, "subbufs_produced"}, {"SB_CONS", kAttr, "subbufs_consumed"},
+      {"LOST_FULL", kAttr, "lost_full"}, {"TOO_BIG", kAttr, "lost_too_big"},
+      {"WRAP", kAttr, "lost_wrap"}, {"OVERRUNS", kAttr, "overruns"},
+      {"UNCOMMITTED", kAttr, "lost_uncommitted"}, {"LOST_BYTES", kLostBytes},
+      {"CORRUPT", kAttr, "corrupt"}};
   auto cell = [](const Row& r, const Col& c) -> std::string {
-    if (c.attr == -1) return r.path;
-    if (c.attr == -2) return r.values[0] + "x" + r.values[1] + (r.values[3] == "1" ? " blk" : "");
-    return r.values[c.attr];
+    switch (c.kind) {
+      case kAttr:
+        return r[c.attr];
+      case kPath:
+        return r.path;
+      case kGeometry:
+        return r["subbuf_size"] + "x" + r["n_subbufs"] + (r["blocking"] == "1" ? " blk" : "");
+      case kLostBytes:
+        break;
+    }
+    unsigned long long lost = 0;
+    for (const char* name : {"lost_overrun_bytes", "lost_reset_bytes", "lost_readahead_bytes",
+                             "lost_expired_bytes"})
+      lost += std::strtoull(r[name].c_str(), nullptr, 10);
+    return std::to_string(lost);
   };
   std::vector<size_t> width;
   for (const Col& c : kCols) {

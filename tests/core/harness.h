@@ -50,6 +50,17 @@ struct SpecHook {
 };
 
 // A buffer, created here, with a producer and a consumer on it.
+// Every byte lost and counted, in bytes (relay(7) "Losses").
+inline uint64_t lost_bytes(const core::BufferStats& st) {
+  return st.lost_uncommitted + st.lost_overrun_bytes + st.lost_reset_bytes +
+         st.lost_readahead_bytes + st.lost_expired_bytes;
+}
+
+// The books balance: every byte produced is consumed, still unread, or counted lost.
+inline bool balanced(const core::BufferStats& st) {
+  return st.bytes_produced == st.bytes_consumed + st.bytes_unread + lost_bytes(st);
+}
+
 struct Rig {
   core::Buffer buf;
   std::unique_ptr<core::Producer> prod;

@@ -363,6 +363,11 @@ void run_sequence(uint64_t seed, const Scenario& sc, int steps) {
     REQUIRE(st.lost_wrap == model.lost_wrap);
     REQUIRE(hook.calls == model.hook_calls);
     REQUIRE(st.corrupt == 0);
+    CAPTURE(st.bytes_produced);
+    CAPTURE(st.bytes_consumed);
+    CAPTURE(st.bytes_unread);
+    CAPTURE(test::lost_bytes(st));
+    REQUIRE(test::balanced(st));
   }
   // Drain both to the end: every byte still held must match.
   for (auto& [h, r] : open) {
@@ -377,6 +382,10 @@ void run_sequence(uint64_t seed, const Scenario& sc, int steps) {
   const std::string got = rig.drain(7);
   REQUIRE(got.size() == want.size());
   REQUIRE(std::equal(want.begin(), want.end(), reinterpret_cast<const uint8_t*>(got.data())));
+  // Drained: nothing unread, and every byte produced was read or counted lost.
+  const core::BufferStats st = rig.cons->stats();
+  CHECK(st.bytes_unread == 0);
+  CHECK(test::balanced(st));
 }
 
 void run_many(const Scenario& base, int sequences, int steps) {

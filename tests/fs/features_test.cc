@@ -28,11 +28,12 @@ using namespace std::chrono_literals;
 // ---- Counters -----------------------------------------------------------------------------------
 
 // Every attribute a relay file has (kStatNames in src/fs/ops.cc; struct relay_stats).
-const char* const kAttrNames[] = {"subbuf_size",      "n_subbufs",        "mode",
-                                  "blocking",         "subbufs_produced", "subbufs_consumed",
-                                  "bytes_produced",   "bytes_consumed",   "lost_full",
-                                  "lost_too_big",     "lost_wrap",        "overruns",
-                                  "lost_uncommitted", "corrupt",          "channel"};
+const char* const kAttrNames[] = {
+    "subbuf_size",          "n_subbufs",          "mode",               "blocking",
+    "subbufs_produced",     "subbufs_consumed",   "bytes_produced",     "bytes_consumed",
+    "bytes_unread",         "lost_full",          "lost_too_big",       "lost_wrap",
+    "overruns",             "lost_uncommitted",   "lost_overrun_bytes", "lost_reset_bytes",
+    "lost_readahead_bytes", "lost_expired_bytes", "corrupt",            "channel"};
 
 // The producer's view (relay_buf_stats) and the daemon's (the attributes) agree on everything.
 void check_same(const relay_stats& st, const Attrs& a) {
@@ -47,6 +48,11 @@ void check_same(const relay_stats& st, const Attrs& a) {
   CHECK(num(a, "lost_wrap") == st.lost_wrap);
   CHECK(num(a, "overruns") == st.overruns);
   CHECK(num(a, "lost_uncommitted") == st.lost_uncommitted);
+  CHECK(num(a, "lost_overrun_bytes") == st.lost_overrun_bytes);
+  CHECK(num(a, "lost_reset_bytes") == st.lost_reset_bytes);
+  CHECK(num(a, "lost_readahead_bytes") == st.lost_readahead_bytes);
+  CHECK(num(a, "lost_expired_bytes") == st.lost_expired_bytes);
+  CHECK(num(a, "bytes_unread") == st.bytes_unread);
 }
 
 // ---- Callback recorders -------------------------------------------------------------------------
@@ -125,8 +131,11 @@ TEST_CASE(
   CHECK(num(a, "subbufs_produced") ==
         (kRecords - 1) / per);  // a switch per record that did not fit
   CHECK(num(a, "subbufs_consumed") == kRead / used);
+  CHECK(num(a, "bytes_unread") == all.size() - kRead);
   for (const char* zero :
-       {"lost_full", "lost_too_big", "lost_wrap", "overruns", "lost_uncommitted", "corrupt"}) {
+       {"lost_full", "lost_too_big", "lost_wrap", "overruns", "lost_uncommitted",
+        "lost_overrun_bytes", "lost_reset_bytes", "lost_readahead_bytes", "lost_expired_bytes",
+        "corrupt"}) {
     CAPTURE(zero);
     CHECK(num(a, zero) == 0);
   }

@@ -39,11 +39,13 @@ TEST_CASE("stat: a channel's buffers, in a table and as JSON, with what was writ
   const Outcome table = relayctl("stat " + m.path("app/log"));
   REQUIRE(table.status == 0);
   const auto cols = row(table.out, buf);
-  REQUIRE(cols.size() == 13);
+  REQUIRE(cols.size() == 15);
   CHECK(cols[1] == "no-overwrite");
   CHECK(cols[2] == "4096x4");
-  CHECK(cols[3] == std::to_string(data.size()));  // PRODUCED
-  CHECK(cols[4] == "1100");                       // CONSUMED
+  CHECK(cols[3] == std::to_string(data.size()));         // PRODUCED
+  CHECK(cols[4] == "1100");                              // CONSUMED
+  CHECK(cols[5] == std::to_string(data.size() - 1100));  // UNREAD
+  CHECK(cols[13] == "0");                                // LOST_BYTES
   CHECK(table.out.rfind("FILE", 0) == 0);
 
   const Outcome json = relayctl("stat --json " + m.path("app/log"));
