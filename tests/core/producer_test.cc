@@ -173,6 +173,42 @@ TEST_CASE("a record committed after close is still readable") {
   CHECK(rig.drain() == "late");
 }
 
+TEST_CASE("reservations committed in reverse order after close are read whole, or counted lost") {
+  // close() records where the last reservation ended (close_off): the finalized consumer proves
+  // the tail against it and counts whatever is reserved beyond the committed prefix. An offset
+  // short of the reserved end would lose the second record without counting it.
+  Rig rig(64, 2);
+  core::Reservation r1, r2;
+  REQUIRE(rig.prod->reserve(5, &r1) == 0);
+  REQUIRE(rig.prod->reserve(7, &r2) == 0);
+  std::memcpy(r1.ptr, "first", 5);
+  std::memcpy(r2.ptr, "second!", 7);
+  rig.prod->close();
+  SUBCASE("both committed, the second first") {
+    rig.prod->commit(r2);
+    rig.prod->commit(r1);
+    rig.cons->finalize();  // the producer is gone, as the daemon sees it
+    CHECK(rig.drain() == "firstsecond!");
+    const auto st = rig.cons->stats();
+    CHECK(st.bytes_produced == 12);
+    CHECK(st.bytes_consumed == 12);
+    CHECK(st.lost_uncommitted == 0);
+    CHECK(rig.cons->drained());
+  }
+  SUBCASE("only the first committed: the second's bytes count as lost_uncommitted") {
+    rig.prod->commit(r1);
+    rig.cons->finalize();
+    CHECK(rig.drain() == "first");
+    const auto st = rig.cons->stats();
+    CHECK(st.bytes_consumed == 5);
+    CHECK(st.lost_uncommitted == 7);
+    CHECK(st.bytes_produced == st.bytes_consumed + st.lost_uncommitted);
+    CHECK(rig.drain().empty());
+    CHECK(rig.cons->stats().lost_uncommitted == 7);  // counted once
+    CHECK(rig.cons->drained());
+  }
+}
+
 TEST_CASE("deliver fires once per sub-buffer when every reservation is committed") {
   struct Count {
     std::vector<uint32_t> slots;

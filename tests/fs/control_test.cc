@@ -2,10 +2,14 @@
 // producer allows it with RELAY_CONTROL, may veto each request with relay_options.control, and
 // only the owner of the channel's files (or root) may ask. Every test mounts its own tree.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <relayfs/relay.h>
+#include <sys/xattr.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <string>
 
 #include "core/protocol.h"
@@ -67,6 +71,35 @@ TEST_CASE("close from outside: writes fail with EPIPE, readers reach end of file
   // cat ends instead of waiting for more: the buffer is closed and drained.
   CHECK(capture("timeout 10 cat '" + m.path("cl0") + "'") == data);
   CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("records reserved before a close from outside and committed in reverse order are read") {
+  Mount m;
+  rchan* c = open_controlled(m, "rv");
+  const std::string r1 = record(1), r2 = record(2);
+  void* p1 = relay_reserve(c, r1.size());
+  void* p2 = relay_reserve(c, r2.size());
+  REQUIRE(p1 != nullptr);
+  REQUIRE(p2 != nullptr);
+  std::memcpy(p1, r1.data(), r1.size());
+  std::memcpy(p2, r2.data(), r2.size());
+  // The producer keeps its handle and can still commit what it reserved before the close.
+  REQUIRE(control(m.path("rv0"), RELAY_CTL_CLOSE) == 0);
+  relay_commit(c, p2, r2.size());
+  relay_commit(c, p1, r1.size());
+  const int fd = ::open(m.path("rv0").c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  CHECK(read_exactly(fd, 2 * kRec, 4096) == r1 + r2);
+  CHECK(num(getfattr(m.path("rv0")), "bytes_produced") == 2 * kRec);
+  // Once the producer is gone the buffer is finalized: nothing was left uncommitted.
+  CHECK(relay_close(c) == 0);
+  char more[64];
+  CHECK(::read(fd, more, sizeof more) == 0);  // end of file
+  char val[32] = {};
+  const ssize_t n = ::fgetxattr(fd, "user.relayfs.lost_uncommitted", val, sizeof val - 1);
+  REQUIRE(n > 0);
+  CHECK(std::string(val, static_cast<size_t>(n)) == "0");
+  ::close(fd);
 }
 
 TEST_CASE("reset from outside needs the producer's consent") {

@@ -1,7 +1,8 @@
 // What the mount test programs share besides the Mount fixture (mount.h): numbered records
 // written to a global channel through the producer library, a buffer's counters (relay_buf_stats
 // and the file's extended attributes), waits with a deadline, threads pinned to a CPU, the
-// daemon's control socket, and running code as another user.
+// daemon's control socket, and running code as another user (with or without supplementary
+// groups).
 #pragma once
 
 #include <doctest/doctest.h>
@@ -272,20 +273,39 @@ inline uid_t test_user(gid_t* gid, const std::string& name = "relayfs-test") {
   return static_cast<uid_t>(std::stoul(uid));
 }
 
-// Runs f in a child process as uid/gid, without supplementary groups; returns what f returned (an
-// errno, 0 for success), 250 if the child could not become that user, 251 if it did not exit.
+// A group made for the permission tests (groupadd --system), or -1 if groups cannot be made here
+// (not root).
+inline gid_t test_group(const std::string& name) {
+  if (::getuid() != 0) return static_cast<gid_t>(-1);
+  run("getent group " + name + " >/dev/null 2>&1 || groupadd --system " + name);
+  const std::string g = capture("getent group " + name + " 2>/dev/null | cut -d: -f3");
+  if (g.empty()) return static_cast<gid_t>(-1);
+  return static_cast<gid_t>(std::stoul(g));
+}
+
+// Runs f in a child process as uid/gid with exactly the supplementary groups given; returns what
+// f returned (an errno, 0 for success), 250 if the child could not become that user, 251 if it
+// did not exit.
 template <typename F>
-int as_user(uid_t uid, gid_t gid, F f) {
+int as_user(uid_t uid, gid_t gid, const std::vector<gid_t>& groups, F f) {
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
-    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) ::_exit(250);
+    if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(gid) != 0 ||
+        ::setuid(uid) != 0)
+      ::_exit(250);
     ::prctl(PR_SET_DUMPABLE, 1);  // so that /proc/self is its own again after setuid
     ::_exit(f());
   }
   int st = 0;
   ::waitpid(pid, &st, 0);
   return WIFEXITED(st) ? WEXITSTATUS(st) : 251;
+}
+
+// The same without supplementary groups.
+template <typename F>
+int as_user(uid_t uid, gid_t gid, F f) {
+  return as_user(uid, gid, {}, f);
 }
 
 }  // namespace relayfs::test

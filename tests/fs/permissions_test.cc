@@ -1,9 +1,10 @@
 // Permissions between real users, created for the test (relayfs-test and relayfs-test2, "alice"
 // and "bob" below): relay files carry the owner and mode their producer chose and the kernel
 // enforces them (default_permissions); nobody creates a channel where they may not write; nobody
-// reaches another user's buffers through the control socket or the reader API; and without
-// allow_other nobody but the mounter gets in at all. Each user's side runs in a forked child
-// that drops to that user (setgroups, setgid, setuid). Needs root; skips otherwise.
+// reaches another user's buffers through the control socket or the reader API; a supplementary
+// group counts as the primary group does; and without allow_other nobody but the mounter gets in
+// at all. Each user's side runs in a forked child that drops to that user (setgroups, setgid,
+// setuid). Needs root; skips otherwise.
 //
 // Existing permission tests elsewhere: mount_test.cc (a second user and relay_open into a
 // directory it may or may not write; a root-owned 0400 file it cannot open), reader_test.cc
@@ -22,6 +23,7 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "core/protocol.h"
 #include "helpers.h"
@@ -299,11 +301,14 @@ TEST_CASE("another user cannot close, consume, map or record a channel through t
   constexpr int kRecords = 20;
   rchan* held = nullptr;
   // Alice writes more once bob is done, and closes: her channel must have come through intact.
+  // Her first records are flushed into a closed sub-buffer, so a consume request that got through
+  // would have something to release.
   Holder a(
       alice,
       [&] {
         held = open_written<0400>(home, "mine", kRecords);
-        return held ? 0 : errno;
+        if (!held) return errno;
+        return relay_flush(held) == 0 ? 0 : errno;
       },
       [&] {
         for (int i = kRecords; i < 2 * kRecords; ++i) {
@@ -317,12 +322,15 @@ TEST_CASE("another user cannot close, consume, map or record a channel through t
   const uint64_t file_ino = ino_of(home + "/mine0"), merged_ino = ino_of(home + "/mine"),
                  dir_ino = ino_of(home);
   const pid_t daemon = m.pid;
+  REQUIRE(num(getfattr(home + "/mine0"), "subbufs_produced") == 1);
   // Every answer bob gets, as a code: 0 when all were refused as they should be, else the number
   // of the first check that was not.
   const int bob_result = as_user(bob.uid, bob.gid, [&] {
     const int s = dial_control(control);
     if (s < 0) return 100;
-    // Channel ids are small numbers: try them all, as a guesser would.
+    // Channel ids are small numbers: try them all, as a guesser would. A consume request gets no
+    // reply; the close request after it does, and the daemon answers a connection's requests in
+    // order, so each consume request has been acted on when the close is answered.
     for (uint32_t id = 0; id < 64; ++id) {
       if (proto::send_message(s, proto::encode(proto::ConsumedRequest{id, 0, 1000}, id)) != 0)
         return 101;
@@ -370,9 +378,71 @@ TEST_CASE("another user cannot close, consume, map or record a channel through t
     return 0;
   });
   CHECK(bob_result == 0);
+  const Attrs after = getfattr(home + "/mine0");
+  CHECK(num(after, "subbufs_consumed") == 0);
+  CHECK(num(after, "bytes_consumed") == 0);
   CHECK(a.finish() == 0);
   // Nothing consumed, nothing closed early: every record, before and after bob's attempts.
   CHECK(slurp(home + "/mine0") == all_records(0, 2 * kRecords));
+}
+
+TEST_CASE("a supplementary group grants group access, in the kernel and in the daemon") {
+  NEED_USERS(alice, bob);
+  const gid_t sup = test_group("relayfs-sup");
+  REQUIRE(sup != static_cast<gid_t>(-1));
+  REQUIRE(sup != bob.gid);
+  Mount m({"-o", "allow_other"});
+  constexpr int kRecords = 5;
+  // The files get the producer connection's primary gid: a root producer whose group is sup.
+  Holder producer(
+      User{0, sup},
+      [&] {
+        rchan* c = open_written<0440>(m.dir, "grp", kRecords);
+        if (!c) return errno ? errno : 99;
+        return relay_flush(c) == 0 ? 0 : errno;  // a whole sub-buffer for the mmap reader
+      },
+      [] { return 0; });
+  REQUIRE(producer.setup_errno() == 0);
+  const std::string file = m.path("grp0"), control = control_name(m.dir);
+  struct stat st;
+  REQUIRE(::stat(file.c_str(), &st) == 0);
+  REQUIRE(st.st_uid == 0);
+  REQUIRE(st.st_gid == sup);
+  REQUIRE((st.st_mode & 07777) == 0440);
+  const uint64_t ino = st.st_ino;
+  const std::string want = all_records(0, kRecords);
+
+  // Without the group (the negative control): refused by the kernel and by the daemon alike.
+  CHECK(as_user(bob.uid, bob.gid, [&] { return open_errno(file); }) == EACCES);
+  CHECK(as_user(bob.uid, bob.gid, [&] { return reader_errno(file); }) == EACCES);
+  CHECK(as_user(bob.uid, bob.gid, [&] { return raw_reader_open(control, ino); }) == EACCES);
+  CHECK(as_user(bob.uid, bob.gid, {alice.gid}, [&] { return reader_errno(file); }) == EACCES);
+  // With sup only as a supplementary group: the daemon's own check lets him map the buffer...
+  const std::vector<gid_t> groups{sup};
+  CHECK(as_user(bob.uid, bob.gid, groups, [&] { return raw_reader_open(control, ino); }) == 0);
+  CHECK(as_user(bob.uid, bob.gid, groups, [&] {
+          relay_reader* r = relay_reader_open(file.c_str());
+          if (!r) return errno;
+          relay_subbuf sb{};
+          const int rc = relay_reader_next(r, &sb) == 1 &&
+                                 std::string(static_cast<const char*>(sb.data), sb.length) == want
+                             ? 0
+                             : 99;
+          relay_reader_close(r);
+          return rc;
+        }) == 0);
+  // ...and the kernel lets him read(2) it.
+  CHECK(as_user(bob.uid, bob.gid, groups, [&] {
+          const int fd = ::open(file.c_str(), O_RDONLY);
+          if (fd < 0) return errno;
+          char buf[4096];
+          const ssize_t n = ::read(fd, buf, sizeof buf);
+          ::close(fd);
+          return n == static_cast<ssize_t>(want.size()) && std::string(buf, want.size()) == want
+                     ? 0
+                     : 98;
+        }) == 0);
+  CHECK(producer.finish() == 0);
 }
 
 TEST_CASE("allow_other is off unless asked for: another user cannot even stat the mount") {

@@ -1,26 +1,33 @@
 // mmap readers (relay_reader_*) through a real mount: sub-buffers handed out oldest first and
 // consumed, poll, buf_mapped and buf_unmapped, a read-only mapping, the permission checks of the
-// kernel and of the daemon, one position shared with read(2) readers, relay_reset, and lapped
-// sub-buffers in overwrite mode. Every test mounts its own tree and takes it down, even when it
+// kernel and of the daemon, one position shared with read(2) readers, relay_reset, lapped
+// sub-buffers in overwrite mode, a sub-buffer closed with a record still reserved, and a hostile
+// producer's padding. Every test mounts its own tree and takes it down, even when it
 // fails. No assertion depends on how fast anything runs: sleeps only give a thread the chance to
 // block, and every wait has a deadline after which the test fails.
 #include <dirent.h>
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <relayfs/relay.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
+#include "core/geometry.h"
+#include "core/layout.h"
 #include "core/protocol.h"
 #include "core/wire.h"
 #include "helpers.h"
 #include "mount.h"
 
 using namespace relayfs::test;
+namespace core = relayfs::core;
 namespace proto = relayfs::proto;
 
 namespace {
@@ -77,6 +84,45 @@ int raw_reader_open(const std::string& control, uint64_t ino) {
   ::close(s);
   return -reply.status;
 }
+
+// ---- A hostile producer -------------------------------------------------------------------------
+
+// The control area of a buffer this process produces into, mapped writable as the producer
+// library maps it: found among our own descriptors as the memfd the daemon named after the file
+// ("/memfd:NAME (deleted)"), opened read-write. A test writes what a buggy or hostile producer
+// could write there.
+struct ProducerShm {
+  ProducerShm(const std::string& name, size_t subbuf_size, size_t n_subbufs) {
+    core::Geometry g;
+    REQUIRE(core::make_geometry(subbuf_size, n_subbufs, &g) == 0);
+    layout = core::Layout::of(g);
+    const std::string want = "/memfd:" + name + " (deleted)";
+    int fd = -1;
+    DIR* d = ::opendir("/proc/self/fd");
+    REQUIRE(d != nullptr);
+    while (dirent* e = ::readdir(d)) {
+      const std::string link = std::string("/proc/self/fd/") + e->d_name;
+      char target[256] = {};
+      if (::readlink(link.c_str(), target, sizeof target - 1) <= 0 || want != target) continue;
+      const int flags = ::fcntl(std::atoi(e->d_name), F_GETFL);
+      if (flags >= 0 && (flags & O_ACCMODE) == O_RDWR) fd = std::atoi(e->d_name);
+    }
+    ::closedir(d);
+    REQUIRE_MESSAGE(fd >= 0, "no writable descriptor of " << want);
+    base = ::mmap(nullptr, layout.total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    REQUIRE(base != MAP_FAILED);
+  }
+  ~ProducerShm() { ::munmap(base, layout.total_size); }
+  ProducerShm(const ProducerShm&) = delete;
+  ProducerShm& operator=(const ProducerShm&) = delete;
+
+  core::SubbufMeta& meta(size_t slot) {
+    return reinterpret_cast<core::SubbufMeta*>(static_cast<char*>(base) + layout.meta_offset)[slot];
+  }
+
+  core::Layout layout;
+  void* base = MAP_FAILED;
+};
 
 // ---- Callback recorders -------------------------------------------------------------------------
 
@@ -265,6 +311,84 @@ TEST_CASE("an mmap reader's mapping is read-only") {
   CHECK(::mprotect(const_cast<void*>(r->base), r->n_subbufs * r->subbuf_size,
                    PROT_READ | PROT_WRITE) == -1);
   CHECK(errno == EACCES);
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("relay_reader_next refuses a padding larger than a sub-buffer, and so does read(2)") {
+  Mount m;
+  constexpr size_t kSub = 256, kN = 4;
+  rchan* c = open_global(m.dir, "pad", kSub, kN);
+  const std::string want = write_records(c, 0, 5);
+  REQUIRE(relay_flush(c) == 0);  // sub-buffer 0 closed: 55 bytes, 201 of padding
+  ProducerShm shm("pad0", kSub, kN);
+  core::SubbufMeta& meta = shm.meta(0);
+  REQUIRE(meta.padding.load() == kSub - want.size());
+  meta.padding.store(0xffffffff);  // what a hostile producer may write there
+  const std::string file = m.path("pad0");
+
+  relay_reader* r = relay_reader_open(file.c_str());
+  REQUIRE_MESSAGE(r != nullptr, std::strerror(errno));
+  relay_subbuf sb{};
+  errno = 0;
+  const int rc = relay_reader_next(r, &sb);
+  CHECK(rc == -1);
+  CHECK(errno == EIO);
+  if (rc == 1) CHECK(sb.length <= kSub);  // never a length beyond the sub-buffer
+  // read(2): the daemon's consumer refuses it too, counts it, and lives.
+  const int fd = ::open(file.c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  char buf[4096];
+  errno = 0;
+  CHECK(::read(fd, buf, sizeof buf) == -1);
+  CHECK(errno == EIO);
+  CHECK(alive(m.pid));
+  CHECK(num(getfattr(file), "corrupt") >= 1);
+  CHECK(num(getfattr(file), "bytes_consumed") == 0);
+
+  // The true padding back: both kinds of reader get the sub-buffer, so the refusals above were
+  // about the padding alone.
+  meta.padding.store(static_cast<uint32_t>(kSub - want.size()));
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.length == want.size());
+  CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == want);
+  CHECK(read_exactly(fd, want.size(), sizeof buf) == want);
+  CHECK(alive(m.pid));
+  ::close(fd);
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE(
+    "a sub-buffer closed by relay_flush while a reservation is held is not handed out until it "
+    "is committed") {
+  Mount m;
+  constexpr size_t kSub = 256, kN = 4;
+  rchan* c = open_global(m.dir, "held", kSub, kN);
+  relay_reader* r = relay_reader_open(m.path("held0").c_str());
+  REQUIRE_MESSAGE(r != nullptr, std::strerror(errno));
+  const std::string before = write_records(c, 0, 3), late = record(3);
+  void* slot = relay_reserve(c, late.size());
+  REQUIRE(slot != nullptr);
+  const std::string after = write_records(c, 4, 6);
+  REQUIRE(relay_flush(c) == 0);  // sub-buffer 0 is closed, but a record in it is not committed
+  REQUIRE(stats_of(c).subbufs_produced == 1);
+  relay_subbuf sb{};
+  CHECK(relay_reader_next(r, &sb) == 0);  // nothing ready: not wholly committed
+  pollfd p{r->fd, POLLIN, 0};
+  CHECK(::poll(&p, 1, 0) == 0);
+  CHECK((p.revents & POLLIN) == 0);
+  CHECK(relay_reader_next(r, &sb) == 0);  // still not, however often it asks
+
+  std::memcpy(slot, late.data(), late.size());
+  relay_commit(c, slot, late.size());
+  pollfd q{r->fd, POLLIN, 0};
+  CHECK(::poll(&q, 1, 5000) == 1);
+  CHECK((q.revents & POLLIN) != 0);
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 0);
+  CHECK(sb.length == before.size() + late.size() + after.size());
+  CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == before + late + after);
   CHECK(relay_reader_close(r) == 0);
   CHECK(relay_close(c) == 0);
 }
