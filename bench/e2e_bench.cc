@@ -34,12 +34,16 @@
 #include <thread>
 #include <vector>
 
+#include "mount.h"
 #include "proc.h"
 
 using Clock = std::chrono::steady_clock;
 
+using relayfs::bench::cleanup;
 using relayfs::bench::cpu_seconds;
-using relayfs::bench::mounted;
+using relayfs::bench::Mount;
+using relayfs::bench::on_signal;
+using relayfs::bench::start_daemon;
 using relayfs::bench::status_kib;
 
 namespace {
@@ -53,70 +57,6 @@ void pin_self(int cpu) {
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
   sched_setaffinity(0, sizeof set, &set);
-}
-
-// The daemons this run started, and their mount points: unmounted and killed on every exit.
-struct Mount {
-  std::string dir;
-  pid_t pid = -1;
-};
-std::vector<Mount> g_mounts;
-
-void cleanup() {
-  for (auto& m : g_mounts) {
-    if (m.pid > 0) {
-      system(("fusermount3 -u -z " + m.dir + " 2>/dev/null").c_str());
-      kill(m.pid, SIGTERM);
-      for (int i = 0; i < 200; ++i) {
-        if (waitpid(m.pid, nullptr, WNOHANG) == m.pid) {
-          m.pid = -1;
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-      if (m.pid > 0) {
-        kill(m.pid, SIGKILL);
-        waitpid(m.pid, nullptr, 0);
-        m.pid = -1;
-      }
-    }
-    rmdir(m.dir.c_str());
-  }
-  g_mounts.clear();
-}
-
-void on_signal(int) {
-  cleanup();
-  _exit(1);
-}
-
-// Starts argv (a FUSE daemon in the foreground) on a fresh temp dir and waits for the mount.
-Mount start_daemon(std::vector<std::string> argv, const std::string& type) {
-  char tmpl[] = "/tmp/relayfs-e2e-XXXXXX";
-  Mount m;
-  m.dir = mkdtemp(tmpl);
-  for (auto& a : argv)
-    if (a == "@DIR") a = m.dir;
-  m.pid = fork();
-  if (m.pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    std::vector<char*> av;
-    for (auto& a : argv) av.push_back(a.data());
-    av.push_back(nullptr);
-    execv(av[0], av.data());
-    _exit(127);
-  }
-  g_mounts.push_back(m);
-  for (int i = 0; i < 500 && !mounted(m.dir, type); ++i) {
-    if (waitpid(m.pid, nullptr, WNOHANG) == m.pid) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  if (!mounted(m.dir, type)) {
-    fprintf(stderr, "%s did not mount on %s\n", argv[0].c_str(), m.dir.c_str());
-    cleanup();
-    exit(1);
-  }
-  return m;
 }
 
 // Runs cat FILE (or cat reading in_fd) with stdout on /dev/null; close_fd is closed in the

@@ -464,6 +464,23 @@ int Consumer::consume_upto(uint32_t gen, uint64_t seq) noexcept {
   return subbufs_consumed(seq - consumed_);
 }
 
+uint64_t Consumer::expire() noexcept {
+  if (!finalized_ || !sync_reset()) return 0;
+  uint64_t freed = 0;
+  // As read() walks, without copying; bounded like it, by the buffer's size in sub-buffers
+  // (each step passes one span, and a finalized buffer gets no new ones).
+  for (uint64_t step = 0; step < 2 * (uint64_t{n_} + kSlackSteps); ++step) {
+    Span s;
+    if (next_span(&s) != 0 || s.len == 0) break;
+    bytes_consumed_ += s.len;
+    freed += s.len;
+    if (s.closed && bytes_consumed_ >= s.end) consume_one();
+  }
+  lost_expired_ += freed;
+  publish();
+  return freed;
+}
+
 void Consumer::readahead_lost(uint64_t n) noexcept {
   n = std::min(n, total_read_);
   total_read_ -= n;

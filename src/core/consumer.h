@@ -97,6 +97,11 @@ class Consumer {
   // handed out). The read position stays where it is: they left the buffer.
   void readahead_lost(uint64_t n) noexcept;
 
+  // Frees what is unread of a finalized buffer, counted in lost_expired_bytes: the reader
+  // position moves to the end, as if it had read everything (relayfs's orphan_timeout).
+  // Returns the bytes freed (0 if the buffer is not finalized).
+  uint64_t expire() noexcept;
+
   // The channel will produce nothing more (its producer closed or died). A finalized and
   // drained buffer reports POLLERR. From then on no commit can arrive: bytes reserved but never
   // committed (a producer killed mid-record) are skipped and counted in lost_uncommitted.

@@ -3,7 +3,7 @@
 
 namespace relayfs::fs {
 
-ssize_t MergedView::consume(void* dst, size_t count) {
+ssize_t MergedView::consume(void* dst, size_t count, Pieces* from) {
   char* out = static_cast<char*>(dst);
   size_t done = 0;
   size_t idle = 0;  // buffers in a row that had nothing
@@ -21,12 +21,20 @@ ssize_t MergedView::consume(void* dst, size_t count) {
     // A corrupt buffer (-EIO, counted in its own stats) must not stop the others, even in the
     // middle of a record: that record is lost with its buffer.
     if (n < 0) boundary = true;
-    if (n > 0) done += static_cast<size_t>(n);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+      if (from) from->push_back({&b, static_cast<size_t>(n)});
+    }
     if (!boundary) break;  // out of room mid-record: the next read finishes it first
     idle = n > 0 ? 0 : idle + 1;
     cur_ = (cur_ + 1) % k;
   }
   return static_cast<ssize_t>(done);
+}
+
+void MergedView::take_back(RelayBuffer& part, uint64_t n) {
+  std::lock_guard lk(part.mu);  // lock order: the merged view's mu (held), then the buffer's
+  part.cons.readahead_lost(n);
 }
 
 bool MergedView::data_available() {

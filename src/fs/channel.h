@@ -4,6 +4,7 @@
 
 #include <fuse_lowlevel.h>
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -19,7 +20,18 @@
 namespace relayfs::fs {
 
 class Source;
+class RelayBuffer;
 struct Recording;
+
+// Where the bytes of one consuming read came from, in order: which buffer, how many. The page
+// cache's reads keep it, because bytes the page cache took and no reader was shown to receive
+// are counted against their buffer (RelayFs::page_read). The buffer outlives the record: its
+// Source (a buffer, or the merged view holding its buffers) is kept by the open file.
+struct Piece {
+  RelayBuffer* buf;
+  size_t len;
+};
+using Pieces = std::vector<Piece>;
 
 // A read that found the file empty, in blocking mode: parked until data arrives, the channel is
 // drained, or the reader is interrupted. Owned by the event loop once handed over.
@@ -65,7 +77,11 @@ class Source {
   Recording* recording = nullptr;  // a buffer being recorded to disk (record.h)
 
   // The consuming read: padding removed, consumed for every reader. >= 0 bytes, or -errno.
-  virtual ssize_t consume(void* dst, size_t count) = 0;
+  // from, if given, gets where the bytes came from.
+  virtual ssize_t consume(void* dst, size_t count, Pieces* from = nullptr) = 0;
+  // n bytes of part (this buffer, or one of the merged view's) that a read handed out went to
+  // a page cache and were never shown to reach a reader (Consumer::readahead_lost).
+  virtual void take_back(RelayBuffer& part, uint64_t n) = 0;
   virtual bool data_available() = 0;
   virtual bool subbuf_ready() = 0;
   virtual bool finalized() = 0;
@@ -96,7 +112,12 @@ class RelayBuffer final : public Source {
   bool zero_copy = false;
   int fixed_index = -1;  // io_uring fixed-buffer slot, -1 if not registered (loop thread)
 
-  ssize_t consume(void* dst, size_t count) override { return cons.read(dst, count); }
+  ssize_t consume(void* dst, size_t count, Pieces* from) override {
+    const ssize_t n = cons.read(dst, count);
+    if (from && n > 0) from->push_back({this, static_cast<size_t>(n)});
+    return n;
+  }
+  void take_back(RelayBuffer&, uint64_t n) override { cons.readahead_lost(n); }
   bool data_available() override { return cons.data_available(); }
   bool subbuf_ready() override { return cons.subbuf_ready(); }
   bool finalized() override { return cons.finalized(); }
@@ -119,7 +140,8 @@ class MergedView final : public Source {
   MergedView(uint32_t channel_id, uint64_t owner, std::vector<std::shared_ptr<RelayBuffer>> parts)
       : Source(channel_id, owner), parts_(std::move(parts)) {}
 
-  ssize_t consume(void* dst, size_t count) override;
+  ssize_t consume(void* dst, size_t count, Pieces* from) override;
+  void take_back(RelayBuffer& part, uint64_t n) override;
   bool data_available() override;
   bool subbuf_ready() override;
   bool finalized() override;
@@ -139,6 +161,8 @@ class Channel {
   uint32_t flags = 0;       // proto::kFlag*: global, declared mode, blocking
   std::string base;         // base_filename: files BASE0..BASEn-1 and the merged view BASE
   bool finalized = false;   // producer closed or gone: nothing more will be written
+  std::chrono::steady_clock::time_point finalized_at{};  // when (for -o orphan_timeout)
+  bool expired = false;     // its unread data was freed after orphan_timeout (expire.cc)
   core::UniqueFd doorbell;  // eventfd the producer writes when a reader waits
   std::vector<std::shared_ptr<RelayBuffer>> buffers;
   std::shared_ptr<MergedView> merged;

@@ -367,6 +367,7 @@ void RelayFs::finalize_channel(const std::shared_ptr<Channel>& ch) {
     std::lock_guard lk(tree.mu);
     if (ch->finalized) return;
     ch->finalized = true;
+    ch->finalized_at = std::chrono::steady_clock::now();
     for (auto& b : ch->buffers) {
       std::lock_guard blk(b->mu);
       b->cons.finalize();

@@ -81,6 +81,7 @@ int RelayFs::start() {
 
   watch(listen_fd_.get(), tag(kListen, 0));
   watch(notify_fd_.get(), tag(kNotify, 0));
+  arm_expiry();
   io_uring_submit(&ring_);
   // Without it relayfs works on, but keeps the buffers of drained channels the kernel did not
   // happen to forget.
@@ -177,6 +178,9 @@ void RelayFs::loop_main() {
           if (it != channels_.end()) fd = it->second->doorbell.get();
           break;
         }
+        case kExpire:  // a one-shot timeout: the next tick
+          arm_expiry();
+          break;
         case kCancel:
         case kRecordWrite:
         case kIndexWrite:
@@ -191,6 +195,10 @@ void RelayFs::loop_main() {
 
 // Handles one completion of a multishot poll (or a no-op or a cancel).
 void RelayFs::dispatch(uint64_t ud, int res) {
+  if (source_of(ud) == kExpire) {
+    if (res == -ETIME) expire_orphans();  // the tick (a cancelled one is the ring's end)
+    return;
+  }
   if (res < 0 && res != -ECANCELED && source_of(ud) != kCancel)
     std::fprintf(stderr, "relayfs: poll failed on source %llu: %s\n",
                  static_cast<unsigned long long>(ud), std::strerror(-res));
@@ -219,6 +227,7 @@ void RelayFs::dispatch(uint64_t ud, int res) {
     case kCancel:
     case kRecordWrite:
     case kIndexWrite:
+    case kExpire:
       break;
   }
 }

@@ -54,6 +54,9 @@ void guarded(fuse_req_t req, F&& f) {
 
 const fuse_lowlevel_ops kOps = [] {
   fuse_lowlevel_ops o{};
+  o.init = [](void* fs, fuse_conn_info* conn) {
+    static_cast<RelayFs*>(fs)->init(conn);
+  };
   o.lookup = [](fuse_req_t r, fuse_ino_t p, const char* n) {
     guarded(r, [&] { fs_of(r)->lookup(r, p, n); });
   };

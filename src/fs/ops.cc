@@ -9,6 +9,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 
 #include "core/protocol.h"
 #include "core/stats.h"
@@ -40,6 +41,54 @@ struct FileHandle {
   uint64_t view_end = 0;
   uint64_t history_start = 0;
   std::string history;
+  // Of the bytes the page cache took, those not yet shown to have reached the reader: they end
+  // at view_end, and begin where the proof ends (the reader's position, as its requests tell).
+  // Each run keeps its buffer, which a loss is counted against. Guarded by source->mu.
+  struct Run {
+    uint64_t end;  // offset in the view where the run ends
+    RelayBuffer* buf;
+  };
+  std::deque<Run> unproven;
+  uint64_t proven = 0;
+
+  // Bytes at the view's end, n of them, now part of it: kept for the page cache to read again
+  // (the last kHistory of them).
+  void extend(const char* data, size_t n) {
+    constexpr size_t kHistory = 2 << 20;  // twice the largest request libfuse passes on
+    history.append(data, n);
+    view_end += n;
+    if (history.size() > kHistory) {
+      const size_t drop = history.size() - kHistory;
+      history.erase(0, drop);
+      history_start += drop;
+    }
+  }
+  // The page cache took `from` at the view's end (before view_end moves past them).
+  void took(const Pieces& from) {
+    uint64_t at = view_end;
+    for (const Piece& p : from) {
+      at += p.len;
+      if (!unproven.empty() && unproven.back().buf == p.buf)
+        unproven.back().end = at;
+      else
+        unproven.push_back({at, p.buf});
+    }
+  }
+  // The reader has had everything before offset upto.
+  void prove(uint64_t upto) {
+    proven = std::max(proven, upto);
+    while (!unproven.empty() && unproven.front().end <= proven) unproven.pop_front();
+  }
+  // The file is closed: what is still unproven never reached anyone we know of. Counted against
+  // each run's buffer, with source->mu held.
+  void give_up() {
+    uint64_t from = proven;
+    for (const Run& r : unproven) {
+      if (r.end > from) source->take_back(*r.buf, r.end - from);
+      from = std::max(from, r.end);
+    }
+    unproven.clear();
+  }
 };
 
 // A directory listing snapshot taken at opendir, served by offset.
@@ -63,6 +112,15 @@ void reply_xattr(fuse_req_t req, const std::string& value, size_t size) {
 }
 
 }  // namespace
+
+void RelayFs::init(fuse_conn_info* conn) {
+  // Relay files are read with direct I/O, but this kernel's splice(2) and sendfile(2) of them go
+  // through the page cache (page_read), and bytes the page cache takes have left the buffer
+  // whether or not a reader gets them. Read-ahead makes the kernel take more than the reader
+  // asked for: up to the read-ahead window at a close. Without it, a page at a time, and a page
+  // request then also proves that the reader got everything before that page.
+  conn->max_readahead = opts_.readahead;
+}
 
 int RelayFs::node_stat(Node* n, struct stat* st) {
   tree.fill_stat(n, st);
@@ -306,7 +364,11 @@ void RelayFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
     std::lock_guard hl(handles_mu_);
     open_handles_.erase(fh);
   }
-  std::shared_ptr<Source> b = std::move(fh->source);
+  std::shared_ptr<Source> b = fh->source;
+  {
+    std::lock_guard lk(b->mu);
+    fh->give_up();  // what the page cache took and nobody was shown to get is counted lost
+  }
   delete fh;
   bool last;
   {
@@ -333,8 +395,14 @@ void RelayFs::release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 //    the view jumps there.
 // A page-cache read never blocks: with nothing new it comes up short, which the kernel takes
 // for the current end of file.
+//
+// What the page cache takes has left the buffer, whether or not the reader gets it: a splice of
+// 100 bytes takes a page. The kernel never says how much a splice delivered, only where the
+// reader asks next: the next page request (without read-ahead, the kernel asks for the page the
+// reader's position is in), or a read(2) at the reader's exact position. What is not proven so
+// when the file closes is counted lost (lost_readahead_bytes): at most a page, without
+// read-ahead (relay(7), "Splice and sendfile").
 void RelayFs::page_read(fuse_req_t req, void* handle, size_t size, off_t off) {
-  constexpr size_t kHistory = 2 << 20;  // twice the largest request libfuse passes on
   auto* fh = static_cast<FileHandle*>(handle);
   Source& b = *fh->source;
   const uint64_t want = static_cast<uint64_t>(std::max<off_t>(off, 0));
@@ -351,21 +419,19 @@ void RelayFs::page_read(fuse_req_t req, void* handle, size_t size, off_t off) {
       fh->history.clear();
       fh->history_start = fh->view_end = want;
     }
+    // The reader is at least here: before it, read-ahead at most two windows ahead of it.
+    fh->prove(want - std::min<uint64_t>(want, 2 * uint64_t{opts_.readahead}));
     const uint64_t from = want - fh->history_start;
     have = std::min<uint64_t>(size, fh->history.size() - from);
     std::memcpy(out, fh->history.data() + from, have);
     if (have < size) {
-      const ssize_t n = b.consume(out + have, size - have);
+      Pieces from;
+      const ssize_t n = b.consume(out + have, size - have, &from);
       if (n > 0) {
-        fh->history.append(out + have, static_cast<size_t>(n));
-        fh->view_end += static_cast<uint64_t>(n);
+        fh->took(from);
+        fh->extend(out + have, static_cast<size_t>(n));
         have += static_cast<size_t>(n);
       }
-    }
-    if (fh->history.size() > kHistory) {
-      const size_t drop = fh->history.size() - kHistory;
-      fh->history.erase(0, drop);
-      fh->history_start += drop;
     }
   }
   fuse_reply_buf(req, out, have);
@@ -409,11 +475,14 @@ void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file
   char* out = read_buffer();
   ssize_t n = 0;
   bool drained;
+  const uint64_t pos = static_cast<uint64_t>(std::max<off_t>(off, 0));
   {
     std::lock_guard lk(b->mu);
+    // read(2) gives the reader's exact position: what the page cache took before it reached
+    // the reader (FileHandle::unproven).
+    fh->prove(pos);
     // Bytes this file's splice took into the page cache beyond its position come first: a reader
     // that mixes splice and read(2) (pv does) must get them, and nobody else may.
-    const uint64_t pos = static_cast<uint64_t>(std::max<off_t>(off, 0));
     if (pos >= fh->history_start && pos < fh->view_end) {
       const size_t from = static_cast<size_t>(pos - fh->history_start);
       n = static_cast<ssize_t>(std::min<size_t>(size, fh->history.size() - from));
@@ -422,14 +491,20 @@ void RelayFs::read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file
     if (static_cast<size_t>(n) < size) {
       const ssize_t more = b->consume(out + n, size - static_cast<size_t>(n));
       if (more < 0 && n == 0) n = more;
-      if (more > 0) n += more;
+      if (more > 0) {
+        // Once spliced, the file's offsets are the view's: what read(2) takes goes on it too,
+        // so that a page the kernel asks for again holds what the reader got.
+        if (fh->view_end != 0) fh->extend(out + n, static_cast<size_t>(more));
+        n += more;
+      }
     }
-    if (n > 0 && fh->view_end != 0)
-      fh->view_end = std::max(fh->view_end, pos + static_cast<uint64_t>(n));
     drained = n == 0 && b->drained();
   }
   if (n > 0) {
-    fuse_reply_buf(req, out, static_cast<size_t>(n));
+    if (fuse_reply_buf(req, out, static_cast<size_t>(n)) == 0 && fh->view_end != 0) {
+      std::lock_guard lk(b->mu);
+      fh->prove(pos + static_cast<uint64_t>(n));  // the reply reached the reader
+    }
     return;
   }
   if (n < 0) {

@@ -33,6 +33,9 @@ struct Options {
   bool blocking = false;           // -o blocking: an empty read waits for data
   bool allow_other = false;        // -o allow_other: users other than the mounter may use it
   bool read_only = false;          // -o ro: no new channels (EROFS), as no new files
+  uint32_t readahead = 0;          // -o readahead=SIZE: the kernel's page-cache read-ahead
+  uint32_t orphan_timeout = 0;     // -o orphan_timeout=S: free finalized channels unread after S
+                                   // seconds (0: never)
 };
 
 // What a FUSE worker hands to the loop thread.
@@ -79,6 +82,7 @@ class RelayFs {
   Tree tree;
 
   // ---- FUSE side (ops.cc); each replies exactly once.
+  void init(fuse_conn_info* conn);
   void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
   void forget(fuse_ino_t ino, uint64_t n);
   void getattr(fuse_req_t req, fuse_ino_t ino);
@@ -167,6 +171,9 @@ class RelayFs {
   void finalize_channel(const std::shared_ptr<Channel>& ch);
   void free_channel(uint32_t id);
   void on_doorbell(uint32_t channel_id);
+  // -o orphan_timeout (expire.cc): the loop's timer, and what it frees when it fires.
+  void arm_expiry();
+  void expire_orphans();
   void drain_events();
   void service(const std::shared_ptr<Source>& s);
   void finish_read(ParkedRead* pr, const char* data, ssize_t n);
@@ -199,6 +206,7 @@ class RelayFs {
   std::vector<bool> fixed_used_;
   std::unordered_map<uint64_t, std::unique_ptr<Recording>> recordings_;
   std::vector<uint64_t> reap_;  // ended recordings, freed at the end of the loop's pass
+  __kernel_timespec expiry_tick_{};  // the expiry timer's period: read by the kernel while armed
   uint64_t next_recording_id_ = 1;
 
   // Tells the kernel which relay files left the tree, so that it forgets them and their

@@ -15,6 +15,7 @@ enum Watch : uint64_t {
   kIndexWrite = 7,   // a recording's write to its index, by recording id (one shot)
   kConnOut = 8,      // one-shot poll: a control connection has room for queued messages
   kConnMore = 9,     // a no-op: a control connection has more messages to read than one pass took
+  kExpire = 10,      // a timeout: look for orphaned channels to free (-o orphan_timeout)
 };
 constexpr uint64_t tag(Watch s, uint64_t id) {
   return (uint64_t{s} << 56) | id;

@@ -385,3 +385,28 @@ TEST_CASE("once finalized, take_extent also gives the committed tail of the open
   CHECK(rig.cons->stats().lost_uncommitted == 3);
   CHECK(rig.cons->drained());
 }
+
+TEST_CASE("expire frees what a finalized buffer holds unread, counted in lost_expired_bytes") {
+  Rig rig(64, 4);
+  std::string all;
+  for (int i = 0; i < 20; ++i) {  // 20 x 10 bytes: sub-buffers closed, and a partial one
+    const std::string rec = "record" + std::to_string(1000 + i);
+    REQUIRE(rig.write(rec) == 0);
+    all += rec;
+  }
+  char part[25];
+  REQUIRE(rig.cons->read(part, sizeof part) == 25);  // some read first
+  CHECK(rig.cons->expire() == 0);                     // not finalized: nothing happens
+  CHECK(rig.cons->stats().bytes_unread == all.size() - 25);
+  rig.prod->close();
+  rig.cons->finalize();
+  CHECK(rig.cons->expire() == all.size() - 25);
+  const core::BufferStats st = rig.cons->stats();
+  CHECK(st.lost_expired_bytes == all.size() - 25);
+  CHECK(st.bytes_consumed == 25);
+  CHECK(st.bytes_unread == 0);
+  CHECK(test::balanced(st));
+  CHECK(rig.cons->drained());
+  CHECK(rig.drain().empty());
+  CHECK(rig.cons->expire() == 0);  // once
+}

@@ -1,0 +1,54 @@
+// -o orphan_timeout: a finalized channel (its producer closed it, exited or was killed) whose
+// files nobody drains holds its memory, charged to its owner, for as long as the mount lives.
+// After the timeout the daemon frees what is unread, counted in each buffer's
+// lost_expired_bytes and said on stderr, and the drained files go as any drained file does.
+#include <cinttypes>
+#include <cstdio>
+
+#include "fs/relayfs.h"
+#include "fs/ring_tag.h"
+
+namespace relayfs::fs {
+
+void RelayFs::arm_expiry() {
+  if (opts_.orphan_timeout == 0) return;
+  // A tick a quarter of the timeout, at most a second: a channel is freed within that of its
+  // time.
+  const uint64_t ms = std::min<uint64_t>(1000, uint64_t{opts_.orphan_timeout} * 250);
+  expiry_tick_ = {static_cast<long long>(ms / 1000), static_cast<long long>(ms % 1000) * 1'000'000};
+  if (io_uring_sqe* e = sqe()) {
+    io_uring_prep_timeout(e, &expiry_tick_, 0, 0);
+    io_uring_sqe_set_data64(e, tag(kExpire, 0));
+  }
+}
+
+void RelayFs::expire_orphans() {
+  const auto now = std::chrono::steady_clock::now();
+  const auto limit = std::chrono::seconds(opts_.orphan_timeout);
+  std::vector<std::shared_ptr<Channel>> due;
+  {
+    std::lock_guard lk(tree.mu);
+    for (auto& [id, ch] : channels_)
+      if (ch->finalized && !ch->expired && now - ch->finalized_at >= limit) {
+        ch->expired = true;
+        due.push_back(ch);
+      }
+  }
+  for (auto& ch : due) {
+    uint64_t freed = 0;
+    for (auto& b : ch->buffers) {
+      std::lock_guard lk(b->mu);
+      freed += b->cons.expire();
+    }
+    if (freed)
+      std::fprintf(stderr,
+                   "relayfs: channel %s: %" PRIu64 " bytes nobody read freed %u s after its "
+                   "producer closed it (orphan_timeout; counted in lost_expired_bytes)\n",
+                   ch->base.c_str(), freed, opts_.orphan_timeout);
+    // Readers waiting get the end of file, pollers POLLERR; then the drained files go.
+    for (auto& s : ch->sources()) service(s);
+    maybe_remove(ch->id);
+  }
+}
+
+}  // namespace relayfs::fs
