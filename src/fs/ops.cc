@@ -595,6 +595,10 @@ std::array<std::string, std::size(kStatNames)> stat_values(const core::BufferSta
 }  // namespace
 
 void RelayFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  if (ino == FUSE_ROOT_ID && std::strcmp(name, kUsersXattr) == 0) {
+    reply_xattr(req, usage_report(), size);  // outside the tree lock: it lists /proc/self/fd
+    return;
+  }
   std::string value;
   int err = 0;
   {
@@ -637,6 +641,7 @@ void RelayFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
     }
     if (n->is_dir()) {
       names.append(kControlXattr).push_back('\0');
+      if (ino == FUSE_ROOT_ID) names.append(kUsersXattr).push_back('\0');
     } else {
       for (const char* s : kStatNames) names.append(kStatPrefix).append(s).push_back('\0');
     }
