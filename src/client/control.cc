@@ -22,7 +22,8 @@ int request(const char* path, int op) {
   relayfs::core::UniqueFd sock;
   if (int err = relayfs::client::connect_daemon(::dirname(dir.data()), &sock); err) return err;
   const proto::ControlRequest req{st.st_ino, static_cast<proto::ControlOp>(op)};
-  if (int rc = proto::send_message(sock.get(), proto::encode(req, 1)); rc) return -rc;
+  if (int rc = proto::send_message(sock.get(), proto::encode(req, 1)); rc)
+    return proto::send_failure(sock.get(), rc);
   proto::Received m;
   // The socket's receive timeout (connect_daemon) bounds a producer that never answers.
   const int rc = proto::recv_message(sock.get(), &m);

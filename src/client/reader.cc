@@ -64,7 +64,7 @@ int open_reader(Reader* r, const char* path) {
   if (int rc = proto::send_message(r->sock.get(),
                                    proto::encode(proto::ReaderOpenRequest{st.st_ino}, r->seq++));
       rc)
-    return -rc;
+    return proto::send_failure(r->sock.get(), rc);
   proto::Received m;
   const int rc = proto::recv_message(r->sock.get(), &m, 1);
   if (rc <= 0) return rc == 0 || rc == -EAGAIN ? EIO : -rc;

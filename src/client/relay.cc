@@ -349,7 +349,8 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   if (c->opts.flags & RELAY_CONTROL) req.flags |= proto::kFlagControl;
   req.base_filename = base;
   const uint32_t seq = c->seq.fetch_add(1);
-  if (int rc = proto::send_message(c->sock.get(), proto::encode(req, seq)); rc) return -rc;
+  if (int rc = proto::send_message(c->sock.get(), proto::encode(req, seq)); rc)
+    return proto::send_failure(c->sock.get(), rc);
   proto::Received r;
   // A reader may open a file of the new channel before the reply reaches us (the files exist
   // once the daemon made them): its buf_mapped event can come first. Such events are kept and

@@ -33,7 +33,8 @@ enum class Type : uint16_t {
   kCloseReply,
   kMapped,               // daemon -> producer: a reader opened a buffer's file (buf_mapped)
   kUnmapped,             // daemon -> producer: the last reader closed it (buf_unmapped)
-  kError,                // daemon -> producer: a message was refused
+  kError,                // daemon -> producer: a message was refused; with seq 0 and
+                         // unasked, the connection itself (over a limit), then it hangs up
   kConsumed,             // producer -> daemon: relay_subbufs_consumed (no reply)
   kReaderOpen,           // reader -> daemon: map a relay file's buffer (relay_reader_open)
   kReaderOpenReply,      // daemon -> reader: status, geometry, a read-only fd of the buffer

@@ -1,5 +1,6 @@
 #include "core/wire.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/xattr.h>
@@ -70,6 +71,18 @@ int recv_message(int sock, Received* out, size_t max_fds) {
   if (out->header.length != static_cast<size_t>(n) - sizeof(Header)) return -EPROTO;
   out->payload.assign(buf.data() + sizeof(Header), buf.data() + n);
   return 1;
+}
+
+int send_failure(int sock, int err) {
+  pollfd p{sock, POLLIN, 0};
+  if ((err != -EPIPE && err != -ECONNRESET) || ::poll(&p, 1, 0) != 1 || !(p.revents & POLLIN))
+    return -err;
+  Received m;  // there is something, so this does not wait
+  Status st;
+  if (recv_message(sock, &m) == 1 && static_cast<Type>(m.header.type) == Type::kError &&
+      decode(m.payload.data(), m.payload.size(), &st) == 0 && st.status < 0)
+    return -st.status;
+  return -err;
 }
 
 int connect_control(const char* dir, int timeout_s, core::UniqueFd* out) {

@@ -16,6 +16,7 @@
 #include "core/consumer.h"
 #include "core/fd.h"
 #include "core/stats.h"
+#include "fs/quota.h"
 
 namespace relayfs::fs {
 
@@ -166,6 +167,9 @@ class Channel {
   core::UniqueFd doorbell;  // eventfd the producer writes when a reader waits
   std::vector<std::shared_ptr<RelayBuffer>> buffers;
   std::shared_ptr<MergedView> merged;
+  // Its memory and count against its owner's limits (quota.h): given back when it is freed,
+  // however that comes about.
+  Charge charge;
 
   // Every file of the channel: the buffers, then the merged view.
   std::vector<std::shared_ptr<Source>> sources() const {

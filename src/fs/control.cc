@@ -13,8 +13,10 @@
 #include <exception>
 #include <new>
 #include <string>
+#include <utility>
 
 #include "core/geometry.h"
+#include "core/layout.h"
 #include "core/protocol.h"
 #include "fs/fault.h"
 #include "fs/relayfs.h"
@@ -46,6 +48,20 @@ bool may_create(Tree& t, Node* dir, const Connection& c) {
   return may_access(t, dir, S_IWOTH | S_IXOTH, c);
 }
 
+// Refuses a new connection with one unsolicited kError message (seq 0) carrying -err, and hangs
+// up: a client's first request, sent or about to be, then reads that refusal instead of a
+// broken connection (proto::send_failure). The socket stops taking messages first (SHUT_RD:
+// the peer's sends fail with EPIPE from then on) and what came before is read away: closing a
+// socket with unread messages would make the peer's next receive fail with ECONNRESET before it
+// sees the refusal. Bounded: a peer that filled its socket before that loses the refusal.
+void refuse_connection(core::UniqueFd fd, int err) {
+  proto::send_message(fd.get(), proto::encode_status(proto::Type::kError, {-err}, 0));
+  ::shutdown(fd.get(), SHUT_RD);
+  char byte;
+  for (int i = 0; i < 256; ++i)  // MSG_TRUNC: a whole message each; descriptors in it are closed
+    if (::recv(fd.get(), &byte, sizeof byte, MSG_DONTWAIT | MSG_TRUNC) <= 0) break;
+}
+
 }  // namespace
 
 void RelayFs::on_accept() {
@@ -66,6 +82,17 @@ void RelayFs::on_accept() {
     len = sizeof groups;
     if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
       c->groups.assign(groups, groups + len / sizeof(gid_t));
+    fds_.made(1);
+    // A user other than root and the mounter stays within its connections and out of the
+    // descriptors kept for those two (quota.h).
+    int err = quota_.exempt(cred.uid) ? 0 : fds_.admit(0);
+    const char* why = err ? "descriptors" : "user_connections";
+    if (!err) err = quota_.charge_connection(cred.uid, &c->charge);
+    if (err) {
+      note_refusal(cred.uid, "a connection", why);
+      refuse_connection(std::move(fd), -err);
+      continue;
+    }
     c->fd = std::move(fd);
     {
       std::lock_guard lk(conns_mu_);
@@ -81,6 +108,7 @@ void RelayFs::on_connection(const std::shared_ptr<Connection>& c) {
   for (int i = 0; i < 64; ++i) {
     proto::Received r;
     const int rc = proto::recv_message(c->fd.get(), &r, 3);  // a kRecord carries up to 3
+    fds_.made(r.fds.size());
     if (rc == -EAGAIN) return;
     if (rc == 1) {
       on_message(*c, r);
@@ -192,7 +220,20 @@ void RelayFs::handle_open(Connection& c, uint32_t seq, const char* payload, size
       if (name.size() > proto::kMaxName) return fail(ENAMETOOLONG);
       if (tree.child(dir, name)) return fail(EEXIST);
     }
+    // Within its owner's limits, checked before anything is made (quota.h): every buffer's
+    // whole memfd counts, since registering it with the ring pins all of it; a buffer each and
+    // the doorbell are the descriptors it takes.
+    Charge charge;
+    const char* why = "descriptors";
+    int err = quota_.exempt(c.uid) ? 0 : fds_.admit(n + 1);
+    if (!err) err = quota_.charge_channel(c.uid, n * core::Layout::of(g).total_size, &charge, &why);
+    if (err) {
+      note_refusal(c.uid, "a channel", why);
+      return fail(-err);
+    }
+    fds_.made(n + 1);
     ch = std::make_shared<Channel>();
+    ch->charge = std::move(charge);
     ch->id = next_channel_id_++;
     ch->owner = c.id;
     ch->flags = req.flags;
@@ -292,6 +333,7 @@ void RelayFs::handle_reader_open(Connection& c, uint32_t seq, const char* payloa
   if (!err) {
     // A descriptor of its own, opened read-only, so the reader cannot map the buffer writable.
     const std::string self = "/proc/self/fd/" + std::to_string(b->buf.fd());
+    fds_.made(1);
     ro.reset(::open(self.c_str(), O_RDONLY | O_CLOEXEC));
     if (!ro) {
       err = errno;
@@ -357,6 +399,7 @@ void RelayFs::close_connection(uint64_t id) {
   drop_controls(id);
   drop_recordings(id);
   c->mapped.reset();
+  c->charge.reset();
   retire(tag(kConn, id));
   std::lock_guard lk(c->send_mu);  // a FUSE worker may be sending a buf_mapped event
   c->fd.reset();
@@ -425,6 +468,27 @@ void RelayFs::free_channel(uint32_t id) {
   for (auto& b : ch->buffers) unregister_buffer(*b);
   retire(tag(kDoorbell, id));
   ch->doorbell.reset();
+  // Its files are gone and closed, its buffers no longer pinned: they count against their
+  // owner no more. (The memfds themselves go with the last reference to their buffers.)
+  ch->charge.reset();
+}
+
+void RelayFs::note_refusal(uid_t uid, const char* what, const char* why) {
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_refusal_note_) {
+    ++refusals_unsaid_;  // a user at a limit may ask again and again: not a line each time
+    return;
+  }
+  next_refusal_note_ = now + std::chrono::seconds(10);
+  const unsigned long long before = std::exchange(refusals_unsaid_, 0);
+  std::fprintf(stderr, "relayfs: refused user %u %s: no room within %s (usage: %s)", uid, what, why,
+               kUsersXattr);
+  if (before) std::fprintf(stderr, "; %llu refusals before it went unsaid", before);
+  std::fputc('\n', stderr);
+}
+
+std::string RelayFs::usage_report() const {
+  return quota_.report(FdBudget::count_open(), fds_.limit(), fds_.reserve());
 }
 
 // noexcept: FUSE handlers call it after they replied (open), when a throw would reach the guard

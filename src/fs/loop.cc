@@ -27,7 +27,7 @@ constexpr size_t kMaxRead = 1 << 20;
 
 }  // namespace
 
-RelayFs::RelayFs(const Options& o) : opts_(o) {}
+RelayFs::RelayFs(const Options& o) : opts_(o), quota_(o.limits, ::getuid()) {}
 
 RelayFs::~RelayFs() {
   stop();
@@ -50,6 +50,7 @@ void RelayFs::post(const LoopEvent& ev) {
 }
 
 int RelayFs::start() {
+  fds_.init();
   // The control socket: abstract, named after this daemon and a random nonce, so no file is
   // left behind and no other process can guess it before we bind.
   std::random_device rd;

@@ -141,6 +141,39 @@ const fuse_lowlevel_ops kOps = [] {
   return o;
 }();
 
+enum class LimitOption { kNone, kTaken, kBad };
+
+// A per-user limit option (relayfs(8), "Limits"): kTaken with *l set, kNone for any other
+// option, kBad (said on stderr) for a limit whose value is not one.
+LimitOption parse_limit_option(const std::string& item, relayfs::fs::Limits* l) {
+  struct Known {
+    const char* name;
+    uint64_t relayfs::fs::Limits::*field;
+    bool size;
+  };
+  static constexpr Known kKnown[] = {
+      {"user_memory", &relayfs::fs::Limits::user_memory, true},
+      {"users_memory", &relayfs::fs::Limits::users_memory, true},
+      {"user_channels", &relayfs::fs::Limits::user_channels, false},
+      {"user_connections", &relayfs::fs::Limits::user_connections, false},
+  };
+  const size_t eq = item.find('=');
+  const std::string name = item.substr(0, eq);
+  for (const Known& k : kKnown) {
+    if (name != k.name) continue;
+    if (eq != std::string::npos &&
+        relayfs::fs::parse_limit(item.substr(eq + 1), k.size, &(l->*k.field)))
+      return LimitOption::kTaken;
+    std::fprintf(stderr, "relayfs: -o %s: %s\n", item.c_str(),
+                 eq == std::string::npos ? "needs a value"
+                 : k.size ? "not a size: a number of bytes with an optional K, M, G or T suffix, "
+                            "or 'unlimited'"
+                          : "not a count: a whole number, or 'unlimited'");
+    return LimitOption::kBad;
+  }
+  return LimitOption::kNone;
+}
+
 struct Conf {
   int blocking = 0;
 };
@@ -162,6 +195,12 @@ void usage(const char* prog) {
       "  -o blocking      an empty read waits for data (Ctrl-C interrupts it) instead of\n"
       "                   returning 0 at once; O_NONBLOCK readers still get EAGAIN\n"
       "  -o allow_other   let other users than the mounter see the tree\n"
+      "  -o user_memory=SIZE       channel memory one user may hold (default: 1/8 of RAM)\n"
+      "  -o users_memory=SIZE      the same, all users together (default: 1/4 of RAM)\n"
+      "  -o user_channels=N        channels one user may hold (default: 256)\n"
+      "  -o user_connections=N     control connections one user may hold (default: 256)\n"
+      "                   SIZE: bytes with an optional K, M, G or T; or 'unlimited'. Root and\n"
+      "                   the mounter have no limits; the others get EDQUOT beyond them\n"
       "  -o OPTION        any other libfuse mount option\n"
       "\n"
       "See relayfs(8).\n",
@@ -199,25 +238,41 @@ int main(int argc, char** argv) {
   relayfs::fs::Options opts;
   if (positional.size() == 2) opts.fsname = positional[0];
   // The kernel keeps other users out of the mount unless allow_other; the control socket must
-  // do the same, so the daemon needs to know (libfuse keeps the option for the kernel).
+  // do the same, so the daemon needs to know (libfuse keeps the option for the kernel). The
+  // limits are the daemon's alone: taken out, since libfuse refuses options it does not know.
+  std::vector<std::string> passed;
   for (size_t i = 0; i < rest.size(); ++i) {
     std::string o = rest[i];
     if (o == "-o" && i + 1 < rest.size())
       o = rest[++i];
-    else if (o.rfind("-o", 0) == 0)
+    else if (o.rfind("-o", 0) == 0 && o.size() > 2)
       o = o.substr(2);
-    else
+    else {
+      passed.push_back(o);
       continue;
+    }
+    std::string kept;
     for (size_t at = 0; at <= o.size();) {
       const size_t comma = std::min(o.find(',', at), o.size());
       const std::string item = o.substr(at, comma - at);
+      at = comma + 1;
       if (item == "allow_other") opts.allow_other = true;
       // The kernel refuses mkdir on a read-only mount; channels are the daemon's to refuse.
       if (item == "ro") opts.read_only = true;
       if (item == "rw") opts.read_only = false;
-      at = comma + 1;
+      switch (parse_limit_option(item, &opts.limits)) {
+        case LimitOption::kNone:
+          kept += (kept.empty() ? "" : ",") + item;
+          break;
+        case LimitOption::kTaken:
+          break;
+        case LimitOption::kBad:
+          return 2;
+      }
     }
+    if (!kept.empty()) passed.insert(passed.end(), {"-o", kept});
   }
+  rest = std::move(passed);
   // A mount point that is missing or not a directory is a failure to mount (status 1), not a
   // usage error: say so before libfuse's own check, which exits as if it were one.
   struct stat mp;
@@ -228,6 +283,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "relayfs: %s: %s\n", positional.back().c_str(), std::strerror(mp_err));
     return 1;
   }
+  // As many descriptors as this daemon may have: a reserve of them is kept for root and the
+  // mounter (FdBudget, quota.h).
+  relayfs::fs::raise_nofile_limit();
   if (!relayfs::fs::load_faults(std::getenv("RELAYFS_TEST_FAULTS"))) {
     std::fprintf(stderr, "relayfs: RELAYFS_TEST_FAULTS: unknown fault in '%s'\n",
                  std::getenv("RELAYFS_TEST_FAULTS"));

@@ -666,6 +666,10 @@ std::string attr_value(size_t i, const core::BufferStats& st, uint32_t flags,
 }  // namespace
 
 void RelayFs::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  if (ino == FUSE_ROOT_ID && std::strcmp(name, kUsersXattr) == 0) {
+    reply_xattr(req, usage_report(), size);  // outside the tree lock: it lists /proc/self/fd
+    return;
+  }
   std::string value;
   int err = 0;
   {
@@ -708,6 +712,7 @@ void RelayFs::listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
     }
     if (n->is_dir()) {
       names.append(kControlXattr).push_back('\0');
+      if (ino == FUSE_ROOT_ID) names.append(kUsersXattr).push_back('\0');
     } else {
       for (size_t i = 0; i < kAttrCount; ++i)
         names.append(kStatPrefix).append(attr_name(i)).push_back('\0');

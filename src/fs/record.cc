@@ -104,6 +104,8 @@ void RelayFs::handle_record(Connection& c, proto::Received& m) {
       err = EINVAL;
   }
   if (!err) err = readable_buffer(c, req.ino, &rec->buf);
+  // It would keep the descriptors it brought: not into those kept for root and the mounter.
+  if (!err && !quota_.exempt(c.uid)) err = -fds_.admit(0);
   // One recording per buffer: two would split its sub-buffers between them. (recording is
   // loop-thread state, and this is the loop thread.)
   if (!err && rec->buf->recording) err = EBUSY;

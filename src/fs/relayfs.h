@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <boost/lockfree/queue.hpp>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -23,6 +24,7 @@
 #include "core/wire.h"
 #include "fs/channel.h"
 #include "fs/forget.h"
+#include "fs/quota.h"
 #include "fs/record.h"
 #include "fs/tree.h"
 
@@ -36,6 +38,7 @@ struct Options {
   uint32_t readahead = 0;          // -o readahead=SIZE: the kernel's page-cache read-ahead
   uint32_t orphan_timeout = 0;     // -o orphan_timeout=S: free finalized channels unread after S
                                    // seconds (0: never)
+  Limits limits = default_limits();  // -o user_memory, users_memory, user_channels, ...
 };
 
 // What a FUSE worker hands to the loop thread.
@@ -54,6 +57,7 @@ struct Connection {
   pid_t pid = 0;
   std::vector<gid_t> groups;
   bool refused = false;  // another user, and the mount has no allow_other: every request fails
+  Charge charge;         // its user's connection count (quota.h), given back when it closes
   std::mutex send_mu;    // FUSE workers send buf_mapped events; the loop sends replies
   // The buffer this connection's reader mapped (relay_reader_open), if any. Loop thread only.
   std::shared_ptr<RelayBuffer> mapped;
@@ -65,6 +69,8 @@ struct Connection {
 
 // The name the xattr on every directory gives: how a producer finds this daemon.
 inline constexpr const char* kControlXattr = "user.relayfs.control";
+// The root directory's: each user's channels, memory and connections, and the limits (quota.h).
+inline constexpr const char* kUsersXattr = "user.relayfs.users";
 
 class RelayFs {
  public:
@@ -110,6 +116,8 @@ class RelayFs {
 
  private:
   int do_lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e);
+  // The text of kUsersXattr. Any thread; takes no tree lock (it lists /proc/self/fd).
+  std::string usage_report() const;
   int node_stat(Node* n, struct stat* st);
   void post(const LoopEvent& ev);
   void park(fuse_req_t req, size_t size, std::shared_ptr<Source> b);
@@ -125,6 +133,8 @@ class RelayFs {
   void on_connection(const std::shared_ptr<Connection>& c);
   void on_message(Connection& c, proto::Received& r);
   void close_connection(uint64_t id);
+  // Says on stderr that a user was refused for limit `why`; at most once per 10 s. Loop thread.
+  void note_refusal(uid_t uid, const char* what, const char* why);
   void handle_open(Connection& c, uint32_t seq, const char* payload, size_t len);
   void handle_close(Connection& c, uint32_t seq, const char* payload, size_t len);
   void handle_consumed(Connection& c, const char* payload, size_t len);
@@ -184,6 +194,11 @@ class RelayFs {
   void retire(uint64_t user_data);
 
   Options opts_;
+  // Declared before the channels and connections whose charges it holds, so it outlives them.
+  Quota quota_;
+  FdBudget fds_;                                               // loop thread
+  std::chrono::steady_clock::time_point next_refusal_note_{};  // loop thread
+  uint64_t refusals_unsaid_ = 0;                               // loop thread
   fuse_session* se_ = nullptr;
   std::string control_name_;
   core::UniqueFd listen_fd_;

@@ -117,11 +117,18 @@ struct Recorder {
     const int fds[3] = {b.out.buffered_fd(), index.get(), b.out.direct_fd()};
     const uint32_t my_seq = seq++;
     if (int rc = proto::send_message(sock.get(), proto::encode(req, my_seq), fds, direct ? 3 : 2))
-      return sys_error(path, "connection to the daemon", -rc);
+      return sys_error(path, "connection to the daemon", proto::send_failure(sock.get(), rc));
     // Events of the buffers started before may come first.
     for (;;) {
       proto::Received m;
       if (!receive(&m)) return EIO;
+      // The daemon refused the connection itself (a limit, relayfs(8)): it says so unasked.
+      proto::Status st;
+      if (static_cast<proto::Type>(m.header.type) == proto::Type::kError && m.header.seq == 0 &&
+          proto::decode(m.payload.data(), m.payload.size(), &st) == 0 && st.status < 0) {
+        lost = true;  // it hangs up next
+        return sys_error(b.src, "cannot record", -st.status);
+      }
       if (m.header.seq != my_seq) continue;
       proto::RecordReply reply;
       if (static_cast<proto::Type>(m.header.type) != proto::Type::kRecordReply ||

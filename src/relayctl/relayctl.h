@@ -21,6 +21,8 @@ int cmd_record(int argc, char** argv);
 int cmd_flush(int argc, char** argv);
 int cmd_reset(int argc, char** argv);
 int cmd_close(int argc, char** argv);
+// stat --users PATH (users.cc): the usage and limits of the mount that holds PATH.
+int stat_users(const std::string& path, bool json);
 
 // "relayctl: " + message on stderr. usage_error adds "Try 'relayctl CMD --help'." and returns
 // kExitUsage; sys_error names the path and strerror(err) and returns kExitError.

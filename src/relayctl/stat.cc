@@ -22,11 +22,16 @@ namespace {
 
 constexpr const char* kHelp =
     "Usage: relayctl stat [--json] PATH...\n"
+    "       relayctl stat --users [--json] PATH\n"
     "Shows the counters of every buffer PATH names: a relay file (one buffer; the merged view\n"
     "BASE gives sums over its channel), a channel DIR/BASE (all of BASE0, BASE1, ...), or a\n"
     "directory (every channel buffer below it, recursively).\n"
+    "With --users: each user's channels, connections and channel memory in the mount that\n"
+    "holds PATH, and the mount's limits (relayfs(8)).\n"
     "\n"
-    "  -j, --json   one JSON array of objects, one per buffer, for scripts\n"
+    "  -j, --json   JSON for scripts: an array of objects, one per buffer (with --users one\n"
+    "               object)\n"
+    "  -u, --users  the usage of each user instead of the counters\n"
     "  -h, --help   this help\n";
 
 // The attributes shown: what describes the buffer ("mode" is text), then its counters, in
@@ -206,14 +211,17 @@ void print_table(const std::vector<Row>& rows) {
 
 int cmd_stat(int argc, char** argv) {
   static const option kLong[] = {{"json", no_argument, nullptr, 'j'},
+                                 {"users", no_argument, nullptr, 'u'},
                                  {"help", no_argument, nullptr, 'h'},
                                  {nullptr, 0, nullptr, 0}};
-  bool json = false;
+  bool json = false, users = false;
   start_options();
   int c;
-  while ((c = getopt_long(argc, argv, "jh", kLong, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "juh", kLong, nullptr)) != -1) {
     if (c == 'j') {
       json = true;
+    } else if (c == 'u') {
+      users = true;
     } else if (c == 'h') {
       std::fputs(kHelp, stdout);
       return kExitOk;
@@ -222,6 +230,8 @@ int cmd_stat(int argc, char** argv) {
     }
   }
   if (optind == argc) return usage_error("stat", "missing PATH");
+  if (users && optind + 1 != argc) return usage_error("stat", "--users takes one PATH");
+  if (users) return stat_users(argv[optind], json);
   std::vector<Row> rows;
   int status = kExitOk;
   for (int i = optind; i < argc; ++i)

@@ -1,11 +1,13 @@
 // What the mount test programs share besides the Mount fixture (mount.h): numbered records
 // written to a global channel through the producer library, a buffer's counters (relay_buf_stats
 // and the file's extended attributes), waits with a deadline, threads pinned to a CPU, the
-// daemon's control socket, and running code as another user (with or without supplementary
-// groups).
+// daemon's control socket, running code as another user (as_user, with or without
+// supplementary groups, or a Holder that keeps its channels until told), and the daemon's usage
+// report.
 #pragma once
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pthread.h>
 #include <relayfs/relay.h>
@@ -306,6 +308,131 @@ int as_user(uid_t uid, gid_t gid, const std::vector<gid_t>& groups, F f) {
 template <typename F>
 int as_user(uid_t uid, gid_t gid, F f) {
   return as_user(uid, gid, {}, f);
+}
+
+// ---- Two users, and a process of theirs that holds channels -------------------------------------
+
+struct TestUser {
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = 0;
+  bool ok() const { return uid != static_cast<uid_t>(-1); }
+};
+
+// The two test users, or !ok() when they cannot be made (not root).
+inline bool make_users(TestUser* alice, TestUser* bob) {
+  alice->uid = test_user(&alice->gid, "relayfs-test");
+  bob->uid = test_user(&bob->gid, "relayfs-test2");
+  return alice->ok() && bob->ok() && alice->gid != bob->gid;
+}
+
+#define NEED_USERS(alice, bob)                          \
+  TestUser alice, bob;                                  \
+  if (!make_users(&alice, &bob)) {                      \
+    MESSAGE("skipped: needs root to create two users"); \
+    return;                                             \
+  }
+
+// A producer process running as another user, which keeps its channels open (and its control
+// connection, so they live) until the test lets it finish. setup runs first and returns an errno
+// (0: all well); finish runs when the Holder is finished or destroyed, and its return value is
+// the process's exit status.
+class Holder {
+ public:
+  template <typename Setup, typename Finish>
+  Holder(const TestUser& u, Setup setup, Finish finish) {
+    REQUIRE(::pipe2(ready_, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(go_, O_CLOEXEC) == 0);
+    pid_ = ::fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      ::close(ready_[0]);
+      ::close(go_[1]);
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      unsigned char err = 250;
+      if (::setgroups(0, nullptr) == 0 && ::setgid(u.gid) == 0 && ::setuid(u.uid) == 0) {
+        ::prctl(PR_SET_DUMPABLE, 1);
+        err = static_cast<unsigned char>(setup());
+      }
+      (void)!::write(ready_[1], &err, 1);
+      // A byte, not the end of the pipe: a Holder forked later holds a copy of its write end.
+      char c;
+      (void)!::read(go_[0], &c, 1);
+      ::_exit(err ? err : finish());
+    }
+    ::close(ready_[1]);
+    ::close(go_[0]);
+    unsigned char err = 251;
+    (void)!::read(ready_[0], &err, 1);
+    setup_errno_ = err;
+  }
+  Holder(const Holder&) = delete;
+  Holder& operator=(const Holder&) = delete;
+  ~Holder() { finish(); }
+
+  int setup_errno() const { return setup_errno_; }
+
+  // Lets the process finish; returns its exit status (252 if it did not exit normally).
+  int finish() {
+    if (pid_ <= 0) return status_;
+    (void)!::write(go_[1], "g", 1);
+    ::close(go_[1]);
+    ::close(ready_[0]);
+    int st = 0;
+    ::waitpid(pid_, &st, 0);
+    pid_ = -1;
+    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 252;
+    return status_;
+  }
+
+ private:
+  int ready_[2]{-1, -1}, go_[2]{-1, -1};
+  pid_t pid_ = -1;
+  int setup_errno_ = 0;
+  int status_ = 0;
+};
+
+// A directory of the mount owned by u (mode 0755): where u may create channels.
+inline std::string home_of(const Mount& m, const TestUser& u) {
+  const std::string home = m.path("home-" + std::to_string(u.uid));
+  REQUIRE(::mkdir(home.c_str(), 0755) == 0);
+  REQUIRE(::chown(home.c_str(), u.uid, u.gid) == 0);
+  return home;
+}
+
+// ---- The daemon's usage report ----------------------------------------------------------------
+
+// The root directory's user.relayfs.users, parsed: for each line its words after the first as
+// name -> value ("exempt" -> ""), keyed by the first word, or for "user" lines by "uid=N".
+// Empty if the attribute cannot be read. No REQUIRE: also for child processes.
+using Usage = std::map<std::string, Attrs>;
+inline Usage usage_of(const std::string& mount_dir) {
+  std::vector<char> buf(1 << 16);
+  const ssize_t n = ::getxattr(mount_dir.c_str(), "user.relayfs.users", buf.data(), buf.size());
+  Usage u;
+  if (n < 0) return u;
+  std::istringstream in(std::string(buf.data(), static_cast<size_t>(n)));
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream words(line);
+    std::string kind, w;
+    words >> kind;
+    Attrs a;
+    while (words >> w) {
+      const auto eq = w.find('=');
+      a[w.substr(0, eq)] = eq == std::string::npos ? "" : w.substr(eq + 1);
+    }
+    u[kind == "user" ? "uid=" + a["uid"] : kind] = a;
+  }
+  return u;
+}
+
+// Field `name` of line `key` of a usage report, as a number; -1 if it is not there.
+inline long long usage_field(const Usage& u, const std::string& key, const std::string& name) {
+  const auto line = u.find(key);
+  if (line == u.end()) return -1;
+  const auto f = line->second.find(name);
+  if (f == line->second.end() || f->second.empty()) return -1;
+  return std::stoll(f->second);
 }
 
 }  // namespace relayfs::test

@@ -34,92 +34,6 @@ namespace proto = relayfs::proto;
 
 namespace {
 
-struct User {
-  uid_t uid = static_cast<uid_t>(-1);
-  gid_t gid = 0;
-  bool ok() const { return uid != static_cast<uid_t>(-1); }
-};
-
-// The two test users, or !ok() when they cannot be made (not root).
-bool make_users(User* alice, User* bob) {
-  alice->uid = test_user(&alice->gid, "relayfs-test");
-  bob->uid = test_user(&bob->gid, "relayfs-test2");
-  return alice->ok() && bob->ok() && alice->gid != bob->gid;
-}
-
-#define NEED_USERS(alice, bob)                          \
-  User alice, bob;                                      \
-  if (!make_users(&alice, &bob)) {                      \
-    MESSAGE("skipped: needs root to create two users"); \
-    return;                                             \
-  }
-
-// A producer process running as another user, which keeps its channels open (and its control
-// connection, so they live) until the test lets it finish. setup runs first and returns an errno
-// (0: all well); finish runs when the Holder is finished or destroyed, and its return value is
-// the process's exit status.
-class Holder {
- public:
-  template <typename Setup, typename Finish>
-  Holder(const User& u, Setup setup, Finish finish) {
-    REQUIRE(::pipe2(ready_, O_CLOEXEC) == 0);
-    REQUIRE(::pipe2(go_, O_CLOEXEC) == 0);
-    pid_ = ::fork();
-    REQUIRE(pid_ >= 0);
-    if (pid_ == 0) {
-      ::close(ready_[0]);
-      ::close(go_[1]);
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      unsigned char err = 250;
-      if (::setgroups(0, nullptr) == 0 && ::setgid(u.gid) == 0 && ::setuid(u.uid) == 0) {
-        ::prctl(PR_SET_DUMPABLE, 1);
-        err = static_cast<unsigned char>(setup());
-      }
-      (void)!::write(ready_[1], &err, 1);
-      char c;
-      while (::read(go_[0], &c, 1) > 0) {
-      }
-      ::_exit(err ? err : finish());
-    }
-    ::close(ready_[1]);
-    ::close(go_[0]);
-    unsigned char err = 251;
-    (void)!::read(ready_[0], &err, 1);
-    setup_errno_ = err;
-  }
-  Holder(const Holder&) = delete;
-  Holder& operator=(const Holder&) = delete;
-  ~Holder() { finish(); }
-
-  int setup_errno() const { return setup_errno_; }
-
-  // Lets the process finish; returns its exit status (252 if it did not exit normally).
-  int finish() {
-    if (pid_ <= 0) return status_;
-    ::close(go_[1]);
-    ::close(ready_[0]);
-    int st = 0;
-    ::waitpid(pid_, &st, 0);
-    pid_ = -1;
-    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 252;
-    return status_;
-  }
-
- private:
-  int ready_[2]{-1, -1}, go_[2]{-1, -1};
-  pid_t pid_ = -1;
-  int setup_errno_ = 0;
-  int status_ = 0;
-};
-
-// A directory of the mount owned by u (mode 0755): where u may create channels.
-std::string home_of(const Mount& m, const User& u) {
-  const std::string home = m.path("home-" + std::to_string(u.uid));
-  REQUIRE(::mkdir(home.c_str(), 0755) == 0);
-  REQUIRE(::chown(home.c_str(), u.uid, u.gid) == 0);
-  return home;
-}
-
 // create_buf_file for a global channel whose files get mode m.
 template <mode_t M>
 int global_mode(const char*, const char*, mode_t* mode, rchan_buf*, int* is_global) {
@@ -395,7 +309,7 @@ TEST_CASE("a supplementary group grants group access, in the kernel and in the d
   constexpr int kRecords = 5;
   // The files get the producer connection's primary gid: a root producer whose group is sup.
   Holder producer(
-      User{0, sup},
+      TestUser{0, sup},
       [&] {
         rchan* c = open_written<0440>(m.dir, "grp", kRecords);
         if (!c) return errno ? errno : 99;

@@ -1,4 +1,6 @@
-// relayctl stat: the table and --json show what the channel's buffers hold.
+// relayctl stat: the table and --json show what the channel's buffers hold; with --users, what
+// each user holds in the mount and its limits (with a second user, made for the test: needs root).
+#include "core/geometry.h"
 #include "relayctl/tool.h"
 
 using namespace relayfs::test;
@@ -130,4 +132,92 @@ TEST_CASE("stat and record tell a channel's buffers from another channel's files
   CHECK(::access(out.path("rec/log20").c_str(), F_OK) != 0);
   CHECK(slurp(m.path("log20")).size() == 220);  // untouched by the recording of "log"
   relay_close(log2);
+}
+
+TEST_CASE("stat --users: each user's channels, connections and memory, and the limits") {
+  NEED_USERS(alice, bob);
+  Mount m({"-o", "allow_other,user_memory=8M,user_connections=2"});
+  const std::string home = home_of(m, alice);
+  auto memory = [](uint32_t subbuf_size, uint32_t n_subbufs) {
+    return std::to_string(relayfs::core::Layout::of({subbuf_size, n_subbufs}).total_size);
+  };
+  // Alice holds two channels, each with its producer's connection: her limit of two.
+  std::vector<rchan*> held;
+  Holder a(
+      alice,
+      [&] {
+        rchan_callbacks cb{};
+        cb.create_buf_file = &make_global<0440>;
+        held.push_back(relay_open("one", home.c_str(), 4096, 4, &cb, nullptr));
+        held.push_back(relay_open("two", home.c_str(), 65536, 2, &cb, nullptr));
+        return held[0] && held[1] ? 0 : errno;
+      },
+      [&] {
+        for (rchan* c : held) relay_close(c);
+        return 0;
+      });
+  REQUIRE(a.setup_errno() == 0);
+  rchan* mine = open_global(m.dir, "root", 4096, 8);
+  const std::string alice_memory =
+      std::to_string(std::stoull(memory(4096, 4)) + std::stoull(memory(65536, 2)));
+
+  const Outcome table = relayctl("stat --users " + home);  // any directory of the mount
+  REQUIRE(table.status == 0);
+  CHECK(table.out.rfind("UID", 0) == 0);
+  const auto arow = row(table.out, std::to_string(alice.uid));
+  REQUIRE(arow.size() == 5);
+  CHECK(arow[1] == "relayfs-test");
+  CHECK(arow[2] == "2");
+  CHECK(arow[3] == "2");
+  CHECK(arow[4] == alice_memory);
+  const auto rrow = row(table.out, "0");
+  REQUIRE(rrow.size() == 6);
+  CHECK(rrow[1] == "root");
+  CHECK(rrow[2] == "1");
+  CHECK(rrow[4] == memory(4096, 8));
+  CHECK(rrow[5] == "exempt");
+  CHECK(table.out.find("limits: each user 256 channels, 2 connections, 8388608 bytes") !=
+        std::string::npos);
+  CHECK(table.out.find("held by users with limits: 2 channels, 2 connections, " + alice_memory +
+                       " bytes") != std::string::npos);
+
+  const Outcome json = relayctl("stat --users --json " + m.dir);
+  REQUIRE(json.status == 0);
+  TempDir t;
+  write_file(t.path("j"), json.out);
+  auto field = [&](const std::string& expr) {
+    return capture(
+        "python3 -c 'import json,sys\n"
+        "d = json.load(open(sys.argv[1]))\n"
+        "u = {x[\"uid\"]: x for x in d[\"users\"]}\n"
+        "print(" +
+        expr + ")' '" + t.path("j") + "'");
+  };
+  const std::string a_uid = std::to_string(alice.uid);
+  CHECK(field("u[" + a_uid + "][\"channels\"], u[" + a_uid + "][\"connections\"]") == "2 2\n");
+  CHECK(field("u[" + a_uid + "][\"memory\"]") == alice_memory + "\n");
+  CHECK(field("u[" + a_uid + "][\"user\"], u[" + a_uid + "][\"exempt\"]") ==
+        "relayfs-test False\n");
+  CHECK(field("u[0][\"exempt\"], u[0][\"memory\"]") == "True " + memory(4096, 8) + "\n");
+  CHECK(field("d[\"limits\"][\"user_memory\"], d[\"limits\"][\"user_connections\"]") ==
+        "8388608 2\n");
+  CHECK(field("d[\"limited\"][\"memory\"]") == alice_memory + "\n");
+  CHECK(field("d[\"descriptors\"][\"open\"] > 0") == "True\n");
+
+  // At her connection limit, alice cannot record either: relayctl says why.
+  TempDir out;
+  REQUIRE(::chown(out.dir.c_str(), alice.uid, alice.gid) == 0);
+  const Outcome rec =
+      relayctl("record " + home + "/one " + out.path("rec"), RunAs{alice.uid, alice.gid, {}});
+  CHECK(rec.status == 1);
+  CHECK(rec.err.find(std::strerror(EDQUOT)) != std::string::npos);
+
+  // Usage errors, and a path outside any relayfs.
+  CHECK(relayctl("stat --users").status == 2);
+  CHECK(relayctl("stat --users " + m.dir + " " + home).status == 2);
+  const Outcome outside = relayctl("stat --users " + t.dir);
+  CHECK(outside.status == 1);
+  CHECK(outside.err.find("not in a relayfs mount") != std::string::npos);
+  CHECK(a.finish() == 0);
+  relay_close(mine);
 }
