@@ -141,37 +141,65 @@ const fuse_lowlevel_ops kOps = [] {
   return o;
 }();
 
-enum class LimitOption { kNone, kTaken, kBad };
+enum class DaemonOption { kNone, kTaken, kBad };
 
-// A per-user limit option (relayfs(8), "Limits"): kTaken with *l set, kNone for any other
-// option, kBad (said on stderr) for a limit whose value is not one.
-LimitOption parse_limit_option(const std::string& item, relayfs::fs::Limits* l) {
+// An option of the daemon's own, which libfuse never sees (relayfs(8)): a per-user limit
+// ("Limits"), the kernel's read-ahead, the orphan timeout. kTaken with *o set, kNone for any
+// other option, kBad (said on stderr) for one of ours whose value is not one.
+DaemonOption parse_daemon_option(const std::string& item, relayfs::fs::Options* o) {
+  using relayfs::fs::Limits;
+  enum Kind { kSize, kCount, kBytes, kSeconds };  // the last two: no 'unlimited'
   struct Known {
     const char* name;
-    uint64_t relayfs::fs::Limits::*field;
-    bool size;
+    Kind kind;
+    uint64_t Limits::*limit = nullptr;     // a limit, or
+    uint32_t relayfs::fs::Options::*value = nullptr;  // an option of the daemon's
+    uint64_t max = 0;                      // for value: its largest
   };
   static constexpr Known kKnown[] = {
-      {"user_memory", &relayfs::fs::Limits::user_memory, true},
-      {"users_memory", &relayfs::fs::Limits::users_memory, true},
-      {"user_channels", &relayfs::fs::Limits::user_channels, false},
-      {"user_connections", &relayfs::fs::Limits::user_connections, false},
+      {"user_memory", kSize, &Limits::user_memory},
+      {"users_memory", kSize, &Limits::users_memory},
+      {"user_channels", kCount, &Limits::user_channels},
+      {"user_connections", kCount, &Limits::user_connections},
+      // The kernel's read-ahead window for splicing readers (relay(7), "Splice and sendfile").
+      {"readahead", kBytes, nullptr, &relayfs::fs::Options::readahead, 16u << 20},
+      {"orphan_timeout", kSeconds, nullptr, &relayfs::fs::Options::orphan_timeout, 1u << 30},
   };
   const size_t eq = item.find('=');
   const std::string name = item.substr(0, eq);
   for (const Known& k : kKnown) {
     if (name != k.name) continue;
-    if (eq != std::string::npos &&
-        relayfs::fs::parse_limit(item.substr(eq + 1), k.size, &(l->*k.field)))
-      return LimitOption::kTaken;
+    uint64_t v = 0;
+    const bool size = k.kind == kSize || k.kind == kBytes;
+    if (eq != std::string::npos && relayfs::fs::parse_limit(item.substr(eq + 1), size, &v) &&
+        (k.limit || (v != Limits::kUnlimited && v <= k.max))) {
+      if (k.limit)
+        o->limits.*k.limit = v;
+      else
+        o->*k.value = static_cast<uint32_t>(v);
+      return DaemonOption::kTaken;
+    }
+    const char* what = "";
+    switch (k.kind) {
+      case kSize:
+        what = "not a size: a number of bytes with an optional K, M, G or T suffix, or "
+               "'unlimited'";
+        break;
+      case kCount:
+        what = "not a count: a whole number, or 'unlimited'";
+        break;
+      case kBytes:
+        what = "not a size: a number of bytes with an optional K or M suffix, at most 16M";
+        break;
+      case kSeconds:
+        what = "not a number of seconds (0: never)";
+        break;
+    }
     std::fprintf(stderr, "relayfs: -o %s: %s\n", item.c_str(),
-                 eq == std::string::npos ? "needs a value"
-                 : k.size ? "not a size: a number of bytes with an optional K, M, G or T suffix, "
-                            "or 'unlimited'"
-                          : "not a count: a whole number, or 'unlimited'");
-    return LimitOption::kBad;
+                 eq == std::string::npos ? "needs a value" : what);
+    return DaemonOption::kBad;
   }
-  return LimitOption::kNone;
+  return DaemonOption::kNone;
 }
 
 struct Conf {
@@ -201,6 +229,13 @@ void usage(const char* prog) {
       "  -o user_connections=N     control connections one user may hold (default: 256)\n"
       "                   SIZE: bytes with an optional K, M, G or T; or 'unlimited'. Root and\n"
       "                   the mounter have no limits; the others get EDQUOT beyond them\n"
+      "  -o orphan_timeout=S       free what a closed or exited producer's channel still\n"
+      "                   holds unread S seconds after (counted in lost_expired_bytes;\n"
+      "                   default 0: never)\n"
+      "  -o readahead=SIZE         the kernel's read-ahead for splice/sendfile readers\n"
+      "                   (default 0: a page at a time, which bounds what a splicing\n"
+      "                   reader that stops early leaves counted in lost_readahead_bytes)\n"
+      "  -o ro            read-only: no new channels (EROFS)\n"
       "  -o OPTION        any other libfuse mount option\n"
       "\n"
       "See relayfs(8).\n",
@@ -260,13 +295,13 @@ int main(int argc, char** argv) {
       // The kernel refuses mkdir on a read-only mount; channels are the daemon's to refuse.
       if (item == "ro") opts.read_only = true;
       if (item == "rw") opts.read_only = false;
-      switch (parse_limit_option(item, &opts.limits)) {
-        case LimitOption::kNone:
+      switch (parse_daemon_option(item, &opts)) {
+        case DaemonOption::kNone:
           kept += (kept.empty() ? "" : ",") + item;
           break;
-        case LimitOption::kTaken:
+        case DaemonOption::kTaken:
           break;
-        case LimitOption::kBad:
+        case DaemonOption::kBad:
           return 2;
       }
     }

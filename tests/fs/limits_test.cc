@@ -10,12 +10,14 @@
 #include <relayfs/relay.h>
 #include <sys/resource.h>
 #include <sys/sysinfo.h>
+#include <fcntl.h>
 #include <sys/xattr.h>
 
 #include <dirent.h>
 #include <algorithm>
 #include <cerrno>
 #include <fstream>
+#include <thread>
 #include <optional>
 #include <string>
 #include <vector>
@@ -67,6 +69,26 @@ int write_and_close(const std::vector<rchan*>& held) {
     if (relay_write(c, r.data(), r.size()) != 0 || relay_close(c) != 0) err = 97;
   }
   return err;
+}
+
+// Writes n more records into each channel and leaves them open: 0, or 97 if one fails.
+int write_and_leave(const std::vector<rchan*>& held, int n) {
+  for (rchan* c : held)
+    for (int i = 1; i <= n; ++i) {
+      const std::string r = record(i);
+      if (relay_write(c, r.data(), r.size()) != 0) return 97;
+    }
+  return 0;
+}
+
+// Attribute user.relayfs.NAME of an open relay file, as a number (the file may have left its
+// directory).
+unsigned long long fattr(int fd, const std::string& name) {
+  char v[64];
+  const ssize_t n = ::fgetxattr(fd, ("user.relayfs." + name).c_str(), v, sizeof v - 1);
+  REQUIRE_MESSAGE(n > 0, name);
+  v[n] = '\0';
+  return std::strtoull(v, nullptr, 10);
 }
 
 std::string uid_key(const TestUser& u) {
@@ -253,6 +275,42 @@ TEST_CASE("the channels of a producer that exited count against its user until t
   CHECK(slurp(home + "/right0") == record(0));
   CHECK(wait_for([&] { return usage_of(m.dir).count(uid_key(alice)) == 0; }));
   CHECK(as_user(alice.uid, alice.gid, [&] { return open_close(home, "more"); }) == 0);
+}
+
+TEST_CASE("orphan_timeout frees an exited producer's undrained channel, counted as lost bytes") {
+  NEED_USERS(alice, bob);
+  Mount m({"-o", "allow_other,orphan_timeout=1"});
+  const std::string home = home_of(m, alice);
+  // A reader that has the file open all along sees the end: the counters stay readable on it.
+  int reader = -1;
+  CHECK(as_user(alice.uid, alice.gid, [&] {
+          std::vector<rchan*> held;
+          if (int err = try_open(home, "left", 4096, 4, &held)) return err;
+          return write_and_leave(held, 200);  // then exits without closing
+        }) == 0);
+  reader = ::open((home + "/left0").c_str(), O_RDONLY);
+  REQUIRE(reader >= 0);
+  char part[kRec];
+  REQUIRE(::read(reader, part, sizeof part) == static_cast<ssize_t>(kRec));  // one record read
+  CHECK(usage_field(usage_of(m.dir), uid_key(alice), "channels") == 1);
+  // Within the timeout (a tick of at most a second after it), it is freed: the rest counted
+  // lost, the reader at its end, the file gone, alice's usage released.
+  CHECK(wait_for([&] { return !exists(home + "/left0"); }, std::chrono::seconds(10)));
+  char buf[4096];
+  CHECK(::read(reader, buf, sizeof buf) == 0);
+  CHECK(fattr(reader, "lost_expired_bytes") == 200 * kRec);  // record(0) + 200, one read
+  CHECK(fattr(reader, "bytes_consumed") == kRec);
+  CHECK(fattr(reader, "bytes_unread") == 0);
+  CHECK(fattr(reader, "bytes_produced") == 201 * kRec);
+  ::close(reader);
+  CHECK(wait_for([&] { return usage_of(m.dir).count(uid_key(alice)) == 0; }));
+  CHECK(alive(m.pid));
+  // A channel whose producer still lives is never freed, however long nobody reads it.
+  rchan* live = open_global(m.dir, "live");
+  const std::string kept = write_records(live, 0, 10);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  CHECK(slurp(m.path("live0")) == kept);
+  CHECK(relay_close(live) == 0);
 }
 
 TEST_CASE("users_memory bounds all users together; root is not counted") {
@@ -442,7 +500,9 @@ TEST_CASE("limit options: 0 allows nothing, 'unlimited' no limit, a bad value is
   TempDir t;
   for (const char* bad : {"user_memory=4X", "user_memory=-1", "user_memory=", "user_memory",
                           "users_memory=99999999999T", "user_channels=1K", "user_connections=x",
-                          "user_channels=2.5"}) {
+                          "user_channels=2.5", "orphan_timeout=x", "orphan_timeout=unlimited",
+                          "orphan_timeout=1K", "readahead=32M", "readahead=unlimited",
+                          "readahead="}) {
     CAPTURE(bad);
     // Under timeout: a value taken by mistake would mount, in the foreground.
     const std::string daemon = "timeout -s KILL 10 " + daemon_path() + " none '" + t.dir + "' -f";

@@ -35,6 +35,11 @@ void check_balance(const Attrs& a) {
   CHECK(num(a, "bytes_produced") == num(a, "bytes_consumed") + num(a, "bytes_unread") + lost_bytes(a));
 }
 
+// What was produced and is neither counted as read nor left for a reader that reads rest.
+unsigned long long produced_minus(const Attrs& a, size_t rest) {
+  return num(a, "bytes_produced") - num(a, "bytes_consumed") - rest;
+}
+
 bool have(const char* tool) {
   return run(std::string("command -v ") + tool + " >/dev/null 2>&1") == 0;
 }
@@ -75,6 +80,30 @@ TEST_CASE("pv -S stops after 1000 bytes: what its splice took beyond them is cou
   CHECK(num(end, "bytes_consumed") == rest.size());
   CHECK(num(end, "bytes_unread") == 0);
   check_balance(end);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("with -o readahead the kernel takes a window: more is counted, and the books balance") {
+  Mount m({"-o", "readahead=131072"});
+  rchan* c = open_global(m.dir, "ra", 1 << 16, 16);
+  const std::string all = write_records(c, 0, 50000);  // 550,000 bytes
+  const std::string path = m.path("ra0");
+  const std::string out = python(
+      "import os,sys\n"
+      "fd=os.open(sys.argv[1],os.O_RDONLY); r,w=os.pipe()\n"
+      "n=os.splice(fd,w,100); sys.stdout.write(os.read(r,n).decode())\n"
+      "os.close(fd)\n",
+      path);
+  REQUIRE(out.size() == 100);
+  const Attrs a = getfattr(path);
+  const unsigned long long lost = num(a, "lost_readahead_bytes");
+  MESSAGE("a splice of 100 bytes with read-ahead 128 KiB left " << lost << " bytes counted");
+  CHECK(lost > kPage);             // the kernel read ahead
+  CHECK(lost <= 2 * 131072 + kPage);
+  check_balance(a);
+  const std::string rest = slurp(path);
+  CHECK(rest == all.substr(all.size() - rest.size()));
+  CHECK(produced_minus(a, rest.size()) == lost);  // nothing else went missing
   CHECK(relay_close(c) == 0);
 }
 
