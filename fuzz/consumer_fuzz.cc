@@ -93,6 +93,7 @@ std::vector<Field> fields_of(const core::Buffer& b) {
       {offsetof(ShmHeader, reset_gen), 4},
       {offsetof(ShmHeader, closed), 4},
       {offsetof(ShmHeader, close_off), 4},
+      {offsetof(ShmHeader, reset_bytes), 8},
       {offsetof(ShmHeader, lost_full), 8},
       {offsetof(ShmHeader, lost_too_big), 8},
       {offsetof(ShmHeader, lost_wrap), 8},
@@ -100,6 +101,10 @@ std::vector<Field> fields_of(const core::Buffer& b) {
       {offsetof(ShmHeader, bytes_consumed), 8},
       {offsetof(ShmHeader, overruns), 8},
       {offsetof(ShmHeader, lost_uncommitted), 8},
+      {offsetof(ShmHeader, lost_overrun_bytes), 8},
+      {offsetof(ShmHeader, lost_reset_bytes), 8},
+      {offsetof(ShmHeader, lost_readahead_bytes), 8},
+      {offsetof(ShmHeader, lost_expired_bytes), 8},
       {offsetof(ShmHeader, progress), 4},
       {offsetof(ShmHeader, waiters), 4},
       {offsetof(ShmHeader, blocked), 4},
@@ -110,6 +115,7 @@ std::vector<Field> fields_of(const core::Buffer& b) {
     f.push_back({at + offsetof(core::SubbufMeta, commit), 8});
     f.push_back({at + offsetof(core::SubbufMeta, ready), 8});
     f.push_back({at + offsetof(core::SubbufMeta, padding), 4});
+    f.push_back({at + offsetof(core::SubbufMeta, start_bytes), 8});
   }
   return f;
 }
@@ -157,7 +163,7 @@ uint64_t hostile_value(FuzzedDataProvider& in, uint32_t size, uint32_t n) {
 }
 
 // Opcodes: 0..10 act as a producer (honest or hostile), 11.. call the consumer.
-constexpr int kOps = 20;
+constexpr int kOps = 22;
 constexpr int kFirstConsumerOp = 11;
 
 class Run {
@@ -296,6 +302,12 @@ class Run {
       case 19:
         cons_->arm_doorbell(in.ConsumeBool());
         break;
+      case 20:  // -o orphan_timeout: what is left goes, counted (only once finalized)
+        if (cons_->expire() != 0) check_stream_ = false;
+        break;
+      case 21:  // a page cache took bytes that no reader was shown to get
+        cons_->readahead_lost(in.ConsumeIntegralInRange<uint64_t>(0, 2 * size()));
+        break;
     }
   }
 
@@ -306,6 +318,10 @@ class Run {
     if (!corrupted_) {
       if (st.corrupt != 0) fail("corruption counted with an honest producer");
       if (st.bytes_consumed > st.bytes_produced) fail("more bytes consumed than produced");
+      const uint64_t lost = st.lost_uncommitted + st.lost_overrun_bytes + st.lost_reset_bytes +
+                            st.lost_readahead_bytes + st.lost_expired_bytes;
+      if (st.bytes_produced != st.bytes_consumed + st.bytes_unread + lost)
+        fail("the books do not balance with an honest producer");
     }
   }
 
