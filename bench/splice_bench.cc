@@ -102,11 +102,12 @@ Loss early_stop(const Mount& m, const std::string& cmd) {
   for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) got += n;
   pclose(p);
   const unsigned long long counted = attr(file, "lost_readahead_bytes");
+  // Closed first: on this blocking mount, cat then reads to the end of file instead of waiting.
+  relay_close(c);
   FILE* cat = popen(("cat '" + file + "'").c_str(), "r");
   unsigned long long rest = 0;
   for (size_t n; (n = fread(buf, 1, sizeof buf, cat)) > 0;) rest += n;
   pclose(cat);
-  relay_close(c);
   return {static_cast<double>(counted), static_cast<double>(produced - got - rest)};
 }
 
@@ -168,6 +169,7 @@ int main(int argc, char** argv) {
   }
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
+  setvbuf(stdout, nullptr, _IOLBF, 0);
   printf("splice_bench: %d runs, %llu MiB drained per speed run, 64-byte records\n", runs,
          static_cast<unsigned long long>(bytes >> 20));
   printf("%-10s %14s %14s %14s %14s %10s %10s %8s\n", "readahead", "pv-S counted", "pv-S real",

@@ -49,6 +49,16 @@ std::string python(const std::string& code, const std::string& path) {
   return capture("python3 -c '" + code + "' '" + path + "' 2>&1");
 }
 
+// python's os.splice of n bytes of path into a pipe, then close: what it got.
+std::string splice_and_close(const std::string& path, size_t n) {
+  return python(
+      "import os,sys\n"
+      "fd=os.open(sys.argv[1],os.O_RDONLY); r,w=os.pipe()\n"
+      "n=os.splice(fd,w," + std::to_string(n) + "); sys.stdout.write(os.read(r,n).decode())\n"
+      "os.close(fd)\n",
+      path);
+}
+
 }  // namespace
 
 TEST_CASE("pv -S stops after 1000 bytes: what its splice took beyond them is counted, at most a page") {
@@ -88,12 +98,7 @@ TEST_CASE("with -o readahead the kernel takes a window: more is counted, and the
   rchan* c = open_global(m.dir, "ra", 1 << 16, 16);
   const std::string all = write_records(c, 0, 50000);  // 550,000 bytes
   const std::string path = m.path("ra0");
-  const std::string out = python(
-      "import os,sys\n"
-      "fd=os.open(sys.argv[1],os.O_RDONLY); r,w=os.pipe()\n"
-      "n=os.splice(fd,w,100); sys.stdout.write(os.read(r,n).decode())\n"
-      "os.close(fd)\n",
-      path);
+  const std::string out = splice_and_close(path, 100);
   REQUIRE(out.size() == 100);
   const Attrs a = getfattr(path);
   const unsigned long long lost = num(a, "lost_readahead_bytes");
@@ -112,12 +117,7 @@ TEST_CASE("python os.splice of 100 bytes, then close: the rest of the page is co
   rchan* c = open_global(m.dir, "sp", 1 << 16, 8);
   const std::string all = write_records(c, 0, 1000);  // 11,000 bytes
   const std::string path = m.path("sp0");
-  const std::string out = python(
-      "import os,sys\n"
-      "fd=os.open(sys.argv[1],os.O_RDONLY); r,w=os.pipe()\n"
-      "n=os.splice(fd,w,100); sys.stdout.write(os.read(r,n).decode())\n"
-      "os.close(fd)\n",
-      path);
+  const std::string out = splice_and_close(path, 100);
   REQUIRE(out.size() == 100);
   CHECK(out == all.substr(0, 100));
   const Attrs a = getfattr(path);
