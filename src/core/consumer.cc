@@ -100,6 +100,7 @@ bool Consumer::sync_reset() noexcept {
   consumed_ = 0;
   bytes_consumed_ = 0;
   pos_bytes_ = start;
+  pos_pending_ = false;  // what a lap had left uncounted went with the reset, counted there
   ready_seq_ = ~uint64_t{0};
   ready_ = 0;
   publish();
@@ -397,8 +398,14 @@ int Consumer::subbufs_consumed(uint64_t n) noexcept {
   if (target == consumed_) return 0;  // nothing closed to release: keep our place
   // The oldest may have been overwritten (overwrite mode): they were not the reader's to have
   // whole, so they count as overruns, and their bytes as lost once settle() knows them.
+  // Lapped are the ones before the oldest the writer has not begun to reuse, produced - n + 1,
+  // or produced - n too when the writer is stopped: found in one step, not walked, because
+  // `produced` is the producer's to say and may be anything.
   uint64_t seq = consumed_;
-  while (seq < target && reused(seq, produced) == Reuse::kYes) ++seq;
+  if (reused(seq, produced) == Reuse::kYes) {
+    seq = std::min(target, produced - n_ + 1);  // kYes: produced - consumed_ >= n_
+    if (seq > consumed_ && reused(seq - 1, produced) != Reuse::kYes) --seq;
+  }
   if (seq > consumed_) {
     overruns_ += seq - consumed_;
     pass_to(seq);
@@ -407,11 +414,14 @@ int Consumer::subbufs_consumed(uint64_t n) noexcept {
   // is its padding's, read while its slot is still its own.
   uint64_t bytes = 0;
   const uint64_t from = seq;
+  // At most n_ of them: past the lapped ones, target is within n_ of what was produced.
   for (; seq < target; ++seq) {
     const uint32_t padding = meta_[seq % n_].padding.load(std::memory_order_relaxed);
     if (padding > size_) return corrupt();
-    // Seqlock reader side, as in still_valid: the padding was loaded before these checks.
+    // Seqlock reader side, as in still_valid: the padding was loaded before these checks, and
+    // a reset since our sync_reset (which zeroes every padding) voids them.
     std::atomic_thread_fence(std::memory_order_acquire);
+    if (hdr_->reset_gen.load(std::memory_order_relaxed) != gen_) return 0;
     produced = hdr_->produced.load(std::memory_order_acquire);
     if (reused(seq, produced) == Reuse::kYes) break;  // lapped meanwhile: the next read skips it
     bytes += size_ - padding;
@@ -492,10 +502,7 @@ uint64_t Consumer::bytes_produced() noexcept {
   sync_reset();
   // The closed sub-buffers plus the committed prefix of the one being written (proof.h), with
   // what we proved of it before. Whether the reader is lapped is irrelevant.
-  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
-  const uint32_t slot = static_cast<uint32_t>(produced % n_);
-  const uint64_t total = hdr_->bytes_produced.load(std::memory_order_acquire) +
-                         proven_prefix(produced, slot, (produced / n_) * size_, true);
+  const uint64_t total = committed_bytes(*hdr_, meta_, size_, n_, ready_seq_, ready_);
   // The producer's counter runs on across resets; if it went backwards, count on from what we
   // had already reported rather than shrink.
   bytes_produced_seen_ = std::max(bytes_produced_seen_, total);

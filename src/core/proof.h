@@ -20,8 +20,13 @@ uint32_t committed_prefix(const ShmHeader& h, const SubbufMeta& m, uint32_t size
                           uint32_t slot, uint64_t base, bool current) noexcept;
 
 // Bytes committed into the buffer so far: the closed sub-buffers' bytes (padding excluded) plus
-// the committed prefix of the one being written.
-uint64_t committed_bytes(const ShmHeader& h, const SubbufMeta* meta, uint32_t size,
-                         uint32_t n) noexcept;
+// the committed prefix of the one being written, or at least known_prefix of it if that one is
+// sub-buffer known_seq (what a reader proved of it before). The closed bytes and the current
+// sub-buffer are read as one state: a switch stores the new closed total before it moves
+// `produced`, holding the busy word, so a pair read across it would count the closed sub-buffer
+// twice; such a read is taken again. While a switch stays busy (its writer was killed holding
+// it), the closed total alone is returned: a count that may be short, never long.
+uint64_t committed_bytes(const ShmHeader& h, const SubbufMeta* meta, uint32_t size, uint32_t n,
+                         uint64_t known_seq = ~uint64_t{0}, uint32_t known_prefix = 0) noexcept;
 
 }  // namespace relayfs::core

@@ -162,7 +162,10 @@ class Channel {
   uint32_t flags = 0;       // proto::kFlag*: global, declared mode, blocking
   std::string base;         // base_filename: files BASE0..BASEn-1 and the merged view BASE
   bool finalized = false;   // producer closed or gone: nothing more will be written
-  std::chrono::steady_clock::time_point finalized_at{};  // when (for -o orphan_timeout)
+  // For -o orphan_timeout: since when nobody has read it, once finalized, and how far readers
+  // had got then (the bytes that left its buffers).
+  std::chrono::steady_clock::time_point idle_since{};
+  uint64_t read_so_far = 0;
   bool expired = false;     // its unread data was freed after orphan_timeout (expire.cc)
   core::UniqueFd doorbell;  // eventfd the producer writes when a reader waits
   std::vector<std::shared_ptr<RelayBuffer>> buffers;

@@ -330,6 +330,8 @@ void RelayFs::handle_reader_open(Connection& c, uint32_t seq, const char* payloa
   if (!err && c.mapped) err = EBUSY;  // one reader per connection
   std::shared_ptr<RelayBuffer> b;
   if (!err) err = readable_buffer(c, req.ino, &b);
+  // The descriptor below is the daemon's until sent: not from the reserve (quota.h).
+  if (!err && !quota_.exempt(c.uid)) err = -fds_.admit(1);
   if (!err) {
     // A descriptor of its own, opened read-only, so the reader cannot map the buffer writable.
     const std::string self = "/proc/self/fd/" + std::to_string(b->buf.fd());
@@ -410,7 +412,7 @@ void RelayFs::finalize_channel(const std::shared_ptr<Channel>& ch) {
     std::lock_guard lk(tree.mu);
     if (ch->finalized) return;
     ch->finalized = true;
-    ch->finalized_at = std::chrono::steady_clock::now();
+    ch->idle_since = std::chrono::steady_clock::now();
     for (auto& b : ch->buffers) {
       std::lock_guard blk(b->mu);
       b->cons.finalize();

@@ -1,7 +1,9 @@
 // -o orphan_timeout: a finalized channel (its producer closed it, exited or was killed) whose
 // files nobody drains holds its memory, charged to its owner, for as long as the mount lives.
-// After the timeout the daemon frees what is unread, counted in each buffer's
-// lost_expired_bytes and said on stderr, and the drained files go as any drained file does.
+// Once nobody has read from it for the timeout, the daemon frees what is unread, counted in each
+// buffer's lost_expired_bytes and said on stderr, and the drained files go as any drained file
+// does. A reader (or a recording) still draining it keeps it: what counts is the time since the
+// last byte left it, or since it was finalized.
 #include <cinttypes>
 #include <cstdio>
 
@@ -28,11 +30,22 @@ void RelayFs::expire_orphans() {
   std::vector<std::shared_ptr<Channel>> due;
   {
     std::lock_guard lk(tree.mu);
-    for (auto& [id, ch] : channels_)
-      if (ch->finalized && !ch->expired && now - ch->finalized_at >= limit) {
+    for (auto& [id, ch] : channels_) {
+      if (!ch->finalized || ch->expired) continue;
+      uint64_t left = 0;  // every byte that left its buffers: read, or counted lost
+      for (auto& b : ch->buffers) {
+        std::lock_guard blk(b->mu);
+        const core::BufferStats st = b->cons.stats();
+        left += st.bytes_produced - st.bytes_unread;
+      }
+      if (left != ch->read_so_far) {  // read since the last tick: idle from now
+        ch->read_so_far = left;
+        ch->idle_since = now;
+      } else if (now - ch->idle_since >= limit) {
         ch->expired = true;
         due.push_back(ch);
       }
+    }
   }
   for (auto& ch : due) {
     uint64_t freed = 0;
@@ -42,8 +55,9 @@ void RelayFs::expire_orphans() {
     }
     if (freed)
       std::fprintf(stderr,
-                   "relayfs: channel %s: %" PRIu64 " bytes nobody read freed %u s after its "
-                   "producer closed it (orphan_timeout; counted in lost_expired_bytes)\n",
+                   "relayfs: channel %s: %" PRIu64 " bytes nobody read freed after %u s "
+                   "without a reader, its producer gone (orphan_timeout; counted in "
+                   "lost_expired_bytes)\n",
                    ch->base.c_str(), freed, opts_.orphan_timeout);
     // Readers waiting get the end of file, pollers POLLERR; then the drained files go.
     for (auto& s : ch->sources()) service(s);

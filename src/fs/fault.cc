@@ -12,6 +12,7 @@ bool load_faults(const char* spec) noexcept {
       {"notify_alloc", Fault::kNotifyAlloc},
       {"reply_fail", Fault::kReplyFail},
       {"index_hold", Fault::kIndexHold},
+      {"index_stall", Fault::kIndexStall},
   };
   uint32_t mask = 0;
   for (const char* p = spec; p && *p;) {

@@ -20,6 +20,9 @@ enum class Fault : uint32_t {
   // A recording holds its index lines back until it is asked to stop: the stop then finds
   // index text not yet written for extents already consumed.
   kIndexHold = 1u << 2,
+  // A recording's index writes never complete, as on a filesystem that stopped answering (each
+  // waits on an eventfd nothing writes instead).
+  kIndexStall = 1u << 3,
 };
 
 // Parses a RELAYFS_TEST_FAULTS value. Returns false, setting nothing, for an unknown name.

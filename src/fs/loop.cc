@@ -182,6 +182,7 @@ void RelayFs::loop_main() {
         case kExpire:  // a one-shot timeout: the next tick
           arm_expiry();
           break;
+        case kIndexDeadline:  // one shot, once per stop
         case kCancel:
         case kRecordWrite:
         case kIndexWrite:
@@ -198,6 +199,10 @@ void RelayFs::loop_main() {
 void RelayFs::dispatch(uint64_t ud, int res) {
   if (source_of(ud) == kExpire) {
     if (res == -ETIME) expire_orphans();  // the tick (a cancelled one is the ring's end)
+    return;
+  }
+  if (source_of(ud) == kIndexDeadline) {
+    if (res == -ETIME) on_index_deadline(id_of(ud));
     return;
   }
   if (res < 0 && res != -ECANCELED && source_of(ud) != kCancel)
@@ -229,6 +234,7 @@ void RelayFs::dispatch(uint64_t ud, int res) {
     case kRecordWrite:
     case kIndexWrite:
     case kExpire:
+    case kIndexDeadline:
       break;
   }
 }

@@ -15,6 +15,7 @@
 // filesystem's flush on a kernel worker). Stopping cancels the data write in flight; the index
 // lines of the extents already consumed are written all the same (end_recording).
 #include <fcntl.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,6 +39,9 @@ constexpr auto kProgressEvery = std::chrono::milliseconds(250);
 constexpr size_t kMaxIndexPending = 64 * 1024;
 // EAGAIN/EINTR results retried in a row before the write counts as failed.
 constexpr unsigned kMaxRetries = 1000;
+// After a stop, how long the index lines already due may take to reach the index before the
+// recording ends without them, failed (a filesystem that stopped answering).
+constexpr long long kIndexStopSeconds = 5;
 
 // The type of the filesystem that holds device major:minor ("" if unknown).
 std::string fs_type_of(unsigned major, unsigned minor) {
@@ -280,10 +284,17 @@ void RelayFs::submit_index_write(Recording& r) {
 void RelayFs::resubmit_index_write(Recording& r) {
   io_uring_sqe* e = sqe();
   if (!e) return end_recording(r, kEndIndexFailed, EBUSY);
-  // Offset -1: at the file position, which O_APPEND makes the end of the file.
-  io_uring_prep_write(e, r.index.get(), r.index_inflight.data() + r.index_done,
-                      static_cast<unsigned>(r.index_inflight.size() - r.index_done),
-                      static_cast<uint64_t>(-1));
+  if (fault(Fault::kIndexStall)) {
+    // A write that never completes: a read of an eventfd nothing writes, until cancelled.
+    if (!r.stall) r.stall.reset(::eventfd(0, EFD_CLOEXEC));
+    static thread_local uint64_t sink;
+    io_uring_prep_read(e, r.stall.get(), &sink, sizeof sink, 0);
+  } else {
+    // Offset -1: at the file position, which O_APPEND makes the end of the file.
+    io_uring_prep_write(e, r.index.get(), r.index_inflight.data() + r.index_done,
+                        static_cast<unsigned>(r.index_inflight.size() - r.index_done),
+                        static_cast<uint64_t>(-1));
+  }
   io_uring_sqe_set_data64(e, tag(kIndexWrite, r.id));
   r.index_writing = true;
 }
@@ -293,6 +304,9 @@ void RelayFs::on_index_write(uint64_t id, int res) {
   if (it == recordings_.end()) return;
   Recording& r = *it->second;
   r.index_writing = false;
+  // The stop's deadline passed: the lines in flight, and those after them, are not written;
+  // the recording ends, failed, saying so.
+  if (r.index_timed_out && res < 0) return end_recording(r, kEndIndexFailed, ETIMEDOUT);
   if ((res == -EINTR || res == -EAGAIN) && ++r.retries <= kMaxRetries)
     return resubmit_index_write(r);
   // An index that silently misses lines would misdescribe the output: a failure ends it.
@@ -350,9 +364,19 @@ void RelayFs::end_recording(Recording& r, RecordEnd how, int err) {
   // yet written is still written: it describes extents already consumed, and without its lines
   // they would be gone from the channel and missing from the recording (a stop used to lose a
   // sub-buffer that way).
-  if (!r.ending && how == kEndStopped && r.writing) cancel(tag(kRecordWrite, r.id));
+  // The index gets kIndexStopSeconds for that: a filesystem that never answers must not hold
+  // the recording, and its buffer, for good either.
+  if (!r.ending && how == kEndStopped) {
+    if (r.writing) cancel(tag(kRecordWrite, r.id));
+    r.index_deadline = {kIndexStopSeconds, 0};
+    if (io_uring_sqe* e = sqe()) {
+      io_uring_prep_timeout(e, &r.index_deadline, 0, 0);
+      io_uring_sqe_set_data64(e, tag(kIndexDeadline, r.id));
+    }
+  }
   r.ending = true;
-  if (r.totals.ended_by != kEndIndexFailed) submit_index_write(r);
+  if (r.totals.ended_by != kEndIndexFailed && !r.index_timed_out) submit_index_write(r);
+  if (r.dead) return;  // submitting failed and ended it already
   if (r.writing || r.index_writing) return;
   r.dead = true;
   send_record_event(r, proto::RecordKind::kEnd);
@@ -362,6 +386,15 @@ void RelayFs::end_recording(Recording& r, RecordEnd how, int err) {
   close_later(std::move(r.direct));
   reap_.push_back(r.id);
   maybe_remove(r.buf->channel_id());  // what the recording drained may now leave the tree
+}
+
+// A stopped recording's deadline for its index passed (kIndexDeadline): the index write still
+// in flight is cancelled, and on_index_write ends the recording, failed.
+void RelayFs::on_index_deadline(uint64_t id) {
+  auto it = recordings_.find(id);
+  if (it == recordings_.end() || it->second->dead || !it->second->index_writing) return;
+  it->second->index_timed_out = true;
+  cancel(tag(kIndexWrite, id));
 }
 
 // A write completed with res <= 0: cancelled by a stop, or failed (how; 0 bytes is EIO).

@@ -3,6 +3,8 @@
 // where the file and the write's alignment allow, and are consumed only once written.
 #pragma once
 
+#include <linux/time_types.h>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -37,6 +39,9 @@ struct Recording {
   std::string index_inflight;       // the index write in flight (kept alive until it completes)
   size_t index_done = 0;            // of it, written so far
   bool index_writing = false;
+  bool index_timed_out = false;     // a stop's deadline cancelled the index write in flight
+  __kernel_timespec index_deadline{};  // that deadline, read by the kernel at submission
+  core::UniqueFd stall;             // fault index_stall: what the index writes wait on
   std::chrono::steady_clock::time_point last_progress{};
   proto::RecordEvent totals{};      // what the events report
 

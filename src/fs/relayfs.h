@@ -160,6 +160,7 @@ class RelayFs {
   void submit_index_write(Recording& r);
   void resubmit_index_write(Recording& r);
   void on_index_write(uint64_t id, int res);
+  void on_index_deadline(uint64_t id);
   void send_record_event(Recording& r, proto::RecordKind kind);
   void end_recording(Recording& r, RecordEnd how, int err);
   void drop_recordings(uint64_t conn_id);

@@ -16,6 +16,7 @@ enum Watch : uint64_t {
   kConnOut = 8,      // one-shot poll: a control connection has room for queued messages
   kConnMore = 9,     // a no-op: a control connection has more messages to read than one pass took
   kExpire = 10,      // a timeout: look for orphaned channels to free (-o orphan_timeout)
+  kIndexDeadline = 11,  // a timeout: a stopped recording's index write had its time (record.cc)
 };
 constexpr uint64_t tag(Watch s, uint64_t id) {
   return (uint64_t{s} << 56) | id;

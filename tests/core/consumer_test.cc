@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/proof.h"
 #include "harness.h"
 
 using namespace relayfs;
@@ -409,4 +410,40 @@ TEST_CASE("expire frees what a finalized buffer holds unread, counted in lost_ex
   CHECK(rig.cons->drained());
   CHECK(rig.drain().empty());
   CHECK(rig.cons->expire() == 0);  // once
+}
+
+TEST_CASE("a hostile produced count cannot hold subbufs_consumed in a loop") {
+  Rig rig(64, 4);
+  REQUIRE(rig.write("0123456789") == 0);
+  REQUIRE(rig.prod->flush() == 0);
+  // The producer claims 2^62 sub-buffers produced and asks to release as many: the lapped ones
+  // are passed in one step (this walked them one by one, holding the daemon's loop for ever).
+  rig.buf.header()->produced.store(uint64_t{1} << 62, std::memory_order_release);
+  CHECK(rig.cons->subbufs_consumed(uint64_t{1} << 62) == 0);
+  CHECK(rig.cons->stats().subbufs_consumed >= (uint64_t{1} << 62) - 4);
+  CHECK(rig.cons->consume_upto(0, uint64_t{1} << 62) >= -EIO);
+  char buf[64];
+  CHECK(rig.cons->read(buf, sizeof buf) >= -EIO);  // returns, whatever it makes of it
+}
+
+TEST_CASE("bytes_produced never counts the sub-buffer a switch is closing twice") {
+  Rig rig(64, 4);
+  REQUIRE(rig.write(std::string(30, 'a')) == 0);
+  CHECK(rig.cons->bytes_produced() == 30);
+  core::ShmHeader* h = rig.buf.header();
+  // A switch caught between its two stores: it holds the busy word and has added the closed
+  // sub-buffer's 30 bytes to the closed total, but not yet moved `produced`. The current
+  // sub-buffer's proven prefix still says 30 too.
+  const uint64_t word = h->wpos.load();
+  h->wpos.store(core::make_word(core::word_slot(word), core::word_seq(word), core::kOffBusy));
+  h->bytes_produced.store(30);
+  CHECK(rig.cons->bytes_produced() == 30);  // was 60, and stayed 60 (never shrinks)
+  CHECK(core::committed_bytes(*h, rig.buf.meta(), 64, 4) == 30);
+  // The switch goes on as a real one would: the total is then right, once.
+  h->bytes_produced.store(0);
+  h->wpos.store(word);
+  REQUIRE(rig.prod->flush() == 0);
+  REQUIRE(rig.write("bbbb") == 0);
+  CHECK(rig.cons->bytes_produced() == 34);
+  CHECK(core::committed_bytes(*h, rig.buf.meta(), 64, 4) == 34);
 }

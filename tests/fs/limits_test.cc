@@ -305,6 +305,24 @@ TEST_CASE("orphan_timeout frees an exited producer's undrained channel, counted 
   ::close(reader);
   CHECK(wait_for([&] { return usage_of(m.dir).count(uid_key(alice)) == 0; }));
   CHECK(alive(m.pid));
+  // A channel a reader is still draining stays, past the timeout, until the reading stops.
+  rchan* slow = open_global(m.dir, "slow");
+  const std::string data = write_records(slow, 0, 20);
+  const int drain = ::open(m.path("slow0").c_str(), O_RDONLY);
+  REQUIRE(drain >= 0);
+  REQUIRE(relay_close(slow) == 0);  // finalized: the clock runs
+  std::string got;
+  for (int i = 0; i < 10; ++i) {  // a record every 300 ms: 3 s, three timeouts
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    char rec[kRec];
+    REQUIRE(::read(drain, rec, sizeof rec) == static_cast<ssize_t>(kRec));
+    got.append(rec, kRec);
+  }
+  CHECK(fattr(drain, "lost_expired_bytes") == 0);
+  CHECK(got == data.substr(0, got.size()));
+  CHECK(wait_for([&] { return fattr(drain, "lost_expired_bytes") == data.size() - got.size(); },
+                 std::chrono::seconds(10)));  // then it goes
+  ::close(drain);
   // A channel whose producer still lives is never freed, however long nobody reads it.
   rchan* live = open_global(m.dir, "live");
   const std::string kept = write_records(live, 0, 10);

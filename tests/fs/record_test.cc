@@ -275,6 +275,31 @@ TEST_CASE("a recorder that hangs up while index lines wait loses nothing: they a
   hang_up_mid_recording();
 }
 
+TEST_CASE("a stop ends a recording whose index never answers, failed, within its deadline") {
+  // Every index write hangs (fault index_stall), as on a filesystem that stopped answering. A
+  // stop must still end the recording, saying the index failed, and free the buffer for
+  // another recorder; it used to wait for the index for ever.
+  TestFaults faults("index_stall");
+  Recorded r("stall", 5);
+  write_records(r.c, 0, 2000);  // sub-buffers closed, written and consumed; their lines hang
+  timeval tv{20, 0};
+  REQUIRE(::setsockopt(r.s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+  REQUIRE(proto::send_message(r.s, proto::encode_status(proto::Type::kRecordStop, {0}, 900)) == 0);
+  const auto t0 = Clock::now();
+  const proto::RecordEvent end = wait_end(r.s, 5);
+  const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+  MESSAGE("the stop ended the recording after " << waited << " s");
+  CHECK(end.ended_by == 4);  // the index failed
+  CHECK(end.status == -ETIMEDOUT);
+  CHECK(end.bytes > 0);      // what was written and consumed is in the totals
+  // The buffer is free again: another recorder is taken, not refused as busy.
+  UniqueFd w2(open_in(r.out, "out2", O_WRONLY | O_TRUNC)), idx2(open_in(r.out, "idx2", O_WRONLY | O_APPEND));
+  const int s2 = connect_control(r.m.dir);
+  CHECK(ask_record(s2, ino_of(r.file), 6, {w2.get(), idx2.get()}) == 0);
+  ::close(s2);
+  REQUIRE(relay_close(r.c) == 0);
+}
+
 TEST_CASE("a cat reading a buffer while it is recorded: every record lands once, in one of them") {
   Recorded r("both", 3);
   std::atomic<bool> done{false};
