@@ -153,19 +153,6 @@ TEST_CASE("an mmap reader's sub-buffers count as consumed: the books balance for
   CHECK(relay_close(c) == 0);
 }
 
-namespace {
-
-// Attribute user.relayfs.NAME of an open relay file, as a number: the file may have left its
-// directory (drained and finalized) while open.
-unsigned long long fnum(int fd, const std::string& name) {
-  char v[64];
-  const ssize_t n = ::fgetxattr(fd, ("user.relayfs." + name).c_str(), v, sizeof v - 1);
-  REQUIRE_MESSAGE(n > 0, name << ": " << std::string(std::strerror(errno)));
-  v[n] = '\0';
-  return std::strtoull(v, nullptr, 10);
-}
-
-}  // namespace
 
 TEST_CASE("a lone writer killed holding a reserved slot: the records after it are counted lost") {
   Mount m;

@@ -138,6 +138,16 @@ inline unsigned long long num(const Attrs& a, const std::string& name) {
   return n;
 }
 
+// Attribute user.relayfs.NAME of an open relay file, which must be a number: also once the file
+// has left its directory (drained and finalized) while open.
+inline unsigned long long fnum(int fd, const std::string& name) {
+  char v[64];
+  const ssize_t n = ::fgetxattr(fd, ("user.relayfs." + name).c_str(), v, sizeof v - 1);
+  REQUIRE_MESSAGE(n > 0, "user.relayfs." << name << ": " << std::string(std::strerror(errno)));
+  v[n] = '\0';
+  return std::strtoull(v, nullptr, 10);
+}
+
 // st_size of a file that must exist.
 inline off_t file_size(const std::string& path) {
   struct stat st;

@@ -81,16 +81,6 @@ int write_and_leave(const std::vector<rchan*>& held, int n) {
   return 0;
 }
 
-// Attribute user.relayfs.NAME of an open relay file, as a number (the file may have left its
-// directory).
-unsigned long long fattr(int fd, const std::string& name) {
-  char v[64];
-  const ssize_t n = ::fgetxattr(fd, ("user.relayfs." + name).c_str(), v, sizeof v - 1);
-  REQUIRE_MESSAGE(n > 0, name);
-  v[n] = '\0';
-  return std::strtoull(v, nullptr, 10);
-}
-
 std::string uid_key(const TestUser& u) {
   return "uid=" + std::to_string(u.uid);
 }
@@ -298,10 +288,10 @@ TEST_CASE("orphan_timeout frees an exited producer's undrained channel, counted 
   CHECK(wait_for([&] { return !exists(home + "/left0"); }, std::chrono::seconds(10)));
   char buf[4096];
   CHECK(::read(reader, buf, sizeof buf) == 0);
-  CHECK(fattr(reader, "lost_expired_bytes") == 200 * kRec);  // record(0) + 200, one read
-  CHECK(fattr(reader, "bytes_consumed") == kRec);
-  CHECK(fattr(reader, "bytes_unread") == 0);
-  CHECK(fattr(reader, "bytes_produced") == 201 * kRec);
+  CHECK(fnum(reader, "lost_expired_bytes") == 200 * kRec);  // record(0) + 200, one read
+  CHECK(fnum(reader, "bytes_consumed") == kRec);
+  CHECK(fnum(reader, "bytes_unread") == 0);
+  CHECK(fnum(reader, "bytes_produced") == 201 * kRec);
   ::close(reader);
   CHECK(wait_for([&] { return usage_of(m.dir).count(uid_key(alice)) == 0; }));
   CHECK(alive(m.pid));
@@ -318,9 +308,9 @@ TEST_CASE("orphan_timeout frees an exited producer's undrained channel, counted 
     REQUIRE(::read(drain, rec, sizeof rec) == static_cast<ssize_t>(kRec));
     got.append(rec, kRec);
   }
-  CHECK(fattr(drain, "lost_expired_bytes") == 0);
+  CHECK(fnum(drain, "lost_expired_bytes") == 0);
   CHECK(got == data.substr(0, got.size()));
-  CHECK(wait_for([&] { return fattr(drain, "lost_expired_bytes") == data.size() - got.size(); },
+  CHECK(wait_for([&] { return fnum(drain, "lost_expired_bytes") == data.size() - got.size(); },
                  std::chrono::seconds(10)));  // then it goes
   ::close(drain);
   // A channel whose producer still lives is never freed, however long nobody reads it.

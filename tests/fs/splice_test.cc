@@ -169,11 +169,7 @@ TEST_CASE("splicing to the end and closing without a read(2): the last page is c
       m.path("eof0"));
   CHECK(out == all);  // it had everything
   // What the kernel never said it delivered: the page the end of file was in (relay(7)).
-  char v[64];
-  const ssize_t n = ::fgetxattr(keep, "user.relayfs.lost_readahead_bytes", v, sizeof v - 1);
-  REQUIRE(n > 0);
-  const unsigned long long counted = std::strtoull(std::string(v, static_cast<size_t>(n)).c_str(),
-                                                   nullptr, 10);
+  const unsigned long long counted = fnum(keep, "lost_readahead_bytes");
   MESSAGE("spliced to the end: " << counted << " bytes of the last page counted");
   CHECK(counted > 0);
   CHECK(counted <= kPage);
@@ -226,10 +222,7 @@ TEST_CASE("pv and cat reading a live channel to its end lose nothing") {
   const std::string got = capture("pv -q " + m.path("live0") + " 2>/dev/null </dev/null");
   writer.join();
   CHECK(got == want);
-  char v[64];
-  const ssize_t n = ::fgetxattr(keep, "user.relayfs.lost_readahead_bytes", v, sizeof v - 1);
-  REQUIRE(n > 0);
-  CHECK(std::string(v, static_cast<size_t>(n)) == "0");
+  CHECK(fnum(keep, "lost_readahead_bytes") == 0);
   ::close(keep);
 }
 
