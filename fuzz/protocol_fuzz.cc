@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "core/geometry.h"
-#include "core/protocol.h"
-#include "core/wire.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 
 using namespace relayfs;
 using namespace relayfs::proto;

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "core/protocol.h"
+#include "proto/protocol.h"
 
 using namespace relayfs::proto;
 

@@ -7,8 +7,8 @@
 
 #include "core/layout.h"
 #include "core/proof.h"
-#include "core/protocol.h"
-#include "core/wire.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 
 namespace relayfs::client {
 

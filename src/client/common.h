@@ -7,7 +7,7 @@
 
 #include "core/buffer.h"
 #include "core/fd.h"
-#include "core/wire.h"
+#include "proto/wire.h"
 
 namespace relayfs::client {
 

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "client/common.h"
-#include "core/protocol.h"
+#include "proto/protocol.h"
 
 namespace proto = relayfs::proto;
 

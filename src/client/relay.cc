@@ -30,8 +30,8 @@
 #include "core/buffer.h"
 #include "core/geometry.h"
 #include "core/producer.h"
-#include "core/protocol.h"
-#include "core/wire.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 
 namespace {
 

@@ -17,7 +17,7 @@
 
 #include "core/geometry.h"
 #include "core/layout.h"
-#include "core/protocol.h"
+#include "proto/protocol.h"
 #include "fs/fault.h"
 #include "fs/relayfs.h"
 #include "fs/ring_tag.h"

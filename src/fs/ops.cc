@@ -11,7 +11,7 @@
 #include <cstring>
 #include <deque>
 
-#include "core/protocol.h"
+#include "proto/protocol.h"
 #include "core/stats.h"
 #include "fs/fault.h"
 #include "fs/relayfs.h"

@@ -4,7 +4,7 @@
 // never touches a producer's buffers on anyone's behalf.
 #include <cerrno>
 
-#include "core/protocol.h"
+#include "proto/protocol.h"
 #include "fs/relayfs.h"
 
 namespace relayfs::fs {

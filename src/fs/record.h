@@ -12,7 +12,7 @@
 
 #include "core/consumer.h"
 #include "core/fd.h"
-#include "core/protocol.h"
+#include "proto/protocol.h"
 
 namespace relayfs::fs {
 

@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "core/fd.h"
-#include "core/wire.h"
+#include "proto/wire.h"
 #include "fs/channel.h"
 #include "fs/forget.h"
 #include "fs/quota.h"

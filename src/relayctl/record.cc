@@ -26,8 +26,8 @@
 #include <string>
 #include <vector>
 
-#include "core/protocol.h"
-#include "core/wire.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 #include "relayctl/record_disk.h"
 #include "relayctl/relayctl.h"
 

@@ -12,8 +12,8 @@
 #include <cstring>
 #include <string>
 
-#include "core/protocol.h"
-#include "core/wire.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 #include "helpers.h"
 #include "mount.h"
 

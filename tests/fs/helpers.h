@@ -36,8 +36,8 @@
 #include <thread>
 #include <vector>
 
-#include "core/protocol.h"
-#include "core/wire.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 #include "mount.h"
 
 namespace relayfs::test {

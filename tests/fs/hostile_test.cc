@@ -13,8 +13,8 @@
 #include <set>
 #include <string>
 
-#include "core/protocol.h"
-#include "core/wire.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 #include "helpers.h"
 #include "mount.h"
 

@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "core/geometry.h"
-#include "core/protocol.h"
-#include "core/wire.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 #include "helpers.h"
 #include "mount.h"
 

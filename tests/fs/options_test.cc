@@ -7,7 +7,7 @@
 #include <cerrno>
 #include <string>
 
-#include "core/protocol.h"
+#include "proto/protocol.h"
 #include "helpers.h"
 #include "mount.h"
 

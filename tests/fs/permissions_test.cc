@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "core/protocol.h"
+#include "proto/protocol.h"
 #include "helpers.h"
 #include "mount.h"
 

@@ -21,8 +21,8 @@
 
 #include "core/geometry.h"
 #include "core/layout.h"
-#include "core/protocol.h"
-#include "core/wire.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 #include "helpers.h"
 #include "mount.h"
 

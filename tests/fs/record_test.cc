@@ -16,8 +16,8 @@
 #include <string>
 #include <thread>
 
-#include "core/protocol.h"
-#include "core/wire.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 #include "helpers.h"
 #include "mount.h"
 

@@ -1,4 +1,4 @@
-#include "core/protocol.h"
+#include "proto/protocol.h"
 
 #include <cerrno>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "core/wire.h"
+#include "proto/wire.h"
 
 #include <poll.h>
 #include <sys/socket.h>

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/fd.h"
-#include "core/protocol.h"
+#include "proto/protocol.h"
 
 namespace relayfs::proto {
 

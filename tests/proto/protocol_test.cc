@@ -1,6 +1,6 @@
 // The control protocol: encoding round trips, the parser against malformed input, and messages
 // with descriptors over a real socket pair.
-#include "core/protocol.h"
+#include "proto/protocol.h"
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
@@ -11,7 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "core/wire.h"
+#include "proto/wire.h"
 
 using namespace relayfs;
 using namespace relayfs::proto;
