@@ -15,8 +15,8 @@ ssize_t MergedView::consume(void* dst, size_t count, Pieces* from) {
     {
       std::lock_guard lk(b.mu);
       // One sub-buffer at a time: that is the unit of interleaving.
-      n = b.cons.read(out + done, count - done, true);
-      boundary = b.cons.at_record_boundary();
+      n = b.cons_.read(out + done, count - done, true);
+      boundary = b.cons_.at_record_boundary();
     }
     // A corrupt buffer (-EIO, counted in its own stats) must not stop the others, even in the
     // middle of a record: that record is lost with its buffer.
@@ -34,13 +34,13 @@ ssize_t MergedView::consume(void* dst, size_t count, Pieces* from) {
 
 void MergedView::take_back(RelayBuffer& part, uint64_t n) {
   std::lock_guard lk(part.mu);  // lock order: the merged view's mu (held), then the buffer's
-  part.cons.readahead_lost(n);
+  part.cons_.readahead_lost(n);
 }
 
 bool MergedView::data_available() {
   for (auto& b : parts_) {
     std::lock_guard lk(b->mu);
-    if (b->cons.data_available()) return true;
+    if (b->cons_.data_available()) return true;
   }
   return false;
 }
@@ -48,7 +48,7 @@ bool MergedView::data_available() {
 bool MergedView::subbuf_ready() {
   for (auto& b : parts_) {
     std::lock_guard lk(b->mu);
-    if (b->cons.subbuf_ready()) return true;
+    if (b->cons_.subbuf_ready()) return true;
   }
   return false;
 }
@@ -56,7 +56,7 @@ bool MergedView::subbuf_ready() {
 bool MergedView::finalized() {
   for (auto& b : parts_) {
     std::lock_guard lk(b->mu);
-    if (!b->cons.finalized()) return false;
+    if (!b->cons_.finalized()) return false;
   }
   return true;
 }
@@ -65,7 +65,7 @@ uint64_t MergedView::bytes_produced() {
   uint64_t total = 0;  // each term never shrinks, so neither does the sum
   for (auto& b : parts_) {
     std::lock_guard lk(b->mu);
-    total += b->cons.bytes_produced();
+    total += b->cons_.bytes_produced();
   }
   return total;
 }
@@ -73,7 +73,7 @@ uint64_t MergedView::bytes_produced() {
 void MergedView::arm_doorbell(bool whole_subbufs) {
   for (auto& b : parts_) {
     std::lock_guard lk(b->mu);
-    b->cons.arm_doorbell(whole_subbufs);
+    b->cons_.arm_doorbell(whole_subbufs);
   }
 }
 
@@ -81,7 +81,7 @@ core::BufferStats MergedView::stats() {
   core::BufferStats sum;
   for (auto& b : parts_) {
     std::lock_guard lk(b->mu);
-    sum.add(b->cons.stats());
+    sum.add(b->cons_.stats());
   }
   return sum;
 }

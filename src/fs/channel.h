@@ -3,6 +3,7 @@
 #pragma once
 
 #include <fuse_lowlevel.h>
+#include <sys/uio.h>
 
 #include <chrono>
 #include <cstdint>
@@ -26,7 +27,7 @@ struct Recording;
 
 // Where the bytes of one consuming read came from, in order: which buffer, how many. The page
 // cache's reads keep it, because bytes the page cache took and no reader was shown to receive
-// are counted against their buffer (RelayFs::page_read). The buffer outlives the record: its
+// are counted against their buffer (Files::page_read). The buffer outlives the record: its
 // Source (a buffer, or the merged view holding its buffers) is kept by the open file.
 struct Piece {
   RelayBuffer* buf;
@@ -41,6 +42,7 @@ struct ParkedRead {
   fuse_req_t req = nullptr;
   size_t size = 0;
   std::shared_ptr<Source> source;
+  void* files = nullptr;  // the Files that parked it (files.h): its interrupt callback goes there
 };
 
 // A poll() waiting for news. whole_subbufs: an mmap reader's descriptor (kIocSubbufPoll), which
@@ -52,8 +54,8 @@ struct Poller {
 };
 
 // What a relay file reads from: one buffer, or the merged view of a channel's buffers. The
-// members below are guarded by mu; the virtual functions require it held.
-// Lock order: Tree::mu, then a MergedView's mu, then a RelayBuffer's mu.
+// members below are guarded by mu; the virtual functions require it held. Lock order: see
+// registry.h.
 class Source {
  public:
   Source(uint32_t channel_id, uint64_t owner) : channel_id_(channel_id), owner_(owner) {}
@@ -89,6 +91,16 @@ class Source {
   virtual uint64_t bytes_produced() = 0;
   virtual void arm_doorbell(bool whole_subbufs) = 0;
   virtual core::BufferStats stats() = 0;
+  // A read replied straight from the shared mapping, where nothing unread can be overwritten
+  // (no-overwrite buffers): plans up to count bytes as at most max_iov spans of iov (*n_iov of
+  // them). Returns the bytes planned (0: none, or this source cannot), or -errno. After a
+  // planned read the caller replies, then calls end_direct(whether the reply went through);
+  // nothing else may come in between, and mu stays held.
+  virtual ssize_t plan_direct(iovec*, int, size_t, int*) { return 0; }
+  virtual void end_direct(bool) {}
+  // The one buffer this file reads, or nullptr for the merged view.
+  virtual RelayBuffer* buffer() { return nullptr; }
+  const RelayBuffer* buffer() const { return const_cast<Source*>(this)->buffer(); }
   bool drained() { return finalized() && !data_available(); }
 
   uint32_t channel_id() const { return channel_id_; }
@@ -100,36 +112,62 @@ class Source {
   uint64_t owner_;
 };
 
-// One channel buffer: one per-CPU (or the global) relay file.
+// One channel buffer: one per-CPU (or the global) relay file: the daemon's side of a producer's
+// shared buffer. Everything but the constructor's arguments requires mu held.
 class RelayBuffer final : public Source {
  public:
-  RelayBuffer(core::Buffer b, uint32_t channel_id, uint64_t owner, uint32_t index)
-      : Source(channel_id, owner), buf(std::move(b)), cons(buf), index_(index) {}
+  RelayBuffer(core::Buffer b, uint32_t channel_id, uint64_t owner, uint32_t index,
+              bool zero_copy)
+      : Source(channel_id, owner), buf_(std::move(b)), cons_(buf_), index_(index),
+        zero_copy_(zero_copy) {}
 
-  core::Buffer buf;
-  core::Consumer cons;
-  // No-overwrite by declaration (no subbuf_start callback, no RELAY_OVERWRITE): nothing the
-  // reader has not consumed can be overwritten, so reads reply straight from the mapping.
-  bool zero_copy = false;
   int fixed_index = -1;  // io_uring fixed-buffer slot, -1 if not registered (loop thread)
 
   ssize_t consume(void* dst, size_t count, Pieces* from) override {
-    const ssize_t n = cons.read(dst, count);
+    const ssize_t n = cons_.read(dst, count);
     if (from && n > 0) from->push_back({this, static_cast<size_t>(n)});
     return n;
   }
-  void take_back(RelayBuffer&, uint64_t n) override { cons.readahead_lost(n); }
-  bool data_available() override { return cons.data_available(); }
-  bool subbuf_ready() override { return cons.subbuf_ready(); }
-  bool finalized() override { return cons.finalized(); }
-  uint64_t bytes_produced() override { return cons.bytes_produced(); }
-  void arm_doorbell(bool whole_subbufs) override { cons.arm_doorbell(whole_subbufs); }
-  core::BufferStats stats() override { return cons.stats(); }
+  void take_back(RelayBuffer&, uint64_t n) override { cons_.readahead_lost(n); }
+  bool data_available() override { return cons_.data_available(); }
+  bool subbuf_ready() override { return cons_.subbuf_ready(); }
+  bool finalized() override { return cons_.finalized(); }
+  uint64_t bytes_produced() override { return cons_.bytes_produced(); }
+  void arm_doorbell(bool whole_subbufs) override { cons_.arm_doorbell(whole_subbufs); }
+  core::BufferStats stats() override { return cons_.stats(); }
+  ssize_t plan_direct(iovec* iov, int max_iov, size_t count, int* n_iov) override {
+    return zero_copy_ ? cons_.plan_read(iov, max_iov, count, n_iov) : 0;
+  }
+  void end_direct(bool delivered) override {
+    if (delivered)
+      cons_.finish_read();
+    else
+      cons_.abort_read();  // the reader went away: the data stays for the next one
+  }
+  RelayBuffer* buffer() override { return this; }
 
+  // The consumer's other ways in (core/consumer.h).
+  void finalize() { cons_.finalize(); }
+  uint64_t expire() { return cons_.expire(); }
+  int subbufs_consumed(uint64_t n) { return cons_.subbufs_consumed(n); }
+  int consume_upto(uint32_t gen, uint64_t seq) { return cons_.consume_upto(gen, seq); }
+  int take_extent(core::Consumer::Extent* e) { return cons_.take_extent(e); }
+  int finish_extent(const core::Consumer::Extent& e) { return cons_.finish_extent(e); }
+
+  // The shared buffer: fixed once made, so no lock needed.
   uint32_t index() const { return index_; }
+  int memfd() const { return buf_.fd(); }
+  const core::Geometry& geometry() const { return buf_.geometry(); }
+  char* data() const { return buf_.data(); }
 
  private:
+  friend class MergedView;  // reads its parts through the same consumer
+  core::Buffer buf_;
+  core::Consumer cons_;
   uint32_t index_;
+  // No-overwrite by declaration (no subbuf_start callback, no RELAY_OVERWRITE): nothing the
+  // reader has not consumed can be overwritten, so reads reply straight from the mapping.
+  bool zero_copy_;
 };
 
 // The merged view: one file that interleaves all of a channel's buffers, a sub-buffer at a time,
@@ -155,6 +193,7 @@ class MergedView final : public Source {
   size_t cur_ = 0;  // the buffer the next read starts with
 };
 
+// A channel: see registry.h for which lock guards what.
 class Channel {
  public:
   uint32_t id = 0;

@@ -7,35 +7,36 @@
 #include <cinttypes>
 #include <cstdio>
 
-#include "fs/relayfs.h"
+#include "fs/channel.h"
+#include "fs/daemon.h"
 #include "fs/ring_tag.h"
 
 namespace relayfs::fs {
 
-void RelayFs::arm_expiry() {
+void Daemon::arm_expiry() {
   if (opts_.orphan_timeout == 0) return;
   // A tick a quarter of the timeout, at most a second: a channel is freed within that of its
   // time.
   const uint64_t ms = std::min<uint64_t>(1000, uint64_t{opts_.orphan_timeout} * 250);
   expiry_tick_ = {static_cast<long long>(ms / 1000), static_cast<long long>(ms % 1000) * 1'000'000};
-  if (io_uring_sqe* e = sqe()) {
-    io_uring_prep_timeout(e, &expiry_tick_, 0, 0);
-    io_uring_sqe_set_data64(e, tag(kExpire, 0));
-  }
+  if (loop_.timeout(&expiry_tick_, tag(kExpire, 0)) != 0)
+    std::fprintf(stderr, "relayfs: no room in the ring for the orphan_timeout tick: orphaned "
+                 "channels are no longer freed\n");
 }
 
-void RelayFs::expire_orphans() {
+void Daemon::expire_orphans() {
   const auto now = std::chrono::steady_clock::now();
   const auto limit = std::chrono::seconds(opts_.orphan_timeout);
   std::vector<std::shared_ptr<Channel>> due;
+  const auto channels = registry_.all();
   {
-    std::lock_guard lk(tree.mu);
-    for (auto& [id, ch] : channels_) {
+    std::lock_guard lk(tree_.mu);
+    for (auto& ch : channels) {
       if (!ch->finalized || ch->expired) continue;
       uint64_t left = 0;  // every byte that left its buffers: read, or counted lost
       for (auto& b : ch->buffers) {
         std::lock_guard blk(b->mu);
-        const core::BufferStats st = b->cons.stats();
+        const core::BufferStats st = b->stats();
         left += st.bytes_produced - st.bytes_unread;
       }
       if (left != ch->read_so_far) {  // read since the last tick: idle from now
@@ -51,7 +52,7 @@ void RelayFs::expire_orphans() {
     uint64_t freed = 0;
     for (auto& b : ch->buffers) {
       std::lock_guard lk(b->mu);
-      freed += b->cons.expire();
+      freed += b->expire();
     }
     if (freed)
       std::fprintf(stderr,
@@ -60,7 +61,7 @@ void RelayFs::expire_orphans() {
                    "lost_expired_bytes)\n",
                    ch->base.c_str(), freed, opts_.orphan_timeout);
     // Readers waiting get the end of file, pollers POLLERR; then the drained files go.
-    for (auto& s : ch->sources()) service(s);
+    for (auto& s : ch->sources()) news(s);
     maybe_remove(ch->id);
   }
 }

@@ -20,9 +20,9 @@
 
 #include "fs/fault.h"
 #include "fs/mountinfo.h"
-#include "fs/relayfs.h"
+#include "fs/daemon.h"
 
-using relayfs::fs::RelayFs;
+using relayfs::fs::Daemon;
 
 namespace {
 
@@ -36,8 +36,8 @@ bool relayfs_mounted_at(const char* path) {
   return false;
 }
 
-RelayFs* fs_of(fuse_req_t req) {
-  return static_cast<RelayFs*>(fuse_req_userdata(req));
+Daemon* fs_of(fuse_req_t req) {
+  return static_cast<Daemon*>(fuse_req_userdata(req));
 }
 
 // No exception may cross into libfuse: a handler that throws replies with an errno instead.
@@ -55,68 +55,68 @@ void guarded(fuse_req_t req, F&& f) {
 const fuse_lowlevel_ops kOps = [] {
   fuse_lowlevel_ops o{};
   o.init = [](void* fs, fuse_conn_info* conn) {
-    static_cast<RelayFs*>(fs)->init(conn);
+    static_cast<Daemon*>(fs)->ops.init(conn);
   };
   o.lookup = [](fuse_req_t r, fuse_ino_t p, const char* n) {
-    guarded(r, [&] { fs_of(r)->lookup(r, p, n); });
+    guarded(r, [&] { fs_of(r)->ops.lookup(r, p, n); });
   };
   o.forget = [](fuse_req_t r, fuse_ino_t i, uint64_t n) {
     try {
-      fs_of(r)->forget(i, n);
+      fs_of(r)->ops.forget(i, n);
     } catch (...) {
     }
     fuse_reply_none(r);
   };
   o.forget_multi = [](fuse_req_t r, size_t count, fuse_forget_data* f) {
     try {
-      for (size_t i = 0; i < count; ++i) fs_of(r)->forget(f[i].ino, f[i].nlookup);
+      for (size_t i = 0; i < count; ++i) fs_of(r)->ops.forget(f[i].ino, f[i].nlookup);
     } catch (...) {
     }
     fuse_reply_none(r);
   };
   o.getattr = [](fuse_req_t r, fuse_ino_t i, fuse_file_info*) {
-    guarded(r, [&] { fs_of(r)->getattr(r, i); });
+    guarded(r, [&] { fs_of(r)->ops.getattr(r, i); });
   };
   o.setattr = [](fuse_req_t r, fuse_ino_t i, struct stat* a, int s, fuse_file_info*) {
-    guarded(r, [&] { fs_of(r)->setattr(r, i, a, s); });
+    guarded(r, [&] { fs_of(r)->ops.setattr(r, i, a, s); });
   };
   o.mkdir = [](fuse_req_t r, fuse_ino_t p, const char* n, mode_t m) {
-    guarded(r, [&] { fs_of(r)->mkdir(r, p, n, m); });
+    guarded(r, [&] { fs_of(r)->ops.mkdir(r, p, n, m); });
   };
   o.rmdir = [](fuse_req_t r, fuse_ino_t p, const char* n) {
-    guarded(r, [&] { fs_of(r)->rmdir(r, p, n); });
+    guarded(r, [&] { fs_of(r)->ops.rmdir(r, p, n); });
   };
   o.opendir = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f) {
-    guarded(r, [&] { fs_of(r)->opendir(r, i, f); });
+    guarded(r, [&] { fs_of(r)->ops.opendir(r, i, f); });
   };
-  o.readdir = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info* f) {
-    guarded(r, [&] { fs_of(r)->readdir(r, i, s, off, f); });
+  o.readdir = [](fuse_req_t r, fuse_ino_t, size_t s, off_t off, fuse_file_info* f) {
+    guarded(r, [&] { fs_of(r)->ops.readdir(r, s, off, f); });
   };
-  o.releasedir = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f) {
-    guarded(r, [&] { fs_of(r)->releasedir(r, i, f); });
+  o.releasedir = [](fuse_req_t r, fuse_ino_t, fuse_file_info* f) {
+    guarded(r, [&] { fs_of(r)->ops.releasedir(r, f); });
   };
   o.open = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f) {
-    guarded(r, [&] { fs_of(r)->open(r, i, f); });
+    guarded(r, [&] { fs_of(r)->files.open(r, i, f); });
   };
-  o.read = [](fuse_req_t r, fuse_ino_t i, size_t s, off_t off, fuse_file_info* f) {
-    guarded(r, [&] { fs_of(r)->read(r, i, s, off, f); });
+  o.read = [](fuse_req_t r, fuse_ino_t, size_t s, off_t off, fuse_file_info* f) {
+    guarded(r, [&] { fs_of(r)->files.read(r, s, off, f); });
   };
-  o.release = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f) {
-    guarded(r, [&] { fs_of(r)->release(r, i, f); });
+  o.release = [](fuse_req_t r, fuse_ino_t, fuse_file_info* f) {
+    guarded(r, [&] { fs_of(r)->files.release(r, f); });
   };
-  o.poll = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* f, fuse_pollhandle* ph) {
-    guarded(r, [&] { fs_of(r)->poll(r, i, f, ph); });
+  o.poll = [](fuse_req_t r, fuse_ino_t, fuse_file_info* f, fuse_pollhandle* ph) {
+    guarded(r, [&] { fs_of(r)->files.poll(r, f, ph); });
   };
-  o.ioctl = [](fuse_req_t r, fuse_ino_t i, unsigned int cmd, void*, fuse_file_info* f,
+  o.ioctl = [](fuse_req_t r, fuse_ino_t, unsigned int cmd, void*, fuse_file_info* f,
                unsigned flags, const void*, size_t,
-               size_t) { guarded(r, [&] { fs_of(r)->ioctl(r, i, cmd, f, flags); }); };
+               size_t) { guarded(r, [&] { fs_of(r)->files.ioctl(r, cmd, f, flags); }); };
   o.getxattr = [](fuse_req_t r, fuse_ino_t i, const char* n, size_t s) {
-    guarded(r, [&] { fs_of(r)->getxattr(r, i, n, s); });
+    guarded(r, [&] { fs_of(r)->ops.getxattr(r, i, n, s); });
   };
   o.listxattr = [](fuse_req_t r, fuse_ino_t i, size_t s) {
-    guarded(r, [&] { fs_of(r)->listxattr(r, i, s); });
+    guarded(r, [&] { fs_of(r)->ops.listxattr(r, i, s); });
   };
-  o.statfs = [](fuse_req_t r, fuse_ino_t i) { guarded(r, [&] { fs_of(r)->statfs(r, i); }); };
+  o.statfs = [](fuse_req_t r, fuse_ino_t) { guarded(r, [&] { fs_of(r)->ops.statfs(r); }); };
   // Users cannot create, write, rename or remove relay files, nor make other kinds of file.
   o.create = [](fuse_req_t r, fuse_ino_t, const char*, mode_t, fuse_file_info*) {
     fuse_reply_err(r, EPERM);
@@ -353,19 +353,18 @@ int main(int argc, char** argv) {
 
   int rc = 1;
   {
-    RelayFs fs(opts);
+    Daemon fs(opts);
     fuse_session* se = fuse_session_new(&args, &kOps, sizeof kOps, &fs);
     if (!se) {
       fuse_opt_free_args(&args);
       free(cmd.mountpoint);
       return 1;
     }
-    fs.set_session(se);
     if (fuse_set_signal_handlers(se) == 0) {
       if (fuse_session_mount(se, cmd.mountpoint) == 0) {
         // mount(8) waits for the parent to exit: it does once the mount is up.
         fuse_daemonize(cmd.foreground);
-        if (int err = fs.start(); err != 0) {
+        if (int err = fs.start(se); err != 0) {
           std::fprintf(stderr, "relayfs: cannot start: %s\n", std::strerror(-err));
         } else {
           fuse_loop_config* cfg = fuse_loop_cfg_create();

@@ -55,8 +55,7 @@ class Charge {
   uint64_t channels_ = 0, connections_ = 0, memory_ = 0;
 };
 
-// Each user's channels, their memory and control connections. Any thread: a leaf lock, taken
-// under Tree::mu (handle_open) or alone.
+// Each user's channels, their memory and control connections. Any thread: a leaf lock.
 class Quota {
  public:
   Quota(const Limits& limits, uid_t mounter) : limits_(limits), mounter_(mounter) {}

@@ -25,9 +25,10 @@
 #include <cstdio>
 #include <cstring>
 
+#include "fs/channel.h"
 #include "fs/fault.h"
 #include "fs/mountinfo.h"
-#include "fs/relayfs.h"
+#include "fs/record.h"
 #include "fs/ring_tag.h"
 
 namespace relayfs::fs {
@@ -63,17 +64,17 @@ bool pseudo_fs(const std::string& type) {
 
 // 0 if fd is a regular file open for writing, in O_APPEND mode exactly when append (the index)
 // and not otherwise (an output is written at offsets), on a filesystem that is not a pseudo-
-// filesystem; else EBADF (not writable) or EINVAL. *sx gets its (cached) attributes. Nothing here
+// filesystem; else -EBADF (not writable) or -EINVAL. *sx gets its (cached) attributes. Nothing here
 // waits for the file's filesystem: fcntl, and statx from the attribute cache.
 int check_output(int fd, bool append, struct statx* sx) {
   const int fl = ::fcntl(fd, F_GETFL);
-  if (fl < 0 || fl & O_PATH) return EBADF;
-  if ((fl & O_ACCMODE) != O_WRONLY && (fl & O_ACCMODE) != O_RDWR) return EBADF;
-  if (static_cast<bool>(fl & O_APPEND) != append) return EINVAL;
+  if (fl < 0 || fl & O_PATH) return -EBADF;
+  if ((fl & O_ACCMODE) != O_WRONLY && (fl & O_ACCMODE) != O_RDWR) return -EBADF;
+  if (static_cast<bool>(fl & O_APPEND) != append) return -EINVAL;
   if (::statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, sx) != 0)
-    return EBADF;
-  if (!S_ISREG(sx->stx_mode)) return EINVAL;
-  if (pseudo_fs(fs_type_of(sx->stx_dev_major, sx->stx_dev_minor))) return EINVAL;
+    return -EBADF;
+  if (!S_ISREG(sx->stx_mode)) return -EINVAL;
+  if (pseudo_fs(fs_type_of(sx->stx_dev_major, sx->stx_dev_minor))) return -EINVAL;
   return 0;
 }
 
@@ -90,76 +91,70 @@ void index_line(Recording& r, const char* fmt, ...) {
 
 }  // namespace
 
-void RelayFs::handle_record(Connection& c, proto::Received& m) {
-  proto::RecordRequest req;
-  proto::RecordReply reply;
-  auto rec = std::make_unique<Recording>();
-  int err = -proto::decode(m.payload.data(), m.payload.size(), &req);
-  if (!err && m.fds.size() != 2 && m.fds.size() != 3) err = EBADF;
+// 0 if the request may start: its descriptors are outputs as check_output wants, the O_DIRECT
+// one another opening of the output, the recorder may read the buffer, and the buffer is not
+// being recorded already. Then rec has the buffer and the descriptors.
+int Recorder::check(Connection& c, proto::Received& m, const proto::RecordRequest& req,
+                    Recording* rec) {
+  if (m.fds.size() != 2 && m.fds.size() != 3) return -EBADF;
   struct statx out_sx{}, sx{};
-  if (!err) err = check_output(m.fds[0].get(), false, &out_sx);
-  if (!err) err = check_output(m.fds[1].get(), true, &sx);
-  if (!err && m.fds.size() == 3) {
-    err = check_output(m.fds[2].get(), false, &sx);
+  if (int rc = check_output(m.fds[0].get(), false, &out_sx)) return rc;
+  if (int rc = check_output(m.fds[1].get(), true, &sx)) return rc;
+  if (m.fds.size() == 3) {
+    if (int rc = check_output(m.fds[2].get(), false, &sx)) return rc;
     // The O_DIRECT descriptor must be another opening of the output file itself.
-    if (!err && (sx.stx_dev_major != out_sx.stx_dev_major ||
-                 sx.stx_dev_minor != out_sx.stx_dev_minor || sx.stx_ino != out_sx.stx_ino ||
-                 !(::fcntl(m.fds[2].get(), F_GETFL) & O_DIRECT)))
-      err = EINVAL;
+    if (sx.stx_dev_major != out_sx.stx_dev_major || sx.stx_dev_minor != out_sx.stx_dev_minor ||
+        sx.stx_ino != out_sx.stx_ino || !(::fcntl(m.fds[2].get(), F_GETFL) & O_DIRECT))
+      return -EINVAL;
   }
-  if (!err) err = readable_buffer(c, req.ino, &rec->buf);
+  if (int rc = access_.readable_buffer(c.peer, req.ino, &rec->buf)) return rc;
   // It would keep the descriptors it brought: not into those kept for root and the mounter.
-  if (!err && !quota_.exempt(c.uid)) err = -fds_.admit(0);
+  if (int rc = access_.admit_fds(c.peer.uid, 0)) return rc;
   // One recording per buffer: two would split its sub-buffers between them. (recording is
   // loop-thread state, and this is the loop thread.)
-  if (!err && rec->buf->recording) err = EBUSY;
-  if (!err) {
-    rec->id = next_recording_id_++;
+  if (rec->buf->recording) return -EBUSY;
+  auto& fds = m.fds;  // ours to keep; the control server closes what is left through the ring
+  rec->out = std::move(fds[0]);
+  rec->index = std::move(fds[1]);
+  if (fds.size() == 3) {
+    rec->direct = std::move(fds[2]);
+    rec->mem_align = req.mem_align;
+    rec->off_align = req.off_align;
+  }
+  return 0;
+}
+
+void Recorder::start(Connection& c, proto::Received& m) {
+  proto::RecordRequest req;
+  auto rec = std::make_unique<Recording>();
+  int rc = proto::decode(m.payload.data(), m.payload.size(), &req);
+  if (rc == 0) rc = check(c, m, req, rec.get());
+  proto::RecordReply reply{rc, 0, 0};
+  if (rc == 0) {
+    rec->id = next_id_++;
     rec->conn = c.id;
     rec->totals.cookie = req.cookie;
-    auto& fds = m.fds;  // ours to keep; on_connection closes what is left through the ring
-    rec->out = std::move(fds[0]);
-    rec->index = std::move(fds[1]);
-    if (fds.size() == 3) {
-      rec->direct = std::move(fds[2]);
-      rec->mem_align = req.mem_align;
-      rec->off_align = req.off_align;
-    }
     reply = {0, rec->buf->fixed_index >= 0 ? 1u : 0u, rec->buf->index()};
-  } else {
-    reply = {-err, 0, 0};
   }
-  send_queued(c, proto::encode(reply, m.header.seq), true);  // after any event queued before
-  if (err) return;
+  c.send(proto::encode(reply, m.header.seq));  // in order, after any event queued before
+  if (rc != 0) return;
   Recording& r = *rec;
   recordings_.emplace(r.id, std::move(rec));
   r.buf->recording = &r;  // after the emplace, which may throw
-  record_step(r);
+  step(r);
 }
 
-// Ends every recording of connection conn_id (once their writes in flight are done or
-// cancelled); forget: the connection went away, so nothing is reported to it.
-void RelayFs::stop_recordings(uint64_t conn_id, bool forget) {
+// Once their writes in flight are done or cancelled. A recorder that hung up loses nothing: the
+// bytes of a write the kernel holds are not consumed until it completed.
+void Recorder::stop(uint64_t conn_id, bool gone) {
   for (auto& [id, r] : recordings_)
     if (r->conn == conn_id) {
-      if (forget) r->conn = 0;
-      end_recording(*r, kEndStopped, 0);  // never erases: reap_recordings does
+      if (gone) r->conn = 0;
+      end(*r, kEndStopped, 0);  // never erases: reap does
     }
 }
 
-void RelayFs::handle_record_stop(Connection& c) {
-  stop_recordings(c.id, false);
-}
-
-// The recorder hung up: the bytes of a write the kernel holds are not consumed until it
-// completed, so nothing is lost.
-void RelayFs::drop_recordings(uint64_t conn_id) {
-  stop_recordings(conn_id, true);
-}
-
-// Starts the next write, or arms the doorbell for the next sub-buffer, or ends the recording
-// once the channel is finalized and drained.
-void RelayFs::record_step(Recording& r) {
+void Recorder::step(Recording& r) {
   if (r.writing || r.ending) return;
   if (r.index_pending.size() > kMaxIndexPending) return;  // on_index_write steps again
   RelayBuffer& b = *r.buf;
@@ -167,37 +162,37 @@ void RelayFs::record_step(Recording& r) {
   bool drained = false;
   {
     std::lock_guard lk(b.mu);
-    rc = b.cons.take_extent(&r.ext);
+    rc = b.take_extent(&r.ext);
     if (rc == 0) {
       drained = b.drained();
       if (!drained) {
         // Have the producer ring at its next sub-buffer switch (or close), then look again
         // for one that came before the doorbell was armed.
         b.arm_doorbell(true);
-        rc = b.cons.take_extent(&r.ext);
+        rc = b.take_extent(&r.ext);
       }
     }
   }
-  if (rc < 0) return end_recording(r, kEndFailed, -rc);
+  if (rc < 0) return end(r, kEndFailed, -rc);
   if (rc == 0) {
-    if (drained) end_recording(r, kEndClosed, 0);
+    if (drained) end(r, kEndClosed, 0);
     return;
   }
   r.written = 0;
-  submit_record_write(r);
+  submit_write(r);
 }
 
-void RelayFs::submit_record_write(Recording& r) {
+void Recorder::submit_write(Recording& r) {
   RelayBuffer& b = *r.buf;
-  const uint32_t size = b.buf.geometry().subbuf_size;
+  const uint32_t size = b.geometry().subbuf_size;
   // Inside the mapping: take_extent bounded the extent by the private geometry.
-  const char* addr = b.buf.data() + r.ext.data_offset(size) + r.written;
+  const char* addr = b.data() + r.ext.data_offset(size) + r.written;
   const uint32_t len = r.ext.len - r.written;
   const uint64_t at = r.off + r.written;
   r.via_direct = r.direct_ok(at, addr, len);
   const int fd = r.via_direct ? r.direct.get() : r.out.get();
-  io_uring_sqe* e = sqe();
-  if (!e) return end_recording(r, kEndFailed, EBUSY);  // the kernel takes no submissions
+  io_uring_sqe* e = loop_.sqe();
+  if (!e) return end(r, kEndFailed, EBUSY);  // the kernel takes no submissions
   if (b.fixed_index >= 0)
     io_uring_prep_write_fixed(e, fd, addr, len, at, b.fixed_index);
   else
@@ -208,17 +203,17 @@ void RelayFs::submit_record_write(Recording& r) {
   if (r.via_direct) ++r.totals.direct;
 }
 
-void RelayFs::on_record_write(uint64_t id, int res) {
+void Recorder::on_write(uint64_t id, int res) {
   auto it = recordings_.find(id);
   if (it == recordings_.end()) return;
   Recording& r = *it->second;
   r.writing = false;
   if ((res == -EINTR || res == -EAGAIN) && !r.ending && ++r.retries <= kMaxRetries)
-    return submit_record_write(r);
+    return submit_write(r);
   if (res == -EINVAL && r.via_direct && !r.ending) {
     // The filesystem refused this direct write after all: from now on, the page cache.
-    close_later(std::move(r.direct));
-    return submit_record_write(r);
+    loop_.close_later(std::move(r.direct));
+    return submit_write(r);
   }
   // Failed or cancelled (a stop): nothing of the extent is consumed; it stays in the channel.
   if (res <= 0) return end_after_write(r, res, kEndFailed);
@@ -226,21 +221,21 @@ void RelayFs::on_record_write(uint64_t id, int res) {
   r.written += static_cast<uint32_t>(res);
   // Short: write the rest, which reports the error if any (unless stopping: then not consumed).
   if (r.written < r.ext.len) {
-    if (r.ending) return end_recording(r, kEndStopped, 0);
-    return submit_record_write(r);
+    if (r.ending) return end(r, kEndStopped, 0);
+    return submit_write(r);
   }
   const std::shared_ptr<RelayBuffer> b = r.buf;
-  finish_record_extent(r);
-  service(b);  // pollers and parked readers of the buffer see the new position
+  finish_extent(r);
+  hooks_.news(b);  // pollers and parked readers of the buffer see the new position
 }
 
 // The extent is on disk: keep it if it was still unread and not overwritten, then consume it.
-void RelayFs::finish_record_extent(Recording& r) {
+void Recorder::finish_extent(Recording& r) {
   RelayBuffer& b = *r.buf;
   int kept;
   {
     std::lock_guard lk(b.mu);
-    kept = b.cons.finish_extent(r.ext);
+    kept = b.finish_extent(r.ext);
   }
   const unsigned cpu = b.index();
   if (kept) {
@@ -262,17 +257,17 @@ void RelayFs::finish_record_extent(Recording& r) {
     index_line(r, "lapped %u %" PRIu64 " %" PRIu64 " %u\n", cpu, r.ext.seq, r.off, r.ext.len);
   }
   submit_index_write(r);
-  if (r.ending) return end_recording(r, kEndStopped, 0);  // stopped meanwhile: finish now
+  if (r.ending) return end(r, kEndStopped, 0);  // stopped meanwhile: finish now
   const auto now = std::chrono::steady_clock::now();
   if (now - r.last_progress >= kProgressEvery) {
     r.last_progress = now;
-    send_record_event(r, proto::RecordKind::kProgress);
+    send_event(r, proto::RecordKind::kProgress);
   }
-  record_step(r);
+  step(r);
 }
 
 // Appends the pending index lines, one write in flight at a time so they stay in order.
-void RelayFs::submit_index_write(Recording& r) {
+void Recorder::submit_index_write(Recording& r) {
   if (r.index_writing || r.index_pending.empty() || r.dead) return;
   if (fault(Fault::kIndexHold) && !r.ending) return;  // the test suite's stop with lines held
   r.index_inflight = std::move(r.index_pending);
@@ -281,9 +276,9 @@ void RelayFs::submit_index_write(Recording& r) {
   resubmit_index_write(r);
 }
 
-void RelayFs::resubmit_index_write(Recording& r) {
-  io_uring_sqe* e = sqe();
-  if (!e) return end_recording(r, kEndIndexFailed, EBUSY);
+void Recorder::resubmit_index_write(Recording& r) {
+  io_uring_sqe* e = loop_.sqe();
+  if (!e) return end(r, kEndIndexFailed, EBUSY);
   if (fault(Fault::kIndexStall)) {
     // A write that never completes: a read of an eventfd nothing writes, until cancelled.
     if (!r.stall) r.stall.reset(::eventfd(0, EFD_CLOEXEC));
@@ -299,14 +294,14 @@ void RelayFs::resubmit_index_write(Recording& r) {
   r.index_writing = true;
 }
 
-void RelayFs::on_index_write(uint64_t id, int res) {
+void Recorder::on_index_write(uint64_t id, int res) {
   auto it = recordings_.find(id);
   if (it == recordings_.end()) return;
   Recording& r = *it->second;
   r.index_writing = false;
   // The stop's deadline passed: the lines in flight, and those after them, are not written;
   // the recording ends, failed, saying so.
-  if (r.index_timed_out && res < 0) return end_recording(r, kEndIndexFailed, ETIMEDOUT);
+  if (r.index_timed_out && res < 0) return end(r, kEndIndexFailed, ETIMEDOUT);
   if ((res == -EINTR || res == -EAGAIN) && ++r.retries <= kMaxRetries)
     return resubmit_index_write(r);
   // An index that silently misses lines would misdescribe the output: a failure ends it.
@@ -316,13 +311,13 @@ void RelayFs::on_index_write(uint64_t id, int res) {
   if (r.index_done < r.index_inflight.size()) return resubmit_index_write(r);
   submit_index_write(r);
   if (r.ending)
-    end_recording(r, kEndStopped, 0);  // the cause is kept from the first call
+    end(r, kEndStopped, 0);  // the cause is kept from the first call
   else
-    record_step(r);  // it may have waited for the index to drain
+    step(r);  // it may have waited for the index to drain
 }
 
-void RelayFs::send_record_event(Recording& r, proto::RecordKind kind) {
-  std::shared_ptr<Connection> c = r.conn ? connection(r.conn) : nullptr;
+void Recorder::send_event(Recording& r, proto::RecordKind kind) {
+  std::shared_ptr<Connection> c = r.conn ? conns_.get(r.conn) : nullptr;
   if (!c) return;
   proto::RecordEvent ev = r.totals;
   ev.kind = kind;
@@ -342,7 +337,10 @@ void RelayFs::send_record_event(Recording& r, proto::RecordKind kind) {
   ev.lost_expired_bytes = st.lost_expired_bytes;
   // Progress may be skipped while the recorder does not keep up (the end event carries the same
   // totals); the end event is queued until the socket takes it.
-  send_queued(*c, proto::encode(ev), kind == proto::RecordKind::kEnd);
+  if (kind == proto::RecordKind::kEnd)
+    c->send(proto::encode(ev));
+  else
+    c->offer(proto::encode(ev));
 }
 
 // Ends the recording: at once if nothing is in flight and every index line is written, else when
@@ -350,7 +348,7 @@ void RelayFs::send_record_event(Recording& r, proto::RecordKind kind) {
 // index text). The first cause given is kept, except that a failure replaces a stop: a write
 // that fails after a stop is still reported. The Recording itself is freed by the loop
 // (reap_recordings), never under a caller.
-void RelayFs::end_recording(Recording& r, RecordEnd how, int err) {
+void Recorder::end(Recording& r, RecordEnd how, int err) {
   if (r.dead) return;
   const bool failure = how == kEndFailed || how == kEndIndexFailed;
   const bool failed = r.totals.ended_by == kEndFailed || r.totals.ended_by == kEndIndexFailed;
@@ -367,43 +365,42 @@ void RelayFs::end_recording(Recording& r, RecordEnd how, int err) {
   // The index gets kIndexStopSeconds for that: a filesystem that never answers must not hold
   // the recording, and its buffer, for good either.
   if (!r.ending && how == kEndStopped) {
-    if (r.writing) cancel(tag(kRecordWrite, r.id));
+    if (r.writing) loop_.cancel(tag(kRecordWrite, r.id));
     r.index_deadline = {kIndexStopSeconds, 0};
-    if (io_uring_sqe* e = sqe()) {
-      io_uring_prep_timeout(e, &r.index_deadline, 0, 0);
-      io_uring_sqe_set_data64(e, tag(kIndexDeadline, r.id));
-    }
+    if (loop_.timeout(&r.index_deadline, tag(kIndexDeadline, r.id)) != 0)
+      std::fprintf(stderr, "relayfs: recording %" PRIu64 ": no room in the ring for its index "
+                   "deadline\n", r.id);
   }
   r.ending = true;
   if (r.totals.ended_by != kEndIndexFailed && !r.index_timed_out) submit_index_write(r);
   if (r.dead) return;  // submitting failed and ended it already
   if (r.writing || r.index_writing) return;
   r.dead = true;
-  send_record_event(r, proto::RecordKind::kEnd);
+  send_event(r, proto::RecordKind::kEnd);
   if (r.buf->recording == &r) r.buf->recording = nullptr;
-  close_later(std::move(r.out));
-  close_later(std::move(r.index));
-  close_later(std::move(r.direct));
+  loop_.close_later(std::move(r.out));
+  loop_.close_later(std::move(r.index));
+  loop_.close_later(std::move(r.direct));
   reap_.push_back(r.id);
-  maybe_remove(r.buf->channel_id());  // what the recording drained may now leave the tree
+  hooks_.maybe_remove(r.buf->channel_id());  // what the recording drained may now leave the tree
 }
 
 // A stopped recording's deadline for its index passed (kIndexDeadline): the index write still
 // in flight is cancelled, and on_index_write ends the recording, failed.
-void RelayFs::on_index_deadline(uint64_t id) {
+void Recorder::on_index_deadline(uint64_t id) {
   auto it = recordings_.find(id);
   if (it == recordings_.end() || it->second->dead || !it->second->index_writing) return;
   it->second->index_timed_out = true;
-  cancel(tag(kIndexWrite, id));
+  loop_.cancel(tag(kIndexWrite, id));
 }
 
 // A write completed with res <= 0: cancelled by a stop, or failed (how; 0 bytes is EIO).
-void RelayFs::end_after_write(Recording& r, int res, RecordEnd how) {
-  if (res == -ECANCELED) return end_recording(r, kEndStopped, 0);
-  end_recording(r, how, res == 0 ? EIO : -res);
+void Recorder::end_after_write(Recording& r, int res, RecordEnd how) {
+  if (res == -ECANCELED) return end(r, kEndStopped, 0);
+  end(r, how, res == 0 ? EIO : -res);
 }
 
-void RelayFs::reap_recordings() {
+void Recorder::reap() {
   for (uint64_t id : reap_) recordings_.erase(id);
   reap_.clear();
 }

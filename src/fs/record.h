@@ -9,16 +9,23 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "core/consumer.h"
 #include "core/fd.h"
+#include "fs/access.h"
+#include "fs/connection.h"
+#include "fs/hooks.h"
+#include "fs/loop.h"
 #include "proto/protocol.h"
+#include "proto/wire.h"
 
 namespace relayfs::fs {
 
 class RelayBuffer;
 
-// One buffer being recorded. Loop thread only; owned by RelayFs::recordings_, pointed to by its
+// One buffer being recorded. Loop thread only; owned by Recorder::recordings_, pointed to by its
 // buffer's Source::recording while it runs.
 struct Recording {
   uint64_t id = 0;
@@ -60,6 +67,45 @@ enum RecordEnd : uint32_t {
   kEndStopped = 2,      // kRecordStop, or the recorder went away
   kEndFailed = 3,       // a write to the output file failed (status)
   kEndIndexFailed = 4,  // a write to the index failed (status)
+};
+
+// Every recording, on the loop thread.
+class Recorder {
+ public:
+  Recorder(Loop& loop, Connections& conns, Access& access, Hooks& hooks)
+      : loop_(loop), conns_(conns), access_(access), hooks_(hooks) {}
+
+  // kRecord from c: checks the request and its descriptors, replies, and starts.
+  void start(Connection& c, proto::Received& m);
+  // Ends every recording of connection conn_id (kRecordStop); gone: the connection went away,
+  // so nothing is reported to it.
+  void stop(uint64_t conn_id, bool gone);
+  // Starts the next write, or arms the doorbell for the next sub-buffer, or ends the recording
+  // once the channel is finalized and drained.
+  void step(Recording& r);
+  void on_write(uint64_t id, int res);
+  void on_index_write(uint64_t id, int res);
+  void on_index_deadline(uint64_t id);
+  // Frees the recordings that ended, where no handler holds a reference to one.
+  void reap();
+
+ private:
+  int check(Connection& c, proto::Received& m, const proto::RecordRequest& req, Recording* rec);
+  void submit_write(Recording& r);
+  void finish_extent(Recording& r);
+  void submit_index_write(Recording& r);
+  void resubmit_index_write(Recording& r);
+  void send_event(Recording& r, proto::RecordKind kind);
+  void end(Recording& r, RecordEnd how, int err);
+  void end_after_write(Recording& r, int res, RecordEnd how);
+
+  Loop& loop_;
+  Connections& conns_;
+  Access& access_;
+  Hooks& hooks_;
+  std::unordered_map<uint64_t, std::unique_ptr<Recording>> recordings_;
+  std::vector<uint64_t> reap_;  // ended recordings, freed at the end of the loop's pass
+  uint64_t next_id_ = 1;
 };
 
 }  // namespace relayfs::fs

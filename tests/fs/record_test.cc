@@ -370,9 +370,9 @@ TEST_CASE("end events reach a recorder that reads late: none is lost to a full s
     REQUIRE(ask_record(s, ino_of(m.path(base + "0")), static_cast<uint32_t>(i), {w.get(), x.get()}) ==
             0);
   }
-  // Fill the socket towards us: requests whose replies we do not read (a refusal each; the
-  // daemon drops those it cannot send, as it may for a client that does not read). A daemon
-  // that stopped reading us would block these sends: fail after 10 s instead of hanging.
+  // Fill the socket towards us: requests whose replies we do not read (a refusal each, which the
+  // daemon queues when the socket is full: a reply is never dropped). A daemon that stopped
+  // reading us would block these sends: fail after 10 s instead of hanging.
   const timeval limit{10, 0};
   ::setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
   for (uint32_t i = 0; i < 3000; ++i)
@@ -380,13 +380,14 @@ TEST_CASE("end events reach a recorder that reads late: none is lost to a full s
   for (rchan* c : chans) REQUIRE(relay_close(c) == 0);  // every recording ends
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   std::set<uint32_t> ended;
-  size_t messages = 0;
+  size_t messages = 0, refusals = 0;
   for (;;) {
     pollfd p{s, POLLIN, 0};
     if (::poll(&p, 1, 5000) != 1) break;
     proto::Received r;
     if (proto::recv_message(s, &r) != 1) break;
     ++messages;
+    refusals += static_cast<proto::Type>(r.header.type) == proto::Type::kReaderOpenReply;
     proto::RecordEvent ev;
     if (static_cast<proto::Type>(r.header.type) == proto::Type::kRecordEvent &&
         proto::decode(r.payload.data(), r.payload.size(), &ev) == 0 &&
@@ -398,7 +399,7 @@ TEST_CASE("end events reach a recorder that reads late: none is lost to a full s
     }
   }
   MESSAGE(messages << " messages read until the last end event");
-  CHECK(messages < 3000);  // the socket was full: some refusals were dropped
+  CHECK(refusals == 3000);  // the socket was full: every refusal waited for room, in order
   CHECK(ended.size() == kChannels);
   ::close(s);
 }

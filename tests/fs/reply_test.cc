@@ -1,12 +1,17 @@
-// Every FUSE handler replies exactly once, on every path (src/fs/ops.cc): the rare paths are made
-// to happen with the daemon's fault injection (RELAYFS_TEST_FAULTS, src/fs/fault.h).
+// Every FUSE handler replies exactly once, on every path (src/fs/ops.cc, files.h): the rare paths
+// are made to happen with the daemon's fault injection (RELAYFS_TEST_FAULTS, src/fs/fault.h). And
+// every reply on the control socket reaches its client, or the client is cut off
+// (src/fs/connection.h).
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <relayfs/relay.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <string>
 
 #include "helpers.h"
@@ -73,4 +78,69 @@ TEST_CASE("a zero-copy read whose reply fails leaves its records for the next re
   ::close(other);
   ::close(fd);
   CHECK(relay_close(c) == 0);
+}
+
+// A reply the socket has no room for waits for room: none is dropped (issue 14: a dropped
+// kReaderConsumedReply left relay_reader_consumed waiting 30 s, then failing with EIO).
+TEST_CASE("replies to a client that reads late all arrive, in order") {
+  namespace proto = relayfs::proto;
+  Mount m;
+  const int s = connect_control(m.dir);
+  const timeval limit{10, 0};  // a daemon that stopped reading us fails the test, not hangs it
+  ::setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+  // No relay_reader_open on this connection: each is refused with EBADF, in a reply of its own.
+  constexpr uint32_t kRequests = 3000;  // far more than a socket's buffer holds
+  for (uint32_t i = 1; i <= kRequests; ++i)
+    REQUIRE(proto::send_message(s, proto::encode(proto::ReaderConsumed{0, 0}, i)) == 0);
+  uint32_t next = 1;
+  for (;;) {
+    pollfd p{s, POLLIN, 0};
+    if (::poll(&p, 1, 5000) != 1) break;
+    proto::Received r;
+    if (proto::recv_message(s, &r) != 1) break;
+    proto::Status st;
+    REQUIRE(static_cast<proto::Type>(r.header.type) == proto::Type::kReaderConsumedReply);
+    REQUIRE(proto::decode(r.payload.data(), r.payload.size(), &st) == 0);
+    CHECK(st.status == -EBADF);
+    REQUIRE(r.header.seq == next);
+    if (++next > kRequests) break;
+  }
+  CHECK(next == kRequests + 1);
+  CHECK(alive(m.pid));
+  ::close(s);
+}
+
+TEST_CASE("a client that never reads its replies is cut off, and the others are served") {
+  namespace proto = relayfs::proto;
+  Mount m;
+  const int s = connect_control(m.dir);
+  const timeval limit{10, 0};
+  ::setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+  // Requests until the daemon hangs up: its queue for us is bounded (1 MiB of replies).
+  uint32_t sent = 0;
+  int rc = 0;
+  while (sent < 400000 && (rc = proto::send_message(s, proto::encode(proto::ReaderConsumed{0, 0},
+                                                                     sent + 1))) == 0)
+    ++sent;
+  MESSAGE(sent << " requests sent before the daemon hung up: " << std::string(std::strerror(-rc)));
+  CHECK(rc == -EPIPE);
+  CHECK(sent > 10000);  // a megabyte of replies, at about 24 bytes each, and the socket's own
+  // What the socket held when the daemon hung up can still be read, then the end of stream.
+  uint32_t replies = 0;
+  for (;;) {
+    pollfd p{s, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 5000) == 1);  // a daemon that never hangs up fails here, not hangs
+    proto::Received r;
+    if (proto::recv_message(s, &r) != 1) break;
+    ++replies;
+  }
+  CHECK(replies < sent);
+  CHECK(alive(m.pid));
+  // Everyone else goes on.
+  rchan* c = open_global(m.dir, "after", 4096, 4);
+  REQUIRE(c != nullptr);
+  const std::string want = write_records(c, 0, 5);
+  CHECK(slurp(m.path("after0")) == want);
+  CHECK(relay_close(c) == 0);
+  ::close(s);
 }
