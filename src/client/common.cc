@@ -5,8 +5,10 @@
 #include <cstddef>
 #include <cstring>
 
+#include "client/stats.h"
 #include "core/layout.h"
 #include "core/proof.h"
+#include "core/stats.h"
 #include "proto/protocol.h"
 #include "proto/wire.h"
 
@@ -27,31 +29,25 @@ int refusal(const proto::Received& m) {
 void read_stats(const core::Buffer& b, relay_stats* st) {
   const core::ShmHeader* h = b.header();
   const auto& g = b.geometry();
-  *st = {};
-  st->subbuf_size = g.subbuf_size;
-  st->n_subbufs = g.n_subbufs;
-  st->subbufs_produced = h->produced.load(std::memory_order_acquire);
+  core::BufferStats s;  // corrupt stays 0: the daemon's alone, not in the control area
+  s.subbuf_size = g.subbuf_size;
+  s.n_subbufs = g.n_subbufs;
+  s.subbufs_produced = h->produced.load(std::memory_order_acquire);
   const uint64_t tagged = h->consumed.load(std::memory_order_acquire);
   const uint32_t gen = h->reset_gen.load(std::memory_order_relaxed);
-  st->subbufs_consumed = core::consumed_count(tagged, gen);
+  s.subbufs_consumed = core::consumed_count(tagged, gen);
   // Committed bytes, as the daemon counts them for the file's size (proof.h): a record in
   // flight counts once it is committed.
-  st->bytes_produced = core::committed_bytes(*h, b.meta(), g.subbuf_size, g.n_subbufs);
-  st->bytes_consumed = h->bytes_consumed.load(std::memory_order_relaxed);
-  st->lost_full = h->lost_full.load(std::memory_order_relaxed);
-  st->lost_too_big = h->lost_too_big.load(std::memory_order_relaxed);
-  st->lost_wrap = h->lost_wrap.load(std::memory_order_relaxed);
-  st->overruns = h->overruns.load(std::memory_order_relaxed);
-  st->lost_uncommitted = h->lost_uncommitted.load(std::memory_order_relaxed);
-  st->lost_overrun_bytes = h->lost_overrun_bytes.load(std::memory_order_relaxed);
-  st->lost_reset_bytes = h->lost_reset_bytes.load(std::memory_order_relaxed);
-  st->lost_readahead_bytes = h->lost_readahead_bytes.load(std::memory_order_relaxed);
-  st->lost_expired_bytes = h->lost_expired_bytes.load(std::memory_order_relaxed);
+  s.bytes_produced = core::committed_bytes(*h, b.meta(), g.subbuf_size, g.n_subbufs);
+  s.bytes_consumed = h->bytes_consumed.load(std::memory_order_relaxed);
+  // The loss counters, each under its own name in the control area.
+#define RELAYFS_LOAD_COUNTER(name, what) s.name = h->name.load(std::memory_order_relaxed);
+  RELAYFS_LOSS_COUNTERS(RELAYFS_LOAD_COUNTER)
+#undef RELAYFS_LOAD_COUNTER
   // What the balance leaves: the daemon's counters are the ones it last published.
-  const unsigned long long gone = st->bytes_consumed + st->lost_uncommitted +
-                                  st->lost_overrun_bytes + st->lost_reset_bytes +
-                                  st->lost_readahead_bytes + st->lost_expired_bytes;
-  st->bytes_unread = st->bytes_produced > gone ? st->bytes_produced - gone : 0;
+  const uint64_t gone = s.bytes_consumed + core::bytes_lost(s);
+  s.bytes_unread = s.bytes_produced > gone ? s.bytes_produced - gone : 0;
+  to_relay_stats(s, st);
 }
 
 }  // namespace relayfs::client

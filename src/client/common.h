@@ -23,6 +23,20 @@ int connect_daemon(const char* dir, core::UniqueFd* out);
 // The errno a refusal from the daemon carries (a kError message), or EIO if it is not one.
 int refusal(const proto::Received& m);
 
+// relay_control's requests (RELAY_CTL_*) travel as proto::ControlOp, with the same numbers;
+// they are converted through these two only.
+static_assert(RELAY_CTL_FLUSH == static_cast<int>(proto::ControlOp::kFlush) &&
+              RELAY_CTL_RESET == static_cast<int>(proto::ControlOp::kReset) &&
+              RELAY_CTL_CLOSE == static_cast<int>(proto::ControlOp::kClose));
+// The ControlOp of RELAY_CTL_* code op. Returns false if op is none of them.
+inline bool control_op(int op, proto::ControlOp* out) {
+  return op >= 0 && proto::control_op(static_cast<uint32_t>(op), out);
+}
+// The RELAY_CTL_* code of op, for struct relay_options.control.
+inline int control_code(proto::ControlOp op) {
+  return static_cast<int>(op);
+}
+
 // The counters of a buffer as its shared control area shows them. Every value comes from memory
 // the other side may write: they are reported, never used to index anything.
 void read_stats(const core::Buffer& b, relay_stats* st);

@@ -14,14 +14,15 @@ namespace proto = relayfs::proto;
 namespace {
 
 int request(const char* path, int op) {
-  if (!path || op < RELAY_CTL_FLUSH || op > RELAY_CTL_CLOSE) return EINVAL;
+  proto::ControlOp cop;
+  if (!path || !relayfs::client::control_op(op, &cop)) return EINVAL;
   struct stat st;
   if (::stat(path, &st) != 0) return errno;
   if (!S_ISREG(st.st_mode)) return EINVAL;
   std::string dir(path);
   relayfs::core::UniqueFd sock;
   if (int err = relayfs::client::connect_daemon(::dirname(dir.data()), &sock); err) return err;
-  const proto::ControlRequest req{st.st_ino, static_cast<proto::ControlOp>(op)};
+  const proto::ControlRequest req{st.st_ino, cop};
   if (int rc = proto::send_message(sock.get(), proto::encode(req, 1)); rc)
     return proto::send_failure(sock.get(), rc);
   proto::Received m;

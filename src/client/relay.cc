@@ -245,7 +245,7 @@ void deliver_event(Chan* c, const proto::Received& r) {
 // A flush, reset or close asked for from outside (relay_control), if the producer allows it.
 // Returns 0 or -errno for the requester.
 int outside_control(Chan* c, proto::ControlOp op) {
-  const int code = static_cast<int>(op);
+  const int code = relayfs::client::control_code(op);
   int verdict = c->opts.control ? c->opts.control(&c->pub, code)
                                 : (op == proto::ControlOp::kReset ? -EBUSY : 0);
   if (verdict > 0) verdict = -EPERM;  // not a negative errno: take it as a refusal

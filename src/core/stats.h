@@ -1,7 +1,8 @@
 // Per-buffer counters, as the consumer reports them. The list below is the one place they are
-// named: BufferStats, the relay files' extended attributes (src/fs/ops.cc), the merged view's
-// sums and relayctl stat all come from it. (struct relay_stats in the public C header mirrors
-// it by hand; tests/fs/features_test.cc checks that they agree, field by field.)
+// named: BufferStats, the relay files' extended attributes (proto/names.h), the merged view's
+// sums, proto::RecordEvent's loss counters, relayctl stat and record all come from it. struct
+// relay_stats in the public C header keeps its own fields (an ABI); librelayfs fills it through
+// code generated from this list (src/client/stats.h), which does not compile if they diverge.
 //
 // The books balance (relay(7) "Losses"): at any time,
 //   bytes_produced = bytes_consumed + bytes_unread + lost_uncommitted + every lost_*_bytes,
@@ -13,25 +14,46 @@
 
 namespace relayfs::core {
 
-// X(name, what): every counter, in the order the attributes are listed.
-#define RELAYFS_BUFFER_COUNTERS(X)                                                               \
+// X(name, what): every counter, in the order the attributes are listed. The list is made of
+// groups that others generate from too: the geometry; the flow of data; the loss counters
+// (records dropped, overruns, and the bytes lost, which a recording's events carry, in this
+// order: proto::RecordEvent); the buffer's health.
+#define RELAYFS_BUFFER_COUNTERS(X) \
+  RELAYFS_GEOMETRY_COUNTERS(X)     \
+  RELAYFS_FLOW_COUNTERS(X)         \
+  RELAYFS_LOSS_COUNTERS(X)         \
+  X(corrupt, "times the control area was found inconsistent")
+
+#define RELAYFS_GEOMETRY_COUNTERS(X)                                                             \
   X(subbuf_size, "geometry: bytes per sub-buffer")                                               \
-  X(n_subbufs, "geometry: sub-buffers per buffer")                                               \
+  X(n_subbufs, "geometry: sub-buffers per buffer")
+
+#define RELAYFS_FLOW_COUNTERS(X)                                                                 \
   X(subbufs_produced, "sub-buffers switched away from since open or reset")                      \
   X(subbufs_consumed, "sub-buffers fully read or released since open or reset")                  \
   X(bytes_produced, "bytes committed, header bytes included, padding excluded; never shrinks")  \
   X(bytes_consumed, "bytes handed to readers (less what lost_readahead_bytes took back)")       \
-  X(bytes_unread, "bytes between the read position and the end of what is produced")            \
-  X(lost_full, "records dropped: buffer full (switch refused, or a blocking write timed out)")   \
-  X(lost_too_big, "records dropped: larger than a sub-buffer")                                   \
-  X(lost_wrap, "records dropped: next sub-buffer still being committed")                         \
+  X(bytes_unread, "bytes between the read position and the end of what is produced")
+
+// Everything that left the buffer without reaching a reader.
+#define RELAYFS_LOSS_COUNTERS(X)                                                                 \
+  RELAYFS_LOST_RECORD_COUNTERS(X)                                                                \
   X(overruns, "sub-buffers the writer lapped before they were read")                             \
   X(lost_uncommitted, "bytes reserved but never committed (producer died mid-record)")           \
+  RELAYFS_LOST_BYTE_COUNTERS(X)
+
+// Records a writer dropped (relay_write failed; each counts one record).
+#define RELAYFS_LOST_RECORD_COUNTERS(X)                                                          \
+  X(lost_full, "records dropped: buffer full (switch refused, or a blocking write timed out)")   \
+  X(lost_too_big, "records dropped: larger than a sub-buffer")                                   \
+  X(lost_wrap, "records dropped: next sub-buffer still being committed")
+
+// The "every lost_*_bytes" of the balance above: committed bytes that left unread.
+#define RELAYFS_LOST_BYTE_COUNTERS(X)                                                            \
   X(lost_overrun_bytes, "bytes of the sub-buffers counted in overruns, overwritten unread")     \
   X(lost_reset_bytes, "bytes relay_reset discarded unread")                                      \
   X(lost_readahead_bytes, "bytes a splice or sendfile took into the page cache, not delivered") \
-  X(lost_expired_bytes, "bytes of an exited producer's channel freed unread (orphan_timeout)")  \
-  X(corrupt, "times the control area was found inconsistent")
+  X(lost_expired_bytes, "bytes of an exited producer's channel freed unread (orphan_timeout)")
 
 struct BufferStats {
 #define RELAYFS_COUNTER_MEMBER(name, what) uint64_t name = 0;
@@ -47,6 +69,16 @@ struct BufferStats {
     n_subbufs = o.n_subbufs;
   }
 };
+
+// Every byte counted lost: lost_uncommitted and the lost_*_bytes. The balance above is
+//   bytes_produced = bytes_consumed + bytes_unread + bytes_lost(st).
+inline uint64_t bytes_lost(const BufferStats& st) noexcept {
+  uint64_t sum = st.lost_uncommitted;
+#define RELAYFS_COUNTER_SUM(name, what) sum += st.name;
+  RELAYFS_LOST_BYTE_COUNTERS(RELAYFS_COUNTER_SUM)
+#undef RELAYFS_COUNTER_SUM
+  return sum;
+}
 
 // The counters' names, in the list's order, and a counter by its index there.
 inline constexpr const char* kCounterNames[] = {

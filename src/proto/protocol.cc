@@ -80,11 +80,6 @@ struct ChannelControlWire {
   uint32_t op;
 };
 
-bool known_op(uint32_t op) {
-  return op >= static_cast<uint32_t>(ControlOp::kFlush) &&
-         op <= static_cast<uint32_t>(ControlOp::kClose);
-}
-
 template <typename Wire>
 int fixed(const char* p, size_t len, Wire* w, size_t* tail) {
   if (len < sizeof(Wire)) return -EPROTO;
@@ -112,9 +107,30 @@ struct RecordEventWire {
   int32_t status;
   uint32_t ended_by;
   uint64_t bytes, subbufs, tail, lapped, direct, fixed;
-  uint64_t lost_full, lost_too_big, lost_wrap, overruns, lost_uncommitted;
-  uint64_t lost_overrun_bytes, lost_reset_bytes, lost_readahead_bytes, lost_expired_bytes;
+#define RELAYFS_WIRE_MEMBER(name, what) uint64_t name;
+  RELAYFS_LOSS_COUNTERS(RELAYFS_WIRE_MEMBER)
+#undef RELAYFS_WIRE_MEMBER
 };
+// Protocol 2's layout, nine loss counters: a counter added to RELAYFS_LOSS_COUNTERS changes the
+// message, and kVersion with it.
+static_assert(sizeof(RecordEventWire) == 16 + 6 * 8 + 9 * 8);
+
+// A recording's totals, between RecordEvent and its wire form (the same names).
+template <typename From, typename To>
+void copy_totals(const From& f, To* t) {
+  t->cookie = f.cookie;
+  t->status = f.status;
+  t->ended_by = f.ended_by;
+  t->bytes = f.bytes;
+  t->subbufs = f.subbufs;
+  t->tail = f.tail;
+  t->lapped = f.lapped;
+  t->direct = f.direct;
+  t->fixed = f.fixed;
+#define RELAYFS_COPY_COUNTER(name, what) t->name = f.name;
+  RELAYFS_LOSS_COUNTERS(RELAYFS_COPY_COUNTER)
+#undef RELAYFS_COPY_COUNTER
+}
 
 // A payload that is exactly one Wire and nothing after it.
 template <typename Wire>
@@ -279,16 +295,16 @@ int decode(const char* p, size_t len, ControlRequest* out) {
   ControlWire w;
   if (int rc = exact(p, len, &w); rc) return rc;
   if (w.reserved != 0) return -EPROTO;
-  if (!known_op(w.op)) return -EINVAL;
-  *out = {w.ino, static_cast<ControlOp>(w.op)};
+  if (!control_op(w.op, &out->op)) return -EINVAL;
+  out->ino = w.ino;
   return 0;
 }
 
 int decode(const char* p, size_t len, ChannelControl* out) {
   ChannelControlWire w;
   if (int rc = exact(p, len, &w); rc) return rc;
-  if (!known_op(w.op)) return -EINVAL;
-  *out = {w.channel_id, static_cast<ControlOp>(w.op)};
+  if (!control_op(w.op, &out->op)) return -EINVAL;
+  out->channel_id = w.channel_id;
   return 0;
 }
 
@@ -307,12 +323,10 @@ std::vector<char> encode(const RecordReply& m, uint32_t seq) {
 }
 
 std::vector<char> encode(const RecordEvent& m) {
-  return message(Type::kRecordEvent, 0,
-                 RecordEventWire{m.cookie, static_cast<uint32_t>(m.kind), m.status, m.ended_by,
-                                 m.bytes, m.subbufs, m.tail, m.lapped, m.direct, m.fixed,
-                                 m.lost_full, m.lost_too_big, m.lost_wrap, m.overruns,
-                                 m.lost_uncommitted, m.lost_overrun_bytes, m.lost_reset_bytes,
-                                 m.lost_readahead_bytes, m.lost_expired_bytes});
+  RecordEventWire w{};
+  copy_totals(m, &w);
+  w.kind = static_cast<uint32_t>(m.kind);
+  return message(Type::kRecordEvent, 0, w);
 }
 
 int decode(const char* p, size_t len, RecordRequest* out) {
@@ -335,20 +349,12 @@ int decode(const char* p, size_t len, RecordReply* out) {
 int decode(const char* p, size_t len, RecordEvent* out) {
   RecordEventWire w;
   if (int rc = exact(p, len, &w); rc) return rc;
-  if (w.status > 0 || w.ended_by > 4) return -EPROTO;
+  if (w.status > 0 || w.ended_by > kEndLast) return -EPROTO;
   if (w.kind != static_cast<uint32_t>(RecordKind::kProgress) &&
       w.kind != static_cast<uint32_t>(RecordKind::kEnd))
     return -EINVAL;
-  *out = {w.cookie,   static_cast<RecordKind>(w.kind),
-          w.status,   w.ended_by,
-          w.bytes,    w.subbufs,
-          w.tail,     w.lapped,
-          w.direct,   w.fixed,
-          w.lost_full, w.lost_too_big,
-          w.lost_wrap, w.overruns,
-          w.lost_uncommitted, w.lost_overrun_bytes,
-          w.lost_reset_bytes, w.lost_readahead_bytes,
-          w.lost_expired_bytes};
+  copy_totals(w, out);
+  out->kind = static_cast<RecordKind>(w.kind);
   return 0;
 }
 

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "core/stats.h"
+
 namespace relayfs::proto {
 
 inline constexpr uint32_t kMagic = 0x52465343;  // "RFSC"
@@ -120,8 +122,22 @@ struct ReaderConsumed {  // kReaderConsumed
   uint64_t upto = 0;     // every sub-buffer before this sequence number is consumed
 };
 
-// Outside control of a channel (relayctl flush/reset/close), for producers that allow it.
+// Outside control of a channel (relayctl flush/reset/close), for producers that allow it. The
+// values are relay.h's RELAY_CTL_* (src/client/common.h checks it); a number becomes a ControlOp
+// only through control_op.
 enum class ControlOp : uint32_t { kFlush = 1, kReset = 2, kClose = 3 };
+
+// The ControlOp numbered v. Returns false, *out untouched, if there is none.
+constexpr bool control_op(uint32_t v, ControlOp* out) {
+  switch (static_cast<ControlOp>(v)) {  // -Wswitch: a new ControlOp must be listed here
+    case ControlOp::kFlush:
+    case ControlOp::kReset:
+    case ControlOp::kClose:
+      *out = static_cast<ControlOp>(v);
+      return true;
+  }
+  return false;
+}
 
 struct ControlRequest {  // kControl
   uint64_t ino = 0;      // any file of the channel, by its inode number in the mount
@@ -153,12 +169,20 @@ struct RecordReply {     // kRecordReply
 
 enum class RecordKind : uint32_t { kProgress = 1, kEnd = 2 };
 
+// How a recording ended (RecordEvent::ended_by of a kEnd event).
+enum RecordEnd : uint32_t {
+  kEndClosed = 1,       // the channel closed and the buffer is drained
+  kEndStopped = 2,      // kRecordStop, or the recorder went away
+  kEndFailed = 3,       // a write to the output file failed (status)
+  kEndIndexFailed = 4,  // a write to the index failed (status)
+  kEndLast = kEndIndexFailed
+};
+
 struct RecordEvent {  // kRecordEvent; totals so far for one recording
   uint32_t cookie = 0;
   RecordKind kind = RecordKind::kProgress;
   int32_t status = 0;     // kEnd: 0, or -errno of the failure that ended it
-  uint32_t ended_by = 0;  // kEnd: 1 channel closed and drained, 2 stopped, 3 output write
-                          // failed, 4 index write failed
+  uint32_t ended_by = 0;  // kEnd: a RecordEnd
   uint64_t bytes = 0;     // written to the output file (as cat gives them)
   uint64_t subbufs = 0;   // whole sub-buffers written
   uint64_t tail = 0;      // bytes of the last, never-closed sub-buffer
@@ -166,10 +190,17 @@ struct RecordEvent {  // kRecordEvent; totals so far for one recording
   uint64_t direct = 0;    // writes that went with O_DIRECT
   uint64_t fixed = 0;     // writes from fixed buffers
   // The buffer's loss counters at the time (relay(7) ATTRIBUTES), so the recorder can report
-  // them after the drained buffer's file is gone.
-  uint64_t lost_full = 0, lost_too_big = 0, lost_wrap = 0, overruns = 0, lost_uncommitted = 0;
-  uint64_t lost_overrun_bytes = 0, lost_reset_bytes = 0, lost_readahead_bytes = 0,
-           lost_expired_bytes = 0;
+  // them after the drained buffer's file is gone: RELAYFS_LOSS_COUNTERS, in its order.
+#define RELAYFS_RECORD_EVENT_MEMBER(name, what) uint64_t name = 0;
+  RELAYFS_LOSS_COUNTERS(RELAYFS_RECORD_EVENT_MEMBER)
+#undef RELAYFS_RECORD_EVENT_MEMBER
+
+  // Takes st's loss counters.
+  void set_losses(const core::BufferStats& st) noexcept {
+#define RELAYFS_RECORD_EVENT_SET(name, what) name = st.name;
+    RELAYFS_LOSS_COUNTERS(RELAYFS_RECORD_EVENT_SET)
+#undef RELAYFS_RECORD_EVENT_SET
+  }
 };
 
 // ioctl on an open relay file (no argument): from now on poll() on this open file reports POLLIN

@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstring>
 
+#include "proto/names.h"
+
 namespace relayfs::proto {
 
 int send_message(int sock, const std::vector<char>& msg, const int* fds, size_t nfds) {
@@ -87,7 +89,7 @@ int send_failure(int sock, int err) {
 
 int connect_control(const char* dir, int timeout_s, core::UniqueFd* out) {
   char name[108];
-  const ssize_t n = ::getxattr(dir, "user.relayfs.control", name, sizeof name - 1);
+  const ssize_t n = ::getxattr(dir, kControlXattr, name, sizeof name - 1);
   if (n < 0) return errno == ENOENT ? ENOENT : ENOTSUP;  // not a relayfs directory
   if (n < 2 || name[0] != '@') return ENOTSUP;
   core::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 
+#include "proto/names.h"
 #include "relayctl/relayctl.h"
 
 namespace relayctl {
@@ -107,14 +108,15 @@ std::vector<std::string> channel_buffers(const std::string& dir, const std::stri
   bool eacces = false;
   if (denied) *denied = false;
   if (!d) return {};
+  const std::string channel_xattr = relayfs::proto::xattr_name(relayfs::proto::kAttrChannel);
   while (const dirent* e = ::readdir(d.get())) {
     unsigned long n;
     if (!suffix_number(e->d_name, name, &n)) continue;
     // log2 may be channel log's third buffer, or another channel's merged view: the file's
     // channel attribute tells.
     char base[256];
-    const ssize_t len = ::getxattr((dir + "/" + e->d_name).c_str(), "user.relayfs.channel", base,
-                                   sizeof base);
+    const ssize_t len =
+        ::getxattr((dir + "/" + e->d_name).c_str(), channel_xattr.c_str(), base, sizeof base);
     if (len < 0 && errno == EACCES) eacces = true;
     if (len >= 0 && name.compare(0, std::string::npos, base, static_cast<size_t>(len)) == 0)
       found.emplace_back(n, e->d_name);

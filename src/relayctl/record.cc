@@ -89,8 +89,8 @@ struct Recorder {
     b.last = ev;
     if (ev.kind != proto::RecordKind::kEnd) return;
     b.got_end = true;
-    if (ev.ended_by == 3) fail(b.out.path(), "write", -ev.status);
-    if (ev.ended_by == 4) fail(index_path, "write", -ev.status);
+    if (ev.ended_by == proto::kEndFailed) fail(b.out.path(), "write", -ev.status);
+    if (ev.ended_by == proto::kEndIndexFailed) fail(index_path, "write", -ev.status);
   }
 
   // Receives one message; returns it in *m, or false once the connection failed (reported).
@@ -165,7 +165,9 @@ struct Recorder {
       t.subbufs += b.last.subbufs;
       t.lapped += b.last.lapped;
       t.direct += b.last.direct;
-      t.lost += b.last.lost_full + b.last.lost_too_big + b.last.lost_wrap;
+#define RELAYCTL_ADD_LOST(name, what) t.lost += b.last.name;
+      RELAYFS_LOST_RECORD_COUNTERS(RELAYCTL_ADD_LOST)
+#undef RELAYCTL_ADD_LOST
       t.overruns += b.last.overruns;
     }
     return t;
@@ -198,7 +200,7 @@ struct Recorder {
 
   bool closed() const {
     for (const Buf& b : bufs)
-      if (!b.started || b.last.ended_by != 1) return false;
+      if (!b.started || b.last.ended_by != proto::kEndClosed) return false;
     return true;
   }
 
@@ -219,26 +221,23 @@ struct Recorder {
     return false;
   }
 
+  // A line per buffer: what was written, then the loss counters the events carry.
   void write_totals() {
     for (const Buf& b : bufs) {
       const proto::RecordEvent& e = b.last;
-      ::dprintf(index.get(),
-                "total %u %s bytes=%llu subbufs=%llu tail=%llu lapped=%llu direct=%llu "
-                "lost_full=%llu lost_too_big=%llu lost_wrap=%llu overruns=%llu "
-                "lost_uncommitted=%llu lost_overrun_bytes=%llu lost_reset_bytes=%llu "
-                "lost_readahead_bytes=%llu lost_expired_bytes=%llu\n",
-                b.cpu, b.name.c_str(), static_cast<unsigned long long>(e.bytes),
-                static_cast<unsigned long long>(e.subbufs), static_cast<unsigned long long>(e.tail),
-                static_cast<unsigned long long>(e.lapped), static_cast<unsigned long long>(e.direct),
-                static_cast<unsigned long long>(e.lost_full),
-                static_cast<unsigned long long>(e.lost_too_big),
-                static_cast<unsigned long long>(e.lost_wrap),
-                static_cast<unsigned long long>(e.overruns),
-                static_cast<unsigned long long>(e.lost_uncommitted),
-                static_cast<unsigned long long>(e.lost_overrun_bytes),
-                static_cast<unsigned long long>(e.lost_reset_bytes),
-                static_cast<unsigned long long>(e.lost_readahead_bytes),
-                static_cast<unsigned long long>(e.lost_expired_bytes));
+      std::string line = "total " + std::to_string(b.cpu) + " " + b.name;
+      auto add = [&](const char* name, uint64_t v) {
+        line.append(" ").append(name).append("=").append(std::to_string(v));
+      };
+      add("bytes", e.bytes);
+      add("subbufs", e.subbufs);
+      add("tail", e.tail);
+      add("lapped", e.lapped);
+      add("direct", e.direct);
+#define RELAYCTL_ADD_COUNTER(name, what) add(#name, e.name);
+      RELAYFS_LOSS_COUNTERS(RELAYCTL_ADD_COUNTER)
+#undef RELAYCTL_ADD_COUNTER
+      ::dprintf(index.get(), "%s\n", line.c_str());
     }
     if (::dprintf(index.get(), "end %s io=%s\n", outcome(), fixed ? "fixed" : "write") < 0)
       fail(index_path, "write", errno);

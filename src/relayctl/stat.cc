@@ -6,15 +6,18 @@
 #include <sys/xattr.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/stats.h"
+#include "proto/names.h"
 #include "relayctl/relayctl.h"
 
 namespace relayctl {
@@ -34,34 +37,33 @@ constexpr const char* kHelp =
     "  -u, --users  the usage of each user instead of the counters\n"
     "  -h, --help   this help\n";
 
-// The attributes shown: what describes the buffer ("mode" is text), then its counters, in
-// relay(7)'s order (the list in core/stats.h).
-constexpr size_t kDescribed = 2;
-constexpr size_t kCount = kDescribed + relayfs::core::kCounterCount;
-const char* attr_name(size_t i) {
-  static constexpr const char* kDescribedNames[kDescribed] = {"mode", "blocking"};
-  return i < kDescribed ? kDescribedNames[i] : relayfs::core::kCounterNames[i - kDescribed];
-}
-// The index of attribute name (which must be one).
-size_t attr_index(const char* name) {
-  size_t i = 0;
-  while (i < kCount && std::strcmp(attr_name(i), name) != 0) ++i;
-  return i;
-}
+namespace core = relayfs::core;
+namespace proto = relayfs::proto;
 
+// The attributes shown, in this order (--json's keys): what describes the buffer ("mode" is
+// text), then its counters, in relay(7)'s order (the list in core/stats.h).
+constexpr size_t kCount = 2 + core::kCounterCount;
+constexpr auto kShown = [] {
+  std::array<size_t, kCount> a{proto::kAttrMode, proto::kAttrBlocking};
+  for (size_t i = 0; i < core::kCounterCount; ++i) a[2 + i] = i;
+  return a;
+}();
+
+// A buffer's attributes, by their index in proto/names.h (those not shown stay empty).
 struct Row {
   std::string path;
-  std::string values[kCount];
-  const std::string& operator[](const char* name) const { return values[attr_index(name)]; }
+  std::string values[proto::kAttrCount];
+  const std::string& operator[](const char* name) const {
+    return values[proto::attr_index(name)];
+  }
 };
 
 // Reads every attribute of path. Returns 0 or an errno (ENODATA / ENOTSUP: not a relay file).
 int read_row(const std::string& path, Row* row) {
   row->path = path;
-  for (size_t i = 0; i < kCount; ++i) {
+  for (size_t i : kShown) {
     char v[64];
-    const ssize_t n = ::getxattr(path.c_str(), (std::string("user.relayfs.") + attr_name(i)).c_str(),
-                                 v, sizeof v - 1);
+    const ssize_t n = ::getxattr(path.c_str(), proto::xattr_name(i).c_str(), v, sizeof v - 1);
     if (n < 0) return errno;
     row->values[i].assign(v, static_cast<size_t>(n));
   }
@@ -139,8 +141,8 @@ void print_json(const std::vector<Row>& rows) {
   for (size_t r = 0; r < rows.size(); ++r) {
     std::printf("%s\n  {\"path\": ", r ? "," : "");
     print_json_string(rows[r].path);
-    for (size_t i = 0; i < kCount; ++i) {
-      std::printf(", \"%s\": ", attr_name(i));
+    for (size_t i : kShown) {
+      std::printf(", \"%s\": ", proto::attr_name(i));
       const std::string& v = rows[r].values[i];
       const bool numeric = !v.empty() && std::all_of(v.begin(), v.end(), [](char c) {
         return c >= '0' && c <= '9';
@@ -155,22 +157,44 @@ void print_json(const std::vector<Row>& rows) {
 
 // The table: geometry, mode, then the counters; column widths fit the values. LOST_BYTES sums
 // the byte counters of loss other than UNCOMMITTED (--json has each).
+enum Kind { kAttr, kPath, kGeometry, kLostBytes };
+struct Col {
+  const char* title;
+  Kind kind;
+  const char* attr = nullptr;  // kAttr: the attribute shown
+};
+constexpr Col kCols[] = {
+    {"FILE", kPath},          {"MODE", kAttr, "mode"},
+    {"GEOMETRY", kGeometry},  {"PRODUCED", kAttr, "bytes_produced"},
+    {"CONSUMED", kAttr, "bytes_consumed"}, {"UNREAD", kAttr, "bytes_unread"},
+    {"SB_PROD", kAttr, "subbufs_produced"}, {"SB_CONS", kAttr, "subbufs_consumed"},
+    {"LOST_FULL", kAttr, "lost_full"}, {"TOO_BIG", kAttr, "lost_too_big"},
+    {"WRAP", kAttr, "lost_wrap"}, {"OVERRUNS", kAttr, "overruns"},
+    {"UNCOMMITTED", kAttr, "lost_uncommitted"}, {"LOST_BYTES", kLostBytes},
+    {"CORRUPT", kAttr, "corrupt"}};
+constexpr const char* kGeometryNames[] = {
+#define RELAYCTL_COUNTER_NAME(name, what) #name,
+    RELAYFS_GEOMETRY_COUNTERS(RELAYCTL_COUNTER_NAME)};
+constexpr const char* kLostByteNames[] = {RELAYFS_LOST_BYTE_COUNTERS(RELAYCTL_COUNTER_NAME)};
+#undef RELAYCTL_COUNTER_NAME
+
+// Every column names an attribute, and every counter has a column: its own, GEOMETRY or
+// LOST_BYTES.
+constexpr bool table_covers_counters() {
+  for (const Col& c : kCols)
+    if (c.attr && proto::attr_index(c.attr) == proto::kAttrCount) return false;
+  for (std::string_view n : core::kCounterNames) {
+    bool shown = false;
+    for (const Col& c : kCols) shown = shown || (c.attr && n == c.attr);
+    for (std::string_view g : kGeometryNames) shown = shown || n == g;
+    for (std::string_view l : kLostByteNames) shown = shown || n == l;
+    if (!shown) return false;
+  }
+  return true;
+}
+static_assert(table_covers_counters(), "relayctl stat: give the new counter a column");
+
 void print_table(const std::vector<Row>& rows) {
-  enum Kind { kAttr, kPath, kGeometry, kLostBytes };
-  struct Col {
-    const char* title;
-    Kind kind;
-    const char* attr = nullptr;  // kAttr: the attribute shown
-  };
-  static const Col kCols[] = {
-      {"FILE", kPath},          {"MODE", kAttr, "mode"},
-      {"GEOMETRY", kGeometry},  {"PRODUCED", kAttr, "bytes_produced"},
-      {"CONSUMED", kAttr, "bytes_consumed"}, {"UNREAD", kAttr, "bytes_unread"},
-      {"SB_PROD", kAttr, "subbufs_produced"}, {"SB_CONS", kAttr, "subbufs_consumed"},
-      {"LOST_FULL", kAttr, "lost_full"}, {"TOO_BIG", kAttr, "lost_too_big"},
-      {"WRAP", kAttr, "lost_wrap"}, {"OVERRUNS", kAttr, "overruns"},
-      {"UNCOMMITTED", kAttr, "lost_uncommitted"}, {"LOST_BYTES", kLostBytes},
-      {"CORRUPT", kAttr, "corrupt"}};
   auto cell = [](const Row& r, const Col& c) -> std::string {
     switch (c.kind) {
       case kAttr:
@@ -183,9 +207,7 @@ void print_table(const std::vector<Row>& rows) {
         break;
     }
     unsigned long long lost = 0;
-    for (const char* name : {"lost_overrun_bytes", "lost_reset_bytes", "lost_readahead_bytes",
-                             "lost_expired_bytes"})
-      lost += std::strtoull(r[name].c_str(), nullptr, 10);
+    for (const char* name : kLostByteNames) lost += std::strtoull(r[name].c_str(), nullptr, 10);
     return std::to_string(lost);
   };
   std::vector<size_t> width;

@@ -16,12 +16,13 @@
 #include <string>
 #include <vector>
 
+#include "proto/names.h"
 #include "relayctl/relayctl.h"
 
 namespace relayctl {
 namespace {
 
-constexpr const char* kUsersXattr = "user.relayfs.users";
+using relayfs::proto::kUsersXattr;
 
 // One line of the attribute: its first word, then name=value words in order ("exempt" has no
 // value).

@@ -27,7 +27,7 @@ using namespace std::chrono_literals;
 
 // ---- Counters -----------------------------------------------------------------------------------
 
-// Every attribute a relay file has (kStatNames in src/fs/ops.cc; struct relay_stats).
+// Every attribute a relay file has (proto/names.h; struct relay_stats).
 const char* const kAttrNames[] = {
     "subbuf_size",          "n_subbufs",          "mode",               "blocking",
     "subbufs_produced",     "subbufs_consumed",   "bytes_produced",     "bytes_consumed",

@@ -208,6 +208,46 @@ TEST_CASE("recording messages round-trip; bad alignments, kinds and junk are ref
   CHECK(check_header(h) == -EPROTO);
 }
 
+TEST_CASE("a record event carries every loss counter of the table, at protocol 2's offsets") {
+  RecordEvent ev{};
+  ev.cookie = 1;
+  ev.kind = RecordKind::kEnd;
+  ev.ended_by = kEndIndexFailed;
+  uint64_t v = 100;
+#define SET_COUNTER(name, what) ev.name = v++;
+  RELAYFS_LOSS_COUNTERS(SET_COUNTER)
+#undef SET_COUNTER
+  const auto m = encode(ev);
+  // 16 bytes of cookie, kind, status and ended_by, six totals, then the nine loss counters in
+  // the table's order: the layout protocol 2 peers expect.
+  REQUIRE(header_of(m).length == 16 + 6 * 8 + 9 * 8);
+  for (uint64_t i = 0; i < 9; ++i) {
+    uint64_t w;
+    std::memcpy(&w, payload_of(m) + 16 + 6 * 8 + i * 8, sizeof w);
+    CHECK(w == 100 + i);
+  }
+  RecordEvent got;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &got) == 0);
+  CHECK(got.ended_by == kEndIndexFailed);
+  v = 100;
+#define CHECK_COUNTER(name, what) CHECK_MESSAGE(got.name == v++, #name);
+  RELAYFS_LOSS_COUNTERS(CHECK_COUNTER)
+#undef CHECK_COUNTER
+  std::vector<char> junk(payload_of(m), payload_of(m) + header_of(m).length);
+  junk[12] = kEndLast + 1;  // ended_by
+  CHECK(decode(junk.data(), junk.size(), &got) == -EPROTO);
+}
+
+TEST_CASE("control ops convert from their numbers only when known") {
+  ControlOp op = ControlOp::kFlush;
+  CHECK(control_op(2, &op));
+  CHECK(op == ControlOp::kReset);
+  for (uint32_t bad : {0u, 4u, 0xffffffffu}) {
+    CHECK_FALSE(control_op(bad, &op));
+    CHECK(op == ControlOp::kReset);  // untouched
+  }
+}
+
 TEST_CASE("headers with a bad magic, version, type or length are refused") {
   Header h{kMagic, kVersion, static_cast<uint16_t>(Type::kOpen), 10, 0};
   CHECK(check_header(h) == 0);
