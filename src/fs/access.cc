@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "fs/channel.h"
-#include "fs/names.h"
+#include "proto/names.h"
 
 namespace relayfs::fs {
 
@@ -50,7 +50,7 @@ void Access::note_refusal(uid_t uid, const char* what, const char* why) {
   next_refusal_note_ = now + std::chrono::seconds(10);
   const unsigned long long before = std::exchange(refusals_unsaid_, 0);
   std::fprintf(stderr, "relayfs: refused user %u %s: no room within %s (usage: %s)", uid, what, why,
-               kUsersXattr);
+               proto::kUsersXattr);
   if (before) std::fprintf(stderr, "; %llu refusals before it went unsaid", before);
   std::fputc('\n', stderr);
 }

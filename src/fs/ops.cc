@@ -14,7 +14,7 @@
 #include "core/stats.h"
 #include "fs/channel.h"
 #include "fs/files.h"
-#include "fs/names.h"
+#include "proto/names.h"
 #include "proto/protocol.h"
 
 namespace relayfs::fs {
@@ -220,37 +220,17 @@ void Ops::releasedir(fuse_req_t req, fuse_file_info* fi) {
 
 namespace {
 
-// A relay file's attributes "user.relayfs.<name>" (relay(7)): its buffer's counters (the list in
-// core/stats.h), then what describes the channel.
-constexpr const char* kStatPrefix = "user.relayfs.";
-enum Described : size_t { kMode = core::kCounterCount, kBlocking, kChannel, kAttrCount };
-constexpr const char* kDescribedNames[] = {"mode", "blocking", "channel"};
-static_assert(std::size(kDescribedNames) == kAttrCount - core::kCounterCount);
-
-const char* attr_name(size_t i) {
-  return i < core::kCounterCount ? core::kCounterNames[i] : kDescribedNames[i - core::kCounterCount];
-}
-
-// The index of an attribute name, or kAttrCount if it is none of them.
-size_t attr_index(const char* name) {
-  const size_t plen = std::strlen(kStatPrefix);
-  if (std::strncmp(name, kStatPrefix, plen) != 0) return kAttrCount;
-  size_t i = 0;
-  while (i < kAttrCount && std::strcmp(attr_name(i), name + plen) != 0) ++i;
-  return i;
-}
-
 // Attribute i's value. base: the channel's base_filename; flags: its proto::kFlag*.
 std::string attr_value(size_t i, const core::BufferStats& st, uint32_t flags,
                        const std::string& base) {
   switch (i) {
-    case kMode:
+    case proto::kAttrMode:
       return flags & proto::kFlagOverwrite  ? "overwrite"
              : flags & proto::kFlagHookMode ? "subbuf_start"
                                             : "no-overwrite";
-    case kBlocking:
+    case proto::kAttrBlocking:
       return flags & proto::kFlagBlocking ? "1" : "0";
-    case kChannel:
+    case proto::kAttrChannel:
       return base;
     default:
       return std::to_string(core::counter(st, i));
@@ -264,7 +244,7 @@ void Ops::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size
 }
 
 int Ops::do_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-  if (ino == FUSE_ROOT_ID && std::strcmp(name, kUsersXattr) == 0)
+  if (ino == FUSE_ROOT_ID && std::strcmp(name, proto::kUsersXattr) == 0)
     return reply_xattr(req, usage_(), size);  // outside the tree lock: it lists /proc/self/fd
   std::string value;
   {
@@ -272,11 +252,11 @@ int Ops::do_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t si
     Node* n = tree_.get(ino);
     if (!n) return -ENOENT;
     if (n->is_dir()) {
-      if (std::strcmp(name, kControlXattr) != 0) return -ENODATA;
+      if (std::strcmp(name, proto::kControlXattr) != 0) return -ENODATA;
       value = control_name_;
     } else {
-      const size_t i = attr_index(name);
-      if (i == kAttrCount) return -ENODATA;
+      const size_t i = proto::xattr_index(name);
+      if (i == proto::kAttrCount) return -ENODATA;
       std::shared_ptr<Channel> ch = registry_.find(n->source->channel_id());
       core::BufferStats st;
       if (i < core::kCounterCount) {
@@ -300,11 +280,10 @@ int Ops::do_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
     Node* n = tree_.get(ino);
     if (!n) return -ENOENT;
     if (n->is_dir()) {
-      names.append(kControlXattr).push_back('\0');
-      if (ino == FUSE_ROOT_ID) names.append(kUsersXattr).push_back('\0');
+      names.append(proto::kControlXattr).push_back('\0');
+      if (ino == FUSE_ROOT_ID) names.append(proto::kUsersXattr).push_back('\0');
     } else {
-      for (size_t i = 0; i < kAttrCount; ++i)
-        names.append(kStatPrefix).append(attr_name(i)).push_back('\0');
+      for (size_t i = 0; i < proto::kAttrCount; ++i) names.append(proto::xattr_name(i)).push_back('\0');
     }
   }
   return reply_xattr(req, names, size);

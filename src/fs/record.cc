@@ -150,7 +150,7 @@ void Recorder::stop(uint64_t conn_id, bool gone) {
   for (auto& [id, r] : recordings_)
     if (r->conn == conn_id) {
       if (gone) r->conn = 0;
-      end(*r, kEndStopped, 0);  // never erases: reap does
+      end(*r, proto::kEndStopped, 0);  // never erases: reap does
     }
 }
 
@@ -173,9 +173,9 @@ void Recorder::step(Recording& r) {
       }
     }
   }
-  if (rc < 0) return end(r, kEndFailed, -rc);
+  if (rc < 0) return end(r, proto::kEndFailed, -rc);
   if (rc == 0) {
-    if (drained) end(r, kEndClosed, 0);
+    if (drained) end(r, proto::kEndClosed, 0);
     return;
   }
   r.written = 0;
@@ -192,7 +192,7 @@ void Recorder::submit_write(Recording& r) {
   r.via_direct = r.direct_ok(at, addr, len);
   const int fd = r.via_direct ? r.direct.get() : r.out.get();
   io_uring_sqe* e = loop_.sqe();
-  if (!e) return end(r, kEndFailed, EBUSY);  // the kernel takes no submissions
+  if (!e) return end(r, proto::kEndFailed, EBUSY);  // the kernel takes no submissions
   if (b.fixed_index >= 0)
     io_uring_prep_write_fixed(e, fd, addr, len, at, b.fixed_index);
   else
@@ -216,12 +216,12 @@ void Recorder::on_write(uint64_t id, int res) {
     return submit_write(r);
   }
   // Failed or cancelled (a stop): nothing of the extent is consumed; it stays in the channel.
-  if (res <= 0) return end_after_write(r, res, kEndFailed);
+  if (res <= 0) return end_after_write(r, res, proto::kEndFailed);
   r.retries = 0;
   r.written += static_cast<uint32_t>(res);
   // Short: write the rest, which reports the error if any (unless stopping: then not consumed).
   if (r.written < r.ext.len) {
-    if (r.ending) return end(r, kEndStopped, 0);
+    if (r.ending) return end(r, proto::kEndStopped, 0);
     return submit_write(r);
   }
   const std::shared_ptr<RelayBuffer> b = r.buf;
@@ -257,7 +257,7 @@ void Recorder::finish_extent(Recording& r) {
     index_line(r, "lapped %u %" PRIu64 " %" PRIu64 " %u\n", cpu, r.ext.seq, r.off, r.ext.len);
   }
   submit_index_write(r);
-  if (r.ending) return end(r, kEndStopped, 0);  // stopped meanwhile: finish now
+  if (r.ending) return end(r, proto::kEndStopped, 0);  // stopped meanwhile: finish now
   const auto now = std::chrono::steady_clock::now();
   if (now - r.last_progress >= kProgressEvery) {
     r.last_progress = now;
@@ -278,7 +278,7 @@ void Recorder::submit_index_write(Recording& r) {
 
 void Recorder::resubmit_index_write(Recording& r) {
   io_uring_sqe* e = loop_.sqe();
-  if (!e) return end(r, kEndIndexFailed, EBUSY);
+  if (!e) return end(r, proto::kEndIndexFailed, EBUSY);
   if (fault(Fault::kIndexStall)) {
     // A write that never completes: a read of an eventfd nothing writes, until cancelled.
     if (!r.stall) r.stall.reset(::eventfd(0, EFD_CLOEXEC));
@@ -301,17 +301,17 @@ void Recorder::on_index_write(uint64_t id, int res) {
   r.index_writing = false;
   // The stop's deadline passed: the lines in flight, and those after them, are not written;
   // the recording ends, failed, saying so.
-  if (r.index_timed_out && res < 0) return end(r, kEndIndexFailed, ETIMEDOUT);
+  if (r.index_timed_out && res < 0) return end(r, proto::kEndIndexFailed, ETIMEDOUT);
   if ((res == -EINTR || res == -EAGAIN) && ++r.retries <= kMaxRetries)
     return resubmit_index_write(r);
   // An index that silently misses lines would misdescribe the output: a failure ends it.
-  if (res <= 0) return end_after_write(r, res, kEndIndexFailed);
+  if (res <= 0) return end_after_write(r, res, proto::kEndIndexFailed);
   r.retries = 0;
   r.index_done += static_cast<size_t>(res);
   if (r.index_done < r.index_inflight.size()) return resubmit_index_write(r);
   submit_index_write(r);
   if (r.ending)
-    end(r, kEndStopped, 0);  // the cause is kept from the first call
+    end(r, proto::kEndStopped, 0);  // the cause is kept from the first call
   else
     step(r);  // it may have waited for the index to drain
 }
@@ -326,15 +326,7 @@ void Recorder::send_event(Recording& r, proto::RecordKind kind) {
     std::lock_guard lk(r.buf->mu);
     st = r.buf->stats();
   }
-  ev.lost_full = st.lost_full;
-  ev.lost_too_big = st.lost_too_big;
-  ev.lost_wrap = st.lost_wrap;
-  ev.overruns = st.overruns;
-  ev.lost_uncommitted = st.lost_uncommitted;
-  ev.lost_overrun_bytes = st.lost_overrun_bytes;
-  ev.lost_reset_bytes = st.lost_reset_bytes;
-  ev.lost_readahead_bytes = st.lost_readahead_bytes;
-  ev.lost_expired_bytes = st.lost_expired_bytes;
+  ev.set_losses(st);
   // Progress may be skipped while the recorder does not keep up (the end event carries the same
   // totals); the end event is queued until the socket takes it.
   if (kind == proto::RecordKind::kEnd)
@@ -348,10 +340,10 @@ void Recorder::send_event(Recording& r, proto::RecordKind kind) {
 // index text). The first cause given is kept, except that a failure replaces a stop: a write
 // that fails after a stop is still reported. The Recording itself is freed by the loop
 // (reap_recordings), never under a caller.
-void Recorder::end(Recording& r, RecordEnd how, int err) {
+void Recorder::end(Recording& r, proto::RecordEnd how, int err) {
   if (r.dead) return;
-  const bool failure = how == kEndFailed || how == kEndIndexFailed;
-  const bool failed = r.totals.ended_by == kEndFailed || r.totals.ended_by == kEndIndexFailed;
+  const bool failure = how == proto::kEndFailed || how == proto::kEndIndexFailed;
+  const bool failed = r.totals.ended_by == proto::kEndFailed || r.totals.ended_by == proto::kEndIndexFailed;
   if (!r.ending || (failure && !failed)) {
     r.totals.status = -err;
     r.totals.ended_by = how;
@@ -364,7 +356,7 @@ void Recorder::end(Recording& r, RecordEnd how, int err) {
   // sub-buffer that way).
   // The index gets kIndexStopSeconds for that: a filesystem that never answers must not hold
   // the recording, and its buffer, for good either.
-  if (!r.ending && how == kEndStopped) {
+  if (!r.ending && how == proto::kEndStopped) {
     if (r.writing) loop_.cancel(tag(kRecordWrite, r.id));
     r.index_deadline = {kIndexStopSeconds, 0};
     if (loop_.timeout(&r.index_deadline, tag(kIndexDeadline, r.id)) != 0)
@@ -372,7 +364,7 @@ void Recorder::end(Recording& r, RecordEnd how, int err) {
                    "deadline\n", r.id);
   }
   r.ending = true;
-  if (r.totals.ended_by != kEndIndexFailed && !r.index_timed_out) submit_index_write(r);
+  if (r.totals.ended_by != proto::kEndIndexFailed && !r.index_timed_out) submit_index_write(r);
   if (r.dead) return;  // submitting failed and ended it already
   if (r.writing || r.index_writing) return;
   r.dead = true;
@@ -395,8 +387,8 @@ void Recorder::on_index_deadline(uint64_t id) {
 }
 
 // A write completed with res <= 0: cancelled by a stop, or failed (how; 0 bytes is EIO).
-void Recorder::end_after_write(Recording& r, int res, RecordEnd how) {
-  if (res == -ECANCELED) return end(r, kEndStopped, 0);
+void Recorder::end_after_write(Recording& r, int res, proto::RecordEnd how) {
+  if (res == -ECANCELED) return end(r, proto::kEndStopped, 0);
   end(r, how, res == 0 ? EIO : -res);
 }
 

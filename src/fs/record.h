@@ -61,14 +61,6 @@ struct Recording {
   }
 };
 
-// How a recording ended (proto::RecordEvent::ended_by).
-enum RecordEnd : uint32_t {
-  kEndClosed = 1,       // the channel closed and the buffer is drained
-  kEndStopped = 2,      // kRecordStop, or the recorder went away
-  kEndFailed = 3,       // a write to the output file failed (status)
-  kEndIndexFailed = 4,  // a write to the index failed (status)
-};
-
 // Every recording, on the loop thread.
 class Recorder {
  public:
@@ -96,8 +88,8 @@ class Recorder {
   void submit_index_write(Recording& r);
   void resubmit_index_write(Recording& r);
   void send_event(Recording& r, proto::RecordKind kind);
-  void end(Recording& r, RecordEnd how, int err);
-  void end_after_write(Recording& r, int res, RecordEnd how);
+  void end(Recording& r, proto::RecordEnd how, int err);
+  void end_after_write(Recording& r, int res, proto::RecordEnd how);
 
   Loop& loop_;
   Connections& conns_;
