@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "core/layout.h"
-#include "core/proof.h"
+#include "core/view.h"
 #include "proto/protocol.h"
 #include "proto/wire.h"
 
@@ -34,9 +34,9 @@ void read_stats(const core::Buffer& b, relay_stats* st) {
   const uint64_t tagged = h->consumed.load(std::memory_order_acquire);
   const uint32_t gen = h->reset_gen.load(std::memory_order_relaxed);
   st->subbufs_consumed = core::consumed_count(tagged, gen);
-  // Committed bytes, as the daemon counts them for the file's size (proof.h): a record in
+  // Committed bytes, as the daemon counts them for the file's size (core/view.h): a record in
   // flight counts once it is committed.
-  st->bytes_produced = core::committed_bytes(*h, b.meta(), g.subbuf_size, g.n_subbufs);
+  st->bytes_produced = core::View(b).committed_bytes();
   st->bytes_consumed = h->bytes_consumed.load(std::memory_order_relaxed);
   st->lost_full = h->lost_full.load(std::memory_order_relaxed);
   st->lost_too_big = h->lost_too_big.load(std::memory_order_relaxed);

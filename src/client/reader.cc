@@ -19,8 +19,8 @@
 #include "client/common.h"
 #include "core/buffer.h"
 #include "core/geometry.h"
-#include "core/lap.h"
 #include "core/layout.h"
+#include "core/view.h"
 #include "proto/protocol.h"
 #include "proto/wire.h"
 
@@ -131,55 +131,37 @@ RELAY_API relay_reader* relay_reader_open(const char* path) {
 RELAY_API int relay_reader_next(relay_reader* rr, relay_subbuf* sb) {
   if (!rr || !sb) return fail(EINVAL);
   Reader* r = impl(rr);
-  const core::ShmHeader* h = r->buffer.header();
-  const uint64_t n = r->pub.n_subbufs;
-  const uint64_t size = r->pub.subbuf_size;
+  const core::View view(r->buffer);
   uint64_t pub;
   if (!position(r, &pub)) return 0;
-  uint64_t seq = std::max(r->next, pub);
-  const uint64_t produced = h->produced.load(std::memory_order_acquire);
-  if (produced < seq) {
-    // A reset that finished since position() explains it; only otherwise is it corruption.
-    if (h->reset_gen.load(std::memory_order_acquire) != r->gen) return 0;
-    return fail(EIO);
-  }
-  // The same question the daemon's consumer asks: has the writer begun reusing the slot? If so
-  // (overwrite mode) go on from the oldest sub-buffer that can still be whole; the daemon counts
-  // the skipped ones as overruns when we report our position.
-  const core::Reuse reuse = core::slot_reused(*h, static_cast<uint32_t>(n), seq, produced);
-  if (reuse == core::Reuse::kMaybe) return 0;  // a switch into that slot is being decided
-  if (reuse == core::Reuse::kYes) seq = produced - n + 1;
-  if (seq >= produced) return 0;  // nothing closed yet
-  r->next = seq;
-  const uint32_t slot = static_cast<uint32_t>(seq % n);
-  const core::SubbufMeta& m = r->buffer.meta()[slot];
-  // acquire: the writers' bytes, released by their commits, are visible once the count is full.
-  if (m.commit.load(std::memory_order_acquire) != (seq / n) * size + size) return 0;
-  const uint32_t padding = m.padding.load(std::memory_order_relaxed);
-  if (padding > size) return fail(EIO);
+  // Where the daemon's consumer would go on: if the writer has begun reusing the slot (overwrite
+  // mode), at the oldest sub-buffer that can still be whole; the daemon counts the skipped ones
+  // as overruns when we report our position.
+  core::View::Next at;
+  const int found = view.next(std::max(r->next, pub), &at);
+  // A reset that finished since position() explains a position past `produced`.
+  if (found < 0) return view.corrupt(r->gen) != 0 ? fail(EIO) : 0;
+  if (found == 0) return 0;             // a switch into that slot is being decided
+  if (at.seq >= at.produced) return 0;  // nothing closed yet
+  r->next = at.seq;
+  // The writers' bytes are visible once the sub-buffer is complete (View::complete).
+  if (!view.complete(at.seq)) return 0;
+  uint32_t end;
+  if (view.data_end(at.seq, &end) != 0) return fail(EIO);
+  const uint32_t slot = core::slot_of(at.seq, view.n_subbufs());
   sb->index = slot;
-  sb->data = r->buffer.data() + slot * size;
-  sb->length = size - padding;
-  sb->padding = padding;
-  sb->seq = seq;
+  sb->data = view.subbuf(slot);
+  sb->length = end;
+  sb->padding = view.subbuf_size() - end;
+  sb->seq = at.seq;
   return 1;
 }
 
 RELAY_API int relay_reader_valid(relay_reader* rr, const relay_subbuf* sb) {
   if (!rr || !sb) return fail(EINVAL);
   Reader* r = impl(rr);
-  const core::ShmHeader* h = r->buffer.header();
-  // Seqlock reader side: the caller's reads of the sub-buffer happen before these loads.
-  std::atomic_thread_fence(std::memory_order_acquire);
-  if (h->reset_gen.load(std::memory_order_relaxed) != r->gen) return 0;
-  const uint64_t produced = h->produced.load(std::memory_order_acquire);
-  if (produced < sb->seq) return 0;
-  // A writer that begins reusing the slot stores `produced` (or the busy word) before it writes
-  // there, so if the slot is not reused now, the bytes read before this were the lap's own.
-  return core::slot_reused(*h, static_cast<uint32_t>(r->pub.n_subbufs), sb->seq, produced) ==
-                 core::Reuse::kNo
-             ? 1
-             : 0;
+  // Seqlock reader side: the caller's reads of the sub-buffer happen before its loads.
+  return core::View(r->buffer).still_valid(sb->seq, r->gen) ? 1 : 0;
 }
 
 RELAY_API int relay_reader_consumed(relay_reader* rr, size_t subbufs_consumed) {
@@ -189,7 +171,7 @@ RELAY_API int relay_reader_consumed(relay_reader* rr, size_t subbufs_consumed) {
   uint64_t pub;
   if (!position(r, &pub)) return 0;
   // As the kernel's relay_subbufs_consumed, clamped to what was produced.
-  const uint64_t produced = r->buffer.header()->produced.load(std::memory_order_acquire);
+  const uint64_t produced = core::View(r->buffer).produced();
   const uint64_t from = std::max(r->next, pub);
   r->next = std::max(from, std::min(produced, from + subbufs_consumed));
   proto::Received m;

@@ -159,7 +159,7 @@ bool Producer::commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept
 bool Producer::take_switch(uint64_t* w) noexcept {
   if (!claim_word(w, (*w & ~uint64_t{0xffffffff}) | kOffBusy)) return false;
   // Seqlock writer side: the hook may write into a slot a reader is copying; the busy word is
-  // stored before any such byte (see Consumer::still_valid).
+  // stored before any such byte (see View::still_valid).
   std::atomic_thread_fence(std::memory_order_release);
   return true;
 }
@@ -319,7 +319,7 @@ int Producer::try_slow(size_t len, Reservation* r) noexcept {
 
 // Ends a switch: stores the new position word, then wakes a reader that armed the doorbell. The
 // wake-up comes after the store, not at the close: a reader that looked while the word was busy
-// could not tell whether its sub-buffer was being reused (slot_reused's kMaybe) and went to
+// could not tell whether its sub-buffer was being reused (View::reused's kMaybe) and went to
 // sleep; if the switch was then refused, no later commit or switch would wake it.
 void Producer::release_switch(uint64_t word) noexcept {
   // seq_cst: release publishes lap_base_, the new sub-buffer's header and metadata, and the
@@ -351,7 +351,7 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     // Where the next sub-buffer starts, in the slot it will use. relaxed: `produced`, stored
     // below with release, publishes it; a reader that finds the slot's old value checks the busy
     // word we hold, as for the slot's bytes (Consumer::start_of).
-    meta_[(seq + 1) % n_].start_bytes.store(produced_bytes, std::memory_order_relaxed);
+    meta_[slot_of(seq + 1, n_)].start_bytes.store(produced_bytes, std::memory_order_relaxed);
     // The padding counts as committed, so the last of this sub-buffer's writers (or we, if they
     // are all done) sees the counter reach a full lap.
     if (prev_padding != 0 && commit_bytes(prev_slot, lap_base_[prev_slot], prev_padding))
@@ -366,8 +366,8 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     prev_padding = h->prev_padding.load(std::memory_order_relaxed);
   }
 
-  const uint32_t slot = static_cast<uint32_t>(seq % n_);
-  const uint64_t base = (seq / n_) * size_;
+  const uint32_t slot = slot_of(seq, n_);
+  const uint64_t base = lap_base(seq, n_, size_);
   char* subbuf = subbuf_data(slot);
   char* prev = seq == 0 ? nullptr : subbuf_data(prev_slot);
   bool ok;

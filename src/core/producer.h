@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "core/buffer.h"
+#include "core/geometry.h"
 #include "core/layout.h"
 #include "core/rseq.h"
 
@@ -137,7 +138,7 @@ class Producer {
   uint32_t subbuf_size() const noexcept { return size_; }
   uint32_t n_subbufs() const noexcept { return n_; }
   Buffer& buffer() const noexcept { return *buf_; }
-  char* subbuf_data(uint32_t slot) const noexcept { return data_ + uint64_t{slot} * size_; }
+  char* subbuf_data(uint32_t slot) const noexcept { return data_ + slot_offset(slot, size_); }
 
  private:
   int reserve_slow(size_t len, Reservation* r) noexcept;
@@ -227,7 +228,7 @@ inline int Producer::reserve(size_t len, Reservation* r) noexcept {
     // ours, so a reader that sees our bytes also sees the `produced` that lapped it.
     std::atomic_thread_fence(std::memory_order_release);
     const uint32_t slot = word_slot(w);
-    r->ptr = data_ + uint64_t{slot} * size_ + off;
+    r->ptr = data_ + slot_offset(slot, size_) + off;
     r->len = static_cast<uint32_t>(len);
     r->slot = slot;
     r->off = off;
