@@ -449,8 +449,9 @@ void Producer::reset() noexcept {
   // Odd generation: readers discard whatever they copy until it is even again.
   h->reset_gen.fetch_add(1, std::memory_order_seq_cst);
   // The bytes of the sub-buffer being written were produced too, even though nobody will read
-  // them now: count them, so the file size never goes back.
-  const uint32_t off = word_off(h->wpos.load(std::memory_order_relaxed));
+  // them now: count them, so the file size never goes back. A closed buffer's word says
+  // kOffClosed: its offset is close_off (decode_off).
+  const uint32_t off = decode_off(*h, word_off(h->wpos.load(std::memory_order_relaxed)));
   const uint64_t produced_bytes =
       h->bytes_produced.load(std::memory_order_relaxed) + (off <= size_ ? off : 0);
   h->bytes_produced.store(produced_bytes, std::memory_order_relaxed);

@@ -147,6 +147,25 @@ TEST_CASE("reset discards unread data and begins sub-buffer 0 again") {
   CHECK(rig.cons->stats().subbufs_consumed == 0);
 }
 
+// Regression: reset() read the offset of the sub-buffer being written straight from the position
+// word, so after a close (kOffClosed, whose offset is close_off) it counted none of that
+// sub-buffer's bytes. The new generation then seemed to start before what the reader had already
+// read: a false corruption, and the unread rest of it missing from lost_reset_bytes.
+TEST_CASE("reset after close counts the closed sub-buffer's bytes: no corruption, the books balance") {
+  Rig rig(16, 4);
+  REQUIRE(rig.write("aaaaaaaa") == 0);  // sub-buffer 0, still open
+  std::vector<char> tmp(3);
+  REQUIRE(rig.cons->read(tmp.data(), tmp.size()) == 3);
+  rig.prod->close();  // e.g. relayctl close, or the daemon gone; then relayctl reset or relay_reset
+  rig.prod->reset();
+  CHECK(rig.drain().empty());
+  const auto st = rig.cons->stats();
+  CHECK(st.corrupt == 0);
+  CHECK(st.lost_reset_bytes == 5);  // what the reader had not read of "aaaaaaaa"
+  CHECK(st.bytes_produced == 8);
+  CHECK(test::balanced(st));
+}
+
 TEST_CASE("close refuses later writes and keeps committed data readable") {
   Rig rig(64, 2);
   REQUIRE(rig.write("one") == 0);
