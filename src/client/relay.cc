@@ -576,23 +576,20 @@ RELAY_API int __relay_write(rchan* chan, const void* data, size_t length) {
 
 RELAY_API void* relay_reserve(rchan* chan, size_t length) {
   core::Reservation r;
-  if (int rc = on_this_cpu(chan, [&](core::Producer* p) noexcept { return p->reserve(length, &r); });
-      rc) {
+  const int rc =
+      on_this_cpu(chan, [&](core::Producer* p) noexcept { return p->reserve_held(length, &r); });
+  if (rc != 0) {
     errno = -rc;
     return nullptr;
   }
-  ++core::tl_open_reservations;
   return r.ptr;
 }
 
 RELAY_API void relay_commit(rchan* chan, void* reserved, size_t count) {
   // The thread may have moved to another CPU since it reserved: find the buffer by address.
+  // commit_at also ends the thread's hold (Producer::reserve_held).
   for (auto& b : impl(chan)->bufs)
-    if (b->producer->commit_at(reserved, count)) {
-      // Another thread may commit what this one reserved: the count only ever guards waiting.
-      if (core::tl_open_reservations > 0) --core::tl_open_reservations;
-      return;
-    }
+    if (b->producer->commit_at(reserved, count)) return;
 }
 
 // Also from a fork child: one datagram on the shared SOCK_SEQPACKET socket, whole however the

@@ -125,6 +125,7 @@ bool Producer::commit_at(void* ptr, size_t len) noexcept {
   // Stable while the reservation is uncommitted: its slot cannot begin another lap before.
   r.base = lap_base_[r.slot];
   commit(r);
+  if (held_ > 0) --held_;
   return true;
 }
 
@@ -242,7 +243,7 @@ bool Producer::wait_switch(uint64_t* w) const noexcept {
 // refusals (the callback's own choice, a sub-buffer still being committed) drop in either mode:
 // no reader can clear them.
 int Producer::drop(std::atomic<uint64_t>& counter, int err, bool full) noexcept {
-  if (blocking_ && full && tl_open_reservations == 0) return kRetry;
+  if (blocking_ && full && held_ == 0) return kRetry;
   counter.fetch_add(1, std::memory_order_relaxed);
   return err;
 }
@@ -250,7 +251,7 @@ int Producer::drop(std::atomic<uint64_t>& counter, int err, bool full) noexcept 
 int Producer::reserve_slow(size_t len, Reservation* r) noexcept {
   // Waiting while this thread holds an uncommitted reservation could wait for itself: drop()
   // does not hand such a record back.
-  if (!blocking_ || tl_open_reservations > 0) [[likely]]
+  if (!blocking_ || held_ > 0) [[likely]]
     return try_slow(len, r);
   const int64_t deadline = block_timeout_ns_ < 0 ? -1 : mono_ns() + block_timeout_ns_;
   for (;;) {
