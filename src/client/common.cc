@@ -20,8 +20,8 @@ int refusal(const proto::Received& m) {
   proto::Status st;
   if (static_cast<proto::Type>(m.header.type) == proto::Type::kError &&
       proto::decode(m.payload.data(), m.payload.size(), &st) == 0 && st.status < 0)
-    return -st.status;
-  return EIO;
+    return st.status;
+  return -EIO;
 }
 
 void read_stats(const core::Buffer& b, relay_stats* st) {

@@ -228,7 +228,7 @@ void RelayFs::mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t 
     else if (!dir->is_dir())
       err = ENOTDIR;
     else if (int bad = proto::name_error(name); bad)
-      err = bad;
+      err = -bad;
     else if (tree.child(dir, name))
       err = EEXIST;
     else {
