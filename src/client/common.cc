@@ -7,8 +7,8 @@
 
 #include "client/stats.h"
 #include "core/layout.h"
-#include "core/proof.h"
 #include "core/stats.h"
+#include "core/view.h"
 #include "proto/protocol.h"
 #include "proto/wire.h"
 
@@ -22,8 +22,8 @@ int refusal(const proto::Received& m) {
   proto::Status st;
   if (static_cast<proto::Type>(m.header.type) == proto::Type::kError &&
       proto::decode(m.payload.data(), m.payload.size(), &st) == 0 && st.status < 0)
-    return -st.status;
-  return EIO;
+    return st.status;
+  return -EIO;
 }
 
 void read_stats(const core::Buffer& b, relay_stats* st) {
@@ -36,9 +36,9 @@ void read_stats(const core::Buffer& b, relay_stats* st) {
   const uint64_t tagged = h->consumed.load(std::memory_order_acquire);
   const uint32_t gen = h->reset_gen.load(std::memory_order_relaxed);
   s.subbufs_consumed = core::consumed_count(tagged, gen);
-  // Committed bytes, as the daemon counts them for the file's size (proof.h): a record in
+  // Committed bytes, as the daemon counts them for the file's size (core/view.h): a record in
   // flight counts once it is committed.
-  s.bytes_produced = core::committed_bytes(*h, b.meta(), g.subbuf_size, g.n_subbufs);
+  s.bytes_produced = core::View(b).committed_bytes();
   s.bytes_consumed = h->bytes_consumed.load(std::memory_order_relaxed);
   // The loss counters, each under its own name in the control area.
 #define RELAYFS_LOAD_COUNTER(name, what) s.name = h->name.load(std::memory_order_relaxed);

@@ -1,4 +1,9 @@
 // Pieces the producer side (relay.cc) and the reader side (reader.cc) of librelayfs share.
+//
+// The errno rule of src/client (and of src/proto and src/core beneath it): every internal
+// function returns 0 (or a count) on success and -errno on failure, and passes such a value on
+// as it is. The sign flips once, at the C boundary: an exported RELAY_API function sets
+// errno = -rc (through its file's fail()) and returns what its man page says (-1, NULL).
 #pragma once
 
 #include <relayfs/relay.h>
@@ -16,11 +21,12 @@ namespace relayfs::client {
 inline constexpr auto kReplyTimeout = std::chrono::seconds(30);
 
 // Connects to the control socket of the daemon of the mount that holds dir, found through the
-// extended attribute every relayfs directory carries. Returns 0 or an errno: ENOENT, ENOTSUP
-// (not inside relayfs), or the connect error.
+// extended attribute every relayfs directory carries. Returns 0 or -errno: -ENOENT, -ENOTSUP
+// (not inside relayfs), or the socket or connect error.
 int connect_daemon(const char* dir, core::UniqueFd* out);
 
-// The errno a refusal from the daemon carries (a kError message), or EIO if it is not one.
+// The status (-errno) a refusal from the daemon carries (a kError message), or -EIO if it is not
+// one.
 int refusal(const proto::Received& m);
 
 // relay_control's requests (RELAY_CTL_*) travel as proto::ControlOp, with the same numbers;

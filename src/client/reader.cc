@@ -19,8 +19,8 @@
 #include "client/common.h"
 #include "core/buffer.h"
 #include "core/geometry.h"
-#include "core/lap.h"
 #include "core/layout.h"
+#include "core/view.h"
 #include "proto/protocol.h"
 #include "proto/wire.h"
 
@@ -44,22 +44,25 @@ Reader* impl(relay_reader* r) {
   return static_cast<Reader*>(r->impl);
 }
 
-int fail(int err) {
-  errno = err;
+// The C boundary: reports rc (-errno) in errno, and returns -1.
+int fail(int rc) {
+  errno = -rc;
   return -1;
 }
 
+// relay_reader_open's work. Returns 0 or -errno, as relay_reader_open(3) lists them.
 int open_reader(Reader* r, const char* path) {
   // Opening the file is how the kernel checks read permission for us too, and the open file is
   // what poll() watches.
   r->file.reset(::open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC));
-  if (!r->file) return errno;
+  if (!r->file) return -errno;
   struct stat st;
-  if (::fstat(r->file.get(), &st) != 0) return errno;
-  if (!S_ISREG(st.st_mode)) return EINVAL;
+  if (::fstat(r->file.get(), &st) != 0) return -errno;
+  if (!S_ISREG(st.st_mode)) return -EINVAL;
   std::string dir(path);
-  if (int err = relayfs::client::connect_daemon(::dirname(dir.data()), &r->sock); err) return err;
-  if (::ioctl(r->file.get(), proto::kIocSubbufPoll) != 0) return errno == ENOTTY ? ENOTSUP : errno;
+  if (int rc = relayfs::client::connect_daemon(::dirname(dir.data()), &r->sock); rc) return rc;
+  if (::ioctl(r->file.get(), proto::kIocSubbufPoll) != 0)
+    return errno == ENOTTY ? -ENOTSUP : -errno;
 
   if (int rc = proto::send_message(r->sock.get(),
                                    proto::encode(proto::ReaderOpenRequest{st.st_ino}, r->seq++));
@@ -67,18 +70,18 @@ int open_reader(Reader* r, const char* path) {
     return proto::send_failure(r->sock.get(), rc);
   proto::Received m;
   const int rc = proto::recv_message(r->sock.get(), &m, 1);
-  if (rc <= 0) return rc == 0 || rc == -EAGAIN ? EIO : -rc;
+  if (rc <= 0) return rc == 0 || rc == -EAGAIN ? -EIO : rc;
   proto::ReaderOpenReply reply;
   if (static_cast<proto::Type>(m.header.type) != proto::Type::kReaderOpenReply)
     return relayfs::client::refusal(m);
-  if (proto::decode(m.payload.data(), m.payload.size(), &reply) != 0) return EIO;
-  if (reply.status < 0) return -reply.status;
-  if (m.fds.size() != 1) return EIO;
+  if (proto::decode(m.payload.data(), m.payload.size(), &reply) != 0) return -EIO;
+  if (reply.status < 0) return reply.status;
+  if (m.fds.size() != 1) return -EIO;
   core::Geometry g;
-  if (core::make_geometry(reply.subbuf_size, reply.n_subbufs, &g) != 0) return EIO;
+  if (core::make_geometry(reply.subbuf_size, reply.n_subbufs, &g) != 0) return -EIO;
   // Read-only: the daemon sent a descriptor that cannot be mapped writable anyway.
-  if (int err = core::Buffer::attach(std::move(m.fds[0]), g, PROT_READ, false, &r->buffer))
-    return -err;
+  if (int rc = core::Buffer::attach(std::move(m.fds[0]), g, PROT_READ, false, &r->buffer))
+    return rc;
   r->pub.base = r->buffer.data();
   r->pub.subbuf_size = g.subbuf_size;
   r->pub.n_subbufs = g.n_subbufs;
@@ -115,8 +118,8 @@ RELAY_API relay_reader* relay_reader_open(const char* path) {
     auto r = std::make_unique<Reader>();
     r->pub.impl = r.get();
     r->pub.fd = -1;
-    if (int err = open_reader(r.get(), path); err) {
-      errno = err;
+    if (int rc = open_reader(r.get(), path); rc) {
+      errno = -rc;
       return nullptr;
     }
     return &r.release()->pub;
@@ -129,99 +132,81 @@ RELAY_API relay_reader* relay_reader_open(const char* path) {
 }
 
 RELAY_API int relay_reader_next(relay_reader* rr, relay_subbuf* sb) {
-  if (!rr || !sb) return fail(EINVAL);
+  if (!rr || !sb) return fail(-EINVAL);
   Reader* r = impl(rr);
-  const core::ShmHeader* h = r->buffer.header();
-  const uint64_t n = r->pub.n_subbufs;
-  const uint64_t size = r->pub.subbuf_size;
+  const core::View view(r->buffer);
   uint64_t pub;
   if (!position(r, &pub)) return 0;
-  uint64_t seq = std::max(r->next, pub);
-  const uint64_t produced = h->produced.load(std::memory_order_acquire);
-  if (produced < seq) {
-    // A reset that finished since position() explains it; only otherwise is it corruption.
-    if (h->reset_gen.load(std::memory_order_acquire) != r->gen) return 0;
-    return fail(EIO);
-  }
-  // The same question the daemon's consumer asks: has the writer begun reusing the slot? If so
-  // (overwrite mode) go on from the oldest sub-buffer that can still be whole; the daemon counts
-  // the skipped ones as overruns when we report our position.
-  const core::Reuse reuse = core::slot_reused(*h, static_cast<uint32_t>(n), seq, produced);
-  if (reuse == core::Reuse::kMaybe) return 0;  // a switch into that slot is being decided
-  if (reuse == core::Reuse::kYes) seq = produced - n + 1;
-  if (seq >= produced) return 0;  // nothing closed yet
-  r->next = seq;
-  const uint32_t slot = static_cast<uint32_t>(seq % n);
-  const core::SubbufMeta& m = r->buffer.meta()[slot];
-  // acquire: the writers' bytes, released by their commits, are visible once the count is full.
-  if (m.commit.load(std::memory_order_acquire) != (seq / n) * size + size) return 0;
-  const uint32_t padding = m.padding.load(std::memory_order_relaxed);
-  if (padding > size) return fail(EIO);
+  // Where the daemon's consumer would go on: if the writer has begun reusing the slot (overwrite
+  // mode), at the oldest sub-buffer that can still be whole; the daemon counts the skipped ones
+  // as overruns when we report our position.
+  core::View::Next at;
+  const int found = view.next(std::max(r->next, pub), &at);
+  // A reset that finished since position() explains a position past `produced`.
+  if (found < 0) return view.corrupt(r->gen) != 0 ? fail(-EIO) : 0;
+  if (found == 0) return 0;             // a switch into that slot is being decided
+  if (at.seq >= at.produced) return 0;  // nothing closed yet
+  r->next = at.seq;
+  // The writers' bytes are visible once the sub-buffer is complete (View::complete).
+  if (!view.complete(at.seq)) return 0;
+  uint32_t end;
+  if (view.data_end(at.seq, &end) != 0) return fail(-EIO);
+  const uint32_t slot = core::slot_of(at.seq, view.n_subbufs());
   sb->index = slot;
-  sb->data = r->buffer.data() + slot * size;
-  sb->length = size - padding;
-  sb->padding = padding;
-  sb->seq = seq;
+  sb->data = view.subbuf(slot);
+  sb->length = end;
+  sb->padding = view.subbuf_size() - end;
+  sb->seq = at.seq;
   return 1;
 }
 
 RELAY_API int relay_reader_valid(relay_reader* rr, const relay_subbuf* sb) {
-  if (!rr || !sb) return fail(EINVAL);
+  if (!rr || !sb) return fail(-EINVAL);
   Reader* r = impl(rr);
-  const core::ShmHeader* h = r->buffer.header();
-  // Seqlock reader side: the caller's reads of the sub-buffer happen before these loads.
-  std::atomic_thread_fence(std::memory_order_acquire);
-  if (h->reset_gen.load(std::memory_order_relaxed) != r->gen) return 0;
-  const uint64_t produced = h->produced.load(std::memory_order_acquire);
-  if (produced < sb->seq) return 0;
-  // A writer that begins reusing the slot stores `produced` (or the busy word) before it writes
-  // there, so if the slot is not reused now, the bytes read before this were the lap's own.
-  return core::slot_reused(*h, static_cast<uint32_t>(r->pub.n_subbufs), sb->seq, produced) ==
-                 core::Reuse::kNo
-             ? 1
-             : 0;
+  // Seqlock reader side: the caller's reads of the sub-buffer happen before its loads.
+  return core::View(r->buffer).still_valid(sb->seq, r->gen) ? 1 : 0;
 }
 
 RELAY_API int relay_reader_consumed(relay_reader* rr, size_t subbufs_consumed) {
-  if (!rr) return fail(EINVAL);
+  if (!rr) return fail(-EINVAL);
   if (subbufs_consumed == 0) return 0;
   Reader* r = impl(rr);
   uint64_t pub;
   if (!position(r, &pub)) return 0;
   // As the kernel's relay_subbufs_consumed, clamped to what was produced.
-  const uint64_t produced = r->buffer.header()->produced.load(std::memory_order_acquire);
+  const uint64_t produced = core::View(r->buffer).produced();
   const uint64_t from = std::max(r->next, pub);
   r->next = std::max(from, std::min(produced, from + subbufs_consumed));
   proto::Received m;
   try {
     const uint32_t seq = r->seq++;
     const auto msg = proto::encode(proto::ReaderConsumed{r->gen, r->next}, seq);
-    if (proto::send_message(r->sock.get(), msg) != 0) return fail(EIO);
+    if (proto::send_message(r->sock.get(), msg) != 0) return fail(-EIO);
     // Wait for the release, so the sub-buffers are free when we return (kernel semantics). A
     // reply to an earlier request that timed out may come first: skip it.
     do {
-      if (proto::recv_message(r->sock.get(), &m) != 1) return fail(EIO);
+      if (proto::recv_message(r->sock.get(), &m) != 1) return fail(-EIO);
     } while (m.header.seq != seq);
   } catch (...) {
-    return fail(ENOMEM);
+    return fail(-ENOMEM);
   }
   proto::Status st;
   if (static_cast<proto::Type>(m.header.type) != proto::Type::kReaderConsumedReply ||
       proto::decode(m.payload.data(), m.payload.size(), &st) != 0)
-    return fail(EIO);
+    return fail(-EIO);
   // -ESTALE: a reset came in between; our position starts again, nothing to release.
-  if (st.status < 0 && st.status != -ESTALE) return fail(-st.status);
+  if (st.status < 0 && st.status != -ESTALE) return fail(st.status);
   return 0;
 }
 
 RELAY_API int relay_reader_stats(relay_reader* rr, relay_stats* st) {
-  if (!rr || !st) return fail(EINVAL);
+  if (!rr || !st) return fail(-EINVAL);
   relayfs::client::read_stats(impl(rr)->buffer, st);
   return 0;
 }
 
 RELAY_API int relay_reader_close(relay_reader* rr) {
-  if (!rr) return fail(EINVAL);
+  if (!rr) return fail(-EINVAL);
   delete impl(rr);  // unmaps, closes the file (buf_unmapped for the last reader) and the socket
   return 0;
 }

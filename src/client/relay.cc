@@ -69,11 +69,11 @@ class EventThread {
   EventThread& operator=(const EventThread&) = delete;
   ~EventThread() { join(); }
 
-  // Starts fn(arg). Returns 0 or an errno of pthread_create (EAGAIN).
+  // Starts fn(arg). Returns 0 or -errno of pthread_create (-EAGAIN).
   int start(void* (*fn)(void*), void* arg) noexcept {
     const int err = ::pthread_create(&thread_, nullptr, fn, arg);
     started_ = err == 0;
-    return err;
+    return -err;
   }
   // Waits for the thread to end; the caller has made it end (shutdown of the socket).
   void join() noexcept {
@@ -118,8 +118,9 @@ Buf* impl(rchan_buf* b) {
   return static_cast<Buf*>(b->impl);
 }
 
-int fail(int err) {
-  errno = err;
+// The C boundary: reports rc (-errno) in errno, and returns -1.
+int fail(int rc) {
+  errno = -rc;
   return -1;
 }
 
@@ -307,19 +308,20 @@ void* event_main(void* chan) {
   return nullptr;
 }
 
+// relay_open's work. Returns 0 or -errno, as relay_open(3) lists them.
 int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_size,
                  size_t n_subbufs) {
-  if (!base) return EINVAL;
-  if (int bad = proto::name_error(base); bad) return bad;
+  if (!base) return -EINVAL;
+  if (int rc = proto::name_error(base); rc) return rc;
   if (!parent || !*parent) parent = std::getenv("RELAYFS_MOUNT");
-  if (!parent || !*parent) return EINVAL;
+  if (!parent || !*parent) return -EINVAL;
   c->owner_pid = ::getpid();
   c->owner_gen = fork_generation();
   core::Geometry g;
-  if (int rc = core::make_geometry(subbuf_size, n_subbufs, &g); rc) return -rc;
+  if (int rc = core::make_geometry(subbuf_size, n_subbufs, &g); rc) return rc;
   struct stat st;
-  if (::stat(parent, &st) != 0) return errno;
-  if (!S_ISDIR(st.st_mode)) return ENOTDIR;
+  if (::stat(parent, &st) != 0) return -errno;
+  if (!S_ISDIR(st.st_mode)) return -ENOTDIR;
 
   // create_buf_file decides the mode and whether the channel is global.
   mode_t mode = 0400;
@@ -330,10 +332,11 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
     for (unsigned i = 0; i < ncpu && !is_global; ++i) {
       probe.cpu = i;
       const std::string file = std::string(base) + std::to_string(i);
-      if (c->cb.create_buf_file(file.c_str(), parent, &mode, &probe, &is_global) != 0) return EPERM;
+      if (c->cb.create_buf_file(file.c_str(), parent, &mode, &probe, &is_global) != 0)
+        return -EPERM;
     }
   }
-  if (int err = connect_daemon(parent, &c->sock); err) return err;
+  if (int rc = connect_daemon(parent, &c->sock); rc) return rc;
 
   proto::OpenRequest req;
   req.parent_ino = st.st_ino;
@@ -358,21 +361,21 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   std::vector<proto::Received> early;
   for (;;) {
     const int rc = proto::recv_message(c->sock.get(), &r, proto::kMaxFds);
-    if (rc <= 0) return rc == 0 || rc == -EAGAIN ? EIO : -rc;
+    if (rc <= 0) return rc == 0 || rc == -EAGAIN ? -EIO : rc;
     const auto type = static_cast<proto::Type>(r.header.type);
     if (type != proto::Type::kMapped && type != proto::Type::kUnmapped) break;
-    if (early.size() >= kMaxEarlyEvents) return EIO;
+    if (early.size() >= kMaxEarlyEvents) return -EIO;
     early.push_back(std::move(r));
     r = {};
   }
   proto::OpenReply reply;
   if (static_cast<proto::Type>(r.header.type) != proto::Type::kOpenReply)
     return relayfs::client::refusal(r);
-  if (proto::decode(r.payload.data(), r.payload.size(), &reply) != 0) return EIO;
-  if (reply.status < 0) return -reply.status;
+  if (proto::decode(r.payload.data(), r.payload.size(), &reply) != 0) return -EIO;
+  if (reply.status < 0) return reply.status;
   if (reply.subbuf_size != g.subbuf_size || reply.n_subbufs != g.n_subbufs ||
       r.fds.size() != reply.n_buffers + 1)
-    return EIO;
+    return -EIO;
 
   c->id = reply.channel_id;
   c->doorbell = std::move(r.fds.back());
@@ -384,9 +387,9 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
     auto b = std::make_unique<Buf>();
     b->chan = c;
     b->pub = {&c->pub, i, b.get()};
-    if (int err =
+    if (int rc =
             core::Buffer::attach(std::move(r.fds[i]), g, PROT_READ | PROT_WRITE, true, &b->buffer))
-      return -err;
+      return rc;
     c->bufptrs.push_back(&b->pub);
     c->bufs.push_back(std::move(b));
   }
@@ -459,8 +462,8 @@ RELAY_API rchan* relay_open_opts(const char* base_filename, const char* parent, 
     c->pub.impl = c.get();
     if (cb) c->cb = *cb;
     if (opts) c->opts = *opts;
-    if (int err = open_channel(c.get(), base_filename, parent, subbuf_size, n_subbufs); err) {
-      errno = err;
+    if (int rc = open_channel(c.get(), base_filename, parent, subbuf_size, n_subbufs); rc) {
+      errno = -rc;
       return nullptr;
     }
     return &c.release()->pub;
@@ -473,7 +476,7 @@ RELAY_API rchan* relay_open_opts(const char* base_filename, const char* parent, 
 }
 
 RELAY_API int relay_close(rchan* chan) {
-  if (!chan) return fail(EINVAL);
+  if (!chan) return fail(-EINVAL);
   std::unique_ptr<Chan> c(impl(chan));
   if (!owns(c.get())) {
     // A fork child: the channel is the parent's, so only this process's handle goes. The
@@ -498,25 +501,25 @@ RELAY_API int relay_close(rchan* chan) {
   }
   ::shutdown(c->sock.get(), SHUT_RDWR);  // ends the event thread
   c->events.join();
-  return status ? fail(EIO) : 0;
+  return status ? fail(-EIO) : 0;
 }
 
 // Also from a fork child: a flush is the switch a write that does not fit makes, which the
 // child's writes make anyway. The switch is decided in the shared memory (the position word);
 // the Producer's process-local state is a hint or the switch holder's own (producer.h, lap_base_).
 RELAY_API int relay_flush(rchan* chan) {
-  if (!chan) return fail(EINVAL);
+  if (!chan) return fail(-EINVAL);
   for (auto& b : impl(chan)->bufs)
-    if (int rc = b->producer->flush(); rc) return fail(-rc);
+    if (int rc = b->producer->flush(); rc) return fail(rc);
   return 0;
 }
 
 RELAY_API int relay_reset(rchan* chan) {
-  if (!chan) return fail(EINVAL);
+  if (!chan) return fail(-EINVAL);
   // A reset needs nobody writing, which only the owner can promise: a child cannot know what the
   // parent's threads do. It would also leave the parent's lap bases ahead of the buffer's
   // (producer.h).
-  if (!owns(impl(chan))) return fail(EPERM);
+  if (!owns(impl(chan))) return fail(-EPERM);
   for (auto& b : impl(chan)->bufs) b->producer->reset();
   return 0;
 }
@@ -525,12 +528,12 @@ RELAY_API int relay_write(rchan* chan, const void* data, size_t length) {
   const int rc =
       on_this_cpu(chan, [&](core::Producer* p) noexcept { return p->write(data, length); });
   if (rc != 0) [[unlikely]]
-    return fail(-rc);
+    return fail(rc);
   return 0;
 }
 
 RELAY_API int relay_vprintf(rchan* chan, const char* fmt, va_list ap) {
-  if (!chan || !fmt) return fail(EINVAL);
+  if (!chan || !fmt) return fail(-EINVAL);
   // Most records fit on the stack; a longer one is formatted again into the heap.
   char small[256];
   va_list again;
@@ -538,7 +541,7 @@ RELAY_API int relay_vprintf(rchan* chan, const char* fmt, va_list ap) {
   const int n = std::vsnprintf(small, sizeof small, fmt, ap);
   int rc = 0;
   if (n < 0) {
-    rc = fail(EINVAL);
+    rc = fail(-EINVAL);
   } else if (n == 0) {
     rc = 0;  // nothing to write: a zero-length record does not exist
   } else if (static_cast<size_t>(n) < sizeof small) {
@@ -546,7 +549,7 @@ RELAY_API int relay_vprintf(rchan* chan, const char* fmt, va_list ap) {
   } else {
     std::unique_ptr<char[]> big(new (std::nothrow) char[static_cast<size_t>(n) + 1]);
     if (!big)
-      rc = fail(ENOMEM);
+      rc = fail(-ENOMEM);
     else {
       std::vsnprintf(big.get(), static_cast<size_t>(n) + 1, fmt, again);
       rc = relay_write(chan, big.get(), static_cast<size_t>(n));
@@ -565,7 +568,7 @@ RELAY_API int relay_printf(rchan* chan, const char* fmt, ...) {
 }
 
 RELAY_API int relay_buf_stats(rchan_buf* buf, relay_stats* st) {
-  if (!buf || !st) return fail(EINVAL);
+  if (!buf || !st) return fail(-EINVAL);
   relayfs::client::read_stats(impl(buf)->buffer, st);
   return 0;
 }
@@ -576,23 +579,20 @@ RELAY_API int __relay_write(rchan* chan, const void* data, size_t length) {
 
 RELAY_API void* relay_reserve(rchan* chan, size_t length) {
   core::Reservation r;
-  if (int rc = on_this_cpu(chan, [&](core::Producer* p) noexcept { return p->reserve(length, &r); });
-      rc) {
+  const int rc =
+      on_this_cpu(chan, [&](core::Producer* p) noexcept { return p->reserve_held(length, &r); });
+  if (rc != 0) {
     errno = -rc;
     return nullptr;
   }
-  ++core::tl_open_reservations;
   return r.ptr;
 }
 
 RELAY_API void relay_commit(rchan* chan, void* reserved, size_t count) {
   // The thread may have moved to another CPU since it reserved: find the buffer by address.
+  // commit_at also ends the thread's hold (Producer::reserve_held).
   for (auto& b : impl(chan)->bufs)
-    if (b->producer->commit_at(reserved, count)) {
-      // Another thread may commit what this one reserved: the count only ever guards waiting.
-      if (core::tl_open_reservations > 0) --core::tl_open_reservations;
-      return;
-    }
+    if (b->producer->commit_at(reserved, count)) return;
 }
 
 // Also from a fork child: one datagram on the shared SOCK_SEQPACKET socket, whole however the
@@ -600,14 +600,14 @@ RELAY_API void relay_commit(rchan* chan, void* reserved, size_t count) {
 // takes it as the owner's.
 RELAY_API int relay_subbufs_consumed(rchan* chan, unsigned int cpu, size_t subbufs_consumed) {
   Chan* c = impl(chan);
-  if (cpu >= c->pub.n_buffers) return fail(EINVAL);
+  if (cpu >= c->pub.n_buffers) return fail(-EINVAL);
   if (subbufs_consumed == 0) return 0;
   try {
     const auto msg =
         proto::encode(proto::ConsumedRequest{c->id, cpu, subbufs_consumed}, c->seq.fetch_add(1));
-    if (proto::send_message(c->sock.get(), msg) != 0) return fail(EIO);
+    if (proto::send_message(c->sock.get(), msg) != 0) return fail(-EIO);
   } catch (...) {
-    return fail(ENOMEM);
+    return fail(-ENOMEM);
   }
   return 0;
 }

@@ -10,8 +10,6 @@
 #include <climits>
 #include <cstring>
 
-#include "core/proof.h"
-
 #if defined(__SANITIZE_THREAD__)
 extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
 extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
@@ -27,8 +25,8 @@ namespace {
 constexpr unsigned kSlackSteps = 8;
 
 // Copies bytes that a writer may be overwriting at the same moment (overwrite mode): the copy is
-// validated afterwards (still_valid) and discarded if it raced, the seqlock way. Under TSan the
-// racing reads are expected, so they are hidden from it.
+// validated afterwards (View::still_valid) and discarded if it raced, the seqlock way. Under TSan
+// the racing reads are expected, so they are hidden from it.
 void copy_racy(void* dst, const char* src, size_t n) {
 #if defined(__SANITIZE_THREAD__)
   AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
@@ -42,9 +40,8 @@ void copy_racy(void* dst, const char* src, size_t n) {
 }  // namespace
 
 Consumer::Consumer(const Buffer& buf) noexcept
-    : hdr_(buf.header()),
-      meta_(buf.meta()),
-      data_(buf.data()),
+    : view_(buf),
+      hdr_(buf.header()),
       hdr_rw_(buf.header()),
       size_(buf.geometry().subbuf_size),
       n_(buf.geometry().n_subbufs) {
@@ -109,9 +106,9 @@ bool Consumer::sync_reset() noexcept {
 
 int Consumer::corrupt() noexcept {
   // A reset that started after our check explains any inconsistency; only then is it news.
-  if (hdr_->reset_gen.load(std::memory_order_acquire) != gen_) return 0;
-  ++corrupt_events_;
-  return -EIO;
+  const int rc = view_.corrupt(gen_);
+  if (rc != 0) ++corrupt_events_;
+  return rc;
 }
 
 // Moves past sub-buffer consumed_, whose bytes up to bytes_consumed_ (its padding) are read or
@@ -137,39 +134,25 @@ void Consumer::settle(uint64_t produced) noexcept {
 // Where sub-buffer seq starts in the byte stream, from its slot's start_bytes, when the slot
 // still holds seq's value: the writer stores it before `produced` moves to seq, and a switch that
 // overwrites it holds the busy word first and then moves `produced` on; the seqlock check of
-// still_valid tells. The value must also lie between where we know seq starts at the earliest
+// View::settled tells. The value must also lie between where we know seq starts at the earliest
 // (pos_bytes_, for seq == consumed_) and what was produced.
 bool Consumer::start_of(uint64_t seq, uint64_t produced, uint64_t* out) const noexcept {
   if (seq > produced || produced - seq >= n_) return false;
-  const uint64_t v = meta_[seq % n_].start_bytes.load(std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_acquire);  // the load above before the checks
-  const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
+  const uint64_t v = view_.start_bytes(seq);
+  const bool settled = view_.settled(produced);  // orders the load above before the checks
   // Once finalized no switch is coming: a busy word is one a killed producer left.
-  if (!finalized_ &&
-      (off_busy(word_off(w)) || hdr_->produced.load(std::memory_order_acquire) != produced))
-    return false;  // a switch is on its way: look again later
+  if (!finalized_ && !settled) return false;  // a switch is on its way: look again later
   if (v < pos_bytes_ || v > hdr_->bytes_produced.load(std::memory_order_acquire)) return false;
   *out = v;
   return true;
 }
 
-// The longest prefix of sub-buffer seq known to be wholly committed: what the shared area
-// proves now (proof.h), or what it proved before, remembered (the writers' bound can go down).
-uint32_t Consumer::proven_prefix(uint64_t seq, uint32_t slot, uint64_t base,
-                                 bool current) const noexcept {
+// The longest prefix of sub-buffer seq known to be wholly committed: what the shared area proves
+// now (View::committed_prefix), or what it proved before, remembered (the writers' bound can go
+// down).
+uint32_t Consumer::proven_prefix(uint64_t seq, bool current) const noexcept {
   const uint32_t remembered = ready_seq_ == seq ? ready_ : 0;
-  return std::max(remembered, committed_prefix(*hdr_, meta_[slot], size_, seq, slot, base, current));
-}
-
-// How far writers reserved into sub-buffer seq, the one being written, if the position word (or
-// the offset at close) still says; 0 when it does not.
-uint32_t Consumer::reserved_end(uint64_t seq, uint32_t slot) const noexcept {
-  const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
-  if (word_slot(w) != slot || word_seq(w) != static_cast<uint16_t>(seq)) return 0;
-  uint32_t off = word_off(w);
-  if (off == kOffClosed && hdr_->closed.load(std::memory_order_acquire) != 0)
-    off = hdr_->close_off.load(std::memory_order_relaxed);
-  return off <= size_ ? off : 0;
+  return std::max(remembered, view_.committed_prefix(seq, current));
 }
 
 uint32_t Consumer::remember_prefix(uint64_t seq, uint32_t prefix) noexcept {
@@ -181,31 +164,28 @@ uint32_t Consumer::remember_prefix(uint64_t seq, uint32_t prefix) noexcept {
 int Consumer::next_span(Span* s) noexcept {
   s->len = 0;
   for (uint64_t step = 0; step < uint64_t{n_} + kSlackSteps; ++step) {
-    // acquire: the padding, commit and ready values of every sub-buffer closed before `produced`
-    // was stored are visible below.
-    const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
-    if (produced < consumed_) return corrupt();
-    const Reuse reuse = reused(consumed_, produced);
-    if (reuse == Reuse::kMaybe) return 0;  // a switch into our slot is undecided: nothing now
-    if (reuse == Reuse::kYes) skip_lapped(produced);
+    // The padding, commit and ready values of every sub-buffer closed before `produced` was
+    // stored are visible below (View::produced).
+    View::Next at;
+    const int found = view_.next(consumed_, &at);
+    if (found < 0) return corrupt();
+    if (found == 0) return 0;  // a switch into our slot is undecided: nothing now
+    const uint64_t produced = at.produced;
+    if (at.seq != consumed_) skip_lapped(produced);
     settle(produced);
     const uint64_t seq = consumed_;
-    const uint32_t slot = static_cast<uint32_t>(seq % n_);
-    const uint64_t base = (seq / n_) * size_;
+    const uint32_t slot = slot_of(seq, n_);
     if (seq < produced) {
-      const uint32_t padding = meta_[slot].padding.load(std::memory_order_relaxed);
-      if (padding > size_) return corrupt();
-      const uint32_t end = size_ - padding;
+      uint32_t end;
+      if (view_.data_end(seq, &end) != 0) return corrupt();
       if (bytes_consumed_ >= end) {  // read to its padding: consumed
         consume_one();
         continue;
       }
-      const uint64_t commit = meta_[slot].commit.load(std::memory_order_acquire);
       // Closed, but writers may still be committing into it: read only the proven prefix.
-      const uint32_t limit =
-          commit == base + size_
-              ? end
-              : std::min(end, remember_prefix(seq, proven_prefix(seq, slot, base, false)));
+      const uint32_t limit = view_.complete(seq)
+                                 ? end
+                                 : std::min(end, remember_prefix(seq, proven_prefix(seq, false)));
       if (limit > bytes_consumed_) {
         *s = {seq, slot, bytes_consumed_, limit - bytes_consumed_, end, true};
         return 0;
@@ -220,14 +200,14 @@ int Consumer::next_span(Span* s) noexcept {
       }
       return 0;
     }
-    const uint32_t limit = remember_prefix(seq, proven_prefix(seq, slot, base, true));
+    const uint32_t limit = remember_prefix(seq, proven_prefix(seq, true));
     if (limit > bytes_consumed_) {
       *s = {seq, slot, bytes_consumed_, limit - bytes_consumed_, 0, false};
       return 0;
     }
     if (finalized_) {
       // The same for the last sub-buffer: count what was reserved past the proven prefix, once.
-      const uint32_t reserved = reserved_end(seq, slot);
+      const uint32_t reserved = view_.reserved_end(seq);
       if (reserved > bytes_consumed_) {
         lost_uncommitted_ += reserved - bytes_consumed_;
         bytes_consumed_ = reserved;
@@ -244,7 +224,7 @@ int Consumer::next_span(Span* s) noexcept {
 // reuse, as the kernel does, and count what was skipped: in sub-buffers now, in bytes once
 // where the resumed one starts is known (settle).
 void Consumer::skip_lapped(uint64_t produced) noexcept {
-  const uint64_t resume = produced - n_ + 1;
+  const uint64_t resume = oldest_unlapped(produced, n_);
   overruns_ += resume - consumed_;
   pass_to(resume);
   settle(produced);
@@ -260,20 +240,6 @@ void Consumer::pass_to(uint64_t seq) noexcept {
   publish();
 }
 
-Reuse Consumer::reused(uint64_t seq, uint64_t produced) const noexcept {
-  return slot_reused(*hdr_, n_, seq, produced);
-}
-
-bool Consumer::still_valid(const Span& s) const noexcept {
-  // Seqlock reader side: the copy's loads are ordered before these loads. A writer that begins
-  // reusing the slot first stores `produced` (a switch) or the busy word (a retried switch), and
-  // only then writes there (Producer::reserve, Producer::take_switch).
-  std::atomic_thread_fence(std::memory_order_acquire);
-  if (hdr_->reset_gen.load(std::memory_order_relaxed) != gen_) return false;
-  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
-  return produced >= s.seq && reused(s.seq, produced) == Reuse::kNo;
-}
-
 ssize_t Consumer::read(void* dst, size_t count, bool one_subbuf) noexcept {
   if (count == 0) return 0;
   if (!sync_reset()) return 0;
@@ -286,8 +252,8 @@ ssize_t Consumer::read(void* dst, size_t count, bool one_subbuf) noexcept {
     if (rc < 0) return done ? static_cast<ssize_t>(done) : rc;
     if (s.len == 0) break;
     const size_t n = std::min<size_t>(count - done, s.len);
-    copy_racy(out + done, data_ + uint64_t{s.slot} * size_ + s.off, n);
-    if (!still_valid(s)) {
+    copy_racy(out + done, view_.subbuf(s.slot) + s.off, n);
+    if (!view_.still_valid(s.seq, gen_)) {
       // Lapped or reset while we copied: drop the copy; next_span skips what was overwritten.
       if (++stalls > n_ + kSlackSteps || !sync_reset()) break;
       continue;
@@ -309,8 +275,8 @@ ssize_t Consumer::read(void* dst, size_t count, bool one_subbuf) noexcept {
 ssize_t Consumer::plan_read(iovec* iov, int max_iov, size_t count, int* n_iov) noexcept {
   *n_iov = 0;
   if (count == 0 || max_iov <= 0 || !sync_reset()) return 0;
-  saved_ = {consumed_,      ready_seq_, total_read_,     overruns_,    lost_uncommitted_,
-            lost_overrun_, pos_bytes_, bytes_consumed_, ready_, pos_pending_};
+  saved_ = {consumed_,     ready_seq_, total_read_,     overruns_, lost_uncommitted_,
+            lost_overrun_, pos_bytes_, bytes_consumed_, ready_,    pos_pending_};
   defer_publish_ = true;
   size_t done = 0;
   while (done < count && *n_iov < max_iov) {
@@ -324,7 +290,7 @@ ssize_t Consumer::plan_read(iovec* iov, int max_iov, size_t count, int* n_iov) n
     if (s.len == 0) break;
     const size_t n = std::min<size_t>(count - done, s.len);
     // Inside the mapping: next_span bounded slot, off and len by the private geometry.
-    iov[(*n_iov)++] = {const_cast<char*>(data_ + uint64_t{s.slot} * size_ + s.off), n};
+    iov[(*n_iov)++] = {const_cast<char*>(view_.subbuf(s.slot) + s.off), n};
     bytes_consumed_ += static_cast<uint32_t>(n);
     done += n;
     total_read_ += n;
@@ -371,7 +337,7 @@ int Consumer::finish_extent(const Extent& e) noexcept {
   // Our own position says whether another reader took any of it meanwhile.
   if (consumed_ != e.seq || bytes_consumed_ != e.off) return 0;
   // The seqlock check of read(): the bytes that went to disk were read before this.
-  if (!still_valid(Span{e.seq, e.slot, e.off, e.len, e.end, e.closed})) return 0;
+  if (!view_.still_valid(e.seq, gen_)) return 0;
   bytes_consumed_ += e.len;
   total_read_ += e.len;
   if (e.closed && bytes_consumed_ >= e.end)
@@ -390,7 +356,7 @@ bool Consumer::data_available() noexcept {
 int Consumer::subbufs_consumed(uint64_t n) noexcept {
   if (n == 0) return -EINVAL;
   if (!sync_reset()) return 0;
-  uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
+  uint64_t produced = view_.produced();
   if (produced < consumed_) return corrupt();
   // As the kernel's relay_subbufs_consumed: n more, clamped to what was produced; whether the
   // writer lapped what lies past them is for the next read to find.
@@ -402,9 +368,9 @@ int Consumer::subbufs_consumed(uint64_t n) noexcept {
   // or produced - n too when the writer is stopped: found in one step, not walked, because
   // `produced` is the producer's to say and may be anything.
   uint64_t seq = consumed_;
-  if (reused(seq, produced) == Reuse::kYes) {
-    seq = std::min(target, produced - n_ + 1);  // kYes: produced - consumed_ >= n_
-    if (seq > consumed_ && reused(seq - 1, produced) != Reuse::kYes) --seq;
+  if (view_.reused(seq, produced) == Reuse::kYes) {
+    seq = std::min(target, oldest_unlapped(produced, n_));  // kYes: produced - consumed_ >= n_
+    if (seq > consumed_ && view_.reused(seq - 1, produced) != Reuse::kYes) --seq;
   }
   if (seq > consumed_) {
     overruns_ += seq - consumed_;
@@ -416,15 +382,16 @@ int Consumer::subbufs_consumed(uint64_t n) noexcept {
   const uint64_t from = seq;
   // At most n_ of them: past the lapped ones, target is within n_ of what was produced.
   for (; seq < target; ++seq) {
-    const uint32_t padding = meta_[seq % n_].padding.load(std::memory_order_relaxed);
-    if (padding > size_) return corrupt();
-    // Seqlock reader side, as in still_valid: the padding was loaded before these checks, and
-    // a reset since our sync_reset (which zeroes every padding) voids them.
+    uint32_t end;
+    if (view_.data_end(seq, &end) != 0) return corrupt();
+    // Seqlock reader side, as in View::still_valid: the padding was loaded before these checks,
+    // and a reset since our sync_reset (which zeroes every padding) voids them.
     std::atomic_thread_fence(std::memory_order_acquire);
     if (hdr_->reset_gen.load(std::memory_order_relaxed) != gen_) return 0;
-    produced = hdr_->produced.load(std::memory_order_acquire);
-    if (reused(seq, produced) == Reuse::kYes) break;  // lapped meanwhile: the next read skips it
-    bytes += size_ - padding;
+    produced = view_.produced();
+    if (view_.reused(seq, produced) == Reuse::kYes)
+      break;  // lapped meanwhile: the next read skips it
+    bytes += end;
   }
   if (seq > from) {
     const uint64_t unread = bytes - std::min<uint64_t>(bytes, bytes_consumed_);
@@ -451,7 +418,7 @@ bool Consumer::subbuf_ready() noexcept {
   if (!sync_reset()) return false;
   Span s;
   if (next_span(&s) != 0 || s.len == 0 || !s.closed) return false;
-  return meta_[s.slot].commit.load(std::memory_order_acquire) == (s.seq / n_) * size_ + size_;
+  return view_.complete(s.seq);
 }
 
 bool Consumer::at_record_boundary() const noexcept {
@@ -464,12 +431,12 @@ int Consumer::consume_upto(uint32_t gen, uint64_t seq) noexcept {
   if (!sync_reset()) return 0;
   if ((gen & 0xffff) != (gen_ & 0xffff)) return -ESTALE;  // a count from before a reset
   if (seq <= consumed_) return 0;
-  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
+  const uint64_t produced = view_.produced();
   if (produced < consumed_) return corrupt();
   seq = std::min(seq, produced);  // the reader's number is not trusted either
   // The mmap reader skipped what the writer had lapped (relay_reader_next): those are overruns,
   // as they are when read() skips them.
-  if (reused(consumed_, produced) == Reuse::kYes) skip_lapped(produced);
+  if (view_.reused(consumed_, produced) == Reuse::kYes) skip_lapped(produced);
   if (seq <= consumed_) return 0;
   return subbufs_consumed(seq - consumed_);
 }
@@ -500,9 +467,9 @@ void Consumer::readahead_lost(uint64_t n) noexcept {
 
 uint64_t Consumer::bytes_produced() noexcept {
   sync_reset();
-  // The closed sub-buffers plus the committed prefix of the one being written (proof.h), with
+  // The closed sub-buffers plus the committed prefix of the one being written (View), with
   // what we proved of it before. Whether the reader is lapped is irrelevant.
-  const uint64_t total = committed_bytes(*hdr_, meta_, size_, n_, ready_seq_, ready_);
+  const uint64_t total = view_.committed_bytes(ready_seq_, ready_);
   // The producer's counter runs on across resets; if it went backwards, count on from what we
   // had already reported rather than shrink.
   bytes_produced_seen_ = std::max(bytes_produced_seen_, total);

@@ -19,8 +19,8 @@
 #include <cstdint>
 
 #include "core/buffer.h"
-#include "core/lap.h"
 #include "core/stats.h"
+#include "core/view.h"
 
 namespace relayfs::core {
 
@@ -133,24 +133,22 @@ class Consumer {
   };
 
   int next_span(Span* s) noexcept;
-  uint32_t proven_prefix(uint64_t seq, uint32_t slot, uint64_t base, bool current) const noexcept;
+  uint32_t proven_prefix(uint64_t seq, bool current) const noexcept;
   bool start_of(uint64_t seq, uint64_t produced, uint64_t* out) const noexcept;
   void pass_to(uint64_t seq) noexcept;
   void settle(uint64_t produced) noexcept;
   uint32_t remember_prefix(uint64_t seq, uint32_t prefix) noexcept;
-  uint32_t reserved_end(uint64_t seq, uint32_t slot) const noexcept;
-  Reuse reused(uint64_t seq, uint64_t produced) const noexcept;
   void skip_lapped(uint64_t produced) noexcept;
-  bool still_valid(const Span& s) const noexcept;
   void consume_one() noexcept;
   void publish() noexcept;
   void wake_blocked_writers() noexcept;
   bool sync_reset() noexcept;
   int corrupt() noexcept;
 
+  // What the consumer reads of the shared area, and how it is checked: one View, which the mmap
+  // readers of librelayfs use too. hdr_ is its header, for the counters reported as they are.
+  View view_;
   const ShmHeader* hdr_;
-  const SubbufMeta* meta_;
-  const char* data_;
   ShmHeader* hdr_rw_;  // for the fields the consumer publishes (consumed, bytes_consumed, waiters)
   uint32_t size_;
   uint32_t n_;

@@ -30,6 +30,32 @@ struct Geometry {
   bool operator==(const Geometry&) const = default;
 };
 
+// Ring arithmetic, the one place it is written. Sequence numbers count sub-buffers from 0 (until a
+// reset): sub-buffer seq of a buffer of n sub-buffers of size bytes lives in slot seq % n during
+// lap seq / n, and its slot's commit counter (layout.h, SubbufMeta::commit) runs from lap * size
+// when the lap begins to (lap + 1) * size when every byte of it is committed. Inline and
+// constexpr: the producer's fast path uses them.
+inline constexpr uint32_t slot_of(uint64_t seq, uint32_t n) noexcept {
+  return static_cast<uint32_t>(seq % n);
+}
+inline constexpr uint64_t lap_base(uint64_t seq, uint32_t n, uint32_t size) noexcept {
+  return seq / n * size;
+}
+// The commit-counter value of a complete sub-buffer seq.
+inline constexpr uint64_t lap_end(uint64_t seq, uint32_t n, uint32_t size) noexcept {
+  return lap_base(seq, n, size) + size;
+}
+// Where slot's bytes start in the data area.
+inline constexpr uint64_t slot_offset(uint32_t slot, uint32_t size) noexcept {
+  return uint64_t{slot} * size;
+}
+// The oldest sub-buffer whose slot the writer has not begun to reuse, once it has switched away
+// from `produced` sub-buffers and begun the next one (produced >= n): where a lapped reader goes
+// on, as the kernel's relay does.
+inline constexpr uint64_t oldest_unlapped(uint64_t produced, uint32_t n) noexcept {
+  return produced - n + 1;
+}
+
 // Checks a requested geometry. Returns 0 and fills *out, or:
 //   -EINVAL  a size is zero;
 //   -EFBIG   a size, or their product, is above the limits above.

@@ -124,6 +124,17 @@ struct ShmHeader {
   std::atomic<uint32_t> blocked;
 };
 
+// What the offset off of a position word stands for, for every reader of it: kOffClosed means
+// close_off once `closed` says close_off is written (acquire: pairs with Producer::close's
+// release), and a close still being made (kOffBusy) before; any other value is itself. The one
+// place kOffClosed is decoded. close_off is the producer's: a reader bounds it like any offset.
+inline uint32_t decode_off(const ShmHeader& h, uint32_t off) noexcept {
+  if (off != kOffClosed) return off;
+  return h.closed.load(std::memory_order_acquire) != 0
+             ? h.close_off.load(std::memory_order_relaxed)
+             : kOffBusy;
+}
+
 inline constexpr uint32_t kWakeRecord = 1;  // wake on the next commit
 inline constexpr uint32_t kWakeSubbuf = 2;  // wake when a sub-buffer is closed and complete
 

@@ -125,6 +125,7 @@ bool Producer::commit_at(void* ptr, size_t len) noexcept {
   // Stable while the reservation is uncommitted: its slot cannot begin another lap before.
   r.base = lap_base_[r.slot];
   commit(r);
+  if (held_ > 0) --held_;
   return true;
 }
 
@@ -159,7 +160,7 @@ bool Producer::commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept
 bool Producer::take_switch(uint64_t* w) noexcept {
   if (!claim_word(w, (*w & ~uint64_t{0xffffffff}) | kOffBusy)) return false;
   // Seqlock writer side: the hook may write into a slot a reader is copying; the busy word is
-  // stored before any such byte (see Consumer::still_valid).
+  // stored before any such byte (see View::still_valid).
   std::atomic_thread_fence(std::memory_order_release);
   return true;
 }
@@ -242,7 +243,7 @@ bool Producer::wait_switch(uint64_t* w) const noexcept {
 // refusals (the callback's own choice, a sub-buffer still being committed) drop in either mode:
 // no reader can clear them.
 int Producer::drop(std::atomic<uint64_t>& counter, int err, bool full) noexcept {
-  if (blocking_ && full && tl_open_reservations == 0) return kRetry;
+  if (blocking_ && full && held_ == 0) return kRetry;
   counter.fetch_add(1, std::memory_order_relaxed);
   return err;
 }
@@ -250,7 +251,7 @@ int Producer::drop(std::atomic<uint64_t>& counter, int err, bool full) noexcept 
 int Producer::reserve_slow(size_t len, Reservation* r) noexcept {
   // Waiting while this thread holds an uncommitted reservation could wait for itself: drop()
   // does not hand such a record back.
-  if (!blocking_ || tl_open_reservations > 0) [[likely]]
+  if (!blocking_ || held_ > 0) [[likely]]
     return try_slow(len, r);
   const int64_t deadline = block_timeout_ns_ < 0 ? -1 : mono_ns() + block_timeout_ns_;
   for (;;) {
@@ -319,7 +320,7 @@ int Producer::try_slow(size_t len, Reservation* r) noexcept {
 
 // Ends a switch: stores the new position word, then wakes a reader that armed the doorbell. The
 // wake-up comes after the store, not at the close: a reader that looked while the word was busy
-// could not tell whether its sub-buffer was being reused (slot_reused's kMaybe) and went to
+// could not tell whether its sub-buffer was being reused (View::reused's kMaybe) and went to
 // sleep; if the switch was then refused, no later commit or switch would wake it.
 void Producer::release_switch(uint64_t word) noexcept {
   // seq_cst: release publishes lap_base_, the new sub-buffer's header and metadata, and the
@@ -351,7 +352,7 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     // Where the next sub-buffer starts, in the slot it will use. relaxed: `produced`, stored
     // below with release, publishes it; a reader that finds the slot's old value checks the busy
     // word we hold, as for the slot's bytes (Consumer::start_of).
-    meta_[(seq + 1) % n_].start_bytes.store(produced_bytes, std::memory_order_relaxed);
+    meta_[slot_of(seq + 1, n_)].start_bytes.store(produced_bytes, std::memory_order_relaxed);
     // The padding counts as committed, so the last of this sub-buffer's writers (or we, if they
     // are all done) sees the counter reach a full lap.
     if (prev_padding != 0 && commit_bytes(prev_slot, lap_base_[prev_slot], prev_padding))
@@ -366,8 +367,8 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     prev_padding = h->prev_padding.load(std::memory_order_relaxed);
   }
 
-  const uint32_t slot = static_cast<uint32_t>(seq % n_);
-  const uint64_t base = (seq / n_) * size_;
+  const uint32_t slot = slot_of(seq, n_);
+  const uint64_t base = lap_base(seq, n_, size_);
   char* subbuf = subbuf_data(slot);
   char* prev = seq == 0 ? nullptr : subbuf_data(prev_slot);
   bool ok;
@@ -449,8 +450,9 @@ void Producer::reset() noexcept {
   // Odd generation: readers discard whatever they copy until it is even again.
   h->reset_gen.fetch_add(1, std::memory_order_seq_cst);
   // The bytes of the sub-buffer being written were produced too, even though nobody will read
-  // them now: count them, so the file size never goes back.
-  const uint32_t off = word_off(h->wpos.load(std::memory_order_relaxed));
+  // them now: count them, so the file size never goes back. A closed buffer's word says
+  // kOffClosed: its offset is close_off (decode_off).
+  const uint32_t off = decode_off(*h, word_off(h->wpos.load(std::memory_order_relaxed)));
   const uint64_t produced_bytes =
       h->bytes_produced.load(std::memory_order_relaxed) + (off <= size_ ? off : 0);
   h->bytes_produced.store(produced_bytes, std::memory_order_relaxed);

@@ -17,17 +17,13 @@
 #include <memory>
 
 #include "core/buffer.h"
+#include "core/geometry.h"
 #include "core/layout.h"
 #include "core/rseq.h"
 
 namespace relayfs::core {
 
 class Producer;
-
-// Reservations the calling thread holds and has not committed yet, kept by the library's
-// relay_reserve/relay_commit. A blocking writer with one open cannot wait for room: the reader
-// may be waiting for that very record (Producer::reserve_slow).
-inline thread_local int tl_open_reservations = 0;
 
 // write()/reserve() on a buffer bound to a CPU (bind_cpu), from a thread not running on that
 // CPU: nothing was written; pick the buffer of the CPU the thread is on now and write there.
@@ -93,8 +89,15 @@ class Producer {
   // Publishes a reservation's bytes to readers.
   inline void commit(const Reservation& r) noexcept;
 
+  // reserve() for a record the caller commits later, in another call, with commit_at
+  // (relay_reserve, relay_commit). Same returns. Until then the calling thread holds it open:
+  // while it holds one, on any buffer, a blocking write of its does not wait for room, since the
+  // reader may be waiting for that very record.
+  inline int reserve_held(size_t len, Reservation* r) noexcept;
+
   // Commits the reservation that begins at ptr and is len bytes long, when all the caller kept
-  // is the pointer (relay_commit). Returns false if ptr is not inside this buffer.
+  // is the pointer (relay_commit), and ends one reserve_held() of the calling thread (whichever
+  // thread reserved it). Returns false if ptr is not inside this buffer: nothing changes.
   bool commit_at(void* ptr, size_t len) noexcept;
 
   // Forces a switch: the current sub-buffer, even empty, becomes a produced one (relay_flush).
@@ -137,9 +140,14 @@ class Producer {
   uint32_t subbuf_size() const noexcept { return size_; }
   uint32_t n_subbufs() const noexcept { return n_; }
   Buffer& buffer() const noexcept { return *buf_; }
-  char* subbuf_data(uint32_t slot) const noexcept { return data_ + uint64_t{slot} * size_; }
+  char* subbuf_data(uint32_t slot) const noexcept { return data_ + slot_offset(slot, size_); }
 
  private:
+  // Reservations the calling thread holds open (reserve_held) and has not committed yet, on any
+  // buffer. A count, not a flag: relay_reserve may nest. Another thread may commit what this one
+  // reserved, so the count only guards waiting (reserve_slow), and never goes below 0.
+  static inline thread_local int held_ = 0;
+
   int reserve_slow(size_t len, Reservation* r) noexcept;
   int try_slow(size_t len, Reservation* r) noexcept;
   int drop(std::atomic<uint64_t>& counter, int err, bool full) noexcept;
@@ -227,7 +235,7 @@ inline int Producer::reserve(size_t len, Reservation* r) noexcept {
     // ours, so a reader that sees our bytes also sees the `produced` that lapped it.
     std::atomic_thread_fence(std::memory_order_release);
     const uint32_t slot = word_slot(w);
-    r->ptr = data_ + uint64_t{slot} * size_ + off;
+    r->ptr = data_ + slot_offset(slot, size_) + off;
     r->len = static_cast<uint32_t>(len);
     r->slot = slot;
     r->off = off;
@@ -275,6 +283,13 @@ inline void Producer::commit(const Reservation& r) noexcept {
     on_complete(r.slot);  // rings a sub-buffer waiter itself
   if (hdr_->waiters.load(std::memory_order_seq_cst) & kWakeRecord) [[unlikely]]
     ring();
+}
+
+inline int Producer::reserve_held(size_t len, Reservation* r) noexcept {
+  const int rc = reserve(len, r);
+  if (rc == 0) [[likely]]
+    ++held_;
+  return rc;
 }
 
 inline int Producer::write(const void* data, size_t len) noexcept {

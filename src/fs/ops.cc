@@ -145,7 +145,7 @@ int Ops::do_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mo
     Node* dir = tree_.get(parent);
     if (!dir) return -ENOENT;
     if (!dir->is_dir()) return -ENOTDIR;
-    if (int bad = proto::name_error(name); bad) return -bad;
+    if (int rc = proto::name_error(name); rc) return rc;
     if (tree_.child(dir, name)) return -EEXIST;
     Node* n = tree_.add(dir, name, S_IFDIR | (mode & 07777 & ~ctx->umask), ctx->uid, ctx->gid);
     e.ino = n->ino;

@@ -143,10 +143,10 @@ int exact(const char* p, size_t len, Wire* w) {
 }  // namespace
 
 int name_error(const std::string& name) {
-  if (name.size() > kMaxName) return ENAMETOOLONG;
-  if (name.empty() || name == "." || name == "..") return EINVAL;
+  if (name.size() > kMaxName) return -ENAMETOOLONG;
+  if (name.empty() || name == "." || name == "..") return -EINVAL;
   for (unsigned char c : name)
-    if (c == '/' || c < 0x20 || c == 0x7f) return EINVAL;
+    if (c == '/' || c < 0x20 || c == 0x7f) return -EINVAL;
   return 0;
 }
 
@@ -212,7 +212,7 @@ int decode(const char* p, size_t len, OpenRequest* out) {
   out->flags = w.flags;
   out->base_filename.assign(p + sizeof w, tail);
   if ((w.flags & ~kFlagsKnown) != 0 || (w.mode & ~07777u) != 0) return -EINVAL;
-  return -name_error(out->base_filename);
+  return name_error(out->base_filename);
 }
 
 int decode(const char* p, size_t len, OpenReply* out) {

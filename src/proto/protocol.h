@@ -247,8 +247,8 @@ int decode(const char* payload, size_t len, RecordRequest* out);   // -EINVAL: b
 int decode(const char* payload, size_t len, RecordReply* out);
 int decode(const char* payload, size_t len, RecordEvent* out);     // -EINVAL: unknown kind
 
-// Why name cannot be one directory entry: 0 if it can; ENAMETOOLONG above kMaxName bytes, as
-// the kernel says for a path component; EINVAL if it is empty, "." or "..", or holds '/', NUL
+// Why name cannot be one directory entry: 0 if it can; -ENAMETOOLONG above kMaxName bytes, as
+// the kernel says for a path component; -EINVAL if it is empty, "." or "..", or holds '/', NUL
 // or a control character (a name that would break `ls`, scripts and log lines).
 int name_error(const std::string& name);
 inline bool valid_name(const std::string& name) {

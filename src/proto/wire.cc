@@ -78,27 +78,27 @@ int recv_message(int sock, Received* out, size_t max_fds) {
 int send_failure(int sock, int err) {
   pollfd p{sock, POLLIN, 0};
   if ((err != -EPIPE && err != -ECONNRESET) || ::poll(&p, 1, 0) != 1 || !(p.revents & POLLIN))
-    return -err;
+    return err;
   Received m;  // there is something, so this does not wait
   Status st;
   if (recv_message(sock, &m) == 1 && static_cast<Type>(m.header.type) == Type::kError &&
       decode(m.payload.data(), m.payload.size(), &st) == 0 && st.status < 0)
-    return -st.status;
-  return -err;
+    return st.status;
+  return err;
 }
 
 int connect_control(const char* dir, int timeout_s, core::UniqueFd* out) {
   char name[108];
   const ssize_t n = ::getxattr(dir, kControlXattr, name, sizeof name - 1);
-  if (n < 0) return errno == ENOENT ? ENOENT : ENOTSUP;  // not a relayfs directory
-  if (n < 2 || name[0] != '@') return ENOTSUP;
+  if (n < 0) return errno == ENOENT ? -ENOENT : -ENOTSUP;  // not a relayfs directory
+  if (n < 2 || name[0] != '@') return -ENOTSUP;
   core::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!s) return errno;
+  if (!s) return -errno;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));  // abstract: leading NUL
   const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + static_cast<size_t>(n));
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return errno;
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return -errno;
   timeval tv{static_cast<time_t>(timeout_s), 0};
   ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   *out = std::move(s);

@@ -28,16 +28,16 @@ struct Received {
 // kernel.
 int recv_message(int sock, Received* out, size_t max_fds = 0);
 
-// The errno to report for a request on sock whose send failed with err (-errno). A daemon that
+// What to report for a request on sock whose send failed with err (-errno). A daemon that
 // refuses a connection (relayfs(8), "Limits") sends one kError message and hangs up, possibly
-// before the request went out (then EPIPE): that refusal is still waiting to be read and says
-// why. Returns its errno, or -err.
+// before the request went out (then -EPIPE): that refusal is still waiting to be read and says
+// why. Returns its status (-errno), or err.
 int send_failure(int sock, int err);
 
 // Connects to the control socket of the daemon of the mount that holds dir, named by the
 // extended attribute user.relayfs.control every relayfs directory carries; replies are awaited
-// at most timeout_s seconds. Returns 0 or an errno: ENOENT, ENOTSUP (not inside relayfs), or
-// the connect error.
+// at most timeout_s seconds. Returns 0 or -errno: -ENOENT, -ENOTSUP (not inside relayfs), or
+// the socket or connect error.
 int connect_control(const char* dir, int timeout_s, core::UniqueFd* out);
 
 }  // namespace relayfs::proto

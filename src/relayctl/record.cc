@@ -117,7 +117,7 @@ struct Recorder {
     const int fds[3] = {b.out.buffered_fd(), index.get(), b.out.direct_fd()};
     const uint32_t my_seq = seq++;
     if (int rc = proto::send_message(sock.get(), proto::encode(req, my_seq), fds, direct ? 3 : 2))
-      return sys_error(path, "connection to the daemon", proto::send_failure(sock.get(), rc));
+      return sys_error(path, "connection to the daemon", -proto::send_failure(sock.get(), rc));
     // Events of the buffers started before may come first.
     for (;;) {
       proto::Received m;
@@ -306,9 +306,9 @@ int setup(Recorder* rec, bool direct) {
     b.mode = st.st_mode & 0777 & ~mask;
     index_mode &= b.mode;
   }
-  if (int err = relayfs::proto::connect_control(dir.c_str(), 30, &rec->sock); err)
-    return sys_error(dir, err == ENOTSUP ? "not a relayfs directory" : "cannot reach the daemon",
-                     err);
+  if (int rc = relayfs::proto::connect_control(dir.c_str(), 30, &rec->sock); rc)
+    return sys_error(dir, rc == -ENOTSUP ? "not a relayfs directory" : "cannot reach the daemon",
+                     -rc);
   OutputDir::Refusal why;
   if (int rc = rec->dir.open(rec->outdir, &why); rc) {
     if (why.controlled.empty()) return sys_error(why.path, why.what, -rc);

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "core/proof.h"
+#include "core/view.h"
 #include "harness.h"
 
 using namespace relayfs;
@@ -438,12 +438,12 @@ TEST_CASE("bytes_produced never counts the sub-buffer a switch is closing twice"
   h->wpos.store(core::make_word(core::word_slot(word), core::word_seq(word), core::kOffBusy));
   h->bytes_produced.store(30);
   CHECK(rig.cons->bytes_produced() == 30);  // was 60, and stayed 60 (never shrinks)
-  CHECK(core::committed_bytes(*h, rig.buf.meta(), 64, 4) == 30);
+  CHECK(core::View(rig.buf).committed_bytes() == 30);
   // The switch goes on as a real one would: the total is then right, once.
   h->bytes_produced.store(0);
   h->wpos.store(word);
   REQUIRE(rig.prod->flush() == 0);
   REQUIRE(rig.write("bbbb") == 0);
   CHECK(rig.cons->bytes_produced() == 34);
-  CHECK(core::committed_bytes(*h, rig.buf.meta(), 64, 4) == 34);
+  CHECK(core::View(rig.buf).committed_bytes() == 34);
 }

@@ -147,6 +147,25 @@ TEST_CASE("reset discards unread data and begins sub-buffer 0 again") {
   CHECK(rig.cons->stats().subbufs_consumed == 0);
 }
 
+// Regression: reset() read the offset of the sub-buffer being written straight from the position
+// word, so after a close (kOffClosed, whose offset is close_off) it counted none of that
+// sub-buffer's bytes. The new generation then seemed to start before what the reader had already
+// read: a false corruption, and the unread rest of it missing from lost_reset_bytes.
+TEST_CASE("reset after close counts the closed sub-buffer's bytes: no corruption, the books balance") {
+  Rig rig(16, 4);
+  REQUIRE(rig.write("aaaaaaaa") == 0);  // sub-buffer 0, still open
+  std::vector<char> tmp(3);
+  REQUIRE(rig.cons->read(tmp.data(), tmp.size()) == 3);
+  rig.prod->close();  // e.g. relayctl close, or the daemon gone; then relayctl reset or relay_reset
+  rig.prod->reset();
+  CHECK(rig.drain().empty());
+  const auto st = rig.cons->stats();
+  CHECK(st.corrupt == 0);
+  CHECK(st.lost_reset_bytes == 5);  // what the reader had not read of "aaaaaaaa"
+  CHECK(st.bytes_produced == 8);
+  CHECK(test::balanced(st));
+}
+
 TEST_CASE("close refuses later writes and keeps committed data readable") {
   Rig rig(64, 2);
   REQUIRE(rig.write("one") == 0);
@@ -436,13 +455,11 @@ TEST_CASE("blocking mode: a thread holding an uncommitted reservation does not w
   Rig rig(32, 1);
   rig.prod->set_blocking(true, -1);
   core::Reservation r;
-  REQUIRE(rig.prod->reserve(16, &r) == 0);
-  ++core::tl_open_reservations;  // as relay_reserve counts it
+  REQUIRE(rig.prod->reserve_held(16, &r) == 0);  // as relay_reserve takes it
   REQUIRE(rig.write(std::string(16, 'a')) == 0);
   CHECK(rig.write("b") == -ENOSPC);  // full, and only this thread's commit could free it
-  --core::tl_open_reservations;
   std::memset(r.ptr, 'r', 16);
-  rig.prod->commit(r);
+  REQUIRE(rig.prod->commit_at(r.ptr, 16));  // as relay_commit gives it back
   CHECK(rig.drain() == std::string(16, 'r') + std::string(16, 'a'));
 }
 

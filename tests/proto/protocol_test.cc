@@ -313,15 +313,15 @@ TEST_CASE("valid_name accepts ordinary names, including UTF-8") {
   CHECK_FALSE(valid_name("del\x7f"));
 }
 
-TEST_CASE("name_error says why: ENAMETOOLONG above NAME_MAX, EINVAL for the rest") {
+TEST_CASE("name_error says why: -ENAMETOOLONG above NAME_MAX, -EINVAL for the rest") {
   CHECK(name_error(std::string(255, 'a')) == 0);
-  CHECK(name_error(std::string(256, 'a')) == ENAMETOOLONG);
-  CHECK(name_error(std::string(10000, '/')) == ENAMETOOLONG);  // length is judged first
+  CHECK(name_error(std::string(256, 'a')) == -ENAMETOOLONG);
+  CHECK(name_error(std::string(10000, '/')) == -ENAMETOOLONG);  // length is judged first
   for (const char* bad : {"", ".", "..", "/", "a/b", "a\nb", "\x01", "tab\t", "del\x7f"}) {
     CAPTURE(bad);
-    CHECK(name_error(bad) == EINVAL);
+    CHECK(name_error(bad) == -EINVAL);
   }
-  CHECK(name_error(std::string("a\0b", 3)) == EINVAL);
+  CHECK(name_error(std::string("a\0b", 3)) == -EINVAL);
   CHECK(name_error("...") == 0);  // only "." and ".." are special
 }
 
