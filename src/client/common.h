@@ -9,12 +9,26 @@
 #include <relayfs/relay.h>
 
 #include <chrono>
+#include <new>
 
 #include "core/buffer.h"
 #include "core/fd.h"
 #include "proto/wire.h"
 
 namespace relayfs::client {
+
+// Runs body, an exported function's work returning 0 or -errno: no exception crosses the C
+// boundary. std::bad_alloc becomes -ENOMEM, anything else -EIO.
+template <typename Body>
+int guarded(Body&& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
 
 // How long a request waits for the daemon. Generous: a daemon serving many busy channels on a
 // loaded machine has been seen to take over 5 s to answer; the limit is for a hung daemon only.

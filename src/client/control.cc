@@ -41,14 +41,9 @@ int request(const char* path, int op) {
 }  // namespace
 
 extern "C" RELAY_API int relay_control(const char* path, int op) {
-  try {
-    if (int rc = request(path, op); rc) {
-      errno = -rc;
-      return -1;
-    }
-    return 0;
-  } catch (...) {  // allocation failure: nothing may cross the C boundary
-    errno = ENOMEM;
+  if (int rc = relayfs::client::guarded([&] { return request(path, op); })) {
+    errno = -rc;
     return -1;
   }
+  return 0;
 }

@@ -114,21 +114,17 @@ RELAY_API relay_reader* relay_reader_open(const char* path) {
     errno = EINVAL;
     return nullptr;
   }
-  try {
-    auto r = std::make_unique<Reader>();
-    r->pub.impl = r.get();
-    r->pub.fd = -1;
-    if (int rc = open_reader(r.get(), path); rc) {
-      errno = -rc;
-      return nullptr;
-    }
-    return &r.release()->pub;
-  } catch (const std::bad_alloc&) {
-    errno = ENOMEM;
-  } catch (...) {
-    errno = EIO;
+  std::unique_ptr<Reader> r;
+  if (int rc = relayfs::client::guarded([&] {
+        r = std::make_unique<Reader>();
+        r->pub.impl = r.get();
+        r->pub.fd = -1;
+        return open_reader(r.get(), path);
+      })) {
+    errno = -rc;
+    return nullptr;
   }
-  return nullptr;
+  return &r.release()->pub;
 }
 
 RELAY_API int relay_reader_next(relay_reader* rr, relay_subbuf* sb) {

@@ -456,23 +456,19 @@ RELAY_API rchan* relay_open_opts(const char* base_filename, const char* parent, 
     errno = EINVAL;
     return nullptr;
   }
-  try {
-    auto c = std::make_unique<Chan>();
-    c->pub.private_data = private_data;
-    c->pub.impl = c.get();
-    if (cb) c->cb = *cb;
-    if (opts) c->opts = *opts;
-    if (int rc = open_channel(c.get(), base_filename, parent, subbuf_size, n_subbufs); rc) {
-      errno = -rc;
-      return nullptr;
-    }
-    return &c.release()->pub;
-  } catch (const std::bad_alloc&) {
-    errno = ENOMEM;
-  } catch (...) {
-    errno = EIO;
+  std::unique_ptr<Chan> c;
+  if (int rc = relayfs::client::guarded([&] {
+        c = std::make_unique<Chan>();
+        c->pub.private_data = private_data;
+        c->pub.impl = c.get();
+        if (cb) c->cb = *cb;
+        if (opts) c->opts = *opts;
+        return open_channel(c.get(), base_filename, parent, subbuf_size, n_subbufs);
+      })) {
+    errno = -rc;
+    return nullptr;
   }
-  return nullptr;
+  return &c.release()->pub;
 }
 
 RELAY_API int relay_close(rchan* chan) {

@@ -140,6 +140,15 @@ int exact(const char* p, size_t len, Wire* w) {
   return tail == 0 ? 0 : -EPROTO;
 }
 
+// Decodes a message with nothing to check beyond its size: *out = make(the Wire).
+template <typename Wire, typename Out, typename Make>
+int plain(const char* p, size_t len, Out* out, Make make) {
+  Wire w;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  *out = make(w);
+  return 0;
+}
+
 }  // namespace
 
 int name_error(const std::string& name) {
@@ -193,10 +202,9 @@ std::vector<char> encode(const ConsumedRequest& m, uint32_t seq) {
 }
 
 int decode(const char* p, size_t len, ConsumedRequest* out) {
-  ConsumedWire w;
-  if (int rc = exact(p, len, &w); rc) return rc;
-  *out = {w.channel_id, w.buffer, w.count};
-  return 0;
+  return plain<ConsumedWire>(p, len, out, [](const ConsumedWire& w) {
+    return ConsumedRequest{w.channel_id, w.buffer, w.count};
+  });
 }
 
 int decode(const char* p, size_t len, OpenRequest* out) {
@@ -225,10 +233,7 @@ int decode(const char* p, size_t len, OpenReply* out) {
 }
 
 int decode(const char* p, size_t len, CloseRequest* out) {
-  CloseWire w;
-  if (int rc = exact(p, len, &w); rc) return rc;
-  out->channel_id = w.channel_id;
-  return 0;
+  return plain<CloseWire>(p, len, out, [](const CloseWire& w) { return CloseRequest{w.channel_id}; });
 }
 
 int decode(const char* p, size_t len, Status* out) {
@@ -240,10 +245,8 @@ int decode(const char* p, size_t len, Status* out) {
 }
 
 int decode(const char* p, size_t len, BufferEvent* out) {
-  EventWire w;
-  if (int rc = exact(p, len, &w); rc) return rc;
-  *out = {w.channel_id, w.buffer};
-  return 0;
+  return plain<EventWire>(p, len, out,
+                          [](const EventWire& w) { return BufferEvent{w.channel_id, w.buffer}; });
 }
 
 std::vector<char> encode(const ReaderOpenRequest& m, uint32_t seq) {
@@ -260,10 +263,8 @@ std::vector<char> encode(const ReaderConsumed& m, uint32_t seq) {
 }
 
 int decode(const char* p, size_t len, ReaderOpenRequest* out) {
-  ReaderOpenWire w;
-  if (int rc = exact(p, len, &w); rc) return rc;
-  out->ino = w.ino;
-  return 0;
+  return plain<ReaderOpenWire>(p, len, out,
+                               [](const ReaderOpenWire& w) { return ReaderOpenRequest{w.ino}; });
 }
 
 int decode(const char* p, size_t len, ReaderOpenReply* out) {

@@ -20,21 +20,24 @@ using relayfs::core::UniqueFd;
 // Symbolic links followed while resolving one OUTDIR, as the kernel's MAXSYMLINKS.
 constexpr int kMaxSymlinks = 40;
 
-// "name (uid N)", or "uid N" for a user without a name.
-std::string user_name(uid_t uid) {
-  passwd pw, *found = nullptr;
+// "name (uid N)", or "uid N" for an id without a name (kind: "uid" or "gid"), from the passwd
+// or group database.
+template <typename Entry, typename Id>
+std::string id_name(const char* kind, Id id, int (*get)(Id, Entry*, char*, size_t, Entry**),
+                    char* Entry::*name) {
+  Entry e, *found = nullptr;
   char buf[1024];
-  const std::string id = "uid " + std::to_string(uid);
-  if (::getpwuid_r(uid, &pw, buf, sizeof buf, &found) != 0 || !found) return id;
-  return std::string(found->pw_name) + " (" + id + ")";
+  const std::string num = std::string(kind) + " " + std::to_string(id);
+  if (get(id, &e, buf, sizeof buf, &found) != 0 || !found) return num;
+  return std::string(found->*name) + " (" + num + ")";
+}
+
+std::string user_name(uid_t uid) {
+  return id_name("uid", uid, ::getpwuid_r, &passwd::pw_name);
 }
 
 std::string group_name(gid_t gid) {
-  group gr, *found = nullptr;
-  char buf[1024];
-  const std::string id = "gid " + std::to_string(gid);
-  if (::getgrgid_r(gid, &gr, buf, sizeof buf, &found) != 0 || !found) return id;
-  return std::string(found->gr_name) + " (" + id + ")";
+  return id_name("gid", gid, ::getgrgid_r, &group::gr_name);
 }
 
 bool owned_by_caller_or_root(const struct stat& st) {
