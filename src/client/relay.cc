@@ -228,7 +228,8 @@ void hook_buf_full(void* ctx, core::Producer&, uint32_t slot, void* subbuf) {
 void hook_wakeup(void* ctx, core::Producer&) {
   Buf* b = static_cast<Buf*>(ctx);
   const uint64_t one = 1;
-  // Only when a reader armed the doorbell; a full eventfd counter cannot happen in practice.
+  // Only when a reader armed the doorbell. The write fails only with EAGAIN, at a counter of
+  // 2^64-2 the daemon has not read: it is awake already, and nothing is lost by dropping it.
   if (::write(b->chan->doorbell.get(), &one, sizeof one) < 0) {
   }
 }
@@ -418,7 +419,8 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   }
   for (const auto& ev : early) deliver_event(c, ev);
   timeval none{0, 0};  // from now on the event thread waits for as long as the channel lives
-  ::setsockopt(c->sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+  if (::setsockopt(c->sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none) != 0)
+    return -errno;  // the event thread would take a quiet channel for a dead daemon
   return c->events.start(&event_main, c);
 }
 

@@ -99,8 +99,9 @@ int connect_control(const char* dir, int timeout_s, core::UniqueFd* out) {
   std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));  // abstract: leading NUL
   const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + static_cast<size_t>(n));
   if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return -errno;
+  // Without the timeout a hung daemon would hold the caller for good: no connection then.
   timeval tv{static_cast<time_t>(timeout_s), 0};
-  ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) return -errno;
   *out = std::move(s);
   return 0;
 }
