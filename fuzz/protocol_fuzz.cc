@@ -75,7 +75,7 @@ void check_open(const OpenRequest& r, size_t len) {
     fail("an accepted open request does not survive encode/decode");
 }
 
-// What RelayFs::on_message does with a message of this type.
+// What ControlServer::on_message does with a message of this type.
 void dispatch(const Received& m) {
   const char* p = m.payload.data();
   const size_t len = m.payload.size();

@@ -17,6 +17,9 @@ namespace {
 // What one connection may have waiting for room: a client that does not read its socket is cut
 // off beyond this, rather than hold the daemon's memory (a reply is a few dozen bytes).
 constexpr size_t kMaxQueuedBytes = 1 << 20;
+// Descriptors those may hold (duplicates of a channel's, for a kOpenReply): they count against
+// nobody's limits, so a client must not make the daemon keep many of them.
+constexpr size_t kMaxQueuedFds = 64;
 
 }  // namespace
 
@@ -41,6 +44,10 @@ int Connection::queue(const std::vector<char>& msg, const int* fds, size_t nfds)
     shut_down("it does not read its replies");
     return -EPIPE;
   }
+  if (out_fds_ + nfds > kMaxQueuedFds) {
+    shut_down("it does not read the replies that carry descriptors");
+    return -EPIPE;
+  }
   Queued q{msg, {}};
   for (size_t i = 0; i < nfds; ++i) {
     q.fds.emplace_back(::fcntl(fds[i], F_DUPFD_CLOEXEC, 0));
@@ -50,6 +57,7 @@ int Connection::queue(const std::vector<char>& msg, const int* fds, size_t nfds)
     }
   }
   out_bytes_ += msg.size();
+  out_fds_ += nfds;
   outq_.push_back(std::move(q));
   if (!waiting_) {
     waiting_ = true;
@@ -68,10 +76,12 @@ bool Connection::flush() {
     if (rc == -EAGAIN) return true;  // still waiting_
     if (rc != 0) break;              // the socket failed: none of them can go; it closes next
     out_bytes_ -= q.msg.size();
+    out_fds_ -= q.fds.size();
     outq_.pop_front();
   }
   outq_.clear();
   out_bytes_ = 0;
+  out_fds_ = 0;
   waiting_ = false;
   return false;
 }
@@ -82,6 +92,7 @@ void Connection::shut_down(const char* why) {
   shut_ = true;
   outq_.clear();
   out_bytes_ = 0;
+  out_fds_ = 0;
   // The loop's poll sees the hang-up and closes the connection as any other that ends.
   ::shutdown(fd_.get(), SHUT_RDWR);
 }
@@ -91,6 +102,7 @@ void Connection::close() {
   fd_.reset();
   outq_.clear();
   out_bytes_ = 0;
+  out_fds_ = 0;
 }
 
 }  // namespace relayfs::fs

@@ -76,6 +76,7 @@ class Connection {
   std::function<void(uint64_t)> want_writable_;
   std::deque<Queued> outq_;  // guarded by send_mu_
   size_t out_bytes_ = 0;     // of outq_
+  size_t out_fds_ = 0;       // descriptors held by outq_
   bool waiting_ = false;     // the loop waits for room on the socket for us
   bool shut_ = false;        // shut down for not reading: nothing more is sent
 };

@@ -419,9 +419,13 @@ void ControlServer::close_connection(uint64_t id) {
   recorder_.stop(id, true);
   c->mapped.reset();
   c->charge.reset();
-  if (loop_.retire(tag(kConn, id)) != 0)
+  // Both its watches go: a pending POLLOUT wait would keep the socket open (it holds the file).
+  // Submitted before the close, so that a wait prepared in this pass takes the socket it was
+  // meant for, not a descriptor that reuses its number.
+  if (loop_.retire(tag(kConn, id)) != 0 || loop_.cancel(tag(kConnOut, id)) != 0)
     std::fprintf(stderr, "relayfs: connection %llu: no room in the ring to stop watching it\n",
                  static_cast<unsigned long long>(id));
+  loop_.submit();
   c->close();
 }
 

@@ -25,6 +25,8 @@ Daemon::Daemon(const Options& o)
 
 Daemon::~Daemon() {
   stop();
+  // The ring goes before the recordings whose memory writes still in flight read.
+  loop_.exit();
 }
 
 int Daemon::start(fuse_session* se) {
@@ -100,6 +102,10 @@ void Daemon::dispatch(uint64_t ud, int res) {
     default:
       break;
   }
+  // A wait for room that failed: flush finds out why (a failed socket empties the queue), so
+  // the queue is never left waiting for a wait that is gone.
+  if (source_of(ud) == kConnOut && res < 0 && res != -ECANCELED)
+    return control_.on_writable(id_of(ud));
   if (res < 0 && res != -ECANCELED && source_of(ud) != kCancel)
     std::fprintf(stderr, "relayfs: poll failed on source %llu: %s\n",
                  static_cast<unsigned long long>(ud), std::strerror(-res));

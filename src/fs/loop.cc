@@ -24,7 +24,12 @@ constexpr unsigned kFixedSlots = 1 << 14;
 
 Loop::~Loop() {
   stop();
+  exit();
+}
+
+void Loop::exit() {
   if (ring_ok_) io_uring_queue_exit(&ring_);
+  ring_ok_ = false;
 }
 
 int Loop::init() {

@@ -66,6 +66,8 @@ class Loop {
   void run(LoopHandler* h);
   // Stops and joins the loop thread; posted events it did not handle are left for take_left().
   void stop();
+  // After stop(): tears the ring down (the destructor does if this was not called).
+  void exit();
   // After stop(): an event nobody handled (a parked read to answer). False when none are left.
   bool take_left(LoopEvent* ev) { return events_.pop(*ev); }
 

@@ -242,7 +242,9 @@ void Files::read(fuse_req_t req, size_t size, off_t off, fuse_file_info* fi) {
 // The consuming read(2). Returns 0 once it replied, -EAGAIN when there is nothing now and the
 // channel goes on, or -errno.
 int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
-  Source& s = *fh->source;
+  // Kept: once a reply went out the reader may close, and RELEASE free fh and the channel.
+  const std::shared_ptr<Source> keep = fh->source;
+  Source& s = *keep;
   size = std::min(size, kMaxRead);
   // A no-overwrite buffer replies straight from the shared mapping: one copy, by the kernel,
   // instead of two. What is sent is consumed only once the reply went through; until then the
@@ -293,8 +295,12 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
   }
   if (n < 0) return static_cast<int>(n);
   if (n > 0) {
-    if (fuse_reply_buf(req, out, static_cast<size_t>(n)) == 0 && fh->view_end != 0) {
-      std::lock_guard lk(s.mu);
+    std::unique_lock lk(s.mu);
+    if (fh->view_end == 0) {
+      lk.unlock();  // fh is not touched after the reply
+      fuse_reply_buf(req, out, static_cast<size_t>(n));
+    } else if (fuse_reply_buf(req, out, static_cast<size_t>(n)) == 0) {
+      // s.mu held across the reply: release() takes it before it frees fh.
       fh->prove(pos + static_cast<uint64_t>(n));  // the reply reached the reader
     }
     return 0;

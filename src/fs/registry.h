@@ -7,7 +7,8 @@
 // else is taken while one of them is held. No lock is held across a system call that can block
 // (the control sockets are non-blocking; memfd creation, mmap and io_uring registration happen
 // with no lock held) nor across a FUSE reply, except that a Source's lock covers a reply built
-// from its own shared mapping (a zero-copy read), which must not race with the consumer.
+// from its own shared mapping (a zero-copy read), which must not race with the consumer, and a
+// spliced file's read(2), whose open file may be released as soon as the reply is out.
 //
 // A Channel's id, owner, flags and base are fixed when it is added; finalized, expired,
 // idle_since and read_so_far are guarded by Tree::mu, since they decide whether its files stay
