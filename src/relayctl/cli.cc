@@ -23,9 +23,14 @@ int usage_error(const char* cmd, const std::string& message) {
   return kExitUsage;
 }
 
-int sys_error(const std::string& path, const std::string& what, int err) {
+int report(const std::string& path, const std::string& what, int err) {
   std::fprintf(stderr, "relayctl: %s: %s%s%s\n", path.c_str(), what.c_str(),
-               what.empty() ? "" : ": ", std::strerror(err));
+               what.empty() ? "" : ": ", std::strerror(-err));
+  return err;
+}
+
+int sys_error(const std::string& path, const std::string& what, int err) {
+  report(path, what, err);
   return kExitError;
 }
 

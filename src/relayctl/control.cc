@@ -45,19 +45,20 @@ std::string channel_file(const std::string& path) {
   return files.empty() ? std::string() : dir + "/" + files.front();
 }
 
+// Reports that the daemon or the producer refused op (err: -errno); returns kExitError.
 int explain(const std::string& path, const Op& op, int err) {
   switch (err) {
-    case EPERM:
+    case -EPERM:
       return sys_error(path, std::string("cannot ") + op.name +
                                  " (the producer did not allow outside control with "
                                  "RELAY_CONTROL, or the channel is not yours)",
                        err);
-    case EBUSY:
+    case -EBUSY:
       if (op.code == RELAY_CTL_RESET)
         return sys_error(path, "cannot reset (the producer's control callback must allow it)",
                          err);
       break;
-    case ENOENT:
+    case -ENOENT:
       return sys_error(path, "no such channel, or its producer is gone", err);
     default:
       break;
@@ -65,6 +66,7 @@ int explain(const std::string& path, const Op& op, int err) {
   return sys_error(path, std::string("cannot ") + op.name, err);
 }
 
+// The subcommand op. Returns an exit status.
 int run(const Op& op, int argc, char** argv) {
   static const option kLong[] = {{"help", no_argument, nullptr, 'h'}, {nullptr, 0, nullptr, 0}};
   start_options();
@@ -83,10 +85,10 @@ int run(const Op& op, int argc, char** argv) {
     const std::string path = argv[i];
     const std::string file = channel_file(path);
     if (file.empty()) {
-      status = sys_error(path, "no such channel", ENOENT);
+      status = sys_error(path, "no such channel", -ENOENT);
       continue;
     }
-    if (relay_control(file.c_str(), op.code) != 0) status = explain(path, op, errno);
+    if (relay_control(file.c_str(), op.code) != 0) status = explain(path, op, -errno);
   }
   return status;
 }

@@ -77,6 +77,7 @@ struct Recorder {
   bool lost = false;  // the connection to the daemon failed
   Clock::time_point t0 = Clock::now();
 
+  // Reports a failure of the recording (err: -errno); returns kExitError.
   int fail(const std::string& p, const std::string& what, int err) {
     failed = true;
     return sys_error(p, what, err);
@@ -89,26 +90,28 @@ struct Recorder {
     b.last = ev;
     if (ev.kind != proto::RecordKind::kEnd) return;
     b.got_end = true;
-    if (ev.ended_by == proto::kEndFailed) fail(b.out.path(), "write", -ev.status);
-    if (ev.ended_by == proto::kEndIndexFailed) fail(index_path, "write", -ev.status);
+    if (ev.ended_by == proto::kEndFailed) fail(b.out.path(), "write", ev.status);
+    if (ev.ended_by == proto::kEndIndexFailed) fail(index_path, "write", ev.status);
   }
 
-  // Receives one message; returns it in *m, or false once the connection failed (reported).
-  bool receive(proto::Received* m) {
+  // Receives one message into *m. Returns 0, or -errno once the connection failed (reported;
+  // -ECONNRESET when the daemon hung up).
+  int receive(proto::Received* m) {
     const int rc = proto::recv_message(sock.get(), m);
     if (rc == 1) {
       if (static_cast<proto::Type>(m->header.type) == proto::Type::kRecordEvent) {
         proto::RecordEvent ev;
         if (proto::decode(m->payload.data(), m->payload.size(), &ev) == 0) on_event(ev);
       }
-      return true;
+      return 0;
     }
-    fail(path, "connection to the daemon", rc == 0 ? ECONNRESET : -rc);
+    const int err = rc == 0 ? -ECONNRESET : rc;
+    fail(path, "connection to the daemon", err);
     lost = true;  // nothing more will come
-    return false;
+    return err;
   }
 
-  // Asks the daemon to record buffer i; returns 0 or an errno (reported).
+  // Asks the daemon to record buffer i; returns 0 or -errno (reported).
   int start(size_t i) {
     Buf& b = bufs[i];
     const bool direct = b.out.direct_fd() >= 0;
@@ -117,24 +120,24 @@ struct Recorder {
     const int fds[3] = {b.out.buffered_fd(), index.get(), b.out.direct_fd()};
     const uint32_t my_seq = seq++;
     if (int rc = proto::send_message(sock.get(), proto::encode(req, my_seq), fds, direct ? 3 : 2))
-      return sys_error(path, "connection to the daemon", -proto::send_failure(sock.get(), rc));
+      return report(path, "connection to the daemon", proto::send_failure(sock.get(), rc));
     // Events of the buffers started before may come first.
     for (;;) {
       proto::Received m;
-      if (!receive(&m)) return EIO;
+      if (int rc = receive(&m); rc) return rc;
       // The daemon refused the connection itself (a limit, relayfs(8)): it says so unasked.
       proto::Status st;
       if (static_cast<proto::Type>(m.header.type) == proto::Type::kError && m.header.seq == 0 &&
           proto::decode(m.payload.data(), m.payload.size(), &st) == 0 && st.status < 0) {
         lost = true;  // it hangs up next
-        return sys_error(b.src, "cannot record", -st.status);
+        return report(b.src, "cannot record", st.status);
       }
       if (m.header.seq != my_seq) continue;
       proto::RecordReply reply;
       if (static_cast<proto::Type>(m.header.type) != proto::Type::kRecordReply ||
           proto::decode(m.payload.data(), m.payload.size(), &reply) != 0)
-        return sys_error(b.src, "cannot record", EPROTO);
-      if (reply.status < 0) return sys_error(b.src, "cannot record", -reply.status);
+        return report(b.src, "cannot record", -EPROTO);
+      if (reply.status < 0) return report(b.src, "cannot record", reply.status);
       b.started = true;
       b.cpu = reply.buffer;
       fixed = fixed && reply.fixed;
@@ -209,7 +212,7 @@ struct Recorder {
   void cut_outputs() {
     for (const Buf& b : bufs)  // without the end event the totals may be stale: keep all
       if (b.got_end && ::ftruncate(b.out.buffered_fd(), static_cast<off_t>(b.last.bytes)) != 0)
-        fail(b.out.path(), "truncate", errno);
+        fail(b.out.path(), "truncate", -errno);
   }
 
   // Whether any output file holds a byte (after cut_outputs).
@@ -240,12 +243,14 @@ struct Recorder {
       ::dprintf(index.get(), "%s\n", line.c_str());
     }
     if (::dprintf(index.get(), "end %s io=%s\n", outcome(), fixed ? "fixed" : "write") < 0)
-      fail(index_path, "write", errno);
+      fail(index_path, "write", -errno);
   }
 
   const char* outcome() const { return failed ? "error" : closed() ? "closed" : "stopped"; }
 };
 
+// The options and arguments (argv[optind], argv[optind + 1]: PATH, OUTDIR). Returns an exit
+// status: kExitOk, or kExitUsage with the error reported.
 int parse(int argc, char** argv, bool* direct, bool* quiet, bool* help) {
   static const option kLong[] = {{"no-direct", no_argument, nullptr, 'D'},
                                  {"quiet", no_argument, nullptr, 'q'},
@@ -266,27 +271,28 @@ int parse(int argc, char** argv, bool* direct, bool* quiet, bool* help) {
   return kExitOk;
 }
 
-// relayctl's message for an output file it could not create.
+// relayctl's message for an output file it could not create (err: -errno); returns kExitError.
 int create_error(const std::string& path, int err) {
-  if (err != EEXIST) return sys_error(path, "", err);
-  note(path + ": " + std::strerror(EEXIST) +
+  if (err != -EEXIST) return sys_error(path, "", err);
+  note(path + ": " + std::strerror(-err) +
        "; relayctl record never overwrites: remove it or choose another OUTDIR");
   return kExitError;
 }
 
 // Finds the buffers, connects to the daemon, opens OUTDIR (OutputDir: nobody else may control
 // it) and creates the output files and the index in it, and blocks the stop signals into a
-// signalfd. On failure the caller discards what was created.
+// signalfd. Returns an exit status, failures reported; on failure the caller discards what was
+// created.
 int setup(Recorder* rec, bool direct) {
   std::string dir;
   if (!split_path(rec->path, &dir, &rec->base))
     return usage_error("record", "'" + rec->path + "' does not name a channel (DIR/BASE)");
   bool denied = false;
   std::vector<std::string> names = channel_buffers(dir, rec->base, &denied);
-  if (denied) return sys_error(rec->path, "", EACCES);
+  if (denied) return sys_error(rec->path, "", -EACCES);
   if (names.empty()) {
     struct stat st;
-    if (::stat(rec->path.c_str(), &st) != 0) return sys_error(rec->path, "", errno);
+    if (::stat(rec->path.c_str(), &st) != 0) return sys_error(rec->path, "", -errno);
     names.push_back(rec->base);  // one buffer file
   }
   // Each output gets its relay file's permission bits less the umask, as cp(1) gives a copy:
@@ -301,17 +307,17 @@ int setup(Recorder* rec, bool direct) {
     b.name = names[i];
     b.src = dir + "/" + names[i];
     struct stat st;
-    if (::stat(b.src.c_str(), &st) != 0) return sys_error(b.src, "", errno);
+    if (::stat(b.src.c_str(), &st) != 0) return sys_error(b.src, "", -errno);
     b.ino = st.st_ino;
     b.mode = st.st_mode & 0777 & ~mask;
     index_mode &= b.mode;
   }
   if (int rc = relayfs::proto::connect_control(dir.c_str(), 30, &rec->sock); rc)
     return sys_error(dir, rc == -ENOTSUP ? "not a relayfs directory" : "cannot reach the daemon",
-                     -rc);
+                     rc);
   OutputDir::Refusal why;
   if (int rc = rec->dir.open(rec->outdir, &why); rc) {
-    if (why.controlled.empty()) return sys_error(why.path, why.what, -rc);
+    if (why.controlled.empty()) return sys_error(why.path, why.what, rc);
     note(why.path + ": " + why.controlled +
          ": another user controls it; choose another OUTDIR (relayctl(1), record)");
     return kExitError;
@@ -319,17 +325,17 @@ int setup(Recorder* rec, bool direct) {
   for (Buf& b : rec->bufs) {
     const std::string out = rec->outdir + "/" + b.name;
     if (int rc = b.out.open(rec->dir, b.name, out, direct, b.mode); rc)
-      return create_error(out, -rc);
+      return create_error(out, rc);
   }
   // O_APPEND: the daemon appends a line per sub-buffer, relayctl the header and the totals.
   rec->index_path = rec->outdir + "/" + rec->base + ".index";
   if (int rc = rec->dir.create(rec->base + ".index", O_APPEND, &rec->index); rc)
-    return create_error(rec->index_path, -rc);
+    return create_error(rec->index_path, rc);
   if (::fchmod(rec->index.get(), index_mode) != 0)
-    return sys_error(rec->index_path, "chmod", errno);
+    return sys_error(rec->index_path, "chmod", -errno);
   if (::dprintf(rec->index.get(), "# relayctl record %s: KIND BUFFER SEQ OFFSET LENGTH\n",
                 rec->path.c_str()) < 0)
-    return sys_error(rec->index_path, "write", errno);
+    return sys_error(rec->index_path, "write", -errno);
 
   // SIGINT and SIGTERM arrive as reads on a signalfd: a stop is one more event to poll for.
   sigset_t set;
@@ -338,7 +344,7 @@ int setup(Recorder* rec, bool direct) {
   sigaddset(&set, SIGTERM);
   sigprocmask(SIG_BLOCK, &set, nullptr);
   rec->sigfd.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
-  if (!rec->sigfd) return sys_error("signalfd", "", errno);
+  if (!rec->sigfd) return sys_error("signalfd", "", -errno);
   return kExitOk;
 }
 
@@ -368,7 +374,7 @@ int cmd_record(int argc, char** argv) {
     pollfd p[2] = {{rec.sock.get(), POLLIN, 0}, {rec.sigfd.get(), POLLIN, 0}};
     const int n = ::poll(p, 2, live ? kProgressMs : -1);
     if (n < 0 && errno != EINTR) {
-      rec.fail("poll", "", errno);
+      rec.fail("poll", "", -errno);
       break;
     }
     if (n > 0 && (p[1].revents & POLLIN)) {
@@ -379,7 +385,7 @@ int cmd_record(int argc, char** argv) {
     }
     if (n > 0 && p[0].revents) {
       proto::Received m;
-      if (!rec.receive(&m)) break;
+      if (rec.receive(&m) != 0) break;
     }
     if (live && Clock::now() - last >= std::chrono::milliseconds(kProgressMs)) {
       last = Clock::now();

@@ -81,29 +81,30 @@ int OutputDir::open(const std::string& path, Refusal* why) {
     UniqueFd fd;  // O_PATH
     std::string path;
   };
+  // Both return the -errno open() returns: fail's err, or -EPERM.
   auto fail = [why](const std::string& where, const std::string& what, int err) {
     *why = {where, what, ""};
-    return -err;
+    return err;
   };
   auto refuse = [why](const std::string& where, const std::string& reason) {
     *why = {where, "", reason};
     return -EPERM;
   };
-  if (path.empty()) return fail(path, "", ENOENT);
+  if (path.empty()) return fail(path, "", -ENOENT);
   std::deque<std::string> todo;
   push_front_components(path, &todo);
   if (path[0] != '/') {
     char cwd[PATH_MAX];
-    if (!::getcwd(cwd, sizeof cwd)) return fail(path, "getcwd", errno);
+    if (!::getcwd(cwd, sizeof cwd)) return fail(path, "getcwd", -errno);
     push_front_components(cwd, &todo);
   }
   // The directories from "/" to where the walk is, each checked; ".." goes back one, as the
   // kernel's ".." goes to the physical parent.
   std::vector<Step> chain;
   chain.push_back({UniqueFd(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC)), "/"});
-  if (!chain.back().fd) return fail("/", "", errno);
+  if (!chain.back().fd) return fail("/", "", -errno);
   struct stat st;
-  if (::fstat(chain.back().fd.get(), &st) != 0) return fail("/", "", errno);
+  if (::fstat(chain.back().fd.get(), &st) != 0) return fail("/", "", -errno);
   if (std::string c = controller(st); !c.empty()) return refuse("/", c);
   int hops = 0;
   while (!todo.empty()) {
@@ -130,26 +131,26 @@ int OutputDir::open(const std::string& path, Refusal* why) {
         todo.push_front(name);  // made meanwhile by someone else: look at it again
         continue;
       } else {
-        return fail(here, "mkdir", errno);
+        return fail(here, "mkdir", -errno);
       }
     }
-    if (!fd) return fail(here, "", errno);
-    if (::fstat(fd.get(), &st) != 0) return fail(here, "", errno);
+    if (!fd) return fail(here, "", -errno);
+    if (::fstat(fd.get(), &st) != 0) return fail(here, "", -errno);
     if (S_ISLNK(st.st_mode)) {
       // Its owner decides where it points: only the caller's own, or root's, may redirect.
       if (!owned_by_caller_or_root(st))
         return refuse(here, "a symbolic link owned by " + user_name(st.st_uid));
-      if (++hops > kMaxSymlinks) return fail(here, "", ELOOP);
+      if (++hops > kMaxSymlinks) return fail(here, "", -ELOOP);
       char target[PATH_MAX];
       const ssize_t n = ::readlinkat(fd.get(), "", target, sizeof target);
-      if (n < 0) return fail(here, "readlink", errno);
-      if (static_cast<size_t>(n) >= sizeof target) return fail(here, "readlink", ENAMETOOLONG);
+      if (n < 0) return fail(here, "readlink", -errno);
+      if (static_cast<size_t>(n) >= sizeof target) return fail(here, "readlink", -ENAMETOOLONG);
       const std::string t(target, static_cast<size_t>(n));
       push_front_components(t, &todo);
       if (!t.empty() && t[0] == '/') chain.resize(1);
       continue;
     }
-    if (!S_ISDIR(st.st_mode)) return fail(here, "", ENOTDIR);
+    if (!S_ISDIR(st.st_mode)) return fail(here, "", -ENOTDIR);
     if (std::string c = controller(st); !c.empty()) return refuse(here, c);
     chain.push_back({std::move(fd), here});
   }
@@ -157,8 +158,8 @@ int OutputDir::open(const std::string& path, Refusal* why) {
   // "." of the descriptor just checked, so no name is looked up again.
   const Step& last = chain.back();
   dir_.reset(::openat(last.fd.get(), ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!dir_) return fail(last.path, "", errno);
-  if (::fstat(dir_.get(), &st) != 0) return fail(last.path, "", errno);
+  if (!dir_) return fail(last.path, "", -errno);
+  if (::fstat(dir_.get(), &st) != 0) return fail(last.path, "", -errno);
   if (std::string c = controller(st); !c.empty()) return refuse(last.path, c);
   return 0;
 }

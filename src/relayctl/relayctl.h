@@ -1,6 +1,19 @@
 // relayctl: the command-line tool for relayfs (relayctl(1)). One file per subcommand
 // (write.cc, stat.cc, record.cc and its disk side record_disk.cc); this header holds what they
 // share: exit statuses, error messages, number parsing and how a PATH names relay files.
+//
+// Two kinds of int, kept apart (issue 14, the errno rule of src/client/common.h):
+// - Exit statuses (kExitOk, kExitError, kExitUsage) come only from main, the subcommands (cmd_*,
+//   stat_users), the reporting helpers (usage_error, option_error, sys_error; control.cc's
+//   explain, record.cc's create_error and Recorder::fail) and the steps of a subcommand that
+//   report their own failures (write.cc's and record.cc's parse, record.cc's setup, control.cc's
+//   run, stat.cc's walk and collect). Those are not errnos.
+// - Every other function returning int returns 0 (or a count) on success and -errno on failure,
+//   and passes such a value on as it is: users.cc's mount_root and read_usage, stat.cc's
+//   read_row, write.cc's pump, record.cc's Recorder::receive and Recorder::start, report, and
+//   record_disk.h's OutputDir and OutputFile. A positive errno appears only where errno is read,
+//   right after the failed call (compared there, or negated at once); the reporting helpers
+//   take -errno and call strerror(-err) themselves.
 #pragma once
 
 #include <cstddef>
@@ -25,9 +38,12 @@ int cmd_close(int argc, char** argv);
 int stat_users(const std::string& path, bool json);
 
 // "relayctl: " + message on stderr. usage_error adds "Try 'relayctl CMD --help'." and returns
-// kExitUsage; sys_error names the path and strerror(err) and returns kExitError.
+// kExitUsage. sys_error prints "PATH: WHAT: strerror(-err)" ("PATH: strerror(-err)" if what is
+// empty), err being -errno, and returns kExitError; report prints the same and returns err, for
+// a function that reports its own failure and passes the -errno on.
 int usage_error(const char* cmd, const std::string& message);
 int sys_error(const std::string& path, const std::string& what, int err);
+int report(const std::string& path, const std::string& what, int err);
 void note(const std::string& message);
 
 // Before a subcommand's getopt_long loop: starts over at argv[1], messages our own (opterr 0).

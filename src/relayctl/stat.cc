@@ -58,22 +58,23 @@ struct Row {
   }
 };
 
-// Reads every attribute of path. Returns 0 or an errno (ENODATA / ENOTSUP: not a relay file).
+// Reads every attribute of path. Returns 0 or -errno (-ENODATA / -ENOTSUP: not a relay file).
 int read_row(const std::string& path, Row* row) {
   row->path = path;
   for (size_t i : kShown) {
     char v[64];
     const ssize_t n = ::getxattr(path.c_str(), proto::xattr_name(i).c_str(), v, sizeof v - 1);
-    if (n < 0) return errno;
+    if (n < 0) return -errno;
     row->values[i].assign(v, static_cast<size_t>(n));
   }
   return 0;
 }
 
 // Adds the buffers below dir (recursively), skipping merged views (they repeat their buffers).
+// Returns an exit status; failures are reported.
 int walk(const std::string& dir, std::vector<Row>* rows) {
   std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);
-  if (!d) return sys_error(dir, "", errno);
+  if (!d) return sys_error(dir, "", -errno);
   std::vector<std::string> names;
   while (const dirent* e = ::readdir(d.get()))
     if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
@@ -90,13 +91,14 @@ int walk(const std::string& dir, std::vector<Row>* rows) {
       Row r;
       const int err = read_row(p, &r);
       if (err == 0) rows->push_back(std::move(r));
-      else if (err != ENODATA && err != ENOTSUP && err != ENOENT) status = sys_error(p, "", err);
+      else if (err != -ENODATA && err != -ENOTSUP && err != -ENOENT)
+        status = sys_error(p, "", err);
     }
   }
   return status;
 }
 
-// One PATH: a directory, a channel base name, or a file.
+// One PATH: a directory, a channel base name, or a file. Returns an exit status, as walk.
 int collect(const std::string& path, std::vector<Row>* rows) {
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;
@@ -107,21 +109,23 @@ int collect(const std::string& path, std::vector<Row>* rows) {
     const auto bufs = channel_buffers(dir, name, &denied);
     // The buffers are there but not for the caller: PATH is then no single file to stat (it
     // would be the merged view, as unreadable).
-    if (denied) return sys_error(path, "", EACCES);
+    if (denied) return sys_error(path, "", -EACCES);
     if (!bufs.empty()) {
       int status = kExitOk;
       for (const auto& b : bufs) {
         Row r;
         if (int err = read_row(dir + "/" + b, &r); err == 0) rows->push_back(std::move(r));
-        else if (err != ENOENT) status = sys_error(dir + "/" + b, "", err);
+        else if (err != -ENOENT)
+          status = sys_error(dir + "/" + b, "", err);
       }
       return status;
     }
   }
-  if (!exists) return sys_error(path, "", errno);
+  if (!exists) return sys_error(path, "", -errno);
   Row r;
   if (int err = read_row(path, &r); err != 0)
-    return sys_error(path, err == EACCES ? "" : "not a relay file", err == ENODATA ? ENOTSUP : err);
+    return sys_error(path, err == -EACCES ? "" : "not a relay file",
+                     err == -ENODATA ? -ENOTSUP : err);
   rows->push_back(std::move(r));
   return kExitOk;
 }

@@ -57,39 +57,40 @@ std::vector<Line> parse(const std::string& text) {
   return lines;
 }
 
-// The root directory of the mount that holds path: the topmost directory above it on the same
-// device. Empty (errno set) if path cannot be resolved.
-std::string mount_root(const std::string& path) {
+// The root directory of the mount that holds path, in *root: the topmost directory above it on
+// the same device. Returns 0, or -errno if path cannot be resolved.
+int mount_root(const std::string& path, std::string* root) {
   char real[PATH_MAX];
-  if (!::realpath(path.c_str(), real)) return "";
+  if (!::realpath(path.c_str(), real)) return -errno;
   std::string cur = real;
   struct stat st;
-  if (::stat(cur.c_str(), &st) != 0) return "";
+  if (::stat(cur.c_str(), &st) != 0) return -errno;
   if (!S_ISDIR(st.st_mode)) cur = cur.substr(0, std::max<size_t>(cur.rfind('/'), 1));
-  if (::stat(cur.c_str(), &st) != 0) return "";
+  if (::stat(cur.c_str(), &st) != 0) return -errno;
   while (cur != "/") {
     const std::string up = cur.substr(0, std::max<size_t>(cur.rfind('/'), 1));
     struct stat ust;
     if (::stat(up.c_str(), &ust) != 0 || ust.st_dev != st.st_dev) break;
     cur = up;
   }
-  return cur;
+  *root = std::move(cur);
+  return 0;
 }
 
-// The attribute's text, or an errno.
+// The attribute's text, in *out. Returns 0 or -errno (-ERANGE if it kept growing).
 int read_usage(const std::string& root, std::string* out) {
   for (int attempt = 0; attempt < 4; ++attempt) {
     const ssize_t size = ::getxattr(root.c_str(), kUsersXattr, nullptr, 0);
-    if (size < 0) return errno;
+    if (size < 0) return -errno;
     std::vector<char> buf(static_cast<size_t>(size) + 4096);  // room for a user arriving
     const ssize_t n = ::getxattr(root.c_str(), kUsersXattr, buf.data(), buf.size());
     if (n >= 0) {
       out->assign(buf.data(), static_cast<size_t>(n));
       return 0;
     }
-    if (errno != ERANGE) return errno;
+    if (errno != ERANGE) return -errno;
   }
-  return ERANGE;
+  return -ERANGE;
 }
 
 std::string user_name(const std::string& uid) {
@@ -188,12 +189,12 @@ void print_table(const std::vector<Line>& lines) {
 }  // namespace
 
 int stat_users(const std::string& path, bool json) {
-  const std::string root = mount_root(path);
-  if (root.empty()) return sys_error(path, "", errno);
+  std::string root;
+  if (int err = mount_root(path, &root); err) return sys_error(path, "", err);
   std::string text;
   if (int err = read_usage(root, &text); err)
-    return err == ENODATA || err == ENOTSUP ? sys_error(path, "not in a relayfs mount", ENOTSUP)
-                                            : sys_error(root, "", err);
+    return err == -ENODATA || err == -ENOTSUP ? sys_error(path, "not in a relayfs mount", -ENOTSUP)
+                                              : sys_error(root, "", err);
   const std::vector<Line> lines = parse(text);
   if (json)
     print_json(lines);

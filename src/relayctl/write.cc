@@ -59,6 +59,8 @@ int decide_files(const char*, const char*, mode_t* mode, rchan_buf* buf, int* is
   return 0;
 }
 
+// The options and PATH into *o. Returns an exit status: kExitOk, or kExitUsage with the error
+// reported.
 int parse(int argc, char** argv, WriteOptions* o, bool* help) {
   static const option kLong[] = {
       {"record-size", required_argument, nullptr, 'r'},
@@ -124,8 +126,8 @@ int parse(int argc, char** argv, WriteOptions* o, bool* help) {
   return kExitOk;
 }
 
-// Reads records from fd and writes them. Returns 0, or an errno for a read error (-1: the
-// channel failed, already reported).
+// Reads records from standard input and writes them. Returns 0, or -errno of a failed read or
+// of a write the channel failed (not a dropped record), reported.
 int pump(rchan* chan, const WriteOptions& o, unsigned long long* records, unsigned long long* dropped) {
   // Read into a buffer larger than a sub-buffer, cut records out of it; an incomplete record
   // moves to the front. A line that fills the whole buffer cannot fit a sub-buffer: it is
@@ -139,7 +141,7 @@ int pump(rchan* chan, const WriteOptions& o, unsigned long long* records, unsign
       const ssize_t n = ::read(0, buf.data() + have, buf.size() - have);
       if (n < 0) {
         if (errno == EINTR) continue;
-        return errno;
+        return report("standard input", "read", -errno);
       }
       if (n == 0) eof = true;
       have += static_cast<size_t>(n);
@@ -166,10 +168,8 @@ int pump(rchan* chan, const WriteOptions& o, unsigned long long* records, unsign
       }
       if (relay_write(chan, buf.data() + start, len) != 0) {
         // ENOSPC, ETIMEDOUT, EMSGSIZE: the record was dropped and counted by the channel.
-        if (errno != ENOSPC && errno != ETIMEDOUT && errno != EMSGSIZE) {
-          sys_error(o.path, "write", errno);
-          return -1;
-        }
+        if (errno != ENOSPC && errno != ETIMEDOUT && errno != EMSGSIZE)
+          return report(o.path, "write", -errno);
         ++*dropped;
       }
       ++*records;
@@ -199,13 +199,10 @@ int cmd_write(int argc, char** argv) {
                        (o.control ? RELAY_CONTROL : 0u),
                    static_cast<int>(o.timeout_ms), nullptr};
   rchan* chan = relay_open_opts(base.c_str(), dir.c_str(), o.subbuf_size, o.n_subbufs, &cb, &o, &ro);
-  if (!chan) return sys_error(o.path, "cannot open channel", errno);
+  if (!chan) return sys_error(o.path, "cannot open channel", -errno);
 
   unsigned long long records = 0, dropped = 0;
-  const int rc = pump(chan, o, &records, &dropped);
-  int status = kExitOk;
-  if (rc > 0) status = sys_error("standard input", "read", rc);
-  if (rc < 0) status = kExitError;
+  int status = pump(chan, o, &records, &dropped) == 0 ? kExitOk : kExitError;
 
   relay_stats total{};
   for (unsigned i = 0; i < chan->n_buffers; ++i) {
@@ -219,7 +216,7 @@ int cmd_write(int argc, char** argv) {
   // as the spec asks producers to do. Not in overwrite mode: the switch would lap the oldest
   // unread sub-buffer of a full buffer.
   if (!o.overwrite) relay_flush(chan);
-  if (relay_close(chan) != 0 && status == kExitOk) status = sys_error(o.path, "close", errno);
+  if (relay_close(chan) != 0 && status == kExitOk) status = sys_error(o.path, "close", -errno);
   const unsigned long long lost = total.lost_full + total.lost_too_big + total.lost_wrap;
   if (lost > 0 || dropped > 0) {
     char msg[256];
