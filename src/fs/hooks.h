@@ -1,6 +1,7 @@
 // What the daemon's parts (files, control server, recorder) ask of the daemon when something
-// concerns another part. The daemon (daemon.h) implements it: the parts depend on this interface,
-// never on each other's classes or on the daemon.
+// concerns another part. The daemon (daemon.h) implements it: the parts call back through this
+// interface, never through the daemon's class. (A part may hold a lower one it uses: the control
+// server hands recordings to the Recorder, everyone submits to the Loop.)
 #pragma once
 
 #include <cstdint>

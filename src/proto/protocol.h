@@ -1,4 +1,4 @@
-// The control protocol between producers (librelayfs) and the daemon, over a Unix stream socket.
+// The control protocol between producers (librelayfs) and the daemon, over a Unix SOCK_SEQPACKET socket.
 //
 // Every message is a fixed header followed by `length` payload bytes. The header carries a magic
 // number and a protocol version, so a stranger or an incompatible peer is refused at once; the

@@ -1,5 +1,6 @@
 // relayctl: the command-line tool for relayfs (relayctl(1)). One file per subcommand
-// (write.cc, stat.cc, record.cc and its disk side record_disk.cc); this header holds what they
+// (write.cc, stat.cc and users.cc for stat --users, record.cc and its disk side record_disk.cc,
+// control.cc for flush/reset/close; cli.cc parses and dispatches); this header holds what they
 // share: exit statuses, error messages, number parsing and how a PATH names relay files.
 //
 // Two kinds of int, kept apart (issue 14, the errno rule of src/client/common.h):

@@ -102,6 +102,7 @@ int walk(const std::string& dir, std::vector<Row>* rows) {
 int collect(const std::string& path, std::vector<Row>* rows) {
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;
+  const int missing = exists ? 0 : -errno;  // before channel_buffers sets errno again
   if (exists && S_ISDIR(st.st_mode)) return walk(path, rows);
   std::string dir, name;
   if (split_path(path, &dir, &name)) {
@@ -121,7 +122,7 @@ int collect(const std::string& path, std::vector<Row>* rows) {
       return status;
     }
   }
-  if (!exists) return sys_error(path, "", -errno);
+  if (!exists) return sys_error(path, "", missing);
   Row r;
   if (int err = read_row(path, &r); err != 0)
     return sys_error(path, err == -EACCES ? "" : "not a relay file",

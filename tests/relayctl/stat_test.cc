@@ -100,6 +100,12 @@ TEST_CASE("stat: a path that is no relay file is an error naming it") {
   CHECK(o.status == 1);
   CHECK(o.err.find(m.path("nothing") + ": " + std::strerror(ENOENT)) != std::string::npos);
   CHECK(o.out == "[]\n");  // still valid JSON
+  // A missing PATH whose name begins another file's (a plain file "foo1" beside "foo"): the
+  // error is the missing PATH's, not that other file's (it said "No data available").
+  write_file(t.path("foo1"), "x");
+  o = relayctl("stat " + t.path("foo"));
+  CHECK(o.status == 1);
+  CHECK(o.err.find(t.path("foo") + ": " + std::strerror(ENOENT)) != std::string::npos);
 }
 
 TEST_CASE("stat and record tell a channel's buffers from another channel's files named alike") {
