@@ -5,6 +5,7 @@
 #include <fuse_lowlevel.h>
 #include <sys/uio.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -43,6 +44,10 @@ struct ParkedRead {
   size_t size = 0;
   std::shared_ptr<Source> source;
   void* files = nullptr;  // the Files that parked it (files.h): its interrupt callback goes there
+  // Set by the interrupt callback before it posts kInterrupt, which may reach the loop before
+  // the read itself does (kPark): the loop then answers the read with EINTR when it arrives.
+  // release/acquire: the store is seen by the loop's load in on_park.
+  std::atomic<bool> interrupted{false};
 };
 
 // A poll() waiting for news. whole_subbufs: an mmap reader's descriptor (kIocSubbufPoll), which

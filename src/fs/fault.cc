@@ -13,6 +13,7 @@ bool load_faults(const char* spec) noexcept {
       {"reply_fail", Fault::kReplyFail},
       {"index_hold", Fault::kIndexHold},
       {"index_stall", Fault::kIndexStall},
+      {"park_delay", Fault::kParkDelay},
   };
   uint32_t mask = 0;
   for (const char* p = spec; p && *p;) {

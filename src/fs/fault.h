@@ -23,6 +23,9 @@ enum class Fault : uint32_t {
   // A recording's index writes never complete, as on a filesystem that stopped answering (each
   // waits on an eventfd nothing writes instead).
   kIndexStall = 1u << 3,
+  // A read being parked waits half a second between registering its interrupt callback and
+  // handing itself to the loop: an interrupt then reaches the loop before the read does.
+  kParkDelay = 1u << 4,
 };
 
 // Parses a RELAYFS_TEST_FAULTS value. Returns false, setting nothing, for an unknown name.

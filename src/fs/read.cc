@@ -4,10 +4,12 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <deque>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fs/fault.h"
@@ -325,6 +327,7 @@ int Files::park(fuse_req_t req, size_t size, std::shared_ptr<Source> s) {
       req,
       [](fuse_req_t, void* data) {
         auto* read = static_cast<ParkedRead*>(data);
+        read->interrupted.store(true, std::memory_order_release);
         static_cast<Files*>(read->files)->interrupt(read->id);
       },
       pr);
@@ -334,6 +337,7 @@ int Files::park(fuse_req_t req, size_t size, std::shared_ptr<Source> s) {
     delete pr;
     return -EINTR;
   }
+  if (fault(Fault::kParkDelay)) std::this_thread::sleep_for(std::chrono::milliseconds(500));
   loop_.post({LoopEvent::kPark, pr->id, pr});
   return 0;
 }
@@ -402,6 +406,8 @@ void Files::ioctl(fuse_req_t req, unsigned int cmd, fuse_file_info* fi, unsigned
 }
 
 void Files::on_park(ParkedRead* pr) {
+  // Interrupted while on its way here: its kInterrupt came first and found nothing to answer.
+  if (pr->interrupted.load(std::memory_order_acquire)) return finish_read(pr, nullptr, -EINTR);
   parked_.emplace(pr->id, pr);
   auto s = pr->source;
   s->parked.push_back(pr);

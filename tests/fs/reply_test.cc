@@ -5,14 +5,18 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <relayfs/relay.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "helpers.h"
 #include "mount.h"
@@ -164,4 +168,44 @@ TEST_CASE("readers that close right after the end of file leave the daemon whole
     ::close(fd);  // its release races the tail of the end-of-file read
   }
   CHECK(alive(m.pid));
+}
+
+namespace {
+void on_usr1(int) {}
+}  // namespace
+
+// A reader's interrupt can reach the daemon's loop before the read it interrupts does (the
+// worker registers the interrupt callback, then hands the read over): the read must still end
+// with EINTR, not wait for data. park_delay holds the hand-over half a second.
+TEST_CASE("a blocking read interrupted on its way to being parked ends with EINTR") {
+  TestFaults faults("park_delay");
+  Mount m({"-o", "blocking"});
+  rchan* c = open_global(m.dir, "i", 4096, 4);
+  const int fd = ::open(m.path("i0").c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  struct sigaction sa {}, old {};
+  sa.sa_handler = &on_usr1;  // caught, no SA_RESTART: the read itself must come back with EINTR
+  REQUIRE(::sigaction(SIGUSR1, &sa, &old) == 0);
+  std::atomic<bool> done{false};
+  ssize_t got = 0;
+  int err = 0;
+  std::thread reader([&] {
+    char buf[64];
+    got = ::read(fd, buf, sizeof buf);
+    err = errno;
+    done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // inside the 500 ms hand-over
+  ::pthread_kill(reader.native_handle(), SIGUSR1);
+  for (int i = 0; i < 200 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const bool ended = done;
+  if (!ended) write_records(c, 0, 1);  // the interrupt was lost: data ends the read
+  reader.join();
+  ::sigaction(SIGUSR1, &old, nullptr);
+  CHECK(ended);
+  CHECK(got == -1);
+  CHECK(err == EINTR);
+  CHECK(alive(m.pid));
+  ::close(fd);
+  CHECK(relay_close(c) == 0);
 }
