@@ -17,7 +17,8 @@
 //                  sub-buffers (overruns), not records: some were lost iff overruns > 0, and their
 //                  bytes are at most overruns * subbuf_size. (Records are opaque to the daemon: it
 //                  cannot count them; bytes_produced - bytes_consumed is the exact byte figure.)
-//   - the daemon's memory (RssAnon) and file descriptors are the same after the run as before.
+//   - the daemon's memory (RssAnon) and file descriptors are the same after the run as before
+//     (memory: within a tolerance, plus what a worker thread libfuse started meanwhile takes).
 //
 // The run is bounded: RELAYFS_SOAK_SECONDS (default 60) of load after a 5 s warm-up, which brings
 // the daemon's worker threads and allocator to their working size before the baseline is taken.
@@ -29,6 +30,7 @@
 #include <sys/wait.h>
 #include <sys/xattr.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <mutex>
 #include <set>
@@ -47,6 +49,10 @@ constexpr unsigned kSlots = 4;  // channels per producer: 64 at a time
 constexpr double kWarmupSeconds = 5;
 // How much the daemon's anonymous memory may grow over the run; see the check.
 constexpr long kRssToleranceKib = 1024;
+// And for each thread the daemon has more at the end: libfuse may start a worker after the
+// warm-up (it starts one when all are busy), which brings its stack, its malloc arena and its
+// 1 MiB read buffer (src/fs/read.cc). Seen once in CI: 12 -> 13 threads, +2,324 KiB.
+constexpr long kRssPerNewThreadKib = 3072;
 
 double soak_seconds() {
   const char* s = std::getenv("RELAYFS_SOAK_SECONDS");
@@ -459,9 +465,12 @@ TEST_CASE("soak: 64 channels from 16 processes, every record intact and accounte
   // Tolerance: glibc keeps freed memory in its per-thread arenas rather than returning it, so
   // the heap may end a few pages up or down; a leak of even one channel's bookkeeping per
   // channel opened (thousands here) would exceed it.
-  CHECK(after.rss_anon <= before.rss_anon + kRssToleranceKib);
+  // A new worker thread is allowed its own memory (kRssPerNewThreadKib), not a leak.
+  const long tolerance =
+      kRssToleranceKib + kRssPerNewThreadKib * std::max(0L, after.threads - before.threads);
+  CHECK(after.rss_anon <= before.rss_anon + tolerance);
   const bool pass = t.bad == 0 && !load.timed_out && load.failed_opens.size() == 0 &&
                     load.producer_failures == 0 && after.fds == before.fds &&
-                    after.rss_anon <= before.rss_anon + kRssToleranceKib;
+                    after.rss_anon <= before.rss_anon + tolerance;
   std::printf("soak result: %s\n", pass ? "PASS" : "FAIL");
 }
