@@ -115,7 +115,7 @@ void protocol_seeds() {
     put(d, "bad-version", edited(close, [](Header& h) { h.version = kVersion + 1; }));
     put(d, "type-zero", edited(close, [](Header& h) { h.type = 0; }));
     put(d, "type-unknown", edited(close, [](Header& h) {
-          h.type = static_cast<uint16_t>(Type::kRecordEvent) + 1;
+          h.type = static_cast<uint16_t>(Type::kAdopt) + 1;
         }));
     put(d, "length-above-max", edited(close, [](Header& h) { h.length = kMaxPayload + 1; }));
     put(d, "length-short", edited(close, [](Header& h) { h.length = 4; }));

@@ -2,8 +2,10 @@
 // Exceptions stop here: every exported function catches and reports errno.
 #include "relayfs/relay.h"
 
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -22,11 +24,13 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
 
 #include "client/common.h"
+#include "client/reattach.h"
 #include "core/buffer.h"
 #include "core/geometry.h"
 #include "core/producer.h"
@@ -94,10 +98,24 @@ struct Chan {
   relay_options opts{};
   std::vector<std::unique_ptr<Buf>> bufs;
   std::vector<rchan_buf*> bufptrs;
+  // The daemon's socket and doorbell. When the channel reattaches to a new daemon, the new ones
+  // take these descriptors' numbers (dup3), so a thread that uses them meanwhile reaches the old
+  // daemon or the new one, never a closed or reused descriptor.
   UniqueFd sock;
   UniqueFd doorbell;
-  uint32_t id = 0;
+  // The channel's number at its daemon; a new one after a reattach.
+  std::atomic<uint32_t> id{0};
   std::atomic<uint32_t> seq{1};
+  // What a reattach asks the next daemon for: the request relay_open made, and where.
+  proto::OpenRequest request;
+  relayfs::client::Place place;
+  std::string daemon;  // the control socket name of the daemon it is attached to
+  // relay_close and the event thread: whether a daemon has the channel now, and whether
+  // relay_close began. sock_mu orders a reattach against relay_close's request (relay_close).
+  std::mutex sock_mu;
+  bool attached = true;  // guarded by sock_mu
+  std::atomic<bool> closing{false};
+  UniqueFd wake;  // eventfd: relay_close wakes an event thread that waits for a mount
   // The process that opened the channel, and the fork generation it was in (owns()).
   pid_t owner_pid = 0;
   uint64_t owner_gen = 0;
@@ -269,14 +287,14 @@ int outside_control(Chan* c, proto::ControlOp op) {
 }
 
 // Receives the daemon's events: buf_mapped / buf_unmapped, requests from outside
-// (relay_control), and the reply to relay_close.
-void event_loop(Chan* c) {
-  bool answered = false;  // relay_close has its answer: close_status is final
+// (relay_control), and the reply to relay_close. Returns when the connection ends: relay_close
+// shut it down, or the daemon is gone. *answered: relay_close has its answer.
+void serve(Chan* c, bool* answered) {
   for (;;) {
     proto::Received r;
     const int rc = proto::recv_message(c->sock.get(), &r);
     if (rc == -EAGAIN || rc == -EPROTO) continue;  // receive timeout, or noise: keep listening
-    if (rc <= 0) break;
+    if (rc <= 0) return;
     const auto type = static_cast<proto::Type>(r.header.type);
     if (type == proto::Type::kMapped || type == proto::Type::kUnmapped) {
       deliver_event(c, r);
@@ -286,22 +304,112 @@ void event_loop(Chan* c) {
       if (status == 0) status = req.channel_id == c->id ? outside_control(c, req.op) : -ENOENT;
       proto::send_message(c->sock.get(), proto::encode_status(proto::Type::kControlDone,
                                                               {status}, r.header.seq));
-    } else if (type == proto::Type::kCloseReply && !answered) {
+    } else if (type == proto::Type::kCloseReply && !*answered) {
       proto::Status st;
       set_close_status(c, proto::decode(r.payload.data(), r.payload.size(), &st) == 0 ? st.status
                                                                                      : -EIO);
-      answered = true;
+      *answered = true;
     }
   }
-  // The daemon is gone (or the channel is closing): nobody will read these buffers again, so
-  // writes fail with EPIPE from now on instead of filling a buffer no reader will drain (and
-  // then reporting ENOSPC, which reads as "reader too slow"); writers blocked for room stop
-  // waiting. Closing is idempotent and safe while threads write: relay_close closed them already.
-  for (auto& b : c->bufs) {
-    b->producer->close();
-    b->producer->abandon();
+}
+
+// How long a channel without a daemon waits between looks when the mount table says nothing:
+// a slow fallback for a mount the table does not report (another mount namespace).
+constexpr int kReattachFallbackMs = 5000;
+
+// The daemon is gone: the buffers stay the producer's, and writes go on into them with nothing
+// changed on their path (a full no-overwrite buffer drops and counts, or blocks with its
+// timeout; an overwrite buffer overwrites). Nobody reads them until the next daemon, so nobody
+// waits for the doorbell: disarmed, or every commit would ring a dead eventfd.
+void detach(Chan* c) {
+  {
+    std::lock_guard lk(c->sock_mu);
+    c->attached = false;
   }
-  if (!answered) set_close_status(c, -EIO);  // nobody will confirm
+  for (auto& b : c->bufs)
+    b->buffer.header()->waiters.store(0, std::memory_order_relaxed);  // a hint, re-armed later
+}
+
+// Sends the reattach request: the channel as relay_open asked for it, with its buffers. The
+// reply is read like relay_open's (await_open). Returns 0 or -errno.
+int await_open(Chan* c, int sock, proto::OpenReply* reply, proto::Received* r,
+               std::vector<proto::Received>* early);
+
+// One attempt to hand the channel to the daemon mounted where it was. Returns 0 once attached,
+// or -errno: no relayfs there (yet), the same daemon that hung up, or its refusal.
+int reattach(Chan* c) {
+  std::string name;
+  if (int rc = relayfs::client::daemon_at(c->place.root, &name); rc) return rc;
+  if (name == c->daemon) return -EAGAIN;  // the daemon that hung up (or its dead mount)
+  if (int rc = relayfs::client::recreate_dirs(c->place); rc) return rc;
+  struct stat st;
+  if (::stat(c->place.parent.c_str(), &st) != 0) return -errno;
+  UniqueFd sock;
+  if (int rc = connect_daemon(c->place.parent.c_str(), &sock); rc) return rc;
+  proto::OpenRequest req = c->request;
+  req.parent_ino = st.st_ino;
+  req.adopt = static_cast<uint32_t>(c->bufs.size());
+  std::vector<int> fds;
+  for (auto& b : c->bufs) fds.push_back(b->buffer.fd());
+  if (int rc = proto::send_message(sock.get(), proto::encode(req, c->seq.fetch_add(1)),
+                                   fds.data(), fds.size());
+      rc)
+    return proto::send_failure(sock.get(), rc);
+  proto::OpenReply reply;
+  proto::Received r;
+  std::vector<proto::Received> early;
+  if (int rc = await_open(c, sock.get(), &reply, &r, &early); rc) return rc;
+  if (reply.n_buffers != c->bufs.size() || r.fds.size() != 1) return -EIO;
+  timeval none{0, 0};  // as relay_open: the event thread waits as long as the channel lives
+  if (::setsockopt(sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none) != 0) return -errno;
+  bool close_now;
+  {
+    std::lock_guard lk(c->sock_mu);
+    // The new descriptors take the old numbers: writers ringing the doorbell and relay_close or
+    // relay_subbufs_consumed sending meanwhile reach one daemon or the other.
+    if (::dup3(sock.get(), c->sock.get(), O_CLOEXEC) < 0 ||
+        ::dup3(r.fds[0].get(), c->doorbell.get(), O_CLOEXEC) < 0)
+      return -errno;
+    c->id.store(reply.channel_id, std::memory_order_relaxed);
+    c->daemon = name;
+    c->attached = true;
+    close_now = c->closing.load(std::memory_order_relaxed);
+  }
+  for (const auto& ev : early) deliver_event(c, ev);
+  // relay_close came while this was under way, and found no daemon to ask: ask this one.
+  if (close_now)
+    proto::send_message(c->sock.get(), proto::encode(proto::CloseRequest{c->id}, c->seq.fetch_add(1)));
+  return 0;
+}
+
+// The channel's event thread: serves its daemon, and when the daemon is gone waits for the next
+// one to reattach to, until relay_close.
+void event_loop(Chan* c) {
+  bool answered = false;  // relay_close has its answer: close_status is final
+  relayfs::client::MountWatch watch;
+  bool watching = false;
+  for (;;) {
+    serve(c, &answered);
+    if (c->closing.load(std::memory_order_acquire)) break;  // relay_close shut the socket
+    detach(c);
+    if (!watching) {
+      watch.open();  // without /proc the fallback alone paces the looks
+      watching = true;
+    }
+    // Until a daemon takes the channel or relay_close ends it. The first look is at once: the
+    // next daemon may be mounted already.
+    int woke = 1;
+    while (!c->closing.load(std::memory_order_acquire)) {
+      if (woke != 0 && reattach(c) == 0) break;
+      woke = watch.wait(c->wake.get(), kReattachFallbackMs);
+      if (woke == 0) woke = 1;  // the fallback: look anyway
+    }
+    if (c->closing.load(std::memory_order_acquire)) {
+      std::lock_guard lk(c->sock_mu);
+      if (!c->attached) break;  // relay_close found no daemon: it has the answer already
+    }
+  }
+  if (!answered) set_close_status(c, -ENOTCONN);  // nobody will confirm
 }
 
 void* event_main(void* chan) {
@@ -337,6 +445,10 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
         return -EPERM;
     }
   }
+  if (int rc = relayfs::client::place_of(parent, &c->place); rc) return rc;
+  if (int rc = relayfs::client::daemon_at(c->place.root, &c->daemon); rc) return rc;
+  c->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!c->wake) return -errno;
   if (int rc = connect_daemon(parent, &c->sock); rc) return rc;
 
   proto::OpenRequest req;
@@ -352,31 +464,15 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   if (c->opts.flags & RELAY_BLOCKING) req.flags |= proto::kFlagBlocking;
   if (c->opts.flags & RELAY_CONTROL) req.flags |= proto::kFlagControl;
   req.base_filename = base;
+  c->request = req;
   const uint32_t seq = c->seq.fetch_add(1);
   if (int rc = proto::send_message(c->sock.get(), proto::encode(req, seq)); rc)
     return proto::send_failure(c->sock.get(), rc);
   proto::Received r;
-  // A reader may open a file of the new channel before the reply reaches us (the files exist
-  // once the daemon made them): its buf_mapped event can come first. Such events are kept and
-  // delivered once the channel is set up; a daemon that sent nothing but events is broken.
   std::vector<proto::Received> early;
-  for (;;) {
-    const int rc = proto::recv_message(c->sock.get(), &r, proto::kMaxFds);
-    if (rc <= 0) return rc == 0 || rc == -EAGAIN ? -EIO : rc;
-    const auto type = static_cast<proto::Type>(r.header.type);
-    if (type != proto::Type::kMapped && type != proto::Type::kUnmapped) break;
-    if (early.size() >= kMaxEarlyEvents) return -EIO;
-    early.push_back(std::move(r));
-    r = {};
-  }
   proto::OpenReply reply;
-  if (static_cast<proto::Type>(r.header.type) != proto::Type::kOpenReply)
-    return relayfs::client::refusal(r);
-  if (proto::decode(r.payload.data(), r.payload.size(), &reply) != 0) return -EIO;
-  if (reply.status < 0) return reply.status;
-  if (reply.subbuf_size != g.subbuf_size || reply.n_subbufs != g.n_subbufs ||
-      r.fds.size() != reply.n_buffers + 1)
-    return -EIO;
+  if (int rc = await_open(c, c->sock.get(), &reply, &r, &early); rc) return rc;
+  if (r.fds.size() != reply.n_buffers + 1) return -EIO;
 
   c->id = reply.channel_id;
   c->doorbell = std::move(r.fds.back());
@@ -422,6 +518,29 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   if (::setsockopt(c->sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none) != 0)
     return -errno;  // the event thread would take a quiet channel for a dead daemon
   return c->events.start(&event_main, c);
+}
+
+int await_open(Chan* c, int sock, proto::OpenReply* reply, proto::Received* r,
+               std::vector<proto::Received>* early) {
+  // A reader may open a file of the new channel before the reply reaches us (the files exist
+  // once the daemon made them): its buf_mapped event can come first. Such events are kept and
+  // delivered once the channel is set up; a daemon that sent nothing but events is broken.
+  for (;;) {
+    const int rc = proto::recv_message(sock, r, proto::kMaxFds);
+    if (rc <= 0) return rc == 0 || rc == -EAGAIN ? -EIO : rc;
+    const auto type = static_cast<proto::Type>(r->header.type);
+    if (type != proto::Type::kMapped && type != proto::Type::kUnmapped) break;
+    if (early->size() >= kMaxEarlyEvents) return -EIO;
+    early->push_back(std::move(*r));
+    *r = {};
+  }
+  if (static_cast<proto::Type>(r->header.type) != proto::Type::kOpenReply)
+    return relayfs::client::refusal(*r);
+  if (proto::decode(r->payload.data(), r->payload.size(), reply) != 0) return -EIO;
+  if (reply->status < 0) return reply->status;
+  if (reply->subbuf_size != c->request.subbuf_size || reply->n_subbufs != c->request.n_subbufs)
+    return -EIO;
+  return 0;
 }
 
 core::Producer* producer_for(rchan* chan) {
@@ -489,16 +608,39 @@ RELAY_API int relay_close(rchan* chan) {
   for (auto& b : c->bufs) b->producer->close();
   int status = 0;
   try {
-    const uint32_t seq = c->seq.fetch_add(1);
-    if (proto::send_message(c->sock.get(), proto::encode(proto::CloseRequest{c->id}, seq)) == 0)
-      status = wait_close_status(c.get());
-    else
-      status = -EIO;
+    bool asked;
+    {
+      // With the event thread's reattach: either it attached first and this request goes to
+      // the new daemon, or it sees `closing` once attached and asks itself (reattach).
+      std::lock_guard lk(c->sock_mu);
+      c->closing.store(true, std::memory_order_release);
+      asked = c->attached &&
+              proto::send_message(c->sock.get(), proto::encode(proto::CloseRequest{c->id},
+                                                               c->seq.fetch_add(1))) == 0;
+    }
+    if (!asked) {
+      // No daemon: the event thread, waiting for one, answers at once (ENOTCONN).
+      const uint64_t one = 1;
+      if (::write(c->wake.get(), &one, sizeof one) < 0) {
+      }  // EAGAIN: a wake-up is pending already
+    }
+    status = wait_close_status(c.get());
   } catch (...) {
     status = -EIO;
   }
   ::shutdown(c->sock.get(), SHUT_RDWR);  // ends the event thread
   c->events.join();
+  if (status == -ENOTCONN) {
+    // Closed with no daemon: what nobody read goes with the buffers (relay_close(3)). Said as
+    // ENOTCONN when there was some; a channel read to its end closes cleanly.
+    for (auto& b : c->bufs) b->producer->abandon();
+    for (auto& b : c->bufs) {
+      relay_stats st;
+      relayfs::client::read_stats(b->buffer, &st);
+      if (st.bytes_unread != 0) return fail(-ENOTCONN);
+    }
+    return 0;
+  }
   return status ? fail(-EIO) : 0;
 }
 

@@ -17,8 +17,9 @@
 
 namespace relayfs::client {
 
-// The daemon's alone: the producer's side cannot see it.
-inline constexpr std::string_view kNotInRelayStats[] = {"corrupt"};
+// The daemon's alone, or added after the ABI was fixed without room for them: corrupt is the
+// daemon's view of the control area; redelivered_bytes is read from xattrs and relayctl stat.
+inline constexpr std::string_view kNotInRelayStats[] = {"corrupt", "redelivered_bytes"};
 // Appended to relay_stats after the fields in table order (librelayfs.so.1).
 inline constexpr std::string_view kAppendedToRelayStats[] = {"bytes_unread"};
 

@@ -46,6 +46,87 @@ Consumer::Consumer(const Buffer& buf) noexcept
       size_(buf.geometry().subbuf_size),
       n_(buf.geometry().n_subbufs) {
   gen_ = hdr_->reset_gen.load(std::memory_order_acquire) & ~1u;
+  rec_seq_ = hdr_->record_seq.load(std::memory_order_relaxed);
+}
+
+void Consumer::resume() noexcept {
+  // acquire: pairs with write_record's release, so the record's fields are the whole record.
+  const uint64_t seq = hdr_->record_seq.load(std::memory_order_acquire);
+  const ConsumerRecord& r = hdr_->records[seq & 1];
+  const auto load = [](const std::atomic<uint64_t>& v) {
+    return v.load(std::memory_order_relaxed);
+  };
+  // Each value is the producer's to forge: bounded here, then left to the same checks as any
+  // position (next_span, settle, sync_reset), which count what does not add up.
+  uint32_t gen = r.gen.load(std::memory_order_relaxed);
+  const uint64_t tagged = load(r.consumed);
+  uint64_t consumed = consumed_count(tagged, gen);
+  uint32_t off = r.read_off.load(std::memory_order_relaxed);
+  uint64_t pos = load(r.pos_bytes);
+  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire);
+  const uint64_t bytes = hdr_->bytes_produced.load(std::memory_order_acquire);
+  const bool lies = (gen & 1) != 0 || (tagged & kConsumedMask) != consumed || consumed > produced ||
+                    off > size_ || (pos & ~kPosPending) > bytes;
+  if (lies) {
+    // Start over from what the buffer holds now: its oldest sub-buffer the writer has not begun
+    // to reuse, as a lapped reader does, and let settle() count what lies before it.
+    ++corrupt_events_;
+    gen = hdr_->reset_gen.load(std::memory_order_acquire) & ~1u;
+    consumed = 0;
+    off = 0;
+    pos = kPosPending;
+  }
+  gen_ = gen;
+  consumed_ = consumed;
+  bytes_consumed_ = off;
+  pos_bytes_ = pos & ~kPosPending;
+  pos_pending_ = (pos & kPosPending) != 0;
+  total_read_ = load(r.bytes_consumed);
+  overruns_ = load(r.overruns);
+  lost_uncommitted_ = load(r.lost_uncommitted);
+  lost_overrun_ = load(r.lost_overrun_bytes);
+  lost_reset_ = load(r.lost_reset_bytes);
+  lost_readahead_ = load(r.lost_readahead_bytes);
+  lost_expired_ = load(r.lost_expired_bytes);
+  // What the last daemon handed out past the record is read again: the boundary, counted.
+  redelivered_ = load(r.redelivered_bytes) + load(r.inflight);
+  rec_seq_ = seq;
+  publish();
+}
+
+void Consumer::release() noexcept {
+  if (holds_ > 0 && --holds_ == 0) publish();
+}
+
+void Consumer::write_record() noexcept {
+  if (holds_ > 0) {
+    // Held: the record stays where the position was; only how far past it readers were handed
+    // bytes moves (one store, whole or not at all).
+    const uint64_t past = total_read_ > rec_total_ ? total_read_ - rec_total_ : 0;
+    hdr_rw_->records[rec_seq_ & 1].inflight.store(past, std::memory_order_relaxed);
+    return;
+  }
+  const uint64_t next = rec_seq_ + 1;
+  ConsumerRecord& r = hdr_rw_->records[next & 1];
+  constexpr auto relaxed = std::memory_order_relaxed;
+  r.consumed.store(consumed_tag(gen_, consumed_), relaxed);
+  r.gen.store(gen_, relaxed);
+  r.read_off.store(bytes_consumed_, relaxed);
+  r.pos_bytes.store(pos_bytes_ | (pos_pending_ ? kPosPending : 0), relaxed);
+  r.inflight.store(0, relaxed);
+  r.bytes_consumed.store(total_read_, relaxed);
+  r.overruns.store(overruns_, relaxed);
+  r.lost_uncommitted.store(lost_uncommitted_, relaxed);
+  r.lost_overrun_bytes.store(lost_overrun_, relaxed);
+  r.lost_reset_bytes.store(lost_reset_, relaxed);
+  r.lost_readahead_bytes.store(lost_readahead_, relaxed);
+  r.lost_expired_bytes.store(lost_expired_, relaxed);
+  r.redelivered_bytes.store(redelivered_, relaxed);
+  // release: the fields above are in place before the record becomes current; a daemon killed
+  // before this store leaves the previous record current, whole.
+  hdr_rw_->record_seq.store(next, std::memory_order_release);
+  rec_seq_ = next;
+  rec_total_ = total_read_;
 }
 
 void Consumer::wake_blocked_writers() noexcept {
@@ -59,7 +140,10 @@ bool Consumer::producer_closed() const noexcept {
 }
 
 void Consumer::publish() noexcept {
-  if (defer_publish_) return;  // plan_read: the writer must not reuse what is being delivered
+  // The record first: a daemon killed between the two never resumes behind what the producer
+  // was told it may reuse.
+  write_record();
+  if (holds_ > 0) return;  // a reply is on its way: the writer must not reuse what it carries
   // Tagged with the reset generation, so a value published just before a reset cannot pass for
   // progress made after it (the producer ignores a stale tag). release: our reads of the
   // consumed sub-buffers happen before the producer, acquiring this, reuses them.
@@ -269,6 +353,7 @@ ssize_t Consumer::read(void* dst, size_t count, bool one_subbuf) noexcept {
     }
   }
   hdr_rw_->bytes_consumed.store(total_read_, std::memory_order_relaxed);
+  write_record();
   return static_cast<ssize_t>(done);
 }
 
@@ -277,7 +362,7 @@ ssize_t Consumer::plan_read(iovec* iov, int max_iov, size_t count, int* n_iov) n
   if (count == 0 || max_iov <= 0 || !sync_reset()) return 0;
   saved_ = {consumed_,     ready_seq_, total_read_,     overruns_, lost_uncommitted_,
             lost_overrun_, pos_bytes_, bytes_consumed_, ready_,    pos_pending_};
-  defer_publish_ = true;
+  hold();
   size_t done = 0;
   while (done < count && *n_iov < max_iov) {
     Span s;
@@ -296,13 +381,15 @@ ssize_t Consumer::plan_read(iovec* iov, int max_iov, size_t count, int* n_iov) n
     total_read_ += n;
     if (s.closed && bytes_consumed_ >= s.end) consume_one();
   }
-  if (done == 0) finish_read();  // keep what next_span skipped (empty sub-buffers)
+  if (done == 0)
+    finish_read();  // keep what next_span skipped (empty sub-buffers)
+  else
+    write_record();  // held: the record says how much is on its way
   return static_cast<ssize_t>(done);
 }
 
 void Consumer::finish_read() noexcept {
-  defer_publish_ = false;
-  publish();
+  release();
 }
 
 void Consumer::abort_read() noexcept {
@@ -316,7 +403,8 @@ void Consumer::abort_read() noexcept {
   pos_pending_ = saved_.pos_pending;
   bytes_consumed_ = saved_.bytes_consumed;
   ready_ = saved_.ready;
-  defer_publish_ = false;  // nothing was published since the plan began: nothing to undo
+  // Nothing reached the producer since the plan began; the record took only its inflight.
+  release();
 }
 
 int Consumer::take_extent(Extent* e) noexcept {
@@ -342,8 +430,10 @@ int Consumer::finish_extent(const Extent& e) noexcept {
   total_read_ += e.len;
   if (e.closed && bytes_consumed_ >= e.end)
     consume_one();  // read up to its padding: consumed, as read() does
-  else
+  else {
     hdr_rw_->bytes_consumed.store(total_read_, std::memory_order_relaxed);
+    write_record();
+  }
   return 1;
 }
 
@@ -496,6 +586,7 @@ BufferStats Consumer::stats() noexcept {
   st.lost_readahead_bytes = lost_readahead_;
   st.lost_expired_bytes = lost_expired_;
   st.corrupt = corrupt_events_;
+  st.redelivered_bytes = redelivered_;
   return st;
 }
 

@@ -38,6 +38,21 @@ class Consumer {
   // unit of interleaving).
   ssize_t read(void* dst, size_t count, bool one_subbuf = false) noexcept;
 
+  // A daemon that starts after another died takes the buffer where the other left it: its
+  // position and counters come from the shared consumer record (layout.h, ConsumerRecord),
+  // checked as hostile input, as everything there is. Bytes the other had handed out past the
+  // record are read again and counted in redelivered_bytes (at least once). Call once, right
+  // after construction.
+  void resume() noexcept;
+
+  // Holds the position back while a reply carries bytes just consumed (or planned) to a reader:
+  // until the matching release(), neither the producer (who could reuse them) nor the record a
+  // next daemon would resume from sees them consumed, so a daemon killed before the reply is
+  // known to have gone out delivers them again (at least once). Holds nest; each needs its
+  // release(). The record says meanwhile how many bytes are out past it (inflight).
+  void hold() noexcept { ++holds_; }
+  void release() noexcept;
+
   // Zero-copy read, for buffers whose writer never overwrites unconsumed data (no-overwrite
   // mode): fills iov with up to max_iov spans of the mapping holding up to count readable bytes,
   // in order, and returns their total (0: nothing now; -EIO as read()). Nothing is consumed yet,
@@ -141,6 +156,7 @@ class Consumer {
   void skip_lapped(uint64_t produced) noexcept;
   void consume_one() noexcept;
   void publish() noexcept;
+  void write_record() noexcept;
   void wake_blocked_writers() noexcept;
   bool sync_reset() noexcept;
   int corrupt() noexcept;
@@ -168,13 +184,17 @@ class Consumer {
   uint32_t gen_ = 0;    // reset generation the position belongs to
   bool finalized_ = false;
 
-  // plan_read: publication is held back until finish_read, and abort_read restores this.
+  // plan_read: publication is held back (a hold) until finish_read, and abort_read restores
+  // this.
   struct Saved {
     uint64_t consumed, ready_seq, total_read, overruns, lost_uncommitted, lost_overrun, pos_bytes;
     uint32_t bytes_consumed, ready;
     bool pos_pending;
   } saved_{};
-  bool defer_publish_ = false;
+  unsigned holds_ = 0;  // hold() minus release(): publication waits while non-zero
+  // The consumer record last written (record_seq's value), and the bytes_consumed it holds.
+  uint64_t rec_seq_ = 0;
+  uint64_t rec_total_ = 0;
 
   uint64_t total_read_ = 0;  // bytes_consumed
   uint64_t overruns_ = 0;
@@ -184,6 +204,7 @@ class Consumer {
   uint64_t lost_readahead_ = 0;
   uint64_t lost_expired_ = 0;
   uint64_t corrupt_events_ = 0;
+  uint64_t redelivered_ = 0;
   uint64_t bytes_produced_seen_ = 0;
 };
 

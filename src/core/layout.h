@@ -16,7 +16,8 @@
 namespace relayfs::core {
 
 inline constexpr uint32_t kShmMagic = 0x52454c59;  // "RELY"
-inline constexpr uint32_t kShmVersion = 3;
+// 4: the consumer's record (ConsumerRecord), from which a new daemon resumes.
+inline constexpr uint32_t kShmVersion = 4;
 inline constexpr size_t kCacheLine = 64;
 
 // The position word: where the next record goes.
@@ -69,6 +70,32 @@ inline constexpr uint64_t consumed_count(uint64_t tagged, uint32_t gen) {
   return (tagged & ~kConsumedMask) == consumed_tag(gen, 0) ? tagged & kConsumedMask : 0;
 }
 
+// The consumer's whole position and counters, as one record: what a daemon started after
+// another died (or was upgraded) resumes from (Consumer::resume). Written only by the consumer,
+// into the record not in use, then made current by ShmHeader::record_seq: a consumer killed
+// mid-write leaves the previous record whole. At least once (relay(7), "Daemon restarts"): it
+// never counts as read what a reply still in flight carries; `inflight` says how many bytes the
+// consumer handed out past it, which the next daemon delivers again and counts in
+// `redelivered`.
+struct ConsumerRecord {
+  std::atomic<uint64_t> consumed;  // consumed_tag(gen, sub-buffers consumed)
+  std::atomic<uint32_t> gen;       // the full reset generation the position belongs to
+  std::atomic<uint32_t> read_off;  // bytes read inside sub-buffer `consumed`
+  std::atomic<uint64_t> pos_bytes; // where that sub-buffer starts in the byte stream; bit 63:
+                                   // only a lower bound (lapped, not yet settled)
+  std::atomic<uint64_t> inflight;  // bytes handed to readers past this position, unconfirmed
+  // The consumer's counters (stats.h), in this order.
+  std::atomic<uint64_t> bytes_consumed;
+  std::atomic<uint64_t> overruns;
+  std::atomic<uint64_t> lost_uncommitted;
+  std::atomic<uint64_t> lost_overrun_bytes;
+  std::atomic<uint64_t> lost_reset_bytes;
+  std::atomic<uint64_t> lost_readahead_bytes;
+  std::atomic<uint64_t> lost_expired_bytes;
+  std::atomic<uint64_t> redelivered_bytes;
+};
+inline constexpr uint64_t kPosPending = uint64_t{1} << 63;
+
 struct ShmHeader {
   // Written once by the creator before the object is shared; informational for attachers.
   uint32_t magic;
@@ -114,6 +141,11 @@ struct ShmHeader {
   std::atomic<uint64_t> lost_expired_bytes;            // bytes freed unread after the producer
   // Futex word: moves every time the consumer publishes progress. Blocking writers wait on it.
   std::atomic<uint32_t> progress;
+
+  // The consumer's record: records[record_seq & 1] is current. release on record_seq: the
+  // record's fields are written before it becomes current.
+  alignas(kCacheLine) std::atomic<uint64_t> record_seq;
+  ConsumerRecord records[2];
 
   // Doorbell: non-zero while a reader waits for data (kWakeRecord: any new record; kWakeSubbuf:
   // a sub-buffer boundary). Producers load it after each commit (a plain load on x86) and ring
@@ -161,5 +193,6 @@ static_assert(offsetof(ShmHeader, wpos) % kCacheLine == 0);
 static_assert(offsetof(ShmHeader, produced) - offsetof(ShmHeader, wpos) >= kCacheLine);
 static_assert(offsetof(ShmHeader, consumed) % kCacheLine == 0);
 static_assert(offsetof(ShmHeader, waiters) % kCacheLine == 0);
+static_assert(offsetof(ShmHeader, record_seq) % kCacheLine == 0);
 
 }  // namespace relayfs::core

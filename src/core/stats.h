@@ -17,12 +17,14 @@ namespace relayfs::core {
 // X(name, what): every counter, in the order the attributes are listed. The list is made of
 // groups that others generate from too: the geometry; the flow of data; the loss counters
 // (records dropped, overruns, and the bytes lost, which a recording's events carry, in this
-// order: proto::RecordEvent); the buffer's health.
+// order: proto::RecordEvent); the buffer's health, and what a daemon restart delivered twice
+// (relay(7), "Daemon restarts": at least once).
 #define RELAYFS_BUFFER_COUNTERS(X) \
   RELAYFS_GEOMETRY_COUNTERS(X)     \
   RELAYFS_FLOW_COUNTERS(X)         \
   RELAYFS_LOSS_COUNTERS(X)         \
-  X(corrupt, "times the control area was found inconsistent")
+  X(corrupt, "times the control area was found inconsistent")                            \
+  X(redelivered_bytes, "bytes of reads in flight when a daemon died, delivered again after")
 
 #define RELAYFS_GEOMETRY_COUNTERS(X)                                                             \
   X(subbuf_size, "geometry: bytes per sub-buffer")                                               \

@@ -37,6 +37,22 @@ void MergedView::take_back(RelayBuffer& part, uint64_t n) {
   part.cons_.readahead_lost(n);
 }
 
+// Every part: a read of the merged view may take from any of them. Lock order: the merged
+// view's mu (held), then each buffer's.
+void MergedView::hold() {
+  for (auto& b : parts_) {
+    std::lock_guard lk(b->mu);
+    b->cons_.hold();
+  }
+}
+
+void MergedView::release() {
+  for (auto& b : parts_) {
+    std::lock_guard lk(b->mu);
+    b->cons_.release();
+  }
+}
+
 bool MergedView::data_available() {
   for (auto& b : parts_) {
     std::lock_guard lk(b->mu);

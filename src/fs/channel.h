@@ -90,6 +90,10 @@ class Source {
   // n bytes of part (this buffer, or one of the merged view's) that a read handed out went to
   // a page cache and were never shown to reach a reader (Consumer::readahead_lost).
   virtual void take_back(RelayBuffer& part, uint64_t n) = 0;
+  // Around a reply that carries consumed bytes: what it carries counts as read, for the producer
+  // and for a daemon that resumes after this one (core::Consumer::hold), only from release().
+  virtual void hold() = 0;
+  virtual void release() = 0;
   virtual bool data_available() = 0;
   virtual bool subbuf_ready() = 0;
   virtual bool finalized() = 0;
@@ -121,10 +125,14 @@ class Source {
 // shared buffer. Everything but the constructor's arguments requires mu held.
 class RelayBuffer final : public Source {
  public:
+  // adopted: a buffer a producer brought from a daemon that died, read on from its consumer
+  // record (core::Consumer::resume).
   RelayBuffer(core::Buffer b, uint32_t channel_id, uint64_t owner, uint32_t index,
-              bool zero_copy)
+              bool zero_copy, bool adopted = false)
       : Source(channel_id, owner), buf_(std::move(b)), cons_(buf_), index_(index),
-        zero_copy_(zero_copy) {}
+        zero_copy_(zero_copy) {
+    if (adopted) cons_.resume();
+  }
 
   int fixed_index = -1;  // io_uring fixed-buffer slot, -1 if not registered (loop thread)
 
@@ -134,6 +142,8 @@ class RelayBuffer final : public Source {
     return n;
   }
   void take_back(RelayBuffer&, uint64_t n) override { cons_.readahead_lost(n); }
+  void hold() override { cons_.hold(); }
+  void release() override { cons_.release(); }
   bool data_available() override { return cons_.data_available(); }
   bool subbuf_ready() override { return cons_.subbuf_ready(); }
   bool finalized() override { return cons_.finalized(); }
@@ -186,6 +196,8 @@ class MergedView final : public Source {
 
   ssize_t consume(void* dst, size_t count, Pieces* from) override;
   void take_back(RelayBuffer& part, uint64_t n) override;
+  void hold() override;
+  void release() override;
   bool data_available() override;
   bool subbuf_ready() override;
   bool finalized() override;

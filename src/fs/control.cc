@@ -3,6 +3,8 @@
 
 #include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/sysinfo.h>
 #include <sys/un.h>
@@ -119,7 +121,8 @@ void ControlServer::on_readable(uint64_t conn_id) {
   // Bounded per wake-up, so one chatty client cannot starve the others.
   for (int i = 0; i < 64; ++i) {
     proto::Received r;
-    const int rc = proto::recv_message(c->fd(), &r, 3);  // a kRecord carries up to 3
+    // A kRecord carries up to 3, a kAdopt one per buffer.
+    const int rc = proto::recv_message(c->fd(), &r, proto::kMaxFds);
     access_.fds().made(r.fds.size());
     if (rc == -EAGAIN) return;
     if (rc == 1) {
@@ -169,7 +172,7 @@ void ControlServer::on_writable(uint64_t conn_id) {
 void ControlServer::refuse_request(Connection& c, const proto::Received& r) {
   const auto type = static_cast<proto::Type>(r.header.type);
   const uint32_t seq = r.header.seq;
-  if (type == proto::Type::kOpen)
+  if (type == proto::Type::kOpen || type == proto::Type::kAdopt)
     c.send(proto::encode(proto::OpenReply{-EACCES, 0, 0, 0, 0}, seq));
   else if (type == proto::Type::kReaderOpen)
     c.send(proto::encode(proto::ReaderOpenReply{-EACCES, 0, 0, 0}, seq));
@@ -185,13 +188,16 @@ void ControlServer::on_message(Connection& c, proto::Received& r) {
   if (c.refused) return refuse_request(c, r);
   const uint32_t seq = r.header.seq;
   switch (static_cast<proto::Type>(r.header.type)) {
-    case proto::Type::kOpen: {
+    case proto::Type::kOpen:
+    case proto::Type::kAdopt: {
+      const bool adopt = static_cast<proto::Type>(r.header.type) == proto::Type::kAdopt;
       proto::OpenReply reply{};
       std::shared_ptr<Channel> ch;
       if (int rc = do_open(c, r, &reply, &ch); rc != 0) reply = {rc, 0, 0, 0, 0};
       std::vector<int> fds;
       if (ch) {
-        for (auto& b : ch->buffers) fds.push_back(b->memfd());
+        if (!adopt)  // the producer has its buffers already
+          for (auto& b : ch->buffers) fds.push_back(b->memfd());
         fds.push_back(ch->doorbell.get());
       }
       if (c.send(proto::encode(reply, seq), fds.data(), fds.size()) != 0 && ch)
@@ -230,15 +236,39 @@ void ControlServer::on_message(Connection& c, proto::Received& r) {
   }
 }
 
-int ControlServer::do_open(Connection& c, const proto::Received& r, proto::OpenReply* reply,
+// relay_open, and a producer's reattach after a daemon died (kAdopt): the same checks, the same
+// channel, except that an adopted channel's buffers are the producer's, as it brings them.
+int ControlServer::do_open(Connection& c, proto::Received& r, proto::OpenReply* reply,
                            std::shared_ptr<Channel>* made) {
   proto::OpenRequest req;
   if (int rc = proto::decode(r.payload.data(), r.payload.size(), &req); rc) return rc;
+  const bool adopt = static_cast<proto::Type>(r.header.type) == proto::Type::kAdopt;
+  if (adopt != (req.adopt != 0)) return -EPROTO;
   core::Geometry g;
   if (int rc = core::make_geometry(req.subbuf_size, req.n_subbufs, &g); rc) return rc;
   if (opts_.read_only) return -EROFS;  // as creating a file would be
   const bool global = req.flags & proto::kFlagGlobal;
   const unsigned n = global ? 1 : static_cast<unsigned>(std::max(1, get_nprocs_conf()));
+  // Adopted buffers: one per buffer this channel has, each a sealed memfd of the geometry's
+  // exact size with a header of this layout (Buffer::attach), writable (a read-only descriptor,
+  // such as relay_reader_open hands out, cannot be mapped so), each a different file.
+  std::vector<core::Buffer> adopted;
+  if (adopt) {
+    if (req.adopt != n || r.fds.size() != n) return -EINVAL;
+    std::vector<ino_t> seen;
+    for (auto& fd : r.fds) {
+      struct stat st;
+      if (::fstat(fd.get(), &st) != 0) return -errno;
+      if (std::find(seen.begin(), seen.end(), st.st_ino) != seen.end()) return -EINVAL;
+      seen.push_back(st.st_ino);
+      core::Buffer buf;
+      if (int rc = core::Buffer::attach(std::move(fd), g, PROT_READ | PROT_WRITE, true, &buf);
+          rc)
+        return rc == -EACCES ? -EINVAL : rc;
+      adopted.push_back(std::move(buf));
+    }
+    r.fds.clear();
+  }
   std::vector<std::string> names;
   for (unsigned i = 0; i < n; ++i) names.push_back(req.base_filename + std::to_string(i));
   names.push_back(req.base_filename);  // the merged view
@@ -265,7 +295,8 @@ int ControlServer::do_open(Connection& c, const proto::Received& r, proto::OpenR
   // the doorbell are the descriptors it takes.
   Charge charge;
   const char* why = "descriptors";
-  int err = access_.admit_fds(c.peer.uid, n + 1);
+  const unsigned new_fds = adopt ? 1 : n + 1;  // adopted buffers' fds came with the request
+  int err = access_.admit_fds(c.peer.uid, new_fds);
   if (!err)
     err = access_.quota().charge_channel(c.peer.uid, n * core::Layout::of(g).total_size, &charge,
                                          &why);
@@ -273,7 +304,7 @@ int ControlServer::do_open(Connection& c, const proto::Received& r, proto::OpenR
     access_.note_refusal(c.peer.uid, "a channel", why);
     return err;
   }
-  access_.fds().made(n + 1);
+  access_.fds().made(new_fds);
 
   // Made with no lock held: memfds, mappings, the doorbell, io_uring registration.
   auto ch = std::make_shared<Channel>();
@@ -287,9 +318,12 @@ int ControlServer::do_open(Connection& c, const proto::Received& r, proto::OpenR
   const bool zero_copy = !(req.flags & (proto::kFlagOverwrite | proto::kFlagHookMode));
   for (unsigned i = 0; i < n; ++i) {
     core::Buffer buf;
-    if (int rc = core::Buffer::create(g, names[i].c_str(), &buf); rc) return rc;
+    if (adopt)
+      buf = std::move(adopted[i]);
+    else if (int rc = core::Buffer::create(g, names[i].c_str(), &buf); rc)
+      return rc;
     ch->buffers.push_back(
-        std::make_shared<RelayBuffer>(std::move(buf), ch->id, c.id, i, zero_copy));
+        std::make_shared<RelayBuffer>(std::move(buf), ch->id, c.id, i, zero_copy, adopt));
   }
   ch->merged = std::make_shared<MergedView>(ch->id, c.id, ch->buffers);
   int reg_err = 0;

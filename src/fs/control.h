@@ -61,7 +61,7 @@ class ControlServer {
 
   void on_message(Connection& c, proto::Received& r);
   void refuse_request(Connection& c, const proto::Received& r);
-  int do_open(Connection& c, const proto::Received& r, proto::OpenReply* reply,
+  int do_open(Connection& c, proto::Received& r, proto::OpenReply* reply,
               std::shared_ptr<Channel>* made);
   int do_close(Connection& c, const proto::Received& r);
   void do_consumed(Connection& c, const proto::Received& r);

@@ -197,11 +197,14 @@ void Files::release(fuse_req_t req, fuse_file_info* fi) {
 // when the file closes is counted lost (lost_readahead_bytes): at most a page, without
 // read-ahead (relay(7), "Splice and sendfile").
 int Files::page_read(fuse_req_t req, FileHandle* fh, size_t size, off_t off) {
-  Source& s = *fh->source;
+  // Kept: once the reply went out the file may be released, fh freed with its source.
+  const std::shared_ptr<Source> keep = fh->source;
+  Source& s = *keep;
   const uint64_t want = static_cast<uint64_t>(std::max<off_t>(off, 0));
   size = std::min(size, kMaxRead);
   char* out = read_buffer();
   size_t have = 0;
+  bool held = false;
   {
     std::lock_guard lk(s.mu);
     if (want < fh->history_start) return -EIO;  // older than anything kept: not truthfully
@@ -216,6 +219,8 @@ int Files::page_read(fuse_req_t req, FileHandle* fh, size_t size, off_t off) {
     std::memcpy(out, fh->history.data() + from, have);
     if (have < size) {
       Pieces pieces;
+      s.hold();  // released once the reply is out
+      held = true;
       const ssize_t n = s.consume(out + have, size - have, &pieces);
       if (n > 0) {
         fh->took(pieces);
@@ -225,6 +230,10 @@ int Files::page_read(fuse_req_t req, FileHandle* fh, size_t size, off_t off) {
     }
   }
   fuse_reply_buf(req, out, have);
+  if (held) {
+    std::lock_guard lk(s.mu);
+    s.release();
+  }
   return 0;
 }
 
@@ -270,6 +279,7 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
   char* out = read_buffer();
   ssize_t n = 0;
   bool drained;
+  bool held = false;  // s holds the position for this reply (Source::hold)
   const uint64_t pos = static_cast<uint64_t>(std::max<off_t>(off, 0));
   {
     std::lock_guard lk(s.mu);
@@ -284,6 +294,8 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
       std::memcpy(out, fh->history.data() + from, static_cast<size_t>(n));
     }
     if (static_cast<size_t>(n) < size) {
+      s.hold();  // until the reply is out: released below on every path
+      held = true;
       const ssize_t more = s.consume(out + n, size - static_cast<size_t>(n));
       if (more < 0 && n == 0) n = more;
       if (more > 0) {
@@ -293,6 +305,10 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
         n += more;
       }
     }
+    if (held && n <= 0) {  // nothing is on its way
+      s.release();
+      held = false;
+    }
     drained = n == 0 && s.drained();
   }
   if (n < 0) return static_cast<int>(n);
@@ -301,10 +317,12 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
     if (fh->view_end == 0) {
       lk.unlock();  // fh is not touched after the reply
       fuse_reply_buf(req, out, static_cast<size_t>(n));
+      lk.lock();
     } else if (fuse_reply_buf(req, out, static_cast<size_t>(n)) == 0) {
       // s.mu held across the reply: release() takes it before it frees fh.
       fh->prove(pos + static_cast<uint64_t>(n));  // the reply reached the reader
     }
+    if (held) s.release();
     return 0;
   }
   if (!drained) return -EAGAIN;
@@ -464,12 +482,18 @@ bool Files::service(const std::shared_ptr<Source>& s) {
         std::lock_guard lk(s->mu);
         if (s->parked.empty()) break;
         pr = s->parked.front();
+        s->hold();  // until the reply is out
         n = s->consume(tmp.get(), std::min(pr->size, kMaxRead));
+        if (n <= 0) s->release();
         if (n == 0 && !s->drained()) break;
         s->parked.pop_front();
       }
       if (n == 0) eof = true;
       finish_read(pr, tmp.get(), n);
+      if (n > 0) {
+        std::lock_guard lk(s->mu);
+        s->release();
+      }
     }
     std::lock_guard lk(s->mu);
     bool want_records = !s->parked.empty();

@@ -27,7 +27,7 @@ struct OpenWire {
   uint32_t mode;
   uint32_t flags;
   uint32_t name_len;
-  uint32_t reserved;
+  uint32_t adopt;  // OpenRequest::adopt
 };
 struct OpenReplyWire {
   int32_t status;
@@ -163,7 +163,7 @@ int check_header(const Header& h) {
   if (h.magic != kMagic) return -EPROTO;
   if (h.version != kVersion) return -EPROTONOSUPPORT;
   if (h.type < static_cast<uint16_t>(Type::kOpen) ||
-      h.type > static_cast<uint16_t>(Type::kRecordEvent))
+      h.type > static_cast<uint16_t>(Type::kAdopt))
     return -EPROTO;
   if (h.length > kMaxPayload) return -EPROTO;
   return 0;
@@ -176,8 +176,8 @@ std::vector<char> encode(const OpenRequest& m, uint32_t seq) {
                    m.mode,
                    m.flags,
                    static_cast<uint32_t>(m.base_filename.size()),
-                   0};
-  return message(Type::kOpen, seq, w, m.base_filename);
+                   m.adopt};
+  return message(m.adopt ? Type::kAdopt : Type::kOpen, seq, w, m.base_filename);
 }
 
 std::vector<char> encode(const OpenReply& m, uint32_t seq) {
@@ -212,7 +212,8 @@ int decode(const char* p, size_t len, OpenRequest* out) {
   size_t tail;
   if (int rc = fixed(p, len, &w, &tail); rc) return rc;
   if (w.name_len != tail) return -EPROTO;
-  if (w.reserved != 0) return -EPROTO;
+  if (w.adopt >= kMaxFds) return -EINVAL;  // the buffers' fds could not all come with it
+  out->adopt = w.adopt;
   out->parent_ino = w.parent_ino;
   out->subbuf_size = w.subbuf_size;
   out->n_subbufs = w.n_subbufs;

@@ -22,8 +22,8 @@
 namespace relayfs::proto {
 
 inline constexpr uint32_t kMagic = 0x52465343;  // "RFSC"
-// 2: RecordEvent carries the byte counters of loss; buffers are shared-memory layout 3.
-inline constexpr uint16_t kVersion = 2;
+// 3: kAdopt; buffers are shared-memory layout 4 (with the consumer record).
+inline constexpr uint16_t kVersion = 3;
 inline constexpr uint32_t kMaxPayload = 8192;
 inline constexpr size_t kMaxName = 255;  // NAME_MAX
 inline constexpr size_t kMaxFds = 253;   // SCM_MAX_FD
@@ -50,6 +50,8 @@ enum class Type : uint16_t {
   kRecordReply,          // daemon -> recorder: RecordReply
   kRecordStop,           // recorder -> daemon: Status 0; end every recording of the connection
   kRecordEvent,          // daemon -> recorder: progress or end of one recording (RecordEvent)
+  kAdopt,                // producer -> daemon: re-create a channel with the buffers it brings
+                         // from a daemon that died (OpenRequest, adopt > 0); kOpenReply
 };
 
 struct Header {
@@ -77,12 +79,15 @@ struct OpenRequest {
   uint32_t mode = 0;  // permission bits of the relay files (0 means the spec's 0400)
   uint32_t flags = 0;
   std::string base_filename;
+  // kAdopt: the number of buffers handed over, whose memfds come with the message, in order
+  // (the channel's geometry and layout, with their shared state as it is). 0 for kOpen.
+  uint32_t adopt = 0;
 };
 
 struct OpenReply {
   int32_t status = 0;  // 0 or -errno
   uint32_t channel_id = 0;
-  uint32_t n_buffers = 0;  // one fd per buffer follows, then the doorbell eventfd
+  uint32_t n_buffers = 0;  // one fd per buffer follows (none after kAdopt), then the doorbell
   uint32_t subbuf_size = 0;
   uint32_t n_subbufs = 0;
 };
@@ -209,7 +214,7 @@ struct RecordEvent {  // kRecordEvent; totals so far for one recording
 inline constexpr unsigned int kIocSubbufPoll = _IO('R', 0x51);
 
 // Encoding: returns the whole message (header + payload).
-std::vector<char> encode(const OpenRequest& m, uint32_t seq);
+std::vector<char> encode(const OpenRequest& m, uint32_t seq);  // kAdopt if m.adopt, else kOpen
 std::vector<char> encode(const OpenReply& m, uint32_t seq);
 std::vector<char> encode(const CloseRequest& m, uint32_t seq);
 std::vector<char> encode_status(Type t, const Status& m, uint32_t seq);
@@ -232,7 +237,7 @@ int check_header(const Header& h);
 // -EPROTO when the payload is malformed (wrong size, lengths that do not add up), -ENAMETOOLONG
 // for a name above kMaxName bytes, or -EINVAL when a field is out of range (empty name, a name
 // with '/' or a control character, "." or "..", unknown flags or mode bits).
-int decode(const char* payload, size_t len, OpenRequest* out);
+int decode(const char* payload, size_t len, OpenRequest* out);  // -EINVAL: adopt >= kMaxFds
 int decode(const char* payload, size_t len, OpenReply* out);
 int decode(const char* payload, size_t len, CloseRequest* out);
 int decode(const char* payload, size_t len, Status* out);

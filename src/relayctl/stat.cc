@@ -176,7 +176,7 @@ constexpr Col kCols[] = {
     {"LOST_FULL", kAttr, "lost_full"}, {"TOO_BIG", kAttr, "lost_too_big"},
     {"WRAP", kAttr, "lost_wrap"}, {"OVERRUNS", kAttr, "overruns"},
     {"UNCOMMITTED", kAttr, "lost_uncommitted"}, {"LOST_BYTES", kLostBytes},
-    {"CORRUPT", kAttr, "corrupt"}};
+    {"CORRUPT", kAttr, "corrupt"}, {"REDELIVERED", kAttr, "redelivered_bytes"}};
 constexpr const char* kGeometryNames[] = {
 #define RELAYCTL_COUNTER_NAME(name, what) #name,
     RELAYFS_GEOMETRY_COUNTERS(RELAYCTL_COUNTER_NAME)};

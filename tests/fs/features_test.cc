@@ -33,7 +33,8 @@ const char* const kAttrNames[] = {
     "subbufs_produced",     "subbufs_consumed",   "bytes_produced",     "bytes_consumed",
     "bytes_unread",         "lost_full",          "lost_too_big",       "lost_wrap",
     "overruns",             "lost_uncommitted",   "lost_overrun_bytes", "lost_reset_bytes",
-    "lost_readahead_bytes", "lost_expired_bytes", "corrupt",            "channel"};
+    "lost_readahead_bytes", "lost_expired_bytes", "corrupt",            "redelivered_bytes",
+    "channel"};
 
 // The producer's view (relay_buf_stats) and the daemon's (the attributes) agree on everything.
 void check_same(const relay_stats& st, const Attrs& a) {

@@ -57,6 +57,21 @@ TEST_CASE("an open request round-trips") {
   CHECK(out.base_filename == "cpu");
 }
 
+TEST_CASE("an adopt request is an open request with the buffers it hands over") {
+  OpenRequest in{42, 4096, 8, 0640, kFlagBlocking, "cpu", 2};
+  const auto m = encode(in, 7);
+  const Header h = header_of(m);
+  REQUIRE(check_header(h) == 0);
+  CHECK(h.type == static_cast<uint16_t>(Type::kAdopt));
+  OpenRequest out;
+  REQUIRE(decode(payload_of(m), h.length, &out) == 0);
+  CHECK(out.adopt == 2);
+  CHECK(out.base_filename == "cpu");
+  in.adopt = kMaxFds;  // more than one message can carry
+  const auto bad = encode(in, 8);
+  CHECK(decode(payload_of(bad), header_of(bad).length, &out) == -EINVAL);
+}
+
 TEST_CASE("every other message round-trips") {
   OpenReply r{0, 3, 2, 4096, 8};
   auto m = encode(r, 1);
@@ -204,7 +219,7 @@ TEST_CASE("recording messages round-trip; bad alignments, kinds and junk are ref
 
   Header h{kMagic, kVersion, static_cast<uint16_t>(Type::kRecordEvent), 8, 0};
   CHECK(check_header(h) == 0);
-  h.type = static_cast<uint16_t>(Type::kRecordEvent) + 1;
+  h.type = static_cast<uint16_t>(Type::kAdopt) + 1;
   CHECK(check_header(h) == -EPROTO);
 }
 
@@ -264,7 +279,7 @@ TEST_CASE("headers with a bad magic, version, type or length are refused") {
   CHECK(check_header(bad) == -EPROTO);
   bad.type = 999;
   CHECK(check_header(bad) == -EPROTO);
-  bad.type = static_cast<uint16_t>(Type::kRecordEvent) + 1;  // the last type + 1
+  bad.type = static_cast<uint16_t>(Type::kAdopt) + 1;  // the last type + 1
   CHECK(check_header(bad) == -EPROTO);
   bad = h;
   bad.length = kMaxPayload + 1;

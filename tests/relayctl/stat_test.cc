@@ -41,7 +41,7 @@ TEST_CASE("stat: a channel's buffers, in a table and as JSON, with what was writ
   const Outcome table = relayctl("stat " + m.path("app/log"));
   REQUIRE(table.status == 0);
   const auto cols = row(table.out, buf);
-  REQUIRE(cols.size() == 15);
+  REQUIRE(cols.size() == 16);
   CHECK(cols[1] == "no-overwrite");
   CHECK(cols[2] == "4096x4");
   CHECK(cols[3] == std::to_string(data.size()));         // PRODUCED

@@ -1,0 +1,82 @@
+#include "client/reattach.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+
+#include "proto/names.h"
+
+namespace relayfs::client {
+
+int place_of(const char* parent, Place* out) {
+  std::unique_ptr<char, decltype(&std::free)> real(::realpath(parent, nullptr), &std::free);
+  if (!real) return -errno;
+  struct stat st;
+  if (::stat(real.get(), &st) != 0) return -errno;
+  Place p;
+  p.parent = real.get();
+  std::string dir = p.parent;
+  std::vector<Place::Dir> below;  // innermost first
+  while (dir != "/") {
+    const size_t slash = dir.rfind('/');
+    const std::string up = slash == 0 ? "/" : dir.substr(0, slash);
+    struct stat ust, dst;
+    if (::stat(up.c_str(), &ust) != 0 || ::stat(dir.c_str(), &dst) != 0) return -errno;
+    if (ust.st_dev != st.st_dev) break;  // dir is the mount's root
+    below.push_back({dir, dst.st_mode & 07777});
+    dir = up;
+  }
+  p.root = dir;
+  p.dirs.assign(below.rbegin(), below.rend());
+  *out = std::move(p);
+  return 0;
+}
+
+int daemon_at(const std::string& root, std::string* name) {
+  char buf[108];
+  const ssize_t n = ::getxattr(root.c_str(), proto::kControlXattr, buf, sizeof buf - 1);
+  if (n < 0) return errno == ENODATA || errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+  name->assign(buf, static_cast<size_t>(n));
+  return 0;
+}
+
+int recreate_dirs(const Place& place) {
+  for (const auto& d : place.dirs) {
+    if (::mkdir(d.path.c_str(), d.mode) == 0) {
+      // mkdir applied the umask: give the directory the bits it had.
+      if (::chmod(d.path.c_str(), d.mode) != 0) return -errno;
+    } else if (errno != EEXIST) {
+      return -errno;
+    }
+  }
+  return 0;
+}
+
+int MountWatch::open() {
+  mountinfo_.reset(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
+  return mountinfo_ ? 0 : -errno;
+}
+
+int MountWatch::wait(int wake, int timeout_ms) {
+  pollfd fds[2] = {{mountinfo_.get(), POLLPRI, 0}, {wake, POLLIN, 0}};
+  // Without the mount table (no /proc), the timeout alone paces the attempts.
+  const int n = ::poll(mountinfo_ ? fds : fds + 1, mountinfo_ ? 2 : 1, timeout_ms);
+  if (n <= 0) return 0;  // timed out, or EINTR: look again
+  if (fds[1].revents & POLLIN) {
+    uint64_t count;
+    if (::read(wake, &count, sizeof count) < 0) {
+    }  // EAGAIN: another reader took it; the wake-up happened all the same
+    return 2;
+  }
+  return 1;  // POLLPRI | POLLERR: the kernel reports each change once per open file
+}
+
+}  // namespace relayfs::client

@@ -1,0 +1,53 @@
+// Reattaching a channel to the next daemon after its daemon died (relay_open(3), "Daemon
+// restarts"): where the channel lives, waiting cheaply for a relayfs to be mounted there again,
+// and re-creating the directories it was in. The event thread of relay.cc drives it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "core/fd.h"
+
+namespace relayfs::client {
+
+// Where a channel's files are: the root of the relayfs mount that holds its parent directory,
+// and the directories from there down to the parent, with their permission bits.
+struct Place {
+  std::string root;  // absolute, no symbolic link: the mount point
+  struct Dir {
+    std::string path;  // absolute
+    mode_t mode;
+  };
+  std::vector<Dir> dirs;  // root's subdirectories down to the parent, outermost first
+  std::string parent;     // absolute path of the parent directory
+};
+
+// Finds parent's place: the highest directory above it on the same filesystem is the mount's
+// root. Returns 0 or -errno.
+int place_of(const char* parent, Place* out);
+
+// The control socket name of the daemon mounted at root now (its kControlXattr), or -errno:
+// -ENOENT / -ENOTSUP when no relayfs is there, -ENOTCONN when its daemon is dead.
+int daemon_at(const std::string& root, std::string* name);
+
+// Makes the directories of place that are missing, with their modes, as the calling process
+// (the daemon checks its permission). Returns 0 or -errno.
+int recreate_dirs(const Place& place);
+
+// Waits for the mount table to change: poll(2) on /proc/self/mountinfo, which reports every
+// mount and unmount (POLLPRI), or on wake (POLLIN), or for timeout_ms. No busy loop: the thread
+// sleeps in the kernel between changes.
+class MountWatch {
+ public:
+  // Returns 0 or -errno.
+  int open();
+  // 1: the mount table changed; 2: wake is readable (its count is read); 0: timed out.
+  int wait(int wake, int timeout_ms);
+
+ private:
+  core::UniqueFd mountinfo_;
+};
+
+}  // namespace relayfs::client
