@@ -28,31 +28,6 @@ struct Committed {
 };
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 
-// Fork with the child's body; the child never returns into the test.
-template <typename F>
-pid_t spawn(F body) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    // doctest's crash handlers would report a signal the test sends the child as a crash of
-    // the test: a child dies of its signals plainly.
-    for (int sig : {SIGTERM, SIGINT, SIGSEGV, SIGABRT, SIGFPE, SIGILL, SIGBUS})
-      ::signal(sig, SIG_DFL);
-    ::_exit(body());
-  }
-  return pid;
-}
-
-// Waits for a child up to limit; returns its wait status, or -1 if it did not end (it is then
-// killed, so that no test leaves a process behind).
-int wait_child(pid_t pid, std::chrono::milliseconds limit) {
-  REQUIRE(pid > 0);  // never waitpid(-1) or kill(-1): that would reach other processes
-  bool killed;
-  const int st = wait_or_kill(pid, limit, &killed);
-  return killed ? -1 : st;
-}
-
 std::string describe(int st) {
   if (st == -1) return "did not end in time (killed)";
   if (WIFSIGNALED(st)) return "killed by signal " + std::to_string(WTERMSIG(st));

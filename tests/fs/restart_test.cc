@@ -25,24 +25,6 @@ namespace {
 
 constexpr int kChildSetupFailed = 90;
 
-template <typename F>
-pid_t spawn(F body) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    ::_exit(body());
-  }
-  return pid;
-}
-
-int wait_child(pid_t pid, std::chrono::milliseconds limit) {
-  REQUIRE(pid > 0);
-  bool killed;
-  const int st = wait_or_kill(pid, limit, &killed);
-  return killed ? -1 : st;
-}
-
 uint64_t xattr_num(const std::string& path, const char* name) {
   char v[32] = {};
   return ::getxattr(path.c_str(), name, v, sizeof v - 1) > 0 ? std::strtoull(v, nullptr, 10) : 0;
