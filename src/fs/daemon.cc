@@ -29,12 +29,15 @@ Daemon::~Daemon() {
   loop_.exit();
 }
 
-int Daemon::start(fuse_session* se) {
+int Daemon::start(fuse_session* se, const std::string& mount_dev) {
+  se_ = se;
+  session_thread_ = ::pthread_self();
   access_.fds().init();
   if (int rc = control_.listen()) return rc;
   if (int rc = loop_.init()) return rc;
   if (int rc = loop_.watch(control_.listen_fd(), tag(kListen, 0))) return rc;
   arm_expiry();
+  watch_mount(mount_dev);
   // Without it relayfs works on, but keeps the buffers of drained channels the kernel did not
   // happen to forget.
   if (int rc = se ? forgetter_.start(fuse_session_fd(se)) : -EINVAL; rc != 0)
@@ -46,7 +49,10 @@ int Daemon::start(fuse_session* se) {
 void Daemon::stop() {
   forgetter_.stop();
   loop_.stop();
-  files.answer_parked(loop_);  // the mount is going away: what is still parked gets EOF
+  // The mount is going away: what is still parked gets EOF, as at any unmount; but a mount
+  // detached under its readers is a daemon gone before its producers, whose readers must reopen
+  // at the next one (relayfs(8), "RESTARTS AND UPGRADES"): not the end of their stream.
+  files.answer_parked(loop_, mount_gone() ? ENOTCONN : 0);
 }
 
 void Daemon::on_completions(const std::vector<Completion>& batch) {
@@ -99,6 +105,9 @@ void Daemon::dispatch(uint64_t ud, int res) {
     case kIndexDeadline:
       if (res == -ETIME) recorder_.on_index_deadline(id_of(ud));
       return;
+    case kEndSession:
+      if (res == -ETIME) end_session();  // the session loop is still running: once more
+      return;
     default:
       break;
   }
@@ -120,6 +129,8 @@ void Daemon::dispatch(uint64_t ud, int res) {
       return control_.on_writable(id_of(ud));
     case kDoorbell:
       return on_doorbell(static_cast<uint32_t>(id_of(ud)));
+    case kMounts:
+      return on_mount_change();
     default:
       return;
   }
@@ -137,6 +148,10 @@ void Daemon::rearm(uint64_t ud) {
     case kDoorbell:
       if (auto ch = registry_.find(static_cast<uint32_t>(id_of(ud)))) fd = ch->doorbell.get();
       break;
+    case kMounts:
+      if (loop_.watch(mounts_.fd(), ud, POLLPRI) != 0)
+        std::fprintf(stderr, "relayfs: no room in the ring to watch the mount table again\n");
+      return;
     case kExpire:  // a one-shot timeout: the next tick
       return arm_expiry();
     default:  // one shots: writes, cancels, deadlines; kConnOut is armed again by on_writable

@@ -8,7 +8,9 @@
 
 #include <fuse_lowlevel.h>
 #include <linux/time_types.h>
+#include <pthread.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +22,7 @@
 #include "fs/forget.h"
 #include "fs/hooks.h"
 #include "fs/loop.h"
+#include "fs/mountinfo.h"
 #include "fs/ops.h"
 #include "fs/options.h"
 #include "fs/record.h"
@@ -36,10 +39,18 @@ class Daemon final : public Hooks, public LoopHandler {
   Daemon& operator=(const Daemon&) = delete;
 
   // Creates the control socket and the ring and starts the loop thread, for session se (its
-  // /dev/fuse descriptor tells the kernel which names to forget). Returns 0 or -errno.
-  int start(fuse_session* se);
-  // Stops the loop thread; parked reads are answered with EOF. Call after the FUSE session ends.
+  // /dev/fuse descriptor tells the kernel which names to forget). Called from the thread that
+  // then runs the session loop. mount_dev: the device of the mount se made (mounted_dev), whose
+  // disappearance from the mount table ends the session (unmounted.cc); "" for none. Returns 0
+  // or -errno.
+  int start(fuse_session* se, const std::string& mount_dev = {});
+  // Stops the loop thread; parked reads are answered with EOF, or ENOTCONN if the mount is gone.
+  // Call after the FUSE session ends.
   void stop();
+  // True once the session was ended because the filesystem is mounted nowhere any more: the
+  // mount point may hold another mount by now, which is not this daemon's to unmount. Read after
+  // stop().
+  bool mount_gone() const { return mount_gone_.load(std::memory_order_acquire); }
 
   const std::string& control_name() const { return control_.name(); }
 
@@ -62,6 +73,10 @@ class Daemon final : public Hooks, public LoopHandler {
   // -o orphan_timeout (expire.cc): the loop's timer, and what it frees when it fires.
   void arm_expiry();
   void expire_orphans();
+  // The mount table changed (unmounted.cc): the session ends if the mount is gone.
+  void watch_mount(const std::string& dev);
+  void on_mount_change();
+  void end_session();
 
   const Options opts_;
   Tree tree_;
@@ -76,6 +91,12 @@ class Daemon final : public Hooks, public LoopHandler {
   Recorder recorder_;
   ControlServer control_;
   __kernel_timespec expiry_tick_{};  // the expiry timer's period: read by the kernel while armed
+  // Ending the session from the loop thread (unmounted.cc).
+  fuse_session* se_ = nullptr;
+  pthread_t session_thread_{};  // runs the session loop, which a signal wakes
+  MountWatch mounts_;
+  std::atomic<bool> mount_gone_{false};
+  __kernel_timespec end_retry_{};  // read by the kernel while armed
 
  public:
   // What libfuse's callbacks call (main.cc).

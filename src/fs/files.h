@@ -49,8 +49,9 @@ class Files {
   bool service(const std::shared_ptr<Source>& s);
   void on_park(ParkedRead* pr);
   void on_interrupt(uint64_t read_id);
-  // After the loop stopped: every read still parked, or posted to be, gets the end of file.
-  void answer_parked(Loop& stopped);
+  // After the loop stopped: every read still parked, or posted to be, gets the end of file, or
+  // error err if it is not 0.
+  void answer_parked(Loop& stopped, int err = 0);
 
  private:
   int do_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);

@@ -133,8 +133,8 @@ int Loop::submit_one(uint64_t ud, Prep prep) {
   return 0;
 }
 
-int Loop::watch(int fd, uint64_t ud) {
-  return submit_one(ud, [fd](io_uring_sqe* e) { io_uring_prep_poll_multishot(e, fd, POLLIN); });
+int Loop::watch(int fd, uint64_t ud, unsigned events) {
+  return submit_one(ud, [=](io_uring_sqe* e) { io_uring_prep_poll_multishot(e, fd, events); });
 }
 
 int Loop::watch_out(int fd, uint64_t ud) {

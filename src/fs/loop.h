@@ -8,6 +8,7 @@
 
 #include <linux/time_types.h>
 #include <liburing.h>
+#include <poll.h>
 
 #include <atomic>
 #include <boost/lockfree/queue.hpp>
@@ -78,8 +79,8 @@ class Loop {
   // had (-EBUSY: the queue is full even after submitting) is for the caller to handle.
   // A submission slot: when the queue is full, what is queued is submitted to make room.
   io_uring_sqe* sqe();
-  // Multishot POLLIN on fd; completions carry ud.
-  int watch(int fd, uint64_t ud);
+  // Multishot poll for events (POLLIN unless told) on fd; completions carry ud.
+  int watch(int fd, uint64_t ud, unsigned events = POLLIN);
   // One-shot POLLOUT on fd.
   int watch_out(int fd, uint64_t ud);
   // Stops watching: the caller may close the descriptor at once (the pending poll holds its own

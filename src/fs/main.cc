@@ -2,7 +2,7 @@
 //
 // Mounts a relayfs tree. SOURCE is accepted and ignored (mount(8) and mount.fuse3 pass one), and
 // shown as the fsname in /proc/mounts. Runs in the background unless -f is given; SIGTERM,
-// SIGINT or fusermount3 -u unmount it cleanly.
+// SIGINT or fusermount3 -u unmount it cleanly, and it ends once its mount is gone (umount -l).
 #include <fuse_lowlevel.h>
 #include <sys/stat.h>
 
@@ -31,9 +31,7 @@ namespace {
 bool relayfs_mounted_at(const char* path) {
   char real[PATH_MAX];
   if (!::realpath(path, real)) return false;  // fuse_session_mount says what is wrong with it
-  for (const auto& m : relayfs::fs::read_mountinfo())
-    if (m.type == "fuse.relayfs" && m.point == real) return true;
-  return false;
+  return !relayfs::fs::mounted_dev(real, "fuse.relayfs").empty();
 }
 
 Daemon* fs_of(fuse_req_t req) {
@@ -362,9 +360,15 @@ int main(int argc, char** argv) {
     }
     if (fuse_set_signal_handlers(se) == 0) {
       if (fuse_session_mount(se, cmd.mountpoint) == 0) {
+        // Which mount is this daemon's, noted before anyone could stack another on it: the
+        // session ends when it is gone (src/fs/unmounted.cc).
+        char real[PATH_MAX];
+        const std::string dev = ::realpath(cmd.mountpoint, real)
+                                    ? relayfs::fs::mounted_dev(real, "fuse.relayfs")
+                                    : std::string();
         // mount(8) waits for the parent to exit: it does once the mount is up.
         fuse_daemonize(cmd.foreground);
-        if (int err = fs.start(se); err != 0) {
+        if (int err = fs.start(se, dev); err != 0) {
           std::fprintf(stderr, "relayfs: cannot start: %s\n", std::strerror(-err));
         } else {
           fuse_loop_config* cfg = fuse_loop_cfg_create();
@@ -376,7 +380,10 @@ int main(int argc, char** argv) {
           if (rc == SIGTERM || rc == SIGINT || rc == SIGHUP) rc = 0;
         }
         fs.stop();
-        fuse_session_unmount(se);
+        // A mount already gone is not unmounted again: libfuse would unmount the mount point
+        // lazily, and with it whatever is mounted there now, such as the next relayfs. Closing
+        // /dev/fuse (fuse_session_destroy) ends the detached one's connection.
+        if (!fs.mount_gone()) fuse_session_unmount(se);
       }
       fuse_remove_signal_handlers(se);
     }

@@ -452,20 +452,20 @@ void Files::finish_read(ParkedRead* pr, const char* data, ssize_t n) {
   delete pr;
 }
 
-void Files::answer_parked(Loop& stopped) {
-  for (auto& [id, pr] : parked_) {
+void Files::answer_parked(Loop& stopped, int err) {
+  auto answer = [err](ParkedRead* pr) {
     fuse_req_interrupt_func(pr->req, nullptr, nullptr);
-    fuse_reply_buf(pr->req, nullptr, 0);
+    if (err)
+      fuse_reply_err(pr->req, err);
+    else
+      fuse_reply_buf(pr->req, nullptr, 0);
     delete pr;
-  }
+  };
+  for (auto& [id, pr] : parked_) answer(pr);
   parked_.clear();
   LoopEvent ev;
   while (stopped.take_left(&ev))
-    if (ev.kind == LoopEvent::kPark) {
-      fuse_req_interrupt_func(ev.read->req, nullptr, nullptr);
-      fuse_reply_buf(ev.read->req, nullptr, 0);
-      delete ev.read;
-    }
+    if (ev.kind == LoopEvent::kPark) answer(ev.read);
 }
 
 bool Files::service(const std::shared_ptr<Source>& s) {

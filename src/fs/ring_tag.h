@@ -17,6 +17,8 @@ enum Watch : uint64_t {
   kConnMore = 9,     // a no-op: a control connection has more messages to read than one pass took
   kExpire = 10,      // a timeout: look for orphaned channels to free (-o orphan_timeout)
   kIndexDeadline = 11,  // a timeout: a stopped recording's index write had its time (record.cc)
+  kMounts = 12,      // multishot poll (POLLPRI): the mount table changed (unmounted.cc)
+  kEndSession = 13,  // a timeout: ask the FUSE session loop again to end (unmounted.cc)
 };
 constexpr uint64_t tag(Watch s, uint64_t id) {
   return (uint64_t{s} << 56) | id;

@@ -487,11 +487,10 @@ TEST_CASE("fusermount3 -u under load: refused while files are open, then unmount
   l.check_saw_daemon_go("fusermount3 -u");
 }
 
-TEST_CASE("umount -l under load: readers read on to EOF, the producer closes cleanly, new "
-          "producers are refused, and the daemon exits when the last file closes") {
-  Loaded l(std::chrono::milliseconds(1500));
+TEST_CASE("umount -l under load: new producers are refused, and the daemon ends at once although "
+          "files are open: its readers get ENOTCONN, its producer sees it go") {
+  Loaded l(std::chrono::seconds(10));
   Mount& m = l.m;
-  ProducerView* v = l.v;
   Readers r;
   r.start(m.path("live0"), false, "read(2) on a live file");
   r.start(m.path("live0"), true, "poll() on a live file");
@@ -505,27 +504,22 @@ TEST_CASE("umount -l under load: readers read on to EOF, the producer closes cle
   CHECK(relay_open("late", m.dir.c_str(), 4096, 8, nullptr, nullptr) == nullptr);
   CHECK(errno == ENOTSUP);
 
-  // The detached mount lives on for its open files: the readers get every record, then EOF
-  // when the producer closes; the daemon exits once they have closed their files.
-  // The last reader's close takes the detached mount down, and the kernel waits for the daemon
-  // to answer DESTROY in that reader's close, uninterruptibly: a moment in D there is normal.
-  // What counts is that every reader ends by itself.
+  // A detached mount is its daemon's no more (src/fs/unmounted.cc): the daemon ends without
+  // waiting for the readers to close, so that the next one mounted there could take its
+  // producers over. Its readers see a dead daemon: ENOTCONN (a parked read too), or
+  // ECONNABORTED for a request the daemon had taken and not answered when it stopped. (A reader
+  // waiting for the kernel's abort of the connection may show D for a moment: printed, not
+  // checked; what counts is that each one ends.)
+  const int dst = daemon_exit(m, std::chrono::seconds(5));
+  std::printf("umount -l: daemon %s\n", describe(dst).c_str());
+  CHECK(exited_zero(dst));
   std::vector<std::string> ends;
-  const int d_samples = r.wait_all(std::chrono::seconds(10), &ends);
+  const int d_samples = r.wait_all(std::chrono::seconds(5), &ends);
   std::printf("umount -l: %d samples found a reader in D\n", d_samples);
   for (auto& e : ends) {
     INFO(e);
-    CHECK(e.find("exit 0") != std::string::npos);  // EOF
+    CHECK((e.find(std::string("returned ") + std::strerror(ENOTCONN)) != std::string::npos ||
+           e.find(std::string("returned ") + std::strerror(ECONNABORTED)) != std::string::npos));
   }
-  const int pst = wait_child(l.pid, std::chrono::seconds(15));
-  const int dst = daemon_exit(m, std::chrono::seconds(5));
-  std::printf("umount -l: readers read %" PRIu64 " bytes of %" PRIu64
-              " written; daemon %s; producer %s, %s\n",
-              r.bytes->load(), v->written.load() * kRec, describe(dst).c_str(),
-              describe(pst).c_str(), seen(*v).c_str());
-  CHECK(pst == 0);
-  CHECK(v->write_errno.load() == 0);
-  CHECK(v->close_rc.load() == 0);
-  CHECK(r.bytes->load() == v->written.load() * kRec);
-  CHECK(exited_zero(dst));
+  l.check_saw_daemon_go("umount -l");
 }
