@@ -14,6 +14,9 @@
  *    reader closes it, on a thread of the library's; filp is always NULL.
  *  - after fork(2) a channel stays its opener's: a child's writes go into the same buffers, its
  *    relay_close frees only its own handle, and its relay_reset fails with EPERM.
+ *  - a channel outlives the daemon: writes go on into the buffers while none runs, and the
+ *    library hands them to the next daemon mounted at the same place (relay(7), "Daemon
+ *    restarts").
  *
  * relay_write, relay_reserve and relay_commit make no system call: the buffers are shared memory.
  * Link with `pkg-config --cflags --libs relayfs`.
@@ -195,6 +198,8 @@ RELAY_API struct rchan *relay_open_opts(const char *base_filename, const char *p
  * stays readable until drained, after which the files go. Frees chan. No thread may be writing,
  * and it must not be called from a callback. Returns 0, or -1 with errno EINVAL (chan NULL) or
  * EIO if the daemon did not confirm (the channel is closed anyway).
+ * relayfs: with no daemon (it died and none was mounted again yet), returns at once: 0 if every
+ * byte had been read, else -1 with ENOTCONN, the unread data going with the buffers.
  * relayfs: in a process that inherited chan through fork(2), frees only that process's handle
  * (its mappings and its copies of the descriptors) and returns 0 at once, like close(2) on an
  * inherited descriptor: the channel stays open for the process that opened it (relay_open(3),

@@ -177,11 +177,16 @@ RELAY_API int relay_reader_consumed(relay_reader* rr, size_t subbufs_consumed) {
   try {
     const uint32_t seq = r->seq++;
     const auto msg = proto::encode(proto::ReaderConsumed{r->gen, r->next}, seq);
-    if (proto::send_message(r->sock.get(), msg) != 0) return fail(-EIO);
+    // A daemon that died (relay(7), "Daemon restarts") is said as ENOTCONN: the reader opens the
+    // file again at the next daemon's mount, from where the record of its releases left off.
+    const auto gone = [](int rc) {
+      return rc == 0 || rc == -EPIPE || rc == -ECONNRESET || rc == -ENOTCONN ? -ENOTCONN : -EIO;
+    };
+    if (int rc = proto::send_message(r->sock.get(), msg); rc != 0) return fail(gone(rc));
     // Wait for the release, so the sub-buffers are free when we return (kernel semantics). A
     // reply to an earlier request that timed out may come first: skip it.
     do {
-      if (proto::recv_message(r->sock.get(), &m) != 1) return fail(-EIO);
+      if (int rc = proto::recv_message(r->sock.get(), &m); rc != 1) return fail(gone(rc));
     } while (m.header.seq != seq);
   } catch (...) {
     return fail(-ENOMEM);

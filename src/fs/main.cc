@@ -72,8 +72,8 @@ const fuse_lowlevel_ops kOps = [] {
     }
     fuse_reply_none(r);
   };
-  o.getattr = [](fuse_req_t r, fuse_ino_t i, fuse_file_info*) {
-    guarded(r, [&] { fs_of(r)->ops.getattr(r, i); });
+  o.getattr = [](fuse_req_t r, fuse_ino_t i, fuse_file_info* fi) {
+    guarded(r, [&] { fs_of(r)->ops.getattr(r, i, fi != nullptr); });
   };
   o.setattr = [](fuse_req_t r, fuse_ino_t i, struct stat* a, int s, fuse_file_info*) {
     guarded(r, [&] { fs_of(r)->ops.setattr(r, i, a, s); });

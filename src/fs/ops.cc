@@ -98,7 +98,21 @@ void Ops::forget(fuse_ino_t ino, uint64_t n) {
   tree_.forget(ino, n);
 }
 
-void Ops::getattr(fuse_req_t req, fuse_ino_t ino) {
+void Ops::getattr(fuse_req_t req, fuse_ino_t ino, bool by_file) {
+  // Relay files can be repositioned (a no-op: every read takes the oldest unread data), because
+  // tail -F seeks to the start of a file it opens again after a daemon restart and gives up if
+  // that fails. But they have no end to seek to: asked for the size through an open file, which
+  // the kernel does only for lseek(SEEK_END), say ESPIPE, so tail -f and others that look for
+  // the end to read backwards from it fall back to reading forward, as from a pipe.
+  if (by_file && ino != FUSE_ROOT_ID) {
+    bool dir;
+    {
+      std::lock_guard lk(tree_.mu);
+      Node* n = tree_.get(ino);
+      dir = n && n->is_dir();
+    }
+    if (!dir) return reply_status(req, -ESPIPE);
+  }
   reply_status(req, do_setattr(req, ino, nullptr, 0));
 }
 

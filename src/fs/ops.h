@@ -29,7 +29,9 @@ class Ops {
   void init(fuse_conn_info* conn);
   void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
   void forget(fuse_ino_t ino, uint64_t n);
-  void getattr(fuse_req_t req, fuse_ino_t ino);
+  // by_file: asked through an open file (the kernel does so for lseek(SEEK_END), never for
+  // stat(2) or fstat(2)).
+  void getattr(fuse_req_t req, fuse_ino_t ino, bool by_file);
   void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set);
   void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode);
   void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name);

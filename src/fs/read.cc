@@ -122,9 +122,9 @@ int Files::do_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     std::lock_guard slk(s->mu);
     first = s->opens++ == 0;
   }
-  // A consuming file: no page cache, no seeking, every read goes to read().
+  // A consuming file: no page cache, every read goes to read(). Seekable, to no effect but
+  // tail -F's (Ops::getattr): the offset a read comes with is not where it reads.
   fi->direct_io = 1;
-  fi->nonseekable = 1;
   fi->keep_cache = 0;
   auto* fh = new FileHandle;
   fh->source = s;
