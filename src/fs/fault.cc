@@ -14,6 +14,7 @@ bool load_faults(const char* spec) noexcept {
       {"index_hold", Fault::kIndexHold},
       {"index_stall", Fault::kIndexStall},
       {"park_delay", Fault::kParkDelay},
+      {"die_after_reply", Fault::kDieAfterReply},
   };
   uint32_t mask = 0;
   for (const char* p = spec; p && *p;) {

@@ -26,6 +26,10 @@ enum class Fault : uint32_t {
   // A read being parked waits half a second between registering its interrupt callback and
   // handing itself to the loop: an interrupt then reaches the loop before the read does.
   kParkDelay = 1u << 4,
+  // The daemon kills itself (SIGKILL) right after the first read(2) reply that carried data went
+  // out, before the position is released: a reply in flight when the daemon died, which reached
+  // its reader (relay(7), "Daemon restarts").
+  kDieAfterReply = 1u << 5,
 };
 
 // Parses a RELAYFS_TEST_FAULTS value. Returns false, setting nothing, for an unknown name.

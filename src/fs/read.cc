@@ -1,6 +1,7 @@
 // The relay files as readers see them (files.h): the consuming read and everything around it.
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -271,6 +272,7 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
         const bool delivered = fault_once(Fault::kReplyFail)
                                    ? (fuse_reply_err(req, EIO), false)
                                    : fuse_reply_iov(req, iov, count) == 0;
+        if (delivered && fault(Fault::kDieAfterReply)) ::kill(::getpid(), SIGKILL);
         s.end_direct(delivered);
         return 0;
       }
@@ -322,6 +324,7 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
       // s.mu held across the reply: release() takes it before it frees fh.
       fh->prove(pos + static_cast<uint64_t>(n));  // the reply reached the reader
     }
+    if (fault(Fault::kDieAfterReply)) ::kill(::getpid(), SIGKILL);
     if (held) s.release();
     return 0;
   }

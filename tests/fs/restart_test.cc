@@ -343,3 +343,41 @@ TEST_CASE("tail -F follows a relay file across a daemon restart") {
   if (total_lines > got.size()) CHECK(redelivered > 0);
   ::munmap(sh, sizeof(Shared));
 }
+
+TEST_CASE("a reply in flight when the daemon died reaches its reader again after the restart, "
+          "counted in redelivered_bytes") {
+  std::unique_ptr<Remountable> fs;
+  {
+    TestFaults faults("die_after_reply");
+    fs = std::make_unique<Remountable>(std::vector<std::string>{});
+  }
+  rchan* c = open_global(fs->dir, "f", 4096, 8);
+  const std::string want = write_records(c, 0, 30);
+  const std::string file = fs->dir + "/f0";
+  int fd = ::open(file.c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  std::string got(8192, '\0');
+  // The reply goes out, then the daemon dies before it records the bytes as read.
+  const ssize_t n = ::read(fd, got.data(), got.size());
+  REQUIRE(n == static_cast<ssize_t>(want.size()));
+  CHECK(got.substr(0, static_cast<size_t>(n)) == want);
+  REQUIRE(wait_for([&] { return !alive(fs->m->pid); }, std::chrono::seconds(5)));
+  CHECK(::read(fd, got.data(), got.size()) == -1);
+  CHECK((errno == ENOTCONN || errno == ECONNABORTED));
+  ::close(fd);
+  fs->crash_and_remount();  // no fault this time
+  REQUIRE(wait_for([&] { return exists(file); }, std::chrono::seconds(10)));
+  fd = ::open(file.c_str(), O_RDONLY);
+  REQUIRE(fd >= 0);
+  // At least once: the same bytes again, and counted.
+  const ssize_t again = ::read(fd, got.data(), got.size());
+  CHECK(again == n);
+  CHECK(got.substr(0, static_cast<size_t>(std::max<ssize_t>(again, 0))) == want);
+  CHECK(xattr_num(file, "user.relayfs.redelivered_bytes") == static_cast<uint64_t>(n));
+  CHECK(xattr_num(file, "user.relayfs.bytes_consumed") == static_cast<uint64_t>(n));
+  ::close(fd);
+  // Written before the restart, and after: nothing else comes twice.
+  const std::string more = write_records(c, 30, 40);
+  CHECK(slurp(file) == more);
+  CHECK(relay_close(c) == 0);
+}
