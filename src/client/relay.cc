@@ -110,6 +110,7 @@ struct Chan {
   proto::OpenRequest request;
   relayfs::client::Place place;
   std::string daemon;  // the control socket name of the daemon it is attached to
+  uid_t daemon_uid = 0;  // who ran the daemon relay_open reached: the buffers go only to them, or root
   // relay_close and the event thread: whether a daemon has the channel now, and whether
   // relay_close began. sock_mu orders a reattach against relay_close's request (relay_close).
   std::mutex sock_mu;
@@ -330,6 +331,15 @@ void detach(Chan* c) {
     b->buffer.header()->waiters.store(0, std::memory_order_relaxed);  // a hint, re-armed later
 }
 
+// Who runs the daemon at the other end of sock. Returns 0 or -errno.
+int peer_uid(int sock, uid_t* uid) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -errno;
+  *uid = cred.uid;
+  return 0;
+}
+
 // Sends the reattach request: the channel as relay_open asked for it, with its buffers. The
 // reply is read like relay_open's (await_open). Returns 0 or -errno.
 int await_open(Chan* c, int sock, proto::OpenReply* reply, proto::Received* r,
@@ -346,6 +356,11 @@ int reattach(Chan* c) {
   if (::stat(c->place.parent.c_str(), &st) != 0) return -errno;
   UniqueFd sock;
   if (int rc = connect_daemon(c->place.parent.c_str(), &sock); rc) return rc;
+  // The buffers, with the data in them, go only to a daemon run by whoever ran the first one, or
+  // by root: not to a file system another user mounted where a writable mount point let them.
+  uid_t uid;
+  if (int rc = peer_uid(sock.get(), &uid); rc) return rc;
+  if (uid != c->daemon_uid && uid != 0) return -EPERM;
   proto::OpenRequest req = c->request;
   req.parent_ino = st.st_ino;
   req.adopt = static_cast<uint32_t>(c->bufs.size());
@@ -450,6 +465,7 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   c->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!c->wake) return -errno;
   if (int rc = connect_daemon(parent, &c->sock); rc) return rc;
+  if (int rc = peer_uid(c->sock.get(), &c->daemon_uid); rc) return rc;
 
   proto::OpenRequest req;
   req.parent_ino = st.st_ino;

@@ -3,14 +3,12 @@
 // counter saying so. Real mounts, real producer processes, real readers.
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/sysinfo.h>
-
-#include <cinttypes>
 #include <sys/xattr.h>
 
 #include <algorithm>
+#include <cinttypes>
 #include <functional>
 #include <map>
 #include <sstream>
@@ -379,5 +377,77 @@ TEST_CASE("a reply in flight when the daemon died reaches its reader again after
   // Written before the restart, and after: nothing else comes twice.
   const std::string more = write_records(c, 30, 40);
   CHECK(slurp(file) == more);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("a channel goes back only to a daemon of the user who ran its first one, or root") {
+  gid_t gid;
+  const uid_t evil = test_user(&gid, "relayfs-test2");
+  if (evil == static_cast<uid_t>(-1)) {
+    MESSAGE("skipped: needs root to create a user");
+    return;
+  }
+  // Another user can mount a FUSE file system of their own where /dev/fuse is open to all, as
+  // Debian's udev rule makes it (0666); this machine's may be closed: opened for the test.
+  struct DevFuse {
+    mode_t mode = 0;
+    DevFuse() {
+      struct stat st;
+      REQUIRE(::stat("/dev/fuse", &st) == 0);
+      mode = st.st_mode & 07777;
+      REQUIRE(::chmod("/dev/fuse", 0666) == 0);
+    }
+    ~DevFuse() { ::chmod("/dev/fuse", mode); }
+  } dev_fuse;
+  // And root can see into it only with allow_other, which /etc/fuse.conf must grant users: a
+  // site that does so is the one this guards. Granted for the test, the file restored after.
+  struct FuseConf {
+    std::string before = read_file("/etc/fuse.conf");
+    bool had = exists("/etc/fuse.conf");
+    FuseConf() {
+      std::ofstream out("/etc/fuse.conf", std::ios::trunc);
+      out << before << "\nuser_allow_other\n";
+    }
+    ~FuseConf() {
+      if (had) {
+        std::ofstream out("/etc/fuse.conf", std::ios::trunc);
+        out << before;
+      } else {
+        ::unlink("/etc/fuse.conf");
+      }
+    }
+  } fuse_conf;
+  Remountable fs({});
+  rchan* c = open_global(fs.dir, "secret", 4096, 8);
+  const std::string want = write_records(c, 0, 10);
+  fs.crash();
+  // The mount point now belongs to another user, who mounts a relayfs of their own there.
+  REQUIRE(::mkdir(fs.dir.c_str(), 0755) == 0);
+  REQUIRE(::chown(fs.dir.c_str(), evil, gid) == 0);
+  const pid_t theirs = spawn([&] {
+    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(evil) != 0) return 250;
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, 1);
+    ::dup2(devnull, 2);
+    ::execl(daemon_path().c_str(), daemon_path().c_str(), "none", fs.dir.c_str(), "-f", "-o",
+            "allow_other", nullptr);
+    return 127;
+  });
+  const bool mounted = wait_for([&] { return is_mounted(fs.dir); }, std::chrono::seconds(10));
+  CHECK(mounted);
+  if (mounted) {
+    // The producer looks at every mount-table change: it saw this one, and kept its buffers.
+    std::string name;
+    CHECK(::getxattr(fs.dir.c_str(), "user.relayfs.control", name.data(), 0) > 0);  // root sees in
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    CHECK_FALSE(exists(fs.dir + "/secret0"));
+  }
+  ::kill(theirs, SIGTERM);
+  wait_child(theirs, std::chrono::seconds(5));
+  run("fusermount3 -u -z '" + fs.dir + "' 2>/dev/null");
+  REQUIRE(::chown(fs.dir.c_str(), 0, 0) == 0);
+  fs.remount();  // root's again: the channel comes back, with its data
+  REQUIRE(wait_for([&] { return exists(fs.dir + "/secret0"); }, std::chrono::seconds(10)));
+  CHECK(slurp(fs.dir + "/secret0") == want);
   CHECK(relay_close(c) == 0);
 }
