@@ -310,8 +310,9 @@ RELAY_API int relay_control(const char *path, int op);
  * consumed: 1 and *sb filled, 0 if there is none now, -1 with errno EIO if the buffer's control
  * area is inconsistent. It does not consume: relay_reader_consumed(r, n) says the reader is done
  * with n more sub-buffers; when it returns they are free for a no-overwrite writer (one round
- * trip to the daemon; 0, or -1 with EIO). All readers of a buffer share one position, read(2)
- * readers included (kernel semantics).
+ * trip to the daemon; 0, or -1 with EIO, or ENOTCONN once the daemon is gone: close the reader
+ * and open it again at the next daemon's mount). All readers of a buffer share one position,
+ * read(2) readers included (kernel semantics).
  *
  * Overwrite mode: the writer may reuse a sub-buffer while it is being read. After copying or
  * processing one, relay_reader_valid(r, sb) tells whether it was still intact (1) or lapped (0);

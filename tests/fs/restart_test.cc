@@ -451,3 +451,38 @@ TEST_CASE("a channel goes back only to a daemon of the user who ran its first on
   CHECK(slurp(fs.dir + "/secret0") == want);
   CHECK(relay_close(c) == 0);
 }
+
+TEST_CASE("an mmap reader fails clearly when the daemon dies, and opened again reads on from its "
+          "last release") {
+  Remountable fs({});
+  rchan* c = open_global(fs.dir, "mm", 4096, 8);
+  write_records(c, 0, 1000);  // 11 bytes each: several sub-buffers
+  REQUIRE(relay_flush(c) == 0);
+  const std::string file = fs.dir + "/mm0";
+  relay_reader* r = relay_reader_open(file.c_str());
+  REQUIRE(r != nullptr);
+  relay_subbuf sb;
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  const uint64_t released = sb.seq + 1;
+  REQUIRE(relay_reader_consumed(r, 1) == 0);  // the daemon recorded this one
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  const std::string second(static_cast<const char*>(sb.data), sb.length);
+  const uint64_t second_seq = sb.seq;
+  CHECK(second_seq == released);
+  fs.crash();
+  // The mapping still reads; releasing fails, and says why.
+  CHECK(relay_reader_consumed(r, 1) == -1);
+  CHECK(errno == ENOTCONN);
+  CHECK(relay_reader_close(r) == 0);
+  fs.remount();
+  REQUIRE(wait_for([&] { return exists(file); }, std::chrono::seconds(10)));
+  r = relay_reader_open(file.c_str());
+  REQUIRE(r != nullptr);
+  // From the last release that reached the old daemon: the second sub-buffer again.
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == second_seq);
+  CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == second);
+  CHECK(relay_reader_consumed(r, 1) == 0);
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
