@@ -36,13 +36,16 @@
 
 #include "mount.h"
 #include "proc.h"
+#include "util.h"
 
 using Clock = std::chrono::steady_clock;
 
 using relayfs::bench::cleanup;
 using relayfs::bench::cpu_seconds;
 using relayfs::bench::Mount;
+using relayfs::bench::median;
 using relayfs::bench::on_signal;
+using relayfs::bench::pin_self;
 using relayfs::bench::start_daemon;
 using relayfs::bench::status_kib;
 
@@ -50,13 +53,6 @@ namespace {
 
 double secs(Clock::duration d) {
   return std::chrono::duration<double>(d).count();
-}
-
-void pin_self(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  sched_setaffinity(0, sizeof set, &set);
 }
 
 // Runs cat FILE (or cat reading in_fd) with stdout on /dev/null; close_fd is closed in the
@@ -167,11 +163,6 @@ Result run_pipe(double seconds, size_t rec) {
   waitpid(cat, &st, 0);
   const double elapsed = secs(Clock::now() - t0);
   return {static_cast<double>(written * rec) / elapsed, written, 0};
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
 // Median, min and max of f over the runs.

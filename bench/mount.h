@@ -53,11 +53,12 @@ inline void on_signal(int) {
   _exit(1);
 }
 
-// Starts argv (a FUSE daemon in the foreground) on a fresh temp dir and waits for the mount.
-inline Mount start_daemon(std::vector<std::string> argv, const std::string& type) {
+// Starts argv (a FUSE daemon in the foreground) on a fresh temp dir, or on `at` (an existing
+// directory: a remount), and returns at once; "@DIR" in argv is the mount point.
+inline Mount spawn_daemon(std::vector<std::string> argv, const std::string& at = {}) {
   char tmpl[] = "/tmp/relayfs-e2e-XXXXXX";
   Mount m;
-  m.dir = mkdtemp(tmpl);
+  m.dir = at.empty() ? mkdtemp(tmpl) : at;
   for (auto& a : argv)
     if (a == "@DIR") a = m.dir;
   m.pid = fork();
@@ -70,6 +71,13 @@ inline Mount start_daemon(std::vector<std::string> argv, const std::string& type
     _exit(127);
   }
   g_mounts.push_back(m);
+  return m;
+}
+
+// Starts argv as spawn_daemon does and waits for the mount.
+inline Mount start_daemon(std::vector<std::string> argv, const std::string& type,
+                          const std::string& at = {}) {
+  const Mount m = spawn_daemon(argv, at);
   for (int i = 0; i < 500 && !mounted(m.dir, type); ++i) {
     if (waitpid(m.pid, nullptr, WNOHANG) == m.pid) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -80,6 +88,18 @@ inline Mount start_daemon(std::vector<std::string> argv, const std::string& type
     exit(1);
   }
   return m;
+}
+
+// A daemon crash: SIGKILL, then its dead mount taken away lazily (as an administrator or a
+// unit's ExecStartPre would); the mount point stays, for the next daemon.
+inline void crash_daemon(pid_t pid) {
+  for (auto& m : g_mounts) {
+    if (m.pid != pid || pid <= 0) continue;
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    m.pid = -1;
+    system(("fusermount3 -u -z " + m.dir + " 2>/dev/null").c_str());
+  }
 }
 
 }  // namespace relayfs::bench
