@@ -98,9 +98,10 @@ struct Chan {
   relay_options opts{};
   std::vector<std::unique_ptr<Buf>> bufs;
   std::vector<rchan_buf*> bufptrs;
-  // The daemon's socket and doorbell. When the channel reattaches to a new daemon, the new ones
-  // take these descriptors' numbers (dup3), so a thread that uses them meanwhile reaches the old
-  // daemon or the new one, never a closed or reused descriptor.
+  // The daemon's socket and doorbell. When the channel reattaches to a new daemon, the new
+  // socket takes this descriptor's number (dup3), so a thread that uses it meanwhile reaches the
+  // old daemon or the new one, never a closed or reused descriptor; the doorbell goes along to
+  // the new daemon and stays.
   UniqueFd sock;
   UniqueFd doorbell;
   // The channel's number at its daemon; a new one after a reattach.
@@ -366,6 +367,9 @@ int reattach(Chan* c) {
   req.adopt = static_cast<uint32_t>(c->bufs.size());
   std::vector<int> fds;
   for (auto& b : c->bufs) fds.push_back(b->buffer.fd());
+  // The doorbell too: the new daemon keeps it, so a ring from any thread or fork child holding
+  // it, before or after this, reaches the new daemon.
+  fds.push_back(c->doorbell.get());
   if (int rc = proto::send_message(sock.get(), proto::encode(req, c->seq.fetch_add(1)),
                                    fds.data(), fds.size());
       rc)
@@ -374,17 +378,15 @@ int reattach(Chan* c) {
   proto::Received r;
   std::vector<proto::Received> early;
   if (int rc = await_open(c, sock.get(), &reply, &r, &early); rc) return rc;
-  if (reply.n_buffers != c->bufs.size() || r.fds.size() != 1) return -EIO;
+  if (reply.n_buffers != c->bufs.size() || !r.fds.empty()) return -EIO;
   timeval none{0, 0};  // as relay_open: the event thread waits as long as the channel lives
   if (::setsockopt(sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none) != 0) return -errno;
   bool close_now;
   {
     std::lock_guard lk(c->sock_mu);
-    // The new descriptors take the old numbers: writers ringing the doorbell and relay_close or
-    // relay_subbufs_consumed sending meanwhile reach one daemon or the other.
-    if (::dup3(sock.get(), c->sock.get(), O_CLOEXEC) < 0 ||
-        ::dup3(r.fds[0].get(), c->doorbell.get(), O_CLOEXEC) < 0)
-      return -errno;
+    // The new socket takes the old number: relay_close or relay_subbufs_consumed sending
+    // meanwhile reach one daemon or the other, never a closed or reused descriptor.
+    if (::dup3(sock.get(), c->sock.get(), O_CLOEXEC) < 0) return -errno;
     c->id.store(reply.channel_id, std::memory_order_relaxed);
     c->daemon = name;
     c->attached = true;

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -41,6 +42,25 @@ void refuse_connection(core::UniqueFd fd, int err) {
   char byte;
   for (int i = 0; i < 256; ++i)  // MSG_TRUNC: a whole message each; descriptors in it are closed
     if (::recv(fd.get(), &byte, sizeof byte, MSG_DONTWAIT | MSG_TRUNC) <= 0) break;
+}
+
+// How many descriptors the next message on fd may bring, by its type: a kAdopt one per buffer
+// and the doorbell, others up to 3 (a kRecord). Peeked, so that no client can make this daemon
+// take hundreds with any message; what comes beyond is closed by the kernel (-EPROTO).
+size_t fds_allowed(int fd) {
+  proto::Header h{};
+  const ssize_t n = ::recv(fd, &h, sizeof h, MSG_PEEK | MSG_DONTWAIT);
+  return n == sizeof h && h.type == static_cast<uint16_t>(proto::Type::kAdopt) ? proto::kMaxFds
+                                                                               : 3;
+}
+
+// Whether fd is an eventfd: the doorbell an adopting producer brings. /proc/self/fd is read, not
+// the file: nothing a client passed is asked anything that could block.
+bool is_eventfd(int fd) {
+  char link[64];
+  const std::string self = "/proc/self/fd/" + std::to_string(fd);
+  const ssize_t n = ::readlink(self.c_str(), link, sizeof link);
+  return n > 0 && std::string_view(link, static_cast<size_t>(n)) == "anon_inode:[eventfd]";
 }
 
 // Who is on the other end of fd. Returns 0 or -errno.
@@ -121,8 +141,7 @@ void ControlServer::on_readable(uint64_t conn_id) {
   // Bounded per wake-up, so one chatty client cannot starve the others.
   for (int i = 0; i < 64; ++i) {
     proto::Received r;
-    // A kRecord carries up to 3, a kAdopt one per buffer.
-    const int rc = proto::recv_message(c->fd(), &r, proto::kMaxFds);
+    const int rc = proto::recv_message(c->fd(), &r, fds_allowed(c->fd()));
     access_.fds().made(r.fds.size());
     if (rc == -EAGAIN) return;
     if (rc == 1) {
@@ -195,9 +214,8 @@ void ControlServer::on_message(Connection& c, proto::Received& r) {
       std::shared_ptr<Channel> ch;
       if (int rc = do_open(c, r, &reply, &ch); rc != 0) reply = {rc, 0, 0, 0, 0};
       std::vector<int> fds;
-      if (ch) {
-        if (!adopt)  // the producer has its buffers already
-          for (auto& b : ch->buffers) fds.push_back(b->memfd());
+      if (ch && !adopt) {  // an adopting producer has its buffers and doorbell already
+        for (auto& b : ch->buffers) fds.push_back(b->memfd());
         fds.push_back(ch->doorbell.get());
       }
       if (c.send(proto::encode(reply, seq), fds.data(), fds.size()) != 0 && ch)
@@ -252,21 +270,36 @@ int ControlServer::do_open(Connection& c, proto::Received& r, proto::OpenReply* 
   // Adopted buffers: one per buffer this channel has, each a sealed memfd of the geometry's
   // exact size with a header of this layout (Buffer::attach), writable (a read-only descriptor,
   // such as relay_reader_open hands out, cannot be mapped so), each a different file.
+  // The doorbell comes last: the eventfd the producer's threads (and its fork children) ring,
+  // kept, so that a ring made while no daemon ran, or by a child holding the old descriptor,
+  // still reaches this one.
   std::vector<core::Buffer> adopted;
+  core::UniqueFd adopted_doorbell;
   if (adopt) {
-    if (req.adopt != n || r.fds.size() != n) return -EINVAL;
-    std::vector<ino_t> seen;
-    for (auto& fd : r.fds) {
+    if (req.adopt != n || r.fds.size() != n + 1) return -EINVAL;
+    // Nothing is asked of a file system before the seals say it is a memory file: fstat, mmap or
+    // close of a file on a FUSE mount that does not answer would stall this thread. Refused
+    // descriptors stay in r.fds, closed through the ring.
+    for (unsigned i = 0; i < n; ++i)
+      if (::fcntl(r.fds[i].get(), F_GET_SEALS) < 0) return -EINVAL;
+    if (!is_eventfd(r.fds[n].get())) return -EINVAL;
+    std::vector<std::pair<dev_t, ino_t>> seen;
+    for (unsigned i = 0; i < n; ++i) {
       struct stat st;
-      if (::fstat(fd.get(), &st) != 0) return -errno;
-      if (std::find(seen.begin(), seen.end(), st.st_ino) != seen.end()) return -EINVAL;
-      seen.push_back(st.st_ino);
+      if (::fstat(r.fds[i].get(), &st) != 0) return -errno;
+      const std::pair<dev_t, ino_t> id{st.st_dev, st.st_ino};
+      if (std::find(seen.begin(), seen.end(), id) != seen.end()) return -EINVAL;
+      seen.push_back(id);
+    }
+    for (unsigned i = 0; i < n; ++i) {
       core::Buffer buf;
-      if (int rc = core::Buffer::attach(std::move(fd), g, PROT_READ | PROT_WRITE, true, &buf);
+      if (int rc = core::Buffer::attach(std::move(r.fds[i]), g, PROT_READ | PROT_WRITE, true,
+                                        &buf);
           rc)
         return rc == -EACCES ? -EINVAL : rc;
       adopted.push_back(std::move(buf));
     }
+    adopted_doorbell = std::move(r.fds[n]);
     r.fds.clear();
   }
   std::vector<std::string> names;
@@ -295,7 +328,7 @@ int ControlServer::do_open(Connection& c, proto::Received& r, proto::OpenReply* 
   // the doorbell are the descriptors it takes.
   Charge charge;
   const char* why = "descriptors";
-  const unsigned new_fds = adopt ? 1 : n + 1;  // adopted buffers' fds came with the request
+  const unsigned new_fds = adopt ? 0 : n + 1;  // an adopted channel's came with the request
   int err = access_.admit_fds(c.peer.uid, new_fds);
   if (!err)
     err = access_.quota().charge_channel(c.peer.uid, n * core::Layout::of(g).total_size, &charge,
@@ -313,7 +346,10 @@ int ControlServer::do_open(Connection& c, proto::Received& r, proto::OpenReply* 
   ch->owner = c.id;
   ch->flags = req.flags;
   ch->base = req.base_filename;
-  ch->doorbell.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (adopt)
+    ch->doorbell = std::move(adopted_doorbell);
+  else
+    ch->doorbell.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!ch->doorbell) return -errno;
   const bool zero_copy = !(req.flags & (proto::kFlagOverwrite | proto::kFlagHookMode));
   for (unsigned i = 0; i < n; ++i) {

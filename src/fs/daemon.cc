@@ -2,6 +2,8 @@
 // finalization to freeing, which concerns every part.
 #include "fs/daemon.h"
 
+#include <sys/uio.h>
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -170,9 +172,13 @@ void Daemon::news(const std::shared_ptr<Source>& s) {
 void Daemon::on_doorbell(uint32_t channel_id) {
   std::shared_ptr<Channel> ch = registry_.find(channel_id);
   if (!ch) return;
+  // One read takes the whole count. RWF_NOWAIT, whatever the descriptor's flags say: the file
+  // is shared with the producer, who can clear O_NONBLOCK on it, and drain it between the
+  // poll and this read; a plain read(2) would then block the loop thread for good.
   uint64_t v;
-  while (::read(ch->doorbell.get(), &v, sizeof v) > 0) {
-  }
+  iovec iov{&v, sizeof v};
+  if (::preadv2(ch->doorbell.get(), &iov, 1, -1, RWF_NOWAIT) < 0) {
+  }  // EAGAIN: drained already; the sources are looked at all the same
   for (auto& s : ch->sources()) news(s);
 }
 

@@ -80,14 +80,15 @@ struct OpenRequest {
   uint32_t flags = 0;
   std::string base_filename;
   // kAdopt: the number of buffers handed over, whose memfds come with the message, in order
-  // (the channel's geometry and layout, with their shared state as it is). 0 for kOpen.
+  // (the channel's geometry and layout, with their shared state as it is), then the doorbell
+  // eventfd, which the new daemon keeps. 0 for kOpen.
   uint32_t adopt = 0;
 };
 
 struct OpenReply {
   int32_t status = 0;  // 0 or -errno
   uint32_t channel_id = 0;
-  uint32_t n_buffers = 0;  // one fd per buffer follows (none after kAdopt), then the doorbell
+  uint32_t n_buffers = 0;  // one fd per buffer follows, then the doorbell (none after kAdopt)
   uint32_t subbuf_size = 0;
   uint32_t n_subbufs = 0;
 };
