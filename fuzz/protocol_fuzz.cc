@@ -103,6 +103,11 @@ void dispatch(const Received& m) {
           ((r.mem_align & (r.mem_align - 1)) != 0 || (r.off_align & (r.off_align - 1)) != 0 ||
            r.mem_align > kMaxDirectAlign || r.off_align > kMaxDirectAlign))
         fail("a record request with an impossible alignment was accepted");
+      if (decode_copy(p, len, &r) == 0 &&
+          ((r.flags & ~kRecordFlagsKnown) != 0 ||
+           ((r.flags & kRecordResume) && !(r.flags & kRecordState)) ||
+           (!(r.flags & kRecordResume) && (r.offset | r.stream | r.position) != 0)))
+        fail("an impossible record request was accepted");
       break;
     }
     case Type::kRecordStop:

@@ -99,7 +99,12 @@ void protocol_seeds() {
   put(d, "control-done", encode_status(Type::kControlDone, Status{0}, 28));
   put(d, "record", encode(RecordRequest{42, 0, 512, 4096}, 29));
   put(d, "record-align-bad", encode(RecordRequest{42, 1, 3, 4096}, 30));
-  put(d, "record-reply", encode(RecordReply{0, 1, 0}, 29));
+  put(d, "record-resume", encode(RecordRequest{42, 2, 0, 0, kRecordState | kRecordResume, 8192,
+                                                77, 163636},
+                                  32));
+  put(d, "record-resume-no-state", encode(RecordRequest{42, 3, 0, 0, kRecordResume, 8192, 77, 1},
+                                          33));
+  put(d, "record-reply", encode(RecordReply{0, 1, 0, 163636}, 29));
   put(d, "record-stop", encode_status(Type::kRecordStop, Status{0}, 31));
   put(d, "record-event", encode(RecordEvent{0, RecordKind::kEnd, 0, 1, 4096, 1, 0, 0, 0, 1}));
   {

@@ -416,18 +416,28 @@ int Consumer::take_extent(Extent* e) noexcept {
   // commit in it; the open one only once no writer is left.
   const bool whole = s.closed && s.off + s.len == s.end;
   if (!whole && !finalized_) return 0;
-  *e = {s.seq, gen_, s.slot, s.off, s.len, s.end, s.closed};
+  *e = {s.seq, gen_, s.slot, s.off, s.len, s.end, s.closed, pos_bytes_ + s.off, !pos_pending_};
   return 1;
 }
 
-int Consumer::finish_extent(const Extent& e) noexcept {
-  if (!sync_reset() || e.gen != gen_) return 0;
+bool Consumer::extent_intact(const Extent& e) noexcept {
+  if (!sync_reset() || e.gen != gen_) return false;
   // Our own position says whether another reader took any of it meanwhile.
-  if (consumed_ != e.seq || bytes_consumed_ != e.off) return 0;
+  if (consumed_ != e.seq || bytes_consumed_ != e.off) return false;
   // The seqlock check of read(): the bytes that went to disk were read before this.
-  if (!view_.still_valid(e.seq, gen_)) return 0;
-  bytes_consumed_ += e.len;
-  total_read_ += e.len;
+  return view_.still_valid(e.seq, gen_);
+}
+
+bool Consumer::position(uint64_t* at) noexcept {
+  if (sync_reset()) settle(hdr_->produced.load(std::memory_order_acquire));
+  *at = pos_bytes_ + bytes_consumed_;
+  return !pos_pending_;
+}
+
+int Consumer::finish_extent(const Extent& e, uint32_t n) noexcept {
+  if (n == 0 || n > e.len || !extent_intact(e)) return 0;
+  bytes_consumed_ += n;
+  total_read_ += n;
   if (e.closed && bytes_consumed_ >= e.end)
     consume_one();  // read up to its padding: consumed, as read() does
   else {

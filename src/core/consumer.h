@@ -76,6 +76,11 @@ class Consumer {
     uint32_t len = 0;     // bytes (> 0)
     uint32_t end = 0;     // a closed sub-buffer's padding start
     bool closed = false;  // false: the tail of a finalized channel
+    // Where the extent starts in the byte stream (bytes_produced's units), which stays the same
+    // across daemon restarts; exact is false while the writer lapped the reader and pos is only
+    // a lower bound (overwrite mode, until the lap is settled).
+    uint64_t pos = 0;
+    bool exact = false;
     // Offset of the extent in the data area (Buffer::data()).
     uint64_t data_offset(uint32_t subbuf_size) const { return uint64_t{slot} * subbuf_size + off; }
   };
@@ -84,7 +89,18 @@ class Consumer {
   // Returns 1 if the extent's bytes were this lap's and are now consumed; 0 if another reader
   // consumed some of them, the writer reused the slot, or a reset came (nothing is consumed:
   // the copy must be dropped; what was overwritten is skipped and counted by the next call).
-  int finish_extent(const Extent& e) noexcept;
+  int finish_extent(const Extent& e) noexcept { return finish_extent(e, e.len); }
+  // The same for the first n bytes of the extent only (n <= e.len): a recording resumed after a
+  // daemon restart passes over what the last daemon had written to disk but not consumed.
+  int finish_extent(const Extent& e, uint32_t n) noexcept;
+  // Whether finish_extent(e) would keep the extent now: still ours, unread by anyone else, and
+  // not overwritten. Consumes nothing. A recording checks it once the bytes reached the disk,
+  // before it says so in its state file.
+  bool extent_intact(const Extent& e) noexcept;
+
+  // Where the read position is in the byte stream (bytes_produced's units). Returns false if it
+  // is only a lower bound (the writer lapped the reader and the lap is not settled yet).
+  bool position(uint64_t* at) noexcept;
 
   // True if a read would stop at a record boundary: nothing of the current record has been
   // returned. A read that ran out of room mid-span leaves it false until the span is finished.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <fuse_lowlevel.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include <atomic>
@@ -132,6 +133,8 @@ class RelayBuffer final : public Source {
       : Source(channel_id, owner), buf_(std::move(b)), cons_(buf_), index_(index),
         zero_copy_(zero_copy) {
     if (adopted) cons_.resume();
+    struct stat st;
+    if (::fstat(buf_.fd(), &st) == 0) stream_ = st.st_ino;
   }
 
   int fixed_index = -1;  // io_uring fixed-buffer slot, -1 if not registered (loop thread)
@@ -167,11 +170,18 @@ class RelayBuffer final : public Source {
   int subbufs_consumed(uint64_t n) { return cons_.subbufs_consumed(n); }
   int consume_upto(uint32_t gen, uint64_t seq) { return cons_.consume_upto(gen, seq); }
   int take_extent(core::Consumer::Extent* e) { return cons_.take_extent(e); }
-  int finish_extent(const core::Consumer::Extent& e) { return cons_.finish_extent(e); }
+  int finish_extent(const core::Consumer::Extent& e, uint32_t n) {
+    return cons_.finish_extent(e, n);
+  }
+  bool extent_intact(const core::Consumer::Extent& e) { return cons_.extent_intact(e); }
+  bool position(uint64_t* at) { return cons_.position(at); }
 
   // The shared buffer: fixed once made, so no lock needed.
   uint32_t index() const { return index_; }
   int memfd() const { return buf_.fd(); }
+  // What names this buffer across daemon restarts, for a recording to resume on (record.cc):
+  // the inode number of its memfd, which producers bring back to the next daemon (kAdopt).
+  uint64_t stream() const { return stream_; }
   const core::Geometry& geometry() const { return buf_.geometry(); }
   char* data() const { return buf_.data(); }
 
@@ -180,6 +190,7 @@ class RelayBuffer final : public Source {
   core::Buffer buf_;
   core::Consumer cons_;
   uint32_t index_;
+  uint64_t stream_ = 0;
   // No-overwrite by declaration (no subbuf_start callback, no RELAY_OVERWRITE): nothing the
   // reader has not consumed can be overwritten, so reads reply straight from the mapping.
   bool zero_copy_;

@@ -63,7 +63,8 @@ void Daemon::on_completions(const std::vector<Completion>& batch) {
   // end the process.
   for (int writes = 0; writes < 2; ++writes) {
     for (const Completion& c : batch) {
-      const bool write = source_of(c.ud) == kRecordWrite || source_of(c.ud) == kIndexWrite;
+      const bool write = source_of(c.ud) == kRecordWrite || source_of(c.ud) == kIndexWrite ||
+                         source_of(c.ud) == kStateWrite;
       if (write != static_cast<bool>(writes)) continue;
       try {
         dispatch(c.ud, c.res);
@@ -101,6 +102,8 @@ void Daemon::dispatch(uint64_t ud, int res) {
       return recorder_.on_write(id_of(ud), res);
     case kIndexWrite:
       return recorder_.on_index_write(id_of(ud), res);
+    case kStateWrite:
+      return recorder_.on_state_write(id_of(ud), res);
     case kExpire:
       if (res == -ETIME) expire_orphans();  // the tick (a cancelled one is the ring's end)
       return;

@@ -30,6 +30,10 @@ enum class Fault : uint32_t {
   // out, before the position is released: a reply in flight when the daemon died, which reached
   // its reader (relay(7), "Daemon restarts").
   kDieAfterReply = 1u << 5,
+  // The daemon kills itself (SIGKILL) while recording, once a recording kept two extents and a
+  // third reached the output and the state file but is not consumed yet: the window in which a
+  // daemon dies with bytes on disk that the next one delivers again (a resume passes over them).
+  kRecordCrash = 1u << 6,
 };
 
 // Parses a RELAYFS_TEST_FAULTS value. Returns false, setting nothing, for an unknown name.

@@ -19,6 +19,7 @@
 #include "fs/hooks.h"
 #include "fs/loop.h"
 #include "proto/protocol.h"
+#include "proto/record_state.h"
 #include "proto/wire.h"
 
 namespace relayfs::fs {
@@ -32,9 +33,23 @@ struct Recording {
   uint64_t conn = 0;    // the recorder's control connection; 0 once it went away
   std::shared_ptr<RelayBuffer> buf;
   core::UniqueFd out, index, direct;  // passed by the recorder, checked (record.cc)
+  core::UniqueFd state;               // the state file (proto/record_state.h), if one came
   uint32_t mem_align = 0, off_align = 0;
 
+  // The state file: what it says now (on_disk), what the output's kept bytes make true (kept),
+  // and the write in flight. A state is written after an extent reached the output and before
+  // the extent is consumed, so the file is true of the output whenever the daemon dies.
+  proto::RecordState on_disk{}, kept{}, state_pending{};
+  std::string state_text;           // the write in flight (kept alive until it completes)
+  bool state_writing = false;
+  bool finish_after_state = false;  // the state in flight is the extent's: consume it then
+  // A resume: what lies before stream position skip_to was written to the output by the daemon
+  // that died; it is consumed without being written again.
+  bool skipping = false;
+  uint64_t skip_to = 0;
+
   uint64_t off = 0;                 // bytes in the output file
+  uint64_t position = 0;            // where the buffer's reader stood at the start
   core::Consumer::Extent ext{};     // the extent being written, while writing
   uint32_t written = 0;             // of it, so far (a short write goes on)
   bool writing = false;             // a write is in flight: the recording must outlive it
@@ -77,14 +92,20 @@ class Recorder {
   void step(Recording& r);
   void on_write(uint64_t id, int res);
   void on_index_write(uint64_t id, int res);
+  void on_state_write(uint64_t id, int res);
   void on_index_deadline(uint64_t id);
   // Frees the recordings that ended, where no handler holds a reference to one.
   void reap();
 
  private:
+  // The recording with this id, nullptr once it was freed (a completion that came after).
+  Recording* find(uint64_t id);
   int check(Connection& c, proto::Received& m, const proto::RecordRequest& req, Recording* rec);
   void submit_write(Recording& r);
   void finish_extent(Recording& r);
+  int resume(Recording& r, const proto::RecordRequest& req, uint64_t* at);
+  bool skip(Recording& r);
+  void write_state(Recording& r, const proto::RecordState& s, bool then_finish);
   void submit_index_write(Recording& r);
   void resubmit_index_write(Recording& r);
   void send_event(Recording& r, proto::RecordKind kind);

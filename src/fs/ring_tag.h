@@ -19,6 +19,7 @@ enum Watch : uint64_t {
   kIndexDeadline = 11,  // a timeout: a stopped recording's index write had its time (record.cc)
   kMounts = 12,      // multishot poll (POLLPRI): the mount table changed (unmounted.cc)
   kEndSession = 13,  // a timeout: ask the FUSE session loop again to end (unmounted.cc)
+  kStateWrite = 14,  // a recording's write to its state file, by recording id (one shot)
 };
 constexpr uint64_t tag(Watch s, uint64_t id) {
   return (uint64_t{s} << 56) | id;

@@ -1,6 +1,7 @@
 #include "proto/protocol.h"
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 namespace relayfs::proto {
@@ -93,13 +94,17 @@ struct RecordWire {
   uint32_t cookie;
   uint32_t mem_align;
   uint32_t off_align;
-  uint32_t reserved;
+  uint32_t flags;
+  uint64_t offset;
+  uint64_t stream;
+  uint64_t position;
 };
 struct RecordReplyWire {
   int32_t status;
   uint32_t fixed;
   uint32_t buffer;
   uint32_t reserved;
+  uint64_t position;
 };
 struct RecordEventWire {
   uint32_t cookie;
@@ -317,11 +322,14 @@ bool valid_align(uint32_t a) {
 }  // namespace
 
 std::vector<char> encode(const RecordRequest& m, uint32_t seq) {
-  return message(Type::kRecord, seq, RecordWire{m.ino, m.cookie, m.mem_align, m.off_align, 0});
+  return message(Type::kRecord, seq,
+                 RecordWire{m.ino, m.cookie, m.mem_align, m.off_align, m.flags, m.offset,
+                            m.stream, m.position});
 }
 
 std::vector<char> encode(const RecordReply& m, uint32_t seq) {
-  return message(Type::kRecordReply, seq, RecordReplyWire{m.status, m.fixed, m.buffer, 0});
+  return message(Type::kRecordReply, seq,
+                 RecordReplyWire{m.status, m.fixed, m.buffer, 0, m.position});
 }
 
 std::vector<char> encode(const RecordEvent& m) {
@@ -334,9 +342,16 @@ std::vector<char> encode(const RecordEvent& m) {
 int decode(const char* p, size_t len, RecordRequest* out) {
   RecordWire w;
   if (int rc = exact(p, len, &w); rc) return rc;
-  if (w.reserved != 0) return -EPROTO;
   if (!valid_align(w.mem_align) || !valid_align(w.off_align)) return -EINVAL;
-  *out = {w.ino, w.cookie, w.mem_align, w.off_align};
+  // A resume writes its state as it goes: it needs the state descriptor.
+  if ((w.flags & ~kRecordFlagsKnown) != 0 ||
+      ((w.flags & kRecordResume) && !(w.flags & kRecordState)))
+    return -EINVAL;
+  // Only a resume continues an output: offset, stream and position are a resume's.
+  if (!(w.flags & kRecordResume) && (w.offset != 0 || w.stream != 0 || w.position != 0))
+    return -EINVAL;
+  if (w.offset > static_cast<uint64_t>(INT64_MAX)) return -EINVAL;  // beyond any off_t
+  *out = {w.ino, w.cookie, w.mem_align, w.off_align, w.flags, w.offset, w.stream, w.position};
   return 0;
 }
 
@@ -344,7 +359,7 @@ int decode(const char* p, size_t len, RecordReply* out) {
   RecordReplyWire w;
   if (int rc = exact(p, len, &w); rc) return rc;
   if (w.status > 0 || w.fixed > 1 || w.reserved != 0) return -EPROTO;
-  *out = {w.status, w.fixed, w.buffer};
+  *out = {w.status, w.fixed, w.buffer, w.position};
   return 0;
 }
 

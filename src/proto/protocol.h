@@ -23,7 +23,9 @@ namespace relayfs::proto {
 
 inline constexpr uint32_t kMagic = 0x52465343;  // "RFSC"
 // 3: kAdopt; buffers are shared-memory layout 4 (with the consumer record).
-inline constexpr uint16_t kVersion = 3;
+// 4: kRecord resumes (RecordRequest's flags, offset, stream, position; the state descriptor),
+//    and its reply says where the buffer's reader stands.
+inline constexpr uint16_t kVersion = 4;
 inline constexpr uint32_t kMaxPayload = 8192;
 inline constexpr size_t kMaxName = 255;  // NAME_MAX
 inline constexpr size_t kMaxFds = 253;   // SCM_MAX_FD
@@ -157,20 +159,39 @@ struct ChannelControl {  // kControlRequest
 
 // Recording to disk in the daemon (relayctl record): the daemon writes whole sub-buffers from
 // its io_uring-registered buffer to files the recorder opened and passes along, and consumes
-// them once written. Three or four fds follow a kRecord: the output file, the index (O_APPEND),
-// and where the filesystem has direct I/O an O_DIRECT descriptor of the output file.
+// them once written. Two to four fds follow a kRecord: the output file, the index (O_APPEND),
+// with kRecordState the state file (record_state.h), and where the filesystem has direct I/O an
+// O_DIRECT descriptor of the output file.
+//
+// With a state file, the daemon writes there, after each extent reached the output and before
+// it consumes it, where the recording stands: a daemon killed at any point leaves a state that
+// is true of the output. With kRecordResume, a recording goes on from such a state after a
+// daemon restart: the daemon checks that the buffer is the one recorded (stream) and holds
+// `position`, passes over what it delivers again up to there (the last daemon wrote it to disk
+// but did not live to consume it), and writes from `offset` on.
+inline constexpr uint32_t kRecordState = 1u << 0;   // a state descriptor follows the index
+inline constexpr uint32_t kRecordResume = 1u << 1;  // go on from offset, stream and position
+inline constexpr uint32_t kRecordFlagsKnown = kRecordState | kRecordResume;
+
 struct RecordRequest {    // kRecord
   uint64_t ino = 0;       // the relay file (one buffer), by its inode number in the mount
   uint32_t cookie = 0;    // the recorder's number for it, echoed in its events
   uint32_t mem_align = 0; // O_DIRECT memory and file-offset alignment of the output (statx
   uint32_t off_align = 0; // STATX_DIOALIGN): powers of two up to kMaxDirectAlign, 0 without
+  uint32_t flags = 0;     // kRecord*
+  uint64_t offset = 0;    // where the recording starts in the output file (the bytes it holds)
+  uint64_t stream = 0;    // kRecordResume: the buffer recorded (RecordState::stream)
+  uint64_t position = 0;  // kRecordResume: the stream position the output ends at
 };
 inline constexpr uint32_t kMaxDirectAlign = 1u << 20;
 
 struct RecordReply {     // kRecordReply
-  int32_t status = 0;
+  int32_t status = 0;    // 0 or -errno; a resume: -ESTALE for another buffer than the state's,
+                         // -ERANGE for a position past what the buffer ever held
   uint32_t fixed = 0;    // 1: writes come from io_uring fixed (registered) buffers
   uint32_t buffer = 0;   // index of the buffer in its channel (the CPU)
+  uint64_t position = 0; // where the buffer's reader stood when the recording started (stream
+                         // position; a resume past it passes over what lies between)
 };
 
 enum class RecordKind : uint32_t { kProgress = 1, kEnd = 2 };
@@ -181,7 +202,9 @@ enum RecordEnd : uint32_t {
   kEndStopped = 2,      // kRecordStop, or the recorder went away
   kEndFailed = 3,       // a write to the output file failed (status)
   kEndIndexFailed = 4,  // a write to the index failed (status)
-  kEndLast = kEndIndexFailed
+  kEndStateFailed = 5,  // a write to the state file failed (status)
+  kEndResumeFailed = 6, // a resume could not pass over what the output already holds (status)
+  kEndLast = kEndResumeFailed
 };
 
 struct RecordEvent {  // kRecordEvent; totals so far for one recording

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "proto/protocol.h"
+#include "proto/record_state.h"
 #include "proto/wire.h"
 #include "relayctl/record_disk.h"
 #include "relayctl/relayctl.h"
@@ -44,11 +45,15 @@ constexpr const char* kHelp =
     "BASE.index (sub-buffers, offsets, lengths, totals and loss counters). Runs until SIGINT or\n"
     "SIGTERM (in-flight writes finish first) or until the channel closes and is drained.\n"
     "The daemon does the writing, from its io_uring-registered buffers.\n"
-    "Files are created, never overwritten: an existing one is an error. OUTDIR (created if\n"
-    "missing) and every directory above it must belong to you or root and, unless sticky, be\n"
-    "writable by no one else. Files get the relay file's mode less the umask. A refused\n"
-    "recording leaves nothing behind.\n"
+    "Files are created, never overwritten: an existing one is an error, unless --resume. OUTDIR\n"
+    "(created if missing) and every directory above it must belong to you or root and, unless\n"
+    "sticky, be writable by no one else. Files get the relay file's mode less the umask. A\n"
+    "refused recording leaves nothing behind. Each file's BASEn.state says where it stands in\n"
+    "the buffer's stream.\n"
     "\n"
+    "  -a, --resume      go on with the recording in OUTDIR where it stopped (a daemon that died\n"
+    "                    and was mounted again, a stop): no byte missed, none twice. Starts one\n"
+    "                    if OUTDIR holds none\n"
     "  -D, --no-direct   never use O_DIRECT (default: where the filesystem and alignment allow)\n"
     "  -q, --quiet       no progress on a terminal and no summary line\n"
     "  -h, --help        this help\n";
@@ -60,6 +65,11 @@ struct Buf {
   ino_t ino = 0;          // the relay file's, for the daemon
   mode_t mode = 0;        // its permission bits less the umask: the output file's
   OutputFile out;
+  relayfs::core::UniqueFd state;  // NAME.state, which the daemon keeps up to date
+  std::string state_path;
+  bool resume = false;            // goes on from `from` (the state an earlier run left)
+  relayfs::proto::RecordState from{};
+  uint64_t base = 0;              // bytes of the output before this run
   unsigned cpu = 0;
   bool started = false;
   bool got_end = false;       // the daemon's end event came: last holds the final totals
@@ -73,6 +83,7 @@ struct Recorder {
   relayfs::core::UniqueFd sock, index, sigfd;
   uint32_t seq = 1;
   bool fixed = true;  // every buffer is written from fixed buffers
+  bool resume = false;  // --resume
   bool stopping = false, failed = false;
   bool lost = false;  // the connection to the daemon failed
   Clock::time_point t0 = Clock::now();
@@ -92,6 +103,14 @@ struct Recorder {
     b.got_end = true;
     if (ev.ended_by == proto::kEndFailed) fail(b.out.path(), "write", ev.status);
     if (ev.ended_by == proto::kEndIndexFailed) fail(index_path, "write", ev.status);
+    if (ev.ended_by == proto::kEndStateFailed) fail(b.state_path, "write", ev.status);
+    if (ev.ended_by == proto::kEndResumeFailed) {
+      failed = true;
+      note(b.out.path() + ": cannot resume: " +
+           (ev.status == -ESTALE ? std::string("the writer lapped the recording's end (overwrite "
+                                               "mode): what of it the output holds is not known")
+                                 : std::strerror(-ev.status)));
+    }
   }
 
   // Receives one message into *m. Returns 0, or -errno once the connection failed (reported;
@@ -106,8 +125,18 @@ struct Recorder {
       return 0;
     }
     const int err = rc == 0 ? -ECONNRESET : rc;
-    fail(path, "connection to the daemon", err);
+    failed = true;
     lost = true;  // nothing more will come
+    if (err == -ECONNRESET || err == -EPIPE) {
+      // The daemon died, or its mount was detached: what reached OUTDIR stays, and each file's
+      // state says where it ends in the stream.
+      note(path + ": the relayfs daemon went away during the recording (it was killed, or its "
+           "mount detached); " + outdir + " keeps what was recorded. Once relayfs is mounted "
+           "again and the producer is back, 'relayctl record --resume " + path + " " + outdir +
+           "' goes on where it stopped");
+      return err;
+    }
+    fail(path, "connection to the daemon", err);
     return err;
   }
 
@@ -115,11 +144,18 @@ struct Recorder {
   int start(size_t i) {
     Buf& b = bufs[i];
     const bool direct = b.out.direct_fd() >= 0;
-    const proto::RecordRequest req{static_cast<uint64_t>(b.ino), static_cast<uint32_t>(i),
-                                   direct ? b.out.mem_align() : 0, direct ? b.out.off_align() : 0};
-    const int fds[3] = {b.out.buffered_fd(), index.get(), b.out.direct_fd()};
+    proto::RecordRequest req{static_cast<uint64_t>(b.ino), static_cast<uint32_t>(i),
+                             direct ? b.out.mem_align() : 0, direct ? b.out.off_align() : 0};
+    req.flags = proto::kRecordState;
+    if (b.resume) {
+      req.flags |= proto::kRecordResume;
+      req.offset = b.base;
+      req.stream = b.from.stream;
+      req.position = b.from.position;
+    }
+    const int fds[4] = {b.out.buffered_fd(), index.get(), b.state.get(), b.out.direct_fd()};
     const uint32_t my_seq = seq++;
-    if (int rc = proto::send_message(sock.get(), proto::encode(req, my_seq), fds, direct ? 3 : 2))
+    if (int rc = proto::send_message(sock.get(), proto::encode(req, my_seq), fds, direct ? 4 : 3))
       return report(path, "connection to the daemon", proto::send_failure(sock.get(), rc));
     // Events of the buffers started before may come first.
     for (;;) {
@@ -137,7 +173,21 @@ struct Recorder {
       if (static_cast<proto::Type>(m.header.type) != proto::Type::kRecordReply ||
           proto::decode(m.payload.data(), m.payload.size(), &reply) != 0)
         return report(b.src, "cannot record", -EPROTO);
+      if (reply.status == -ESTALE && b.resume) {
+        note(b.state_path + ": the recording is of another buffer than " + b.src +
+             " (its channel was opened anew): cannot resume; record into another OUTDIR");
+        return reply.status;
+      }
+      if (reply.status == -ERANGE && b.resume) {
+        note(b.state_path + ": the recording is ahead of " + b.src + " (position " +
+             std::to_string(b.from.position) + ", more than the buffer ever held): cannot resume");
+        return reply.status;
+      }
       if (reply.status < 0) return report(b.src, "cannot record", reply.status);
+      if (b.resume && reply.position > b.from.position)
+        note(b.src + ": " + std::to_string(reply.position - b.from.position) +
+             " bytes of its stream are not in the recording: read by another reader, or lost "
+             "and counted, while it was interrupted (the index's resume line says where)");
       b.started = true;
       b.cpu = reply.buffer;
       fixed = fixed && reply.fixed;
@@ -211,7 +261,8 @@ struct Recorder {
   // failed write, may lie past it (the daemon writes the next sub-buffer over them).
   void cut_outputs() {
     for (const Buf& b : bufs)  // without the end event the totals may be stale: keep all
-      if (b.got_end && ::ftruncate(b.out.buffered_fd(), static_cast<off_t>(b.last.bytes)) != 0)
+      if (b.got_end &&
+          ::ftruncate(b.out.buffered_fd(), static_cast<off_t>(b.base + b.last.bytes)) != 0)
         fail(b.out.path(), "truncate", -errno);
   }
 
@@ -251,15 +302,17 @@ struct Recorder {
 
 // The options and arguments (argv[optind], argv[optind + 1]: PATH, OUTDIR). Returns an exit
 // status: kExitOk, or kExitUsage with the error reported.
-int parse(int argc, char** argv, bool* direct, bool* quiet, bool* help) {
-  static const option kLong[] = {{"no-direct", no_argument, nullptr, 'D'},
+int parse(int argc, char** argv, bool* direct, bool* quiet, bool* help, bool* resume) {
+  static const option kLong[] = {{"resume", no_argument, nullptr, 'a'},
+                                 {"no-direct", no_argument, nullptr, 'D'},
                                  {"quiet", no_argument, nullptr, 'q'},
                                  {"help", no_argument, nullptr, 'h'},
                                  {nullptr, 0, nullptr, 0}};
   start_options();
   int c;
-  while ((c = getopt_long(argc, argv, "Dqh", kLong, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "aDqh", kLong, nullptr)) != -1) {
     switch (c) {
+      case 'a': *resume = true; break;
       case 'D': *direct = false; break;
       case 'q': *quiet = true; break;
       case 'h': *help = true; return kExitOk;
@@ -277,6 +330,145 @@ int create_error(const std::string& path, int err) {
   note(path + ": " + std::strerror(-err) +
        "; relayctl record never overwrites: remove it or choose another OUTDIR");
   return kExitError;
+}
+
+// relayctl's message for a file of an earlier recording it may not go on with (err: -errno,
+// from OutputDir::reopen); returns kExitError.
+int reopen_error(const std::string& path, int err) {
+  switch (err) {
+    case -ELOOP: note(path + ": a symbolic link: cannot resume; choose another OUTDIR"); break;
+    case -EPERM: note(path + ": another user's file: cannot resume; choose another OUTDIR"); break;
+    case -EINVAL:
+      note(path + ": not a regular file with one link: cannot resume; choose another OUTDIR");
+      break;
+    default: return sys_error(path, "cannot resume", err);
+  }
+  return kExitError;
+}
+
+// Opens buffer b's output and its state: new ones, or with --resume the ones an earlier run left
+// (then b.resume, b.from and b.base say where to go on; the output is cut to what its state
+// says is the recording). Returns an exit status, failures reported.
+int open_output(Recorder* rec, Buf& b, bool direct) {
+  const std::string out = rec->outdir + "/" + b.name;
+  const std::string state_name = b.name + ".state";
+  b.state_path = out + ".state";
+  bool existing = false;
+  if (rec->resume) {
+    const int rc = rec->dir.reopen(state_name, O_RDWR, &b.state);
+    if (rc != 0 && rc != -ENOENT) return reopen_error(b.state_path, rc);
+    existing = rc == 0;
+    struct stat st;
+    if (!existing && ::fstatat(rec->dir.fd(), b.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      note(out + ": exists without " + state_name +
+           ": not a recording relayctl record --resume can go on with; choose another OUTDIR");
+      return kExitError;
+    }
+  }
+  if (int rc = b.out.open(rec->dir, b.name, out, direct, b.mode, existing); rc)
+    return existing ? reopen_error(out, rc) : create_error(out, rc);
+  if (!existing) {
+    if (int rc = rec->dir.create(state_name, 0, &b.state); rc)
+      return create_error(b.state_path, rc);
+    return kExitOk;
+  }
+  char text[relayfs::proto::kRecordStateSize + 1];
+  const ssize_t n = ::pread(b.state.get(), text, sizeof text, 0);
+  if (n < 0) return sys_error(b.state_path, "read", -errno);
+  const int rc = relayfs::proto::parse_record_state(text, static_cast<size_t>(n), &b.from);
+  uint64_t offset = 0;  // an empty state: the daemon never got to keep a byte
+  if (rc == 0) {
+    if (!b.from.exact) {
+      note(b.state_path + ": the writer lapped the recording's end (overwrite mode), so where "
+           "it stands in the stream is not known: cannot resume; record into another OUTDIR");
+      return kExitError;
+    }
+    offset = b.from.offset;
+    b.resume = true;
+  } else if (rc != -ENODATA) {
+    note(b.state_path + ": not a state relayctl record wrote (damaged, or changed since): "
+         "cannot resume; record into another OUTDIR");
+    return kExitError;
+  }
+  struct stat st;
+  if (::fstat(b.out.buffered_fd(), &st) != 0) return sys_error(out, "", -errno);
+  if (static_cast<uint64_t>(st.st_size) < offset) {
+    note(out + ": " + std::to_string(st.st_size) + " bytes, shorter than the " +
+         std::to_string(offset) + " its state says it holds (changed since): cannot resume");
+    return kExitError;
+  }
+  // What lies past the state's offset is not part of the recording: a write whose extent the
+  // daemon did not live to consume (delivered again, and written again from the offset).
+  if (::ftruncate(b.out.buffered_fd(), static_cast<off_t>(offset)) != 0)
+    return sys_error(out, "truncate", -errno);
+  b.base = offset;
+  return kExitOk;
+}
+
+// The bytes of buffer `buffer`'s output that the index describes: the end of its last subbuf,
+// tail or unindexed line (they follow one another from 0).
+uint64_t indexed_end(const std::string& index, uint32_t buffer) {
+  uint64_t end = 0;
+  size_t at = 0;
+  while (at < index.size()) {
+    size_t nl = index.find('\n', at);
+    if (nl == std::string::npos) nl = index.size();
+    char kind[16];
+    unsigned b;
+    unsigned long long off, len;
+    const std::string line = index.substr(at, nl - at);
+    if (std::sscanf(line.c_str(), "%15s %u %*s %llu %llu", kind, &b, &off, &len) == 4 &&
+        b == buffer &&
+        (!std::strcmp(kind, "subbuf") || !std::strcmp(kind, "tail") ||
+         !std::strcmp(kind, "unindexed")))
+      end = std::max<uint64_t>(end, off + len);
+    at = nl + 1;
+  }
+  return end;
+}
+
+// Opens the index: a new one, or with --resume the one an earlier run left, which gets an
+// `unindexed` line for the bytes of each output that the daemon which died kept but did not
+// get to describe (its index lines come after the state). Returns an exit status.
+int open_index(Recorder* rec, mode_t index_mode) {
+  const std::string name = rec->base + ".index";
+  rec->index_path = rec->outdir + "/" + name;
+  bool existing = false;
+  if (rec->resume) {
+    const int rc = rec->dir.reopen(name, O_RDWR | O_APPEND, &rec->index);
+    if (rc != 0 && rc != -ENOENT) return reopen_error(rec->index_path, rc);
+    existing = rc == 0;
+  }
+  // O_APPEND: the daemon appends a line per sub-buffer, relayctl the header and the totals.
+  if (!existing) {
+    if (int rc = rec->dir.create(name, O_APPEND, &rec->index); rc)
+      return create_error(rec->index_path, rc);
+    if (::fchmod(rec->index.get(), index_mode) != 0)
+      return sys_error(rec->index_path, "chmod", -errno);
+  }
+  std::string text;
+  if (existing) {
+    char chunk[65536];
+    for (off_t at = 0;;) {
+      const ssize_t n = ::pread(rec->index.get(), chunk, sizeof chunk, at);
+      if (n < 0) return sys_error(rec->index_path, "read", -errno);
+      if (n == 0) break;
+      text.append(chunk, static_cast<size_t>(n));
+      at += n;
+    }
+  }
+  std::string head = "# relayctl record " + std::string(rec->resume ? "--resume " : "") +
+                     rec->path + ": KIND BUFFER SEQ OFFSET LENGTH\n";
+  for (const Buf& b : rec->bufs) {
+    if (!b.resume) continue;
+    const uint64_t indexed = indexed_end(text, b.from.buffer);
+    if (indexed < b.base)
+      head += "unindexed " + std::to_string(b.from.buffer) + " - " + std::to_string(indexed) +
+              " " + std::to_string(b.base - indexed) + "\n";
+  }
+  if (::write(rec->index.get(), head.data(), head.size()) != static_cast<ssize_t>(head.size()))
+    return sys_error(rec->index_path, "write", -errno);
+  return kExitOk;
 }
 
 // Finds the buffers, connects to the daemon, opens OUTDIR (OutputDir: nobody else may control
@@ -322,20 +514,9 @@ int setup(Recorder* rec, bool direct) {
          ": another user controls it; choose another OUTDIR (relayctl(1), record)");
     return kExitError;
   }
-  for (Buf& b : rec->bufs) {
-    const std::string out = rec->outdir + "/" + b.name;
-    if (int rc = b.out.open(rec->dir, b.name, out, direct, b.mode); rc)
-      return create_error(out, rc);
-  }
-  // O_APPEND: the daemon appends a line per sub-buffer, relayctl the header and the totals.
-  rec->index_path = rec->outdir + "/" + rec->base + ".index";
-  if (int rc = rec->dir.create(rec->base + ".index", O_APPEND, &rec->index); rc)
-    return create_error(rec->index_path, rc);
-  if (::fchmod(rec->index.get(), index_mode) != 0)
-    return sys_error(rec->index_path, "chmod", -errno);
-  if (::dprintf(rec->index.get(), "# relayctl record %s: KIND BUFFER SEQ OFFSET LENGTH\n",
-                rec->path.c_str()) < 0)
-    return sys_error(rec->index_path, "write", -errno);
+  for (Buf& b : rec->bufs)
+    if (int rc = open_output(rec, b, direct); rc != kExitOk) return rc;
+  if (int rc = open_index(rec, index_mode); rc != kExitOk) return rc;
 
   // SIGINT and SIGTERM arrive as reads on a signalfd: a stop is one more event to poll for.
   sigset_t set;
@@ -351,14 +532,15 @@ int setup(Recorder* rec, bool direct) {
 }  // namespace
 
 int cmd_record(int argc, char** argv) {
-  bool direct = true, quiet = false, help = false;
-  if (int rc = parse(argc, argv, &direct, &quiet, &help); rc != kExitOk || help) {
+  bool direct = true, quiet = false, help = false, resume = false;
+  if (int rc = parse(argc, argv, &direct, &quiet, &help, &resume); rc != kExitOk || help) {
     if (help) std::fputs(kHelp, stdout);
     return rc;
   }
   Recorder rec;
   rec.path = argv[optind];
   rec.outdir = argv[optind + 1];
+  rec.resume = resume;
   if (int rc = setup(&rec, direct); rc != kExitOk) {
     rec.dir.discard();  // refused before anything was recorded: leave nothing behind
     return rc;

@@ -174,6 +174,31 @@ int OutputDir::create(const std::string& name, int extra_flags, UniqueFd* out) {
   return 0;
 }
 
+int OutputDir::reopen(const std::string& name, int flags, UniqueFd* out) {
+  // O_PATH first: nothing is opened for real before the checks, and the real opening goes
+  // through this very inode (/proc/self/fd), not through the name again.
+  UniqueFd path(::openat(dir_.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!path) return -errno;
+  struct stat st;
+  if (::fstat(path.get(), &st) != 0) return -errno;
+  if (S_ISLNK(st.st_mode)) return -ELOOP;
+  if (!S_ISREG(st.st_mode) || st.st_nlink != 1) return -EINVAL;
+  if (st.st_uid != ::geteuid()) return -EPERM;
+  // The magic link goes to the inode itself, whatever its name is now: no O_NOFOLLOW there.
+  const std::string self = "/proc/self/fd/" + std::to_string(path.get());
+  out->reset(::open(self.c_str(), flags | O_CLOEXEC));
+  if (!*out && errno == EACCES && (st.st_mode & (S_IRUSR | S_IWUSR)) != (S_IRUSR | S_IWUSR)) {
+    // Its owner may always change its mode: u+rw for the opening, then the mode it had.
+    if (::chmod(self.c_str(), (st.st_mode & 07777) | S_IRUSR | S_IWUSR) != 0) return -errno;
+    out->reset(::open(self.c_str(), flags | O_CLOEXEC));
+    const int err = errno;
+    if (::chmod(self.c_str(), st.st_mode & 07777) != 0 && *out) return -errno;
+    if (!*out) return -err;
+  }
+  if (!*out) return -errno;
+  return 0;
+}
+
 void OutputDir::discard() {
   for (const Created& f : files_) {
     struct stat st;
@@ -189,8 +214,13 @@ void OutputDir::discard() {
 }
 
 int OutputFile::open(OutputDir& dir, const std::string& name, const std::string& path,
-                     bool allow_direct, mode_t mode) {
+                     bool allow_direct, mode_t mode, bool existing) {
   path_ = path;
+  if (existing) {
+    if (int rc = dir.reopen(name, O_WRONLY, &buffered_); rc) return rc;
+    if (allow_direct) open_direct(dir.fd(), name);
+    return 0;
+  }
   if (int rc = dir.create(name, 0, &buffered_); rc) return rc;
   if (allow_direct) open_direct(dir.fd(), name);
   // Both descriptors keep the write access they were opened with; the direct one is the same

@@ -51,6 +51,16 @@ class OutputDir {
   // negative errno: -EEXIST if anything by that name is there, a symbolic link included.
   int create(const std::string& name, int extra_flags, relayfs::core::UniqueFd* out);
 
+  // Opens file `name` of an earlier recording in the directory, to go on with it (relayctl
+  // record --resume), with `flags` (O_WRONLY or O_RDWR, and O_APPEND or not; O_CLOEXEC is
+  // added). Only a regular file of the caller's (euid), with one link, and never through a
+  // symbolic link: in a sticky directory anyone may have put something by that name. A file
+  // whose mode does not let its owner open it so (a 0400 recording) gets u+rw for the opening
+  // and its mode back. Returns 0 or a negative errno: -ENOENT if there is nothing by that
+  // name, -ELOOP for a symbolic link, -EPERM for another user's file, -EINVAL for anything but
+  // a regular file with one link.
+  int reopen(const std::string& name, int flags, relayfs::core::UniqueFd* out);
+
   // Removes what this OutputDir created: the files create() made (each only if the name still
   // is that very file) and the directory, if open() created it (only if it is empty by then).
   // For a recording that was refused before anything was recorded.
@@ -72,9 +82,10 @@ class OutputFile {
  public:
   // Creates file `name` in dir (OutputDir::create), path being its name for messages, with the
   // O_DIRECT descriptor if allow_direct and the filesystem allows; then gives it mode `mode`.
+  // existing: opens the file an earlier recording left instead (OutputDir::reopen), mode kept.
   // Returns 0 or a negative errno.
   int open(OutputDir& dir, const std::string& name, const std::string& path, bool allow_direct,
-           mode_t mode);
+           mode_t mode, bool existing = false);
   int buffered_fd() const { return buffered_.get(); }
   int direct_fd() const { return direct_.get(); }  // -1 without direct I/O
   uint32_t mem_align() const { return mem_align_; }

@@ -311,6 +311,39 @@ TEST_CASE("take_extent hands out closed sub-buffers whole, padding cut, and cons
   CHECK(rig.drain() == "bbbbbbbb");       // read() goes on where the extent ended
 }
 
+TEST_CASE("an extent says where it starts in the byte stream; a part of it can be passed over") {
+  Rig rig(16, 4);
+  core::Consumer::Extent e;
+  REQUIRE(rig.write("aaaaaaaaaa") == 0);
+  REQUIRE(rig.write("bbbbbbbb") == 0);  // sub-buffer 0 holds 10 bytes, 1 holds 8
+  REQUIRE(rig.write("cccc") == 0);      // and 12: sub-buffer 1 closes
+  REQUIRE(rig.write("dddddddd") == 0);
+  uint64_t at = 99;
+  CHECK(rig.cons->position(&at));
+  CHECK(at == 0);
+  REQUIRE(rig.cons->take_extent(&e) == 1);
+  CHECK(e.pos == 0);
+  CHECK(e.exact);
+  CHECK(rig.cons->extent_intact(e));
+  CHECK(rig.cons->finish_extent(e, e.len + 1) == 0);  // more than the extent: refused
+  CHECK(rig.cons->finish_extent(e, 4) == 1);           // only 4 bytes of it, consumed
+  CHECK(rig.cons->position(&at));
+  CHECK(at == 4);
+  CHECK_FALSE(rig.cons->extent_intact(e));  // the position moved: no longer that extent
+  REQUIRE(rig.cons->take_extent(&e) == 1);  // the rest of sub-buffer 0
+  CHECK(e.pos == 4);
+  CHECK(e.off == 4);
+  CHECK(extent_bytes(rig, e) == "aaaaaa");
+  CHECK(rig.cons->finish_extent(e) == 1);
+  REQUIRE(rig.cons->take_extent(&e) == 1);
+  CHECK(e.pos == 10);
+  CHECK(extent_bytes(rig, e) == "bbbbbbbbcccc");
+  CHECK(rig.cons->finish_extent(e) == 1);
+  CHECK(rig.cons->position(&at));
+  CHECK(at == 22);
+  CHECK(rig.cons->stats().bytes_consumed == 22);
+}
+
 TEST_CASE("take_extent waits for a record in flight, then gives the rest after a partial read") {
   Rig rig(16, 4);
   core::Consumer::Extent e;

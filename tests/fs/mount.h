@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -164,6 +165,46 @@ class Mount {
 
   std::string dir;
   pid_t pid = -1;
+};
+
+// A relayfs at a fixed place that can be killed and mounted again there.
+struct Remountable {
+  explicit Remountable(std::vector<std::string> o) : opts(std::move(o)) {
+    m = std::make_unique<Mount>(opts);
+    dir = m->dir;
+  }
+  // SIGKILL, then the dead mount taken away (as an administrator, or a unit's ExecStartPre,
+  // would) and a new daemon mounted at the same place.
+  void crash_and_remount() {
+    crash();
+    remount();
+  }
+  void crash() {
+    REQUIRE(m->pid > 0);
+    ::kill(m->pid, SIGKILL);
+    int st;
+    ::waitpid(m->pid, &st, 0);
+    m->pid = -1;
+    m.reset();  // unmounts (lazily) and removes the mount point
+  }
+  // umount -l: the daemon ends by itself once its mount is gone (relayfs(8)).
+  void detach() {
+    REQUIRE(m->pid > 0);
+    run("umount -l '" + dir + "'");
+    bool killed;
+    const int st = wait_or_kill(m->pid, std::chrono::seconds(5), &killed);
+    CHECK_FALSE(killed);
+    CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
+    m->pid = -1;
+    m.reset();
+  }
+  void remount() {
+    ::mkdir(dir.c_str(), 0755);
+    m = std::make_unique<Mount>(opts, dir);
+  }
+  std::vector<std::string> opts;
+  std::unique_ptr<Mount> m;
+  std::string dir;
 };
 
 // Reads a whole file (or what a consuming read gives until it returns 0).

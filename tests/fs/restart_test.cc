@@ -31,46 +31,6 @@ uint64_t xattr_num(const std::string& path, const char* name) {
   return ::getxattr(path.c_str(), name, v, sizeof v - 1) > 0 ? std::strtoull(v, nullptr, 10) : 0;
 }
 
-// A relayfs at a fixed place that can be killed and mounted again there.
-struct Remountable {
-  explicit Remountable(std::vector<std::string> o) : opts(std::move(o)) {
-    m = std::make_unique<Mount>(opts);
-    dir = m->dir;
-  }
-  // SIGKILL, then the dead mount taken away (as an administrator, or a unit's ExecStartPre,
-  // would) and a new daemon mounted at the same place.
-  void crash_and_remount() {
-    crash();
-    remount();
-  }
-  void crash() {
-    REQUIRE(m->pid > 0);
-    ::kill(m->pid, SIGKILL);
-    int st;
-    ::waitpid(m->pid, &st, 0);
-    m->pid = -1;
-    m.reset();  // unmounts (lazily) and removes the mount point
-  }
-  // umount -l: the daemon ends by itself once its mount is gone (relayfs(8)).
-  void detach() {
-    REQUIRE(m->pid > 0);
-    run("umount -l '" + dir + "'");
-    bool killed;
-    const int st = wait_or_kill(m->pid, std::chrono::seconds(5), &killed);
-    CHECK_FALSE(killed);
-    CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 0));
-    m->pid = -1;
-    m.reset();
-  }
-  void remount() {
-    ::mkdir(dir.c_str(), 0755);
-    m = std::make_unique<Mount>(opts, dir);
-  }
-  std::vector<std::string> opts;
-  std::unique_ptr<Mount> m;
-  std::string dir;
-};
-
 // Shared with the producer children (MAP_SHARED).
 struct Shared {
   std::atomic<uint32_t> ready;

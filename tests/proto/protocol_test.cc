@@ -1,6 +1,7 @@
 // The control protocol: encoding round trips, the parser against malformed input, and messages
 // with descriptors over a real socket pair.
 #include "proto/protocol.h"
+#include "proto/record_state.h"
 
 #include <doctest/doctest.h>
 #include <fcntl.h>
@@ -186,11 +187,31 @@ TEST_CASE("recording messages round-trip; bad alignments, kinds and junk are ref
   }
   CHECK(decode(payload_of(m), header_of(m).length - 1, &rq) == -EPROTO);
 
-  m = encode(RecordReply{0, 1, 2}, 4);
+  // A resume: offset, stream and position go along, and need the state descriptor.
+  RecordRequest resume{42, 7, 0, 0, kRecordState | kRecordResume, 8192, 77, 123456};
+  m = encode(resume, 3);
+  REQUIRE(decode(payload_of(m), header_of(m).length, &rq) == 0);
+  CHECK(rq.flags == (kRecordState | kRecordResume));
+  CHECK(rq.offset == 8192);
+  CHECK(rq.stream == 77);
+  CHECK(rq.position == 123456);
+  for (RecordRequest bad : {RecordRequest{42, 7, 0, 0, kRecordResume, 1, 1, 1},  // no state
+                            RecordRequest{42, 7, 0, 0, kRecordState, 8192, 0, 0},  // not a resume
+                            RecordRequest{42, 7, 0, 0, kRecordState, 0, 77, 0},
+                            RecordRequest{42, 7, 0, 0, kRecordState, 0, 0, 5},
+                            RecordRequest{42, 7, 0, 0, kRecordState | 4u, 0, 0, 0},  // unknown
+                            RecordRequest{42, 7, 0, 0, kRecordState | kRecordResume,
+                                          uint64_t{1} << 63, 1, 1}}) {  // beyond any off_t
+    m = encode(bad, 3);
+    CHECK(decode(payload_of(m), header_of(m).length, &rq) == -EINVAL);
+  }
+
+  m = encode(RecordReply{0, 1, 2, 99}, 4);
   RecordReply rp;
   REQUIRE(decode(payload_of(m), header_of(m).length, &rp) == 0);
   CHECK(rp.fixed == 1);
   CHECK(rp.buffer == 2);
+  CHECK(rp.position == 99);
   m = encode(RecordReply{1, 0, 0}, 4);  // a positive status is not an errno
   CHECK(decode(payload_of(m), header_of(m).length, &rp) == -EPROTO);
 
@@ -390,4 +411,39 @@ TEST_CASE("the receiver refuses garbage, short and lying messages, and survives 
   CHECK(c.channel_id == 8);
   p.a.reset();
   CHECK(recv_message(p.b.get(), &r) == 0);  // end of stream
+}
+
+TEST_CASE("a recording's state file round-trips, and anything else is refused, not half read") {
+  RecordState s{77, 1, 4096, 8, 2, 40, 163636, true, 151360};
+  const std::string text = format_record_state(s);
+  REQUIRE(text.size() == kRecordStateSize);
+  CHECK(text.back() == '\n');
+  RecordState got;
+  REQUIRE(parse_record_state(text.data(), text.size(), &got) == 0);
+  CHECK(got.stream == 77);
+  CHECK(got.buffer == 1);
+  CHECK(got.subbuf_size == 4096);
+  CHECK(got.n_subbufs == 8);
+  CHECK(got.gen == 2);
+  CHECK(got.seq == 40);
+  CHECK(got.position == 163636);
+  CHECK(got.exact);
+  CHECK(got.offset == 151360);
+  CHECK(parse_record_state("", 0, &got) == -ENODATA);  // nothing recorded yet
+  CHECK(parse_record_state(text.data(), text.size() - 1, &got) == -EINVAL);  // torn
+  for (size_t at : {size_t{0}, text.find("position=") + 9, text.find("offset=") + 7,
+                    text.find("sum=") + 4, text.size() - 2}) {
+    CAPTURE(at);
+    std::string bad = text;
+    bad[at] = bad[at] == '1' ? '2' : '1';  // one character changed
+    CHECK(parse_record_state(bad.data(), bad.size(), &got) == -EINVAL);
+  }
+  std::string nul = text;
+  nul[text.size() - 3] = '\0';
+  CHECK(parse_record_state(nul.data(), nul.size(), &got) == -EINVAL);
+  std::string plus = text;  // a sign sscanf would take
+  plus.insert(plus.find("position=") + 9, "+");
+  plus.pop_back();
+  plus.back() = '\n';
+  CHECK(parse_record_state(plus.data(), plus.size(), &got) == -EINVAL);
 }

@@ -373,6 +373,7 @@ TEST_CASE("an output file from an earlier recording is refused and left intact")
   SUBCASE("both there: log0 refused") {}
   SUBCASE("only the index there: log0 is made, then removed again") {
     REQUIRE(::unlink(t.path("rec/log0").c_str()) == 0);
+    REQUIRE(::unlink(t.path("rec/log0.state").c_str()) == 0);
     refused = "log.index";
   }
   const Outcome o = relayctl("record " + m.path("log") + " " + t.path("rec"));
@@ -382,7 +383,7 @@ TEST_CASE("an output file from an earlier recording is refused and left intact")
   CHECK(read_file(t.path("rec/log.index")) == index);
   if (refused == "log0") {
     CHECK(read_file(t.path("rec/log0")) == first);
-    CHECK(listing(t.path("rec")) == "log.index log0 ");
+    CHECK(listing(t.path("rec")) == "log.index log0 log0.state ");
   } else {
     CHECK(listing(t.path("rec")) == "log.index ");
   }
