@@ -23,6 +23,7 @@
 #include "core/geometry.h"
 #include "core/layout.h"
 #include "fs/channel.h"
+#include "fs/fault.h"
 #include "fs/ring_tag.h"
 
 namespace relayfs::fs {
@@ -199,6 +200,8 @@ void ControlServer::on_message(Connection& c, proto::Received& r) {
         if (!adopt)  // the producer has its buffers already
           for (auto& b : ch->buffers) fds.push_back(b->memfd());
         fds.push_back(ch->doorbell.get());
+        // The whole loop waits: nothing else is served meanwhile, which the test does not need.
+        if (!adopt && fault_once(Fault::kOpenReplyDelay)) ::sleep(2);
       }
       if (c.send(proto::encode(reply, seq), fds.data(), fds.size()) != 0 && ch)
         hooks_.finalize(ch);  // the producer is gone already

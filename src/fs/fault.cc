@@ -15,6 +15,7 @@ bool load_faults(const char* spec) noexcept {
       {"index_stall", Fault::kIndexStall},
       {"park_delay", Fault::kParkDelay},
       {"die_after_reply", Fault::kDieAfterReply},
+      {"open_reply_delay", Fault::kOpenReplyDelay},
   };
   uint32_t mask = 0;
   for (const char* p = spec; p && *p;) {

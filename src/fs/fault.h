@@ -30,6 +30,9 @@ enum class Fault : uint32_t {
   // out, before the position is released: a reply in flight when the daemon died, which reached
   // its reader (relay(7), "Daemon restarts").
   kDieAfterReply = 1u << 5,
+  // The first channel a kOpen makes waits two seconds, its files in the tree, before its reply
+  // goes out: the daemon can be killed while a relay_open is in flight.
+  kOpenReplyDelay = 1u << 6,
 };
 
 // Parses a RELAYFS_TEST_FAULTS value. Returns false, setting nothing, for an unknown name.
