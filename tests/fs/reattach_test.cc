@@ -216,7 +216,10 @@ TEST_CASE("hostile kAdopt requests get a clear error, the daemon serves on, a ne
   const auto g4 = geometry(4096, 4);
   const uint64_t size4 = core::Layout::of(g4).total_size;
   // After each refusal: the connection, the daemon and the neighbour as they were.
+  // A name of its own for each request: one wrongly taken must not make the next EEXIST.
+  auto name = [&](const char* base) { return std::string(base) + "-" + std::to_string(seq); };
   auto refused = [&](int err, const proto::OpenRequest& req, const std::vector<int>& fds) {
+    CAPTURE(req.base_filename);
     CHECK(raw_adopt(s, req, fds, seq++) == err);
     CHECK(entries(app) == before);
     keep.write_more();
@@ -225,7 +228,7 @@ TEST_CASE("hostile kAdopt requests get a clear error, the daemon serves on, a ne
   SUBCASE("(a) descriptors of the wrong size or kind: EINVAL") {
     core::Buffer big = fresh_buffer(4096, 8);  // sealed, good header, another geometry's size
     REQUIRE(big.valid());
-    refused(EINVAL, adopt_req(dir, "a", 1), {big.fd()});
+    refused(EINVAL, adopt_req(dir, name("a"), 1), {big.fd()});
     // A sealed memfd smaller than the geometry, one larger, one of the right size unsealed.
     for (uint64_t size : {uint64_t{4096}, size4 + 4096, size4}) {
       CAPTURE(size);
@@ -234,22 +237,22 @@ TEST_CASE("hostile kAdopt requests get a clear error, the daemon serves on, a ne
       REQUIRE(::ftruncate(fd.get(), static_cast<off_t>(size)) == 0);
       if (size != size4)
         REQUIRE(::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0);
-      refused(EINVAL, adopt_req(dir, "a", 1), {fd.get()});
+      refused(EINVAL, adopt_req(dir, name("a"), 1), {fd.get()});
     }
     int p[2];
     REQUIRE(::pipe2(p, O_CLOEXEC) == 0);  // no regular file at all
-    refused(EINVAL, adopt_req(dir, "a", 1), {p[0]});
+    refused(EINVAL, adopt_req(dir, name("a"), 1), {p[0]});
     ::close(p[0]);
     ::close(p[1]);
   }
 
   SUBCASE("(b) a sealed memfd of the right size whose header lies: EINVAL") {
     auto lie = [&](const char* what, auto&& edit) {
-      CAPTURE(what);
+      CAPTURE(std::string(what));
       core::Buffer b = fresh_buffer(4096, 4);
       REQUIRE(b.valid());
       edit(*b.header());
-      refused(EINVAL, adopt_req(dir, "b", 1), {b.fd()});
+      refused(EINVAL, adopt_req(dir, name("b"), 1), {b.fd()});
     };
     lie("magic", [](core::ShmHeader& h) { h.magic ^= 1; });
     lie("version", [](core::ShmHeader& h) { h.version = core::kShmVersion - 1; });
@@ -262,15 +265,15 @@ TEST_CASE("hostile kAdopt requests get a clear error, the daemon serves on, a ne
     core::UniqueFd zero(::memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING));
     REQUIRE(::ftruncate(zero.get(), static_cast<off_t>(size4)) == 0);
     REQUIRE(::fcntl(zero.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
-    refused(EINVAL, adopt_req(dir, "b", 1), {zero.get()});
+    refused(EINVAL, adopt_req(dir, name("b"), 1), {zero.get()});
   }
 
   SUBCASE("(c) fewer or more descriptors than buffers, or one buffer twice: EINVAL") {
     core::Buffer b0 = fresh_buffer(4096, 4), b1 = fresh_buffer(4096, 4);
     REQUIRE((b0.valid() && b1.valid()));
-    refused(EINVAL, adopt_req(dir, "c", 1), {});                   // says 1, brings none
-    refused(EINVAL, adopt_req(dir, "c", 1), {b0.fd(), b1.fd()});   // says 1, brings 2
-    refused(EINVAL, adopt_req(dir, "c", 2), {b0.fd(), b1.fd()});   // a global channel has 1
+    refused(EINVAL, adopt_req(dir, name("c"), 1), {});                   // says 1, brings none
+    refused(EINVAL, adopt_req(dir, name("c"), 1), {b0.fd(), b1.fd()});   // says 1, brings 2
+    refused(EINVAL, adopt_req(dir, name("c"), 2), {b0.fd(), b1.fd()});   // a global channel has 1
     // Per CPU: one buffer per possible CPU, each a different file.
     const unsigned n = ncpus();
     std::vector<core::Buffer> per(n + 1);
@@ -281,17 +284,17 @@ TEST_CASE("hostile kAdopt requests get a clear error, the daemon serves on, a ne
       fds.push_back(b.fd());
     }
     std::vector<int> fewer(fds.begin(), fds.begin() + n - 1), more = fds;
-    refused(EINVAL, adopt_req(dir, "c", n, 4096, 4, 0), fewer);
-    refused(EINVAL, adopt_req(dir, "c", n, 4096, 4, 0), more);
-    refused(EINVAL, adopt_req(dir, "c", n - 1, 4096, 4, 0), fewer);  // what it brings, too few
-    refused(EINVAL, adopt_req(dir, "c", n + 1, 4096, 4, 0), more);
+    refused(EINVAL, adopt_req(dir, name("c"), n, 4096, 4, 0), fewer);
+    refused(EINVAL, adopt_req(dir, name("c"), n, 4096, 4, 0), more);
+    refused(EINVAL, adopt_req(dir, name("c"), n - 1, 4096, 4, 0), fewer);  // what it brings, too few
+    refused(EINVAL, adopt_req(dir, name("c"), n + 1, 4096, 4, 0), more);
     if (n >= 2) {
       std::vector<int> twice(fds.begin(), fds.begin() + n);
       twice[1] = twice[0];  // the same descriptor twice
-      refused(EINVAL, adopt_req(dir, "c", n, 4096, 4, 0), twice);
+      refused(EINVAL, adopt_req(dir, name("c"), n, 4096, 4, 0), twice);
       core::UniqueFd again(::fcntl(fds[0], F_DUPFD_CLOEXEC, 0));
       twice[1] = again.get();  // the same file under another descriptor
-      refused(EINVAL, adopt_req(dir, "c", n, 4096, 4, 0), twice);
+      refused(EINVAL, adopt_req(dir, name("c"), n, 4096, 4, 0), twice);
     }
     // The type and the count disagree: a kOpen that says adopt, a kAdopt that says 0.
     auto retyped = [&](proto::OpenRequest req, proto::Type t) {
@@ -310,7 +313,7 @@ TEST_CASE("hostile kAdopt requests get a clear error, the daemon serves on, a ne
     core::Buffer b = fresh_buffer(4096, 4);
     REQUIRE(b.valid());
     core::UniqueFd ro = reopen_ro(b.fd());
-    refused(EINVAL, adopt_req(dir, "d", 1), {ro.get()});
+    refused(EINVAL, adopt_req(dir, name("d"), 1), {ro.get()});
     // The neighbour's own buffer, as the daemon hands it to a reader (relay_reader_open): whoever
     // may read a channel must not get a writable channel of the same memory under another name.
     const int rs = connect_control(m.dir);
@@ -323,7 +326,7 @@ TEST_CASE("hostile kAdopt requests get a clear error, the daemon serves on, a ne
     REQUIRE(reply.status == 0);
     REQUIRE(r.fds.size() == 1);
     CHECK((::fcntl(r.fds[0].get(), F_GETFL) & O_ACCMODE) == O_RDONLY);
-    refused(EINVAL, adopt_req(dir, "d", 1, 4096, 8), {r.fds[0].get()});
+    refused(EINVAL, adopt_req(dir, name("d"), 1, 4096, 8), {r.fds[0].get()});
     ::close(rs);
   }
 
@@ -347,7 +350,7 @@ TEST_CASE("hostile kAdopt requests get a clear error, the daemon serves on, a ne
     };
     int k = 0;
     for (const Lie& lie : lies) {
-      CAPTURE(lie.what);
+      CAPTURE(std::string(lie.what));
       const std::string base = "e" + std::to_string(k++);
       core::Buffer b = fresh_buffer(4096, 4);
       REQUIRE(b.valid());
