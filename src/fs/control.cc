@@ -24,6 +24,7 @@
 #include "core/geometry.h"
 #include "core/layout.h"
 #include "fs/channel.h"
+#include "fs/fault.h"
 #include "fs/ring_tag.h"
 
 namespace relayfs::fs {
@@ -217,6 +218,8 @@ void ControlServer::on_message(Connection& c, proto::Received& r) {
       if (ch && !adopt) {  // an adopting producer has its buffers and doorbell already
         for (auto& b : ch->buffers) fds.push_back(b->memfd());
         fds.push_back(ch->doorbell.get());
+        // The whole loop waits: nothing else is served meanwhile, which the test does not need.
+        if (!adopt && fault_once(Fault::kOpenReplyDelay)) ::sleep(2);
       }
       if (c.send(proto::encode(reply, seq), fds.data(), fds.size()) != 0 && ch)
         hooks_.finalize(ch);  // the producer is gone already

@@ -16,6 +16,7 @@ bool load_faults(const char* spec) noexcept {
       {"park_delay", Fault::kParkDelay},
       {"die_after_reply", Fault::kDieAfterReply},
       {"record_crash", Fault::kRecordCrash},
+      {"open_reply_delay", Fault::kOpenReplyDelay},
   };
   uint32_t mask = 0;
   for (const char* p = spec; p && *p;) {

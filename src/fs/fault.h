@@ -34,6 +34,9 @@ enum class Fault : uint32_t {
   // third reached the output and the state file but is not consumed yet: the window in which a
   // daemon dies with bytes on disk that the next one delivers again (a resume passes over them).
   kRecordCrash = 1u << 6,
+  // The first channel a kOpen makes waits two seconds, its files in the tree, before its reply
+  // goes out: the daemon can be killed while a relay_open is in flight.
+  kOpenReplyDelay = 1u << 7,
 };
 
 // Parses a RELAYFS_TEST_FAULTS value. Returns false, setting nothing, for an unknown name.

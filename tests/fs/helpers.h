@@ -1,11 +1,13 @@
 // What the mount test programs share besides the Mount fixture (mount.h): numbered records
-// written to a global channel through the producer library, a buffer's counters (relay_buf_stats
+// written to a global channel through the producer library, a bystander channel that must lose
+// nothing, a directory's names, a buffer's counters (relay_buf_stats
 // and the file's extended attributes), waits with a deadline, threads pinned to a CPU, the
 // daemon's control socket, running code as another user (as_user, with or without
 // supplementary groups, or a Holder that keeps its channels until told), and the daemon's usage
 // report.
 #pragma once
 
+#include <dirent.h>
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -31,6 +33,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -88,6 +91,47 @@ inline std::string write_records(rchan* c, int from, int to) {
     all += r;
   }
   return all;
+}
+
+// A channel that must come through everything a test does to its neighbours untouched: a global
+// channel BASE in dir (file BASE0), written to with numbered records.
+struct Bystander {
+  Bystander(const std::string& dir, const char* base) : file(dir + "/" + base + "0") {
+    c = open_global(dir, base);
+  }
+  void write_more() {
+    want += write_records(c, next, next + 3);
+    next += 3;
+  }
+  // Everything written since the last check is read back, whole and in order.
+  void check() {
+    write_more();
+    CHECK(slurp(file) == want);
+    want.clear();
+  }
+  ~Bystander() { CHECK(relay_close(c) == 0); }
+  rchan* c;
+  std::string file, want;
+  int next = 0;
+};
+
+// The names in a directory, without "." and "..".
+inline std::set<std::string> entries(const std::string& dir) {
+  std::set<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  REQUIRE(d != nullptr);
+  while (dirent* e = ::readdir(d))
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
+      out.insert(e->d_name);
+  ::closedir(d);
+  return out;
+}
+
+// A file's inode number, which the control protocol names files and directories by.
+inline uint64_t ino_of(const std::string& path) {
+  struct stat st;
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  return st.st_ino;
 }
 
 // ---- Counters -----------------------------------------------------------------------------------

@@ -23,39 +23,6 @@ namespace proto = relayfs::proto;
 
 namespace {
 
-// A channel that must come through everything the test does to its neighbours untouched.
-struct Bystander {
-  Bystander(const std::string& dir, const char* base) : file(dir + "/" + base + "0") {
-    c = open_global(dir, base);
-  }
-  void write_more() {
-    want += write_records(c, next, next + 3);
-    next += 3;
-  }
-  // Everything written since the last check is read back, whole and in order.
-  void check() {
-    write_more();
-    CHECK(slurp(file) == want);
-    want.clear();
-  }
-  ~Bystander() { CHECK(relay_close(c) == 0); }
-  rchan* c;
-  std::string file, want;
-  int next = 0;
-};
-
-// The names in a directory, without "." and "..".
-std::set<std::string> entries(const std::string& dir) {
-  std::set<std::string> out;
-  DIR* d = ::opendir(dir.c_str());
-  REQUIRE(d != nullptr);
-  while (dirent* e = ::readdir(d))
-    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
-      out.insert(e->d_name);
-  ::closedir(d);
-  return out;
-}
-
 // relay_open's answer as an errno: 0 if it opened the channel (which is then closed again).
 int open_errno(const std::string& base, const std::string& dir, size_t subbuf, size_t n,
                bool global = false) {
@@ -72,12 +39,6 @@ int open_errno(const std::string& base, const std::string& dir, size_t subbuf, s
 // channel, owned by s until s closes).
 int raw_open(int s, const proto::OpenRequest& req, uint32_t seq) {
   return control_answer(s, proto::encode(req, seq));
-}
-
-uint64_t ino_of(const std::string& path) {
-  struct stat st;
-  REQUIRE(::stat(path.c_str(), &st) == 0);
-  return st.st_ino;
 }
 
 // Decimal digits of the largest CPU number: what the per-CPU file names add to the base name.

@@ -76,12 +76,6 @@ int reader_errno(const std::string& path) {
   return 0;
 }
 
-uint64_t ino_of(const std::string& path) {
-  struct stat st;
-  REQUIRE(::stat(path.c_str(), &st) == 0);
-  return st.st_ino;
-}
-
 // A raw reader-open of inode ino, on a fresh connection to the daemon's socket called control.
 int raw_reader_open(const std::string& control, uint64_t ino) {
   const int s = dial_control(control);

@@ -34,12 +34,6 @@ int open_in(const TempDir& dir, const std::string& name, int flags) {
   return fd;
 }
 
-uint64_t ino_of(const std::string& path) {
-  struct stat st;
-  REQUIRE(::stat(path.c_str(), &st) == 0);
-  return st.st_ino;
-}
-
 // Sends a record request with fds on s and returns the daemon's answer as an errno (0: it records),
 // skipping events of recordings started before. *fixed: whether it writes from fixed buffers.
 int ask_record(int s, uint64_t ino, uint32_t cookie, std::vector<int> fds, uint32_t* fixed = nullptr,
