@@ -6,6 +6,7 @@
 // mounts and real producer processes; the restart itself is tested in restart_test.cc.
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -176,8 +177,13 @@ int answer(int s, const std::vector<char>& msg, const std::vector<int>& fds = {}
 }
 
 // The daemon's answer to a kAdopt on connection s as an errno (0: adopted, owned by s).
+// With a fresh eventfd after fds, as the doorbell a producer brings along (protocol.h).
 int raw_adopt(int s, const proto::OpenRequest& req, const std::vector<int>& fds, uint32_t seq) {
-  return answer(s, proto::encode(req, seq), fds);
+  core::UniqueFd doorbell(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  REQUIRE(doorbell);
+  std::vector<int> all = fds;
+  all.push_back(doorbell.get());
+  return answer(s, proto::encode(req, seq), all);
 }
 
 // A global overwrite channel (files BASE0 and BASE, mode 0444). No REQUIRE: for producer
@@ -305,6 +311,14 @@ TEST_CASE("hostile kAdopt requests get a clear error, the daemon serves on, a ne
     };
     CHECK(answer(s, retyped(adopt_req(dir, "c", 1), proto::Type::kOpen), {fds[0]}) == EPROTO);
     CHECK(answer(s, retyped(adopt_req(dir, "c", 0), proto::Type::kAdopt)) == EPROTO);
+    // The doorbell must be an eventfd, and must come: a pipe in its place, or none.
+    int pfd[2];
+    REQUIRE(::pipe2(pfd, O_CLOEXEC) == 0);
+    CHECK(answer(s, proto::encode(adopt_req(dir, name("c"), 1), seq++), {b0.fd(), pfd[0]}) ==
+          EINVAL);
+    CHECK(answer(s, proto::encode(adopt_req(dir, name("c"), 1), seq++), {b0.fd()}) == EINVAL);
+    ::close(pfd[0]);
+    ::close(pfd[1]);
     CHECK(entries(app) == before);
   }
 
