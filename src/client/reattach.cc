@@ -31,7 +31,7 @@ int place_of(const char* parent, Place* out) {
     struct stat ust, dst;
     if (::stat(up.c_str(), &ust) != 0 || ::stat(dir.c_str(), &dst) != 0) return -errno;
     if (ust.st_dev != st.st_dev) break;  // dir is the mount's root
-    below.push_back({dir, dst.st_mode & 07777});
+    below.push_back({dir.substr(slash + 1), dst.st_mode & 07777});
     dir = up;
   }
   p.root = dir;
@@ -40,23 +40,38 @@ int place_of(const char* parent, Place* out) {
   return 0;
 }
 
-int daemon_at(const std::string& root, std::string* name) {
+int open_root(const Place& place, core::UniqueFd* root) {
+  root->reset(::open(place.root.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  return *root ? 0 : -errno;
+}
+
+int daemon_of(int root, std::string* name) {
   char buf[108];
-  const ssize_t n = ::getxattr(root.c_str(), proto::kControlXattr, buf, sizeof buf - 1);
+  const ssize_t n = ::fgetxattr(root, proto::kControlXattr, buf, sizeof buf - 1);
   if (n < 0) return errno == ENODATA || errno == EOPNOTSUPP ? -ENOTSUP : -errno;
   name->assign(buf, static_cast<size_t>(n));
   return 0;
 }
 
-int recreate_dirs(const Place& place) {
+int open_parent(int root, const Place& place, ino_t* ino) {
+  struct stat rst;
+  if (::fstat(root, &rst) != 0) return -errno;
+  core::UniqueFd dir(::fcntl(root, F_DUPFD_CLOEXEC, 0));
+  if (!dir) return -errno;
   for (const auto& d : place.dirs) {
-    if (::mkdir(d.path.c_str(), d.mode) == 0) {
-      // mkdir applied the umask: give the directory the bits it had.
-      if (::chmod(d.path.c_str(), d.mode) != 0) return -errno;
-    } else if (errno != EEXIST) {
-      return -errno;
-    }
+    const bool made = ::mkdirat(dir.get(), d.name.c_str(), d.mode) == 0;
+    if (!made && errno != EEXIST) return -errno;
+    core::UniqueFd next(
+        ::openat(dir.get(), d.name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!next) return -errno;
+    // mkdir applied the umask: give the directory the bits it had.
+    if (made && ::fchmod(next.get(), d.mode) != 0) return -errno;
+    dir = std::move(next);
   }
+  struct stat st;
+  if (::fstat(dir.get(), &st) != 0) return -errno;
+  if (st.st_dev != rst.st_dev) return -EXDEV;  // another file system mounted on the way
+  *ino = st.st_ino;
   return 0;
 }
 

@@ -17,7 +17,7 @@ namespace relayfs::client {
 struct Place {
   std::string root;  // absolute, no symbolic link: the mount point
   struct Dir {
-    std::string path;  // absolute
+    std::string name;  // one path component
     mode_t mode;
   };
   std::vector<Dir> dirs;  // root's subdirectories down to the parent, outermost first
@@ -28,13 +28,19 @@ struct Place {
 // root. Returns 0 or -errno.
 int place_of(const char* parent, Place* out);
 
-// The control socket name of the daemon mounted at root now (its kControlXattr), or -errno:
-// -ENOENT / -ENOTSUP when no relayfs is there, -ENOTCONN when its daemon is dead.
-int daemon_at(const std::string& root, std::string* name);
+// Opens the mount's root as it is now, not through a symbolic link. Returns 0 or -errno
+// (-ENOTCONN when a dead daemon's mount is still there).
+int open_root(const Place& place, core::UniqueFd* root);
 
-// Makes the directories of place that are missing, with their modes, as the calling process
-// (the daemon checks its permission). Returns 0 or -errno.
-int recreate_dirs(const Place& place);
+// The control socket name of the daemon serving root, an open directory (its kControlXattr),
+// or -errno: -ENOTSUP when no relayfs is there.
+int daemon_of(int root, std::string* name);
+
+// Opens the parent directory under root, making the directories of place that are missing with
+// their modes, as the calling process (the daemon checks its permission). Component by
+// component, never through a symbolic link, and never off root's file system: only once the
+// daemon at root is known to be the right one. Returns 0 with *ino its inode number, or -errno.
+int open_parent(int root, const Place& place, ino_t* ino);
 
 // Waits for the mount table to change: poll(2) on /proc/self/mountinfo, which reports every
 // mount and unmount (POLLPRI), or on wake (POLLIN), or for timeout_ms. No busy loop: the thread

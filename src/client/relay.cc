@@ -86,6 +86,11 @@ class EventThread {
   }
   // Forgets the thread without waiting: in a fork child, where it does not exist.
   void release() noexcept { started_ = false; }
+  // Lets the thread end by itself, unwaited for: relay_close giving up on a stuck thread.
+  void detach() noexcept {
+    if (started_) ::pthread_detach(thread_);
+    started_ = false;
+  }
 
  private:
   pthread_t thread_{};
@@ -116,6 +121,12 @@ struct Chan {
   // relay_close began. sock_mu orders a reattach against relay_close's request (relay_close).
   std::mutex sock_mu;
   bool attached = true;  // guarded by sock_mu
+  bool shut = false;     // relay_close shut the socket down; guarded by sock_mu
+  // relay_close and the event thread: the thread has ended its work (a futex word), and which of
+  // the two frees the channel when relay_close stops waiting for a thread stuck in a file system
+  // that does not answer (relay_close, event_main).
+  std::atomic<uint32_t> thread_done{0};
+  std::atomic<uint32_t> handoff{0};
   std::atomic<bool> closing{false};
   UniqueFd wake;  // eventfd: relay_close wakes an event thread that waits for a mount
   // The process that opened the channel, and the fork generation it was in (owns()).
@@ -137,6 +148,10 @@ Chan* impl(rchan* c) {
 Buf* impl(rchan_buf* b) {
   return static_cast<Buf*>(b->impl);
 }
+
+// How long relay_close waits for an event thread that has no daemon: it answers at once unless
+// a file system it is asking does not answer.
+constexpr auto kNoDaemonWait = std::chrono::seconds(1);
 
 // The C boundary: reports rc (-errno) in errno, and returns -1.
 int fail(int rc) {
@@ -198,19 +213,26 @@ void set_close_status(Chan* c, int status) {
 
 // relay_close's side: waits up to kReplyTimeout for the event thread's answer. Returns it, or
 // -EIO when none came in time.
-int wait_close_status(Chan* c) {
+// Waits up to limit for word to leave 0. Returns whether it did. acquire: pairs with the
+// release store that set it, so what was written before is seen.
+bool wait_word(std::atomic<uint32_t>& word, std::chrono::nanoseconds limit) {
   using Clock = std::chrono::steady_clock;
-  const auto until = Clock::now() + relayfs::client::kReplyTimeout;
-  // acquire: pairs with set_close_status's release, so close_status is the thread's.
-  while (c->close_done.load(std::memory_order_acquire) == 0) {
+  const auto until = Clock::now() + limit;
+  while (word.load(std::memory_order_acquire) == 0) {
     const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(until - Clock::now());
-    if (left.count() <= 0) return -EIO;
+    if (left.count() <= 0) return false;
     const timespec ts{static_cast<time_t>(left.count() / 1'000'000'000),
                       static_cast<long>(left.count() % 1'000'000'000)};
     // Returns at once if the word is no longer 0; EINTR and spurious wake-ups just loop.
-    ::syscall(SYS_futex, futex_word(c->close_done), FUTEX_WAIT_PRIVATE, 0, &ts, nullptr, 0);
+    ::syscall(SYS_futex, futex_word(word), FUTEX_WAIT_PRIVATE, 0, &ts, nullptr, 0);
   }
-  return c->close_status;
+  return true;
+}
+
+// relay_close's side: waits up to limit for the event thread's answer. Returns it, or timeout
+// when none came in time.
+int wait_close_status(Chan* c, std::chrono::nanoseconds limit, int timeout) {
+  return wait_word(c->close_done, limit) ? c->close_status : timeout;
 }
 
 // CPUs the system may have: the daemon makes one buffer per CPU the same way.
@@ -311,6 +333,7 @@ void serve(Chan* c, bool* answered) {
       set_close_status(c, proto::decode(r.payload.data(), r.payload.size(), &st) == 0 ? st.status
                                                                                      : -EIO);
       *answered = true;
+      if (c->closing.load(std::memory_order_acquire)) return;  // nothing more to serve
     }
   }
 }
@@ -349,21 +372,27 @@ int await_open(Chan* c, int sock, proto::OpenReply* reply, proto::Received* r,
 // One attempt to hand the channel to the daemon mounted where it was. Returns 0 once attached,
 // or -errno: no relayfs there (yet), the same daemon that hung up, or its refusal.
 int reattach(Chan* c) {
+  // The root as it is now, and the daemon that serves it, asked through that open directory.
+  UniqueFd root;
+  if (int rc = relayfs::client::open_root(c->place, &root); rc) return rc;
   std::string name;
-  if (int rc = relayfs::client::daemon_at(c->place.root, &name); rc) return rc;
-  if (name == c->daemon) return -EAGAIN;  // the daemon that hung up (or its dead mount)
-  if (int rc = relayfs::client::recreate_dirs(c->place); rc) return rc;
-  struct stat st;
-  if (::stat(c->place.parent.c_str(), &st) != 0) return -errno;
+  if (int rc = relayfs::client::daemon_of(root.get(), &name); rc) return rc;
+  if (name == c->daemon) return -EAGAIN;  // the daemon that hung up
   UniqueFd sock;
-  if (int rc = connect_daemon(c->place.parent.c_str(), &sock); rc) return rc;
+  if (int rc = proto::connect_named(name, static_cast<int>(relayfs::client::kReplyTimeout.count()),
+                                    &sock);
+      rc)
+    return rc;
   // The buffers, with the data in them, go only to a daemon run by whoever ran the first one, or
   // by root: not to a file system another user mounted where a writable mount point let them.
+  // Checked before anything is made there.
   uid_t uid;
   if (int rc = peer_uid(sock.get(), &uid); rc) return rc;
   if (uid != c->daemon_uid && uid != 0) return -EPERM;
+  ino_t parent;
+  if (int rc = relayfs::client::open_parent(root.get(), c->place, &parent); rc) return rc;
   proto::OpenRequest req = c->request;
-  req.parent_ino = st.st_ino;
+  req.parent_ino = parent;
   req.adopt = static_cast<uint32_t>(c->bufs.size());
   std::vector<int> fds;
   for (auto& b : c->bufs) fds.push_back(b->buffer.fd());
@@ -384,6 +413,9 @@ int reattach(Chan* c) {
   bool close_now;
   {
     std::lock_guard lk(c->sock_mu);
+    // relay_close gave up waiting and shut the old socket down: the new one must not replace it
+    // (the channel, adopted over there, is finalized when this socket closes).
+    if (c->shut) return -ECANCELED;
     // The new socket takes the old number: relay_close or relay_subbufs_consumed sending
     // meanwhile reach one daemon or the other, never a closed or reused descriptor.
     if (::dup3(sock.get(), c->sock.get(), O_CLOEXEC) < 0) return -errno;
@@ -430,7 +462,16 @@ void event_loop(Chan* c) {
 }
 
 void* event_main(void* chan) {
-  event_loop(static_cast<Chan*>(chan));
+  Chan* c = static_cast<Chan*>(chan);
+  event_loop(c);
+  // Done. relay_close joins this thread once it sees thread_done; if it stopped waiting first
+  // (the thread was stuck in a file system that did not answer), the channel is ours to free.
+  // release: relay_close's acquire in wait_word.
+  c->thread_done.store(1, std::memory_order_release);
+  ::syscall(SYS_futex, futex_word(c->thread_done), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr,
+            0);
+  // acq_rel: whichever of the two comes second frees the channel, after the other is done.
+  if (c->handoff.exchange(1, std::memory_order_acq_rel) == 1) delete c;
   return nullptr;
 }
 
@@ -463,7 +504,11 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
     }
   }
   if (int rc = relayfs::client::place_of(parent, &c->place); rc) return rc;
-  if (int rc = relayfs::client::daemon_at(c->place.root, &c->daemon); rc) return rc;
+  {
+    UniqueFd root;
+    if (int rc = relayfs::client::open_root(c->place, &root); rc) return rc;
+    if (int rc = relayfs::client::daemon_of(root.get(), &c->daemon); rc) return rc;
+  }
   c->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!c->wake) return -errno;
   if (int rc = connect_daemon(parent, &c->sock); rc) return rc;
@@ -625,8 +670,8 @@ RELAY_API int relay_close(rchan* chan) {
   }
   for (auto& b : c->bufs) b->producer->close();
   int status = 0;
+  bool asked = false;
   try {
-    bool asked;
     {
       // With the event thread's reattach: either it attached first and this request goes to
       // the new daemon, or it sees `closing` once attached and asks itself (reattach).
@@ -642,24 +687,45 @@ RELAY_API int relay_close(rchan* chan) {
       if (::write(c->wake.get(), &one, sizeof one) < 0) {
       }  // EAGAIN: a wake-up is pending already
     }
-    status = wait_close_status(c.get());
+    // With no daemon, a moment for the thread to answer, not the 30 s a daemon may take.
+    status = asked ? wait_close_status(c.get(), relayfs::client::kReplyTimeout, -EIO)
+                   : wait_close_status(c.get(), kNoDaemonWait, -ENOTCONN);
   } catch (...) {
     status = -EIO;
   }
-  ::shutdown(c->sock.get(), SHUT_RDWR);  // ends the event thread
-  c->events.join();
+  {
+    // Ends the event thread; and a reattach under way gives up rather than put a new socket
+    // in this one's place (reattach).
+    std::lock_guard lk(c->sock_mu);
+    c->shut = true;
+    ::shutdown(c->sock.get(), SHUT_RDWR);
+  }
+  int rc = status ? -EIO : 0;
   if (status == -ENOTCONN) {
     // Closed with no daemon: what nobody read goes with the buffers (relay_close(3)). Said as
     // ENOTCONN when there was some; a channel read to its end closes cleanly.
+    rc = 0;
     for (auto& b : c->bufs) b->producer->abandon();
     for (auto& b : c->bufs) {
       relay_stats st;
       relayfs::client::read_stats(b->buffer, &st);
-      if (st.bytes_unread != 0) return fail(-ENOTCONN);
+      if (st.bytes_unread != 0) rc = -ENOTCONN;
     }
-    return 0;
   }
-  return status ? fail(-EIO) : 0;
+  // A thread that answered, or serves a daemon (the shutdown ends that), ends at once; one that
+  // did not answer with no daemon is stuck, and is not waited for again.
+  const bool answered = c->close_done.load(std::memory_order_acquire) != 0;
+  if (wait_word(c->thread_done, answered || asked ? std::chrono::nanoseconds(kNoDaemonWait)
+                                                  : std::chrono::nanoseconds(0))) {
+    c->events.join();
+  } else {
+    // The thread is stuck in a file system that does not answer (a mount point whose new daemon
+    // hangs): relay_close returns all the same, and the thread frees the channel when it ends,
+    // unless it ended just now (event_main).
+    c->events.detach();
+    if (c->handoff.exchange(1, std::memory_order_acq_rel) == 0) c.release();
+  }
+  return rc ? fail(rc) : 0;
 }
 
 // Also from a fork child: a flush is the switch a write that does not fit makes, which the

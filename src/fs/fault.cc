@@ -17,6 +17,7 @@ bool load_faults(const char* spec) noexcept {
       {"die_after_reply", Fault::kDieAfterReply},
       {"record_crash", Fault::kRecordCrash},
       {"open_reply_delay", Fault::kOpenReplyDelay},
+      {"slow_control_xattr", Fault::kSlowControlXattr},
   };
   uint32_t mask = 0;
   for (const char* p = spec; p && *p;) {

@@ -37,6 +37,9 @@ enum class Fault : uint32_t {
   // The first channel a kOpen makes waits two seconds, its files in the tree, before its reply
   // goes out: the daemon can be killed while a relay_open is in flight.
   kOpenReplyDelay = 1u << 7,
+  // Every lookup of the control socket's attribute (kControlXattr) waits 5 s on its FUSE worker,
+  // as in a daemon that does not answer: a producer reattaching then waits in getxattr(2).
+  kSlowControlXattr = 1u << 8,
 };
 
 // Parses a RELAYFS_TEST_FAULTS value. Returns false, setting nothing, for an unknown name.

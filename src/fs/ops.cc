@@ -7,12 +7,15 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "core/stats.h"
 #include "fs/channel.h"
+#include "fs/fault.h"
 #include "fs/files.h"
 #include "proto/names.h"
 #include "proto/protocol.h"
@@ -258,6 +261,8 @@ void Ops::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size
 }
 
 int Ops::do_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  if (fault(Fault::kSlowControlXattr) && std::strcmp(name, proto::kControlXattr) == 0)
+    std::this_thread::sleep_for(std::chrono::seconds(5));
   if (ino == FUSE_ROOT_ID && std::strcmp(name, proto::kUsersXattr) == 0)
     return reply_xattr(req, usage_(), size);  // outside the tree lock: it lists /proc/self/fd
   std::string value;

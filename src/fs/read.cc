@@ -30,6 +30,33 @@ char* read_buffer() {
   return buf.get();
 }
 
+// The hold a reply takes on its source (Source::hold), ended once the reply is out, or when
+// anything throws on the way there: a hold left behind would stop the buffer's publication for
+// good, and with it a no-overwrite writer.
+class ReplyHold {
+ public:
+  ReplyHold() = default;
+  ReplyHold(const ReplyHold&) = delete;
+  ReplyHold& operator=(const ReplyHold&) = delete;
+  ~ReplyHold() { end(); }
+  void take(Source& s) {  // s.mu held
+    s.hold();
+    s_ = &s;
+  }
+  void end_locked() {  // s.mu held
+    if (s_) s_->release();
+    s_ = nullptr;
+  }
+  void end() {
+    if (!s_) return;
+    std::lock_guard lk(s_->mu);
+    end_locked();
+  }
+
+ private:
+  Source* s_ = nullptr;
+};
+
 // The read this thread is parking: libfuse calls the interrupt callback from inside
 // fuse_req_interrupt_func when the request is already interrupted.
 thread_local uint64_t tl_parking = 0;
@@ -205,7 +232,7 @@ int Files::page_read(fuse_req_t req, FileHandle* fh, size_t size, off_t off) {
   size = std::min(size, kMaxRead);
   char* out = read_buffer();
   size_t have = 0;
-  bool held = false;
+  ReplyHold hold;
   {
     std::lock_guard lk(s.mu);
     if (want < fh->history_start) return -EIO;  // older than anything kept: not truthfully
@@ -220,8 +247,7 @@ int Files::page_read(fuse_req_t req, FileHandle* fh, size_t size, off_t off) {
     std::memcpy(out, fh->history.data() + from, have);
     if (have < size) {
       Pieces pieces;
-      s.hold();  // released once the reply is out
-      held = true;
+      hold.take(s);  // ended once the reply is out
       const ssize_t n = s.consume(out + have, size - have, &pieces);
       if (n > 0) {
         fh->took(pieces);
@@ -231,10 +257,7 @@ int Files::page_read(fuse_req_t req, FileHandle* fh, size_t size, off_t off) {
     }
   }
   fuse_reply_buf(req, out, have);
-  if (held) {
-    std::lock_guard lk(s.mu);
-    s.release();
-  }
+  hold.end();
   return 0;
 }
 
@@ -281,7 +304,7 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
   char* out = read_buffer();
   ssize_t n = 0;
   bool drained;
-  bool held = false;  // s holds the position for this reply (Source::hold)
+  ReplyHold hold;  // the position, held for this reply
   const uint64_t pos = static_cast<uint64_t>(std::max<off_t>(off, 0));
   {
     std::lock_guard lk(s.mu);
@@ -296,8 +319,7 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
       std::memcpy(out, fh->history.data() + from, static_cast<size_t>(n));
     }
     if (static_cast<size_t>(n) < size) {
-      s.hold();  // until the reply is out: released below on every path
-      held = true;
+      hold.take(s);  // until the reply is out
       const ssize_t more = s.consume(out + n, size - static_cast<size_t>(n));
       if (more < 0 && n == 0) n = more;
       if (more > 0) {
@@ -307,10 +329,7 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
         n += more;
       }
     }
-    if (held && n <= 0) {  // nothing is on its way
-      s.release();
-      held = false;
-    }
+    if (n <= 0) hold.end_locked();  // nothing is on its way
     drained = n == 0 && s.drained();
   }
   if (n < 0) return static_cast<int>(n);
@@ -325,7 +344,7 @@ int Files::do_read(fuse_req_t req, size_t size, off_t off, FileHandle* fh) {
       fh->prove(pos + static_cast<uint64_t>(n));  // the reply reached the reader
     }
     if (fault(Fault::kDieAfterReply)) ::kill(::getpid(), SIGKILL);
-    if (held) s.release();
+    hold.end_locked();
     return 0;
   }
   if (!drained) return -EAGAIN;
@@ -481,22 +500,20 @@ bool Files::service(const std::shared_ptr<Source>& s) {
     for (;;) {
       ParkedRead* pr = nullptr;
       ssize_t n = 0;
+      ReplyHold hold;
       {
         std::lock_guard lk(s->mu);
         if (s->parked.empty()) break;
         pr = s->parked.front();
-        s->hold();  // until the reply is out
+        hold.take(*s);  // until the reply is out
         n = s->consume(tmp.get(), std::min(pr->size, kMaxRead));
-        if (n <= 0) s->release();
+        if (n <= 0) hold.end_locked();
         if (n == 0 && !s->drained()) break;
         s->parked.pop_front();
       }
       if (n == 0) eof = true;
       finish_read(pr, tmp.get(), n);
-      if (n > 0) {
-        std::lock_guard lk(s->mu);
-        s->release();
-      }
+      hold.end();
     }
     std::lock_guard lk(s->mu);
     bool want_records = !s->parked.empty();

@@ -91,17 +91,24 @@ int connect_control(const char* dir, int timeout_s, core::UniqueFd* out) {
   char name[108];
   const ssize_t n = ::getxattr(dir, kControlXattr, name, sizeof name - 1);
   if (n < 0) return errno == ENOENT ? -ENOENT : -ENOTSUP;  // not a relayfs directory
-  if (n < 2 || name[0] != '@') return -ENOTSUP;
+  return connect_named(std::string(name, static_cast<size_t>(n)), timeout_s, out);
+}
+
+int connect_named(const std::string& name, int timeout_s, core::UniqueFd* out) {
+  if (name.size() < 2 || name.size() > 107 || name[0] != '@') return -ENOTSUP;
   core::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!s) return -errno;
+  // Without the timeouts a hung daemon would hold the caller for good: no connection then. The
+  // send timeout bounds connect(2) too, which waits while the daemon's backlog is full.
+  timeval tv{static_cast<time_t>(timeout_s), 0};
+  if (::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+      ::setsockopt(s.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
+    return -errno;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path + 1, name + 1, static_cast<size_t>(n - 1));  // abstract: leading NUL
-  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + static_cast<size_t>(n));
+  std::memcpy(addr.sun_path + 1, name.data() + 1, name.size() - 1);  // abstract: leading NUL
+  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
   if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) return -errno;
-  // Without the timeout a hung daemon would hold the caller for good: no connection then.
-  timeval tv{static_cast<time_t>(timeout_s), 0};
-  if (::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) return -errno;
   *out = std::move(s);
   return 0;
 }

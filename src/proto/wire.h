@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "core/fd.h"
@@ -39,5 +40,9 @@ int send_failure(int sock, int err);
 // at most timeout_s seconds. Returns 0 or -errno: -ENOENT, -ENOTSUP (not inside relayfs), or
 // the socket or connect error.
 int connect_control(const char* dir, int timeout_s, core::UniqueFd* out);
+
+// The same, to the daemon whose control socket is name (the attribute's value, "@..."), as read
+// already. Returns 0 or -errno (-ENOTSUP for a name that is not one).
+int connect_named(const std::string& name, int timeout_s, core::UniqueFd* out);
 
 }  // namespace relayfs::proto

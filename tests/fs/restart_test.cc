@@ -4,7 +4,10 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/sysinfo.h>
+#include <sys/un.h>
 #include <sys/xattr.h>
 
 #include <algorithm>
@@ -50,6 +53,15 @@ Shared* shared_map() {
                    -1, 0);
   REQUIRE(p != MAP_FAILED);
   return new (p) Shared{};
+}
+
+// A global overwrite channel (writes never fail for want of a reader); nullptr on failure.
+rchan* open_overwrite_global(const std::string& dir, const char* base) {
+  rchan_callbacks cb{};
+  cb.create_buf_file = &make_global<0444>;
+  relay_options o{};
+  o.flags = RELAY_OVERWRITE;
+  return relay_open_opts(base, dir.c_str(), 4096, 8, &cb, nullptr, &o);
 }
 
 uint32_t rec_len(uint64_t seq) {
@@ -445,4 +457,103 @@ TEST_CASE("an mmap reader fails clearly when the daemon dies, and opened again r
   CHECK(relay_reader_consumed(r, 1) == 0);
   CHECK(relay_reader_close(r) == 0);
   CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("a plain directory at the mount point dressed up as a relayfs gets nothing: no "
+          "directory made through its symbolic links, no buffers to its socket") {
+  gid_t gid;
+  const uid_t evil = test_user(&gid, "relayfs-test2");
+  if (evil == static_cast<uid_t>(-1)) {
+    MESSAGE("skipped: needs root to create a user");
+    return;
+  }
+  Remountable fs({});
+  REQUIRE(::mkdir((fs.dir + "/a").c_str(), 0755) == 0);
+  REQUIRE(::mkdir((fs.dir + "/a/b").c_str(), 0750) == 0);
+  rchan* c = open_global(fs.dir + "/a/b", "deep", 4096, 8);
+  const std::string want = write_records(c, 0, 10);
+  fs.crash();
+  // While nothing is mounted there: the directory says it is a relayfs whose daemon listens on
+  // a socket another user bound, and `a` leads elsewhere.
+  TempDir target;
+  REQUIRE(::mkdir(fs.dir.c_str(), 0755) == 0);
+  const std::string sock = "relayfs-impostor-" + std::to_string(::getpid());
+  REQUIRE(::setxattr(fs.dir.c_str(), "user.relayfs.control", ("@" + sock).data(), sock.size() + 1,
+                     0) == 0);
+  REQUIRE(::symlink(target.dir.c_str(), (fs.dir + "/a").c_str()) == 0);
+  int ready[2];
+  REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
+  const pid_t impostor = spawn([&] {
+    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(evil) != 0) return 250;
+    const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path + 1, sock.data(), sock.size());
+    if (::bind(s, reinterpret_cast<sockaddr*>(&a),
+               static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + sock.size())) != 0 ||
+        ::listen(s, 16) != 0)
+      return 251;
+    (void)!::write(ready[1], "r", 1);
+    for (;;) ::close(::accept(s, nullptr, nullptr));  // takes whatever comes; sees nothing
+  });
+  char byte;
+  REQUIRE(::read(ready[0], &byte, 1) == 1);
+  // A mount-table change wakes the producer: it looks, connects, finds another user's socket.
+  TempDir elsewhere;
+  REQUIRE(::mount("none", elsewhere.dir.c_str(), "tmpfs", 0, nullptr) == 0);
+  REQUIRE(::umount(elsewhere.dir.c_str()) == 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(6000));  // past the 5 s fallback look
+  CHECK_FALSE(exists(target.dir + "/b"));
+  ::kill(impostor, SIGKILL);
+  wait_child(impostor, std::chrono::seconds(5));
+  ::close(ready[0]);
+  ::close(ready[1]);
+  ::unlink((fs.dir + "/a").c_str());
+  REQUIRE(::removexattr(fs.dir.c_str(), "user.relayfs.control") == 0);
+  // The real one: the channel comes back in a/b, made again with their modes, with its data.
+  fs.remount();
+  REQUIRE(wait_for([&] { return exists(fs.dir + "/a/b/deep0"); }, std::chrono::seconds(10)));
+  struct stat st;
+  REQUIRE(::stat((fs.dir + "/a/b").c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0750);
+  CHECK(slurp(fs.dir + "/a/b/deep0") == want);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("relay_close returns at once while the channel's thread waits on a daemon that does not "
+          "answer, and the thread frees the channel when it is done") {
+  Remountable fs({});
+  Shared* sh = shared_map();
+  const pid_t pid = spawn([&] {
+    rchan* c = open_overwrite_global(fs.dir, "slow");
+    if (!c) return kChildSetupFailed;
+    sh->ready.store(1);
+    while (!sh->close.load()) {
+      relay_write(c, "x", 1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    const auto t0 = Clock::now();
+    sh->p[0].close_rc.store(relay_close(c));
+    sh->p[0].written.store(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count()));
+    sh->p[0].done.store(1);
+    // The thread, stuck 5 s in the daemon's getxattr, ends after this and frees the channel.
+    std::this_thread::sleep_for(std::chrono::seconds(7));
+    return 0;
+  });
+  REQUIRE(wait_for([&] { return sh->ready.load() == 1; }, std::chrono::seconds(10)));
+  fs.crash();
+  {
+    TestFaults faults("slow_control_xattr");
+    fs.remount();  // the producer's thread now waits 5 s in getxattr on the new mount
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  sh->close.store(1);
+  REQUIRE(wait_for([&] { return sh->p[0].done.load() == 1; }, std::chrono::seconds(20)));
+  const uint64_t ms = sh->p[0].written.load();
+  std::printf("relay_close with the thread stuck: %" PRIu64 " ms, returned %d\n", ms,
+              sh->p[0].close_rc.load());
+  CHECK(ms < 4000);
+  CHECK(wait_child(pid, std::chrono::seconds(20)) == 0);  // no crash when the thread ends
+  ::munmap(sh, sizeof(Shared));
 }
