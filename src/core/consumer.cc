@@ -90,6 +90,11 @@ void Consumer::resume() noexcept {
   lost_expired_ = load(r.lost_expired_bytes);
   // What the last daemon handed out past the record is read again: the boundary, counted.
   redelivered_ = load(r.redelivered_bytes) + load(r.inflight);
+  // What its readers' page caches had taken and nobody was shown to get went with it: counted
+  // as a close of the file would have counted it.
+  const uint64_t unproven = std::min(load(r.unproven), total_read_);
+  total_read_ -= unproven;
+  lost_readahead_ += unproven;
   rec_seq_ = seq;
   publish();
 }
@@ -104,6 +109,7 @@ void Consumer::write_record() noexcept {
     // bytes moves (one store, whole or not at all).
     const uint64_t past = total_read_ > rec_total_ ? total_read_ - rec_total_ : 0;
     hdr_rw_->records[rec_seq_ & 1].inflight.store(past, std::memory_order_relaxed);
+    hdr_rw_->records[rec_seq_ & 1].unproven.store(unproven_, std::memory_order_relaxed);
     return;
   }
   const uint64_t next = rec_seq_ + 1;
@@ -114,6 +120,7 @@ void Consumer::write_record() noexcept {
   r.read_off.store(bytes_consumed_, relaxed);
   r.pos_bytes.store(pos_bytes_ | (pos_pending_ ? kPosPending : 0), relaxed);
   r.inflight.store(0, relaxed);
+  r.unproven.store(unproven_, relaxed);
   r.bytes_consumed.store(total_read_, relaxed);
   r.overruns.store(overruns_, relaxed);
   r.lost_uncommitted.store(lost_uncommitted_, relaxed);
@@ -562,7 +569,14 @@ void Consumer::readahead_lost(uint64_t n) noexcept {
   n = std::min(n, total_read_);
   total_read_ -= n;
   lost_readahead_ += n;
+  unproven_ -= std::min(n, unproven_);  // counted now: no longer the next daemon's to count
   publish();
+}
+
+void Consumer::note_unproven(int64_t delta) noexcept {
+  const uint64_t d = delta < 0 ? static_cast<uint64_t>(-delta) : static_cast<uint64_t>(delta);
+  unproven_ = delta < 0 ? unproven_ - std::min(d, unproven_) : unproven_ + d;
+  write_record();
 }
 
 uint64_t Consumer::bytes_produced() noexcept {

@@ -127,6 +127,10 @@ class Consumer {
   // to reach a reader: they move from bytes_consumed to lost_readahead_bytes (at most what was
   // handed out). The read position stays where it is: they left the buffer.
   void readahead_lost(uint64_t n) noexcept;
+  // n bytes that a read handed out went to a page cache and are not proven to have reached a
+  // reader yet (delta > 0), or now are, or were counted by readahead_lost (delta < 0). Kept in
+  // the consumer record: if the daemon dies, the next one counts them in lost_readahead_bytes.
+  void note_unproven(int64_t delta) noexcept;
 
   // Frees what is unread of a finalized buffer, counted in lost_expired_bytes: the reader
   // position moves to the end, as if it had read everything (relayfs's orphan_timeout).
@@ -221,6 +225,7 @@ class Consumer {
   uint64_t lost_expired_ = 0;
   uint64_t corrupt_events_ = 0;
   uint64_t redelivered_ = 0;
+  uint64_t unproven_ = 0;  // note_unproven
   uint64_t bytes_produced_seen_ = 0;
 };
 

@@ -76,7 +76,9 @@ inline constexpr uint64_t consumed_count(uint64_t tagged, uint32_t gen) {
 // mid-write leaves the previous record whole. At least once (relay(7), "Daemon restarts"): it
 // never counts as read what a reply still in flight carries; `inflight` says how many bytes the
 // consumer handed out past it, which the next daemon delivers again and counts in
-// `redelivered`.
+// `redelivered`. Bytes a splice reader's page cache took are past the position already (the page
+// cache has them); `unproven` says how many of those no reader was shown to get, which the next
+// daemon counts lost, as a close of the file would (lost_readahead_bytes).
 struct ConsumerRecord {
   std::atomic<uint64_t> consumed;  // consumed_tag(gen, sub-buffers consumed)
   std::atomic<uint32_t> gen;       // the full reset generation the position belongs to
@@ -84,6 +86,8 @@ struct ConsumerRecord {
   std::atomic<uint64_t> pos_bytes; // where that sub-buffer starts in the byte stream; bit 63:
                                    // only a lower bound (lapped, not yet settled)
   std::atomic<uint64_t> inflight;  // bytes handed to readers past this position, unconfirmed
+  std::atomic<uint64_t> unproven;  // of bytes_consumed, those a page cache took and no reader
+                                   // was shown to get (lost_readahead_bytes if the daemon dies)
   // The consumer's counters (stats.h), in this order.
   std::atomic<uint64_t> bytes_consumed;
   std::atomic<uint64_t> overruns;

@@ -37,6 +37,11 @@ void MergedView::take_back(RelayBuffer& part, uint64_t n) {
   part.cons_.readahead_lost(n);
 }
 
+void MergedView::note_unproven(RelayBuffer& part, int64_t delta) {
+  std::lock_guard lk(part.mu);  // lock order: the merged view's mu (held), then the buffer's
+  part.cons_.note_unproven(delta);
+}
+
 // Every part: a read of the merged view may take from any of them. Lock order: the merged
 // view's mu (held), then each buffer's.
 void MergedView::hold() {

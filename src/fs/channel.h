@@ -91,6 +91,9 @@ class Source {
   // n bytes of part (this buffer, or one of the merged view's) that a read handed out went to
   // a page cache and were never shown to reach a reader (Consumer::readahead_lost).
   virtual void take_back(RelayBuffer& part, uint64_t n) = 0;
+  // delta bytes of part that a page cache took are now unproven (> 0), or proven (< 0)
+  // (core::Consumer::note_unproven).
+  virtual void note_unproven(RelayBuffer& part, int64_t delta) = 0;
   // Around a reply that carries consumed bytes: what it carries counts as read, for the producer
   // and for a daemon that resumes after this one (core::Consumer::hold), only from release().
   virtual void hold() = 0;
@@ -145,6 +148,7 @@ class RelayBuffer final : public Source {
     return n;
   }
   void take_back(RelayBuffer&, uint64_t n) override { cons_.readahead_lost(n); }
+  void note_unproven(RelayBuffer&, int64_t delta) override { cons_.note_unproven(delta); }
   void hold() override { cons_.hold(); }
   void release() override { cons_.release(); }
   bool data_available() override { return cons_.data_available(); }
@@ -207,6 +211,7 @@ class MergedView final : public Source {
 
   ssize_t consume(void* dst, size_t count, Pieces* from) override;
   void take_back(RelayBuffer& part, uint64_t n) override;
+  void note_unproven(RelayBuffer& part, int64_t delta) override;
   void hold() override;
   void release() override;
   bool data_available() override;

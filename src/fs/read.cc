@@ -80,7 +80,8 @@ struct FileHandle {
   // at view_end, and begin where the proof ends (the reader's position, as its requests tell).
   // Each run keeps its buffer, which a loss is counted against. Guarded by source->mu.
   struct Run {
-    uint64_t end;  // offset in the view where the run ends
+    uint64_t start;  // offsets in the view where the run begins and ends
+    uint64_t end;
     RelayBuffer* buf;
   };
   std::deque<Run> unproven;
@@ -99,28 +100,35 @@ struct FileHandle {
     }
   }
   // The page cache took `from` at the view's end (before view_end moves past them).
+  // Each buffer keeps count of its unproven bytes (Source::note_unproven), for a daemon that
+  // would resume it after this one died.
   void took(const Pieces& from) {
     uint64_t at = view_end;
     for (const Piece& p : from) {
-      at += p.len;
-      if (!unproven.empty() && unproven.back().buf == p.buf)
-        unproven.back().end = at;
+      if (!unproven.empty() && unproven.back().buf == p.buf && unproven.back().end == at)
+        unproven.back().end = at + p.len;
       else
-        unproven.push_back({at, p.buf});
+        unproven.push_back({at, at + p.len, p.buf});
+      at += p.len;
+      source->note_unproven(*p.buf, static_cast<int64_t>(p.len));
     }
   }
   // The reader has had everything before offset upto.
   void prove(uint64_t upto) {
-    proven = std::max(proven, upto);
+    if (upto <= proven) return;
+    for (const Run& r : unproven) {
+      const uint64_t from = std::max(r.start, proven), to = std::min(r.end, upto);
+      if (to > from) source->note_unproven(*r.buf, -static_cast<int64_t>(to - from));
+    }
+    proven = upto;
     while (!unproven.empty() && unproven.front().end <= proven) unproven.pop_front();
   }
   // The file is closed: what is still unproven never reached anyone we know of. Counted against
   // each run's buffer, with source->mu held.
   void give_up() {
-    uint64_t from = proven;
     for (const Run& r : unproven) {
+      const uint64_t from = std::max(r.start, proven);
       if (r.end > from) source->take_back(*r.buf, r.end - from);
-      from = std::max(from, r.end);
     }
     unproven.clear();
   }

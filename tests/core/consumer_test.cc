@@ -589,3 +589,18 @@ TEST_CASE("a record torn by a consumer killed mid-write is never used: the previ
   CHECK(resumed_drain(rig, &st) == "two;");
   CHECK(st.corrupt == 0);
 }
+
+TEST_CASE("bytes a page cache took and no reader was shown to get are counted lost after a "
+          "restart, as a close would count them") {
+  Rig rig(32, 8);
+  REQUIRE(rig.write("spliced;") == 0);
+  char tmp[64];
+  REQUIRE(rig.cons->read(tmp, sizeof tmp) == 8);  // into a page cache
+  rig.cons->note_unproven(8);
+  rig.cons->note_unproven(-3);  // the reader was shown to get 3 of them
+  core::BufferStats st;
+  CHECK(resumed_drain(rig, &st).empty());
+  CHECK(st.lost_readahead_bytes == 5);
+  CHECK(st.bytes_consumed == 3);
+  CHECK(test::balanced(st));
+}
