@@ -410,7 +410,9 @@ void Consumer::abort_read() noexcept {
   pos_pending_ = saved_.pos_pending;
   bytes_consumed_ = saved_.bytes_consumed;
   ready_ = saved_.ready;
-  // Nothing reached the producer since the plan began; the record took only its inflight.
+  // Nothing reached the producer since the plan began; the record took only its inflight, which
+  // goes back down now (another hold may keep the record where it is).
+  write_record();
   release();
 }
 
