@@ -166,10 +166,13 @@ void survive(const char* what, int rounds, const std::function<void(Remountable&
   Seen seen;
   std::atomic<bool> give_up{false};
   std::vector<std::thread> readers;
-  for (int i = 0; i < kProducers; ++i)
+  // A reader on every file: each buffer's, and the merged view, which takes from all of them.
+  for (int i = 0; i < kProducers; ++i) {
+    const std::string base = fs.dir + "/p" + std::to_string(i) + "c";
     for (int cpu = 0; cpu < ncpu; ++cpu)
-      readers.emplace_back(reader, fs.dir + "/p" + std::to_string(i) + "c" + std::to_string(cpu), &seen,
-                           &give_up);
+      readers.emplace_back(reader, base + std::to_string(cpu), &seen, &give_up);
+    readers.emplace_back(reader, base, &seen, &give_up);
+  }
   for (int round = 0; round < kRounds; ++round) {
     std::this_thread::sleep_for(std::chrono::milliseconds(400));
     restart(fs, round);
