@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/buffer.h"
@@ -137,7 +138,10 @@ class RelayBuffer final : public Source {
         zero_copy_(zero_copy) {
     if (adopted) cons_.resume();
     struct stat st;
-    if (::fstat(buf_.fd(), &st) == 0) stream_ = st.st_ino;
+    if (::fstat(buf_.fd(), &st) == 0) {  // a memfd: never waits
+      stream_ = st.st_ino;
+      file_ = {st.st_dev, st.st_ino};
+    }
   }
 
   int fixed_index = -1;  // io_uring fixed-buffer slot, -1 if not registered (loop thread)
@@ -183,6 +187,8 @@ class RelayBuffer final : public Source {
   // The shared buffer: fixed once made, so no lock needed.
   uint32_t index() const { return index_; }
   int memfd() const { return buf_.fd(); }
+  // The memory file behind it (device, inode): no two channels may share one.
+  std::pair<dev_t, ino_t> file() const { return file_; }
   // What names this buffer across daemon restarts, for a recording to resume on (record.cc):
   // the inode number of its memfd, which producers bring back to the next daemon (kAdopt).
   uint64_t stream() const { return stream_; }
@@ -193,6 +199,7 @@ class RelayBuffer final : public Source {
   friend class MergedView;  // reads its parts through the same consumer
   core::Buffer buf_;
   core::Consumer cons_;
+  std::pair<dev_t, ino_t> file_{0, 0};
   uint32_t index_;
   uint64_t stream_ = 0;
   // No-overwrite by declaration (no subbuf_start callback, no RELAY_OVERWRITE): nothing the

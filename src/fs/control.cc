@@ -302,6 +302,10 @@ int ControlServer::do_open(Connection& c, proto::Received& r, proto::OpenReply* 
         return rc == -EACCES ? -EINVAL : rc;
       adopted.push_back(std::move(buf));
     }
+    // Nor a buffer another channel has (this thread alone adds channels: no race).
+    for (const auto& other : registry_.all())
+      for (const auto& b : other->buffers)
+        if (std::find(seen.begin(), seen.end(), b->file()) != seen.end()) return -EBUSY;
     adopted_doorbell = std::move(r.fds[n]);
     r.fds.clear();
   }

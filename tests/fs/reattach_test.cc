@@ -405,6 +405,10 @@ TEST_CASE("hostile kAdopt requests get a clear error, the daemon serves on, a ne
   REQUIRE(ok.valid());
   CHECK(raw_adopt(s, adopt_req(dir, "fine", 1), {ok.fd()}, seq++) == 0);
   CHECK(exists(app + "/fine0"));
+  // The same buffer again, as another channel: it is in use (two readers of one buffer would
+  // each take the other's consumption for their own).
+  CHECK(raw_adopt(s, adopt_req(dir, "twice", 1), {ok.fd()}, seq++) == EBUSY);
+  CHECK_FALSE(exists(app + "/twice0"));
   ::close(s);  // its channels are finalized; drained, so their files go
   CHECK(wait_for([&] { return entries(app) == before; }));
   keep.check();
