@@ -19,20 +19,21 @@ namespace relayfs::client {
 int place_of(const char* parent, Place* out) {
   std::unique_ptr<char, decltype(&std::free)> real(::realpath(parent, nullptr), &std::free);
   if (!real) return -errno;
-  struct stat st;
+  struct stat st;  // of dir, as it walks up
   if (::stat(real.get(), &st) != 0) return -errno;
+  const dev_t dev = st.st_dev;
   Place p;
-  p.parent = real.get();
-  std::string dir = p.parent;
+  std::string dir = real.get();
   std::vector<Place::Dir> below;  // innermost first
   while (dir != "/") {
     const size_t slash = dir.rfind('/');
     const std::string up = slash == 0 ? "/" : dir.substr(0, slash);
-    struct stat ust, dst;
-    if (::stat(up.c_str(), &ust) != 0 || ::stat(dir.c_str(), &dst) != 0) return -errno;
-    if (ust.st_dev != st.st_dev) break;  // dir is the mount's root
-    below.push_back({dir.substr(slash + 1), dst.st_mode & 07777});
+    struct stat ust;
+    if (::stat(up.c_str(), &ust) != 0) return -errno;
+    if (ust.st_dev != dev) break;  // dir is the mount's root
+    below.push_back({dir.substr(slash + 1), st.st_mode & 07777});
     dir = up;
+    st = ust;
   }
   p.root = dir;
   p.dirs.assign(below.rbegin(), below.rend());

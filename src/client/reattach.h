@@ -21,7 +21,6 @@ struct Place {
     mode_t mode;
   };
   std::vector<Dir> dirs;  // root's subdirectories down to the parent, outermost first
-  std::string parent;     // absolute path of the parent directory
 };
 
 // Finds parent's place: the highest directory above it on the same filesystem is the mount's

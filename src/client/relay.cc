@@ -43,7 +43,6 @@ using relayfs::core::UniqueFd;
 namespace core = relayfs::core;
 namespace proto = relayfs::proto;
 
-using relayfs::client::connect_daemon;
 
 struct Chan;
 
@@ -211,8 +210,6 @@ void set_close_status(Chan* c, int status) {
             0);
 }
 
-// relay_close's side: waits up to kReplyTimeout for the event thread's answer. Returns it, or
-// -EIO when none came in time.
 // Waits up to limit for word to leave 0. Returns whether it did. acquire: pairs with the
 // release store that set it, so what was written before is seen.
 bool wait_word(std::atomic<uint32_t>& word, std::chrono::nanoseconds limit) {
@@ -364,10 +361,30 @@ int peer_uid(int sock, uid_t* uid) {
   return 0;
 }
 
-// Sends the reattach request: the channel as relay_open asked for it, with its buffers. The
-// reply is read like relay_open's (await_open). Returns 0 or -errno.
+// Reads the daemon's answer to an open or adopt request on sock (relay_open, reattach): 0 with
+// *reply and its message *r, or -errno (the daemon's refusal, or -EIO).
 int await_open(Chan* c, int sock, proto::OpenReply* reply, proto::Received* r,
-               std::vector<proto::Received>* early);
+               std::vector<proto::Received>* early) {
+  // A reader may open a file of the new channel before the reply reaches us (the files exist
+  // once the daemon made them): its buf_mapped event can come first. Such events are kept and
+  // delivered once the channel is set up; a daemon that sent nothing but events is broken.
+  for (;;) {
+    const int rc = proto::recv_message(sock, r, proto::kMaxFds);
+    if (rc <= 0) return rc == 0 || rc == -EAGAIN ? -EIO : rc;
+    const auto type = static_cast<proto::Type>(r->header.type);
+    if (type != proto::Type::kMapped && type != proto::Type::kUnmapped) break;
+    if (early->size() >= kMaxEarlyEvents) return -EIO;
+    early->push_back(std::move(*r));
+    *r = {};
+  }
+  if (static_cast<proto::Type>(r->header.type) != proto::Type::kOpenReply)
+    return relayfs::client::refusal(*r);
+  if (proto::decode(r->payload.data(), r->payload.size(), reply) != 0) return -EIO;
+  if (reply->status < 0) return reply->status;
+  if (reply->subbuf_size != c->request.subbuf_size || reply->n_subbufs != c->request.n_subbufs)
+    return -EIO;
+  return 0;
+}
 
 // One attempt to hand the channel to the daemon mounted where it was. Returns 0 once attached,
 // or -errno: no relayfs there (yet), the same daemon that hung up, or its refusal.
@@ -511,7 +528,11 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   }
   c->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!c->wake) return -errno;
-  if (int rc = connect_daemon(parent, &c->sock); rc) return rc;
+  if (int rc = proto::connect_named(c->daemon,
+                                    static_cast<int>(relayfs::client::kReplyTimeout.count()),
+                                    &c->sock);
+      rc)
+    return rc;
   if (int rc = peer_uid(c->sock.get(), &c->daemon_uid); rc) return rc;
 
   proto::OpenRequest req;
@@ -581,29 +602,6 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
   if (::setsockopt(c->sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none) != 0)
     return -errno;  // the event thread would take a quiet channel for a dead daemon
   return c->events.start(&event_main, c);
-}
-
-int await_open(Chan* c, int sock, proto::OpenReply* reply, proto::Received* r,
-               std::vector<proto::Received>* early) {
-  // A reader may open a file of the new channel before the reply reaches us (the files exist
-  // once the daemon made them): its buf_mapped event can come first. Such events are kept and
-  // delivered once the channel is set up; a daemon that sent nothing but events is broken.
-  for (;;) {
-    const int rc = proto::recv_message(sock, r, proto::kMaxFds);
-    if (rc <= 0) return rc == 0 || rc == -EAGAIN ? -EIO : rc;
-    const auto type = static_cast<proto::Type>(r->header.type);
-    if (type != proto::Type::kMapped && type != proto::Type::kUnmapped) break;
-    if (early->size() >= kMaxEarlyEvents) return -EIO;
-    early->push_back(std::move(*r));
-    *r = {};
-  }
-  if (static_cast<proto::Type>(r->header.type) != proto::Type::kOpenReply)
-    return relayfs::client::refusal(*r);
-  if (proto::decode(r->payload.data(), r->payload.size(), reply) != 0) return -EIO;
-  if (reply->status < 0) return reply->status;
-  if (reply->subbuf_size != c->request.subbuf_size || reply->n_subbufs != c->request.n_subbufs)
-    return -EIO;
-  return 0;
 }
 
 core::Producer* producer_for(rchan* chan) {
