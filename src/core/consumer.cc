@@ -39,6 +39,18 @@ void copy_racy(void* dst, const char* src, size_t n) {
 
 }  // namespace
 
+// The counters the consumer keeps, each under its name in the shared consumer line and in the
+// consumer record (layout.h), and its member here: published, recorded and resumed from this
+// one list.
+#define RELAYFS_CONSUMER_COUNTERS(X)          \
+  X(bytes_consumed, total_read_)              \
+  X(overruns, overruns_)                      \
+  X(lost_uncommitted, lost_uncommitted_)      \
+  X(lost_overrun_bytes, lost_overrun_)        \
+  X(lost_reset_bytes, lost_reset_)            \
+  X(lost_readahead_bytes, lost_readahead_)    \
+  X(lost_expired_bytes, lost_expired_)
+
 Consumer::Consumer(const Buffer& buf) noexcept
     : view_(buf),
       hdr_(buf.header()),
@@ -81,13 +93,9 @@ void Consumer::resume() noexcept {
   bytes_consumed_ = off;
   pos_bytes_ = pos & ~kPosPending;
   pos_pending_ = (pos & kPosPending) != 0;
-  total_read_ = load(r.bytes_consumed);
-  overruns_ = load(r.overruns);
-  lost_uncommitted_ = load(r.lost_uncommitted);
-  lost_overrun_ = load(r.lost_overrun_bytes);
-  lost_reset_ = load(r.lost_reset_bytes);
-  lost_readahead_ = load(r.lost_readahead_bytes);
-  lost_expired_ = load(r.lost_expired_bytes);
+#define RELAYFS_LOAD_COUNTER(field, member) member = load(r.field);
+  RELAYFS_CONSUMER_COUNTERS(RELAYFS_LOAD_COUNTER)
+#undef RELAYFS_LOAD_COUNTER
   // What the last daemon handed out past the record is read again: the boundary, counted.
   redelivered_ = load(r.redelivered_bytes) + load(r.inflight);
   // What its readers' page caches had taken and nobody was shown to get went with it: counted
@@ -121,13 +129,9 @@ void Consumer::write_record() noexcept {
   r.pos_bytes.store(pos_bytes_ | (pos_pending_ ? kPosPending : 0), relaxed);
   r.inflight.store(0, relaxed);
   r.unproven.store(unproven_, relaxed);
-  r.bytes_consumed.store(total_read_, relaxed);
-  r.overruns.store(overruns_, relaxed);
-  r.lost_uncommitted.store(lost_uncommitted_, relaxed);
-  r.lost_overrun_bytes.store(lost_overrun_, relaxed);
-  r.lost_reset_bytes.store(lost_reset_, relaxed);
-  r.lost_readahead_bytes.store(lost_readahead_, relaxed);
-  r.lost_expired_bytes.store(lost_expired_, relaxed);
+#define RELAYFS_RECORD_COUNTER(field, member) r.field.store(member, relaxed);
+  RELAYFS_CONSUMER_COUNTERS(RELAYFS_RECORD_COUNTER)
+#undef RELAYFS_RECORD_COUNTER
   r.redelivered_bytes.store(redelivered_, relaxed);
   // release: the fields above are in place before the record becomes current; a daemon killed
   // before this store leaves the previous record current, whole.
@@ -155,13 +159,10 @@ void Consumer::publish() noexcept {
   // progress made after it (the producer ignores a stale tag). release: our reads of the
   // consumed sub-buffers happen before the producer, acquiring this, reuses them.
   hdr_rw_->consumed.store(consumed_tag(gen_, consumed_), std::memory_order_release);
-  hdr_rw_->bytes_consumed.store(total_read_, std::memory_order_relaxed);
-  hdr_rw_->overruns.store(overruns_, std::memory_order_relaxed);
-  hdr_rw_->lost_uncommitted.store(lost_uncommitted_, std::memory_order_relaxed);
-  hdr_rw_->lost_overrun_bytes.store(lost_overrun_, std::memory_order_relaxed);
-  hdr_rw_->lost_reset_bytes.store(lost_reset_, std::memory_order_relaxed);
-  hdr_rw_->lost_readahead_bytes.store(lost_readahead_, std::memory_order_relaxed);
-  hdr_rw_->lost_expired_bytes.store(lost_expired_, std::memory_order_relaxed);
+#define RELAYFS_STORE_COUNTER(field, member) \
+  hdr_rw_->field.store(member, std::memory_order_relaxed);
+  RELAYFS_CONSUMER_COUNTERS(RELAYFS_STORE_COUNTER)
+#undef RELAYFS_STORE_COUNTER
   // seq_cst: the Dekker pair of Producer::wait_for_room (blocked++, then the futex compares
   // `progress`): either a blocked writer is seen here, or its futex wait finds the new value.
   hdr_rw_->progress.fetch_add(1, std::memory_order_seq_cst);

@@ -139,7 +139,6 @@ class RelayBuffer final : public Source {
     if (adopted) cons_.resume();
     struct stat st;
     if (::fstat(buf_.fd(), &st) == 0) {  // a memfd: never waits
-      stream_ = st.st_ino;
       file_ = {st.st_dev, st.st_ino};
     }
   }
@@ -191,7 +190,7 @@ class RelayBuffer final : public Source {
   std::pair<dev_t, ino_t> file() const { return file_; }
   // What names this buffer across daemon restarts, for a recording to resume on (record.cc):
   // the inode number of its memfd, which producers bring back to the next daemon (kAdopt).
-  uint64_t stream() const { return stream_; }
+  uint64_t stream() const { return file_.second; }
   const core::Geometry& geometry() const { return buf_.geometry(); }
   char* data() const { return buf_.data(); }
 
@@ -201,7 +200,6 @@ class RelayBuffer final : public Source {
   core::Consumer cons_;
   std::pair<dev_t, ino_t> file_{0, 0};
   uint32_t index_;
-  uint64_t stream_ = 0;
   // No-overwrite by declaration (no subbuf_start callback, no RELAY_OVERWRITE): nothing the
   // reader has not consumed can be overwritten, so reads reply straight from the mapping.
   bool zero_copy_;
