@@ -325,6 +325,13 @@ struct relay_reader {
   unsigned int cpu;   /* the buffer's index in its channel */
   int fd;             /* the relay file: poll() for POLLIN = a whole sub-buffer is ready */
   void *impl;         /* private */
+  /* Which stream of bytes the sequence numbers count (added in 0.2; fields are only ever
+   * appended, and the library allocates the struct). stream names the buffer: the same across
+   * daemon restarts, another when its channel is opened anew. generation is the reset
+   * generation of the sub-buffer relay_reader_next gave last: seq starts again at 0 in a new
+   * one. (stream, generation, seq) names a sub-buffer's contents for good within one boot. */
+  unsigned long long stream;
+  unsigned int generation;
 };
 
 struct relay_subbuf {

@@ -79,6 +79,11 @@ int open_reader(Reader* r, const char* path) {
   if (m.fds.size() != 1) return -EIO;
   core::Geometry g;
   if (core::make_geometry(reply.subbuf_size, reply.n_subbufs, &g) != 0) return -EIO;
+  // The memfd's inode names the buffer: a restarted daemon adopts the same memfd (relay(7),
+  // "Daemon restarts"), a channel opened anew gets another.
+  struct stat mst;
+  if (::fstat(m.fds[0].get(), &mst) != 0) return -errno;
+  r->pub.stream = mst.st_ino;
   // Read-only: the daemon sent a descriptor that cannot be mapped writable anyway.
   if (int rc = core::Buffer::attach(std::move(m.fds[0]), g, PROT_READ, false, &r->buffer))
     return rc;
@@ -153,6 +158,7 @@ RELAY_API int relay_reader_next(relay_reader* rr, relay_subbuf* sb) {
   sb->length = end;
   sb->padding = view.subbuf_size() - end;
   sb->seq = at.seq;
+  rr->generation = r->gen;
   return 1;
 }
 

@@ -573,6 +573,7 @@ TEST_CASE("after relay_reset an mmap reader starts again at the new data") {
   write_records(c, 0, 50);  // sub-buffers 0 and 1 closed
   relay_subbuf sb{};
   REQUIRE(relay_reader_next(r, &sb) == 1);
+  const unsigned before = r->generation;
   REQUIRE(relay_reader_consumed(r, 1) == 0);
   relay_stats st{};
   CHECK(wait_for([&] { return relay_reader_stats(r, &st) == 0 && st.subbufs_consumed == 1; }));
@@ -585,6 +586,7 @@ TEST_CASE("after relay_reset an mmap reader starts again at the new data") {
   }
   REQUIRE(relay_reader_next(r, &sb) == 1);
   CHECK(sb.seq == 0);
+  CHECK(r->generation != before);  // seq 0 again, in a new generation
   CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == model.subs[0]);
   REQUIRE(relay_reader_consumed(r, 1) == 0);
   CHECK(wait_for([&] { return relay_reader_stats(r, &st) == 0 && st.subbufs_consumed == 1; }));

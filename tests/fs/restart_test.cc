@@ -443,6 +443,8 @@ TEST_CASE("an mmap reader fails clearly when the daemon dies, and opened again r
   REQUIRE(relay_reader_next(r, &sb) == 1);
   const std::string second(static_cast<const char*>(sb.data), sb.length);
   const uint64_t second_seq = sb.seq;
+  const unsigned long long stream = r->stream;
+  CHECK(stream != 0);
   CHECK(second_seq == released);
   fs.crash();
   // The mapping still reads; releasing fails, and says why.
@@ -457,7 +459,19 @@ TEST_CASE("an mmap reader fails clearly when the daemon dies, and opened again r
   REQUIRE(relay_reader_next(r, &sb) == 1);
   CHECK(sb.seq == second_seq);
   CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == second);
+  CHECK(r->stream == stream);  // the same buffer, adopted by the new daemon
   CHECK(relay_reader_consumed(r, 1) == 0);
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+  slurp(file);  // drained, the finalized channel's files go
+  REQUIRE(wait_for([&] { return !exists(file); }, std::chrono::seconds(10)));
+  // The channel opened anew is another stream, though its sequence numbers start again.
+  c = open_global(fs.dir, "mm", 4096, 8);
+  write_records(c, 0, 1000);
+  REQUIRE(relay_flush(c) == 0);
+  r = relay_reader_open(file.c_str());
+  REQUIRE(r != nullptr);
+  CHECK(r->stream != stream);
   CHECK(relay_reader_close(r) == 0);
   CHECK(relay_close(c) == 0);
 }
