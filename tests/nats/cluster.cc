@@ -101,9 +101,9 @@ void install_signal_handlers() {
   static std::once_flag once;
   std::call_once(once, [] {
     for (int sig : {SIGTERM, SIGINT}) {
-      struct sigaction old{};
+      struct sigaction old {};
       if (sigaction(sig, nullptr, &old) != 0 || old.sa_handler != SIG_DFL) continue;
-      struct sigaction sa{};
+      struct sigaction sa {};
       sa.sa_handler = on_fatal_signal;
       sigemptyset(&sa.sa_mask);
       sigaction(sig, &sa, nullptr);
@@ -164,8 +164,8 @@ std::string find_server(const std::string& name) {
 
 std::string make_temp_dir() {
   const char* tmp = getenv("TMPDIR");
-  std::string templ = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
-                      "/relayfs-nats-XXXXXX";
+  std::string templ =
+      std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/relayfs-nats-XXXXXX";
   if (mkdtemp(templ.data()) == nullptr)
     throw std::runtime_error("NatsCluster: mkdtemp " + templ + ": " + strerror(errno));
   return templ;
@@ -233,9 +233,15 @@ std::string NatsCluster::urls() const {
   return s;
 }
 
-std::string NatsCluster::server_name(int i) const { return nodes_.at(i).name; }
-pid_t NatsCluster::pid(int i) const { return nodes_.at(i).pid; }
-std::string NatsCluster::log_path(int i) const { return dir_ + "/" + nodes_.at(i).name + ".log"; }
+std::string NatsCluster::server_name(int i) const {
+  return nodes_.at(i).name;
+}
+pid_t NatsCluster::pid(int i) const {
+  return nodes_.at(i).pid;
+}
+std::string NatsCluster::log_path(int i) const {
+  return dir_ + "/" + nodes_.at(i).name + ".log";
+}
 
 void NatsCluster::write_config(int i) const {
   const Node& n = nodes_.at(i);
@@ -436,8 +442,8 @@ void NatsCluster::wait_stream_ready(const std::string& stream, int replicas,
       int current = 0;
       for (int r = 0; r < c.ReplicasLen; ++r) {
         const jsPeerInfo& p = *c.Replicas[r];
-        d << " " << p.Name << (p.Current ? " current" : " behind")
-          << (p.Offline ? " offline" : "") << " lag " << p.Lag;
+        d << " " << p.Name << (p.Current ? " current" : " behind") << (p.Offline ? " offline" : "")
+          << " lag " << p.Lag;
         if (p.Current && !p.Offline) ++current;
       }
       last = d.str();

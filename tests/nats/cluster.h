@@ -28,10 +28,10 @@ namespace relayfs::test {
 class NatsConnection;
 
 struct NatsClusterOptions {
-  std::string server = "nats-server";    // the binary, found on PATH (or $RELAYFS_NATS_SERVER)
-  std::string max_file_store = "8G";     // each node's JetStream limits
+  std::string server = "nats-server";  // the binary, found on PATH (or $RELAYFS_NATS_SERVER)
+  std::string max_file_store = "8G";   // each node's JetStream limits
   std::string max_memory_store = "256M";
-  std::string max_payload = "8MB";       // nats-server's own default is 1MB; 64MB at most
+  std::string max_payload = "8MB";  // nats-server's own default is 1MB; 64MB at most
   std::chrono::milliseconds start_timeout = std::chrono::seconds(30);
 };
 

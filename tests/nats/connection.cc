@@ -44,8 +44,10 @@ NatsConnection::NatsConnection(const std::string& urls, std::chrono::millisecond
   nats_check(s, "connect to " + urls);
 
   jsOptions jo;
-  if (js_options != nullptr) jo = *js_options;
-  else jsOptions_Init(&jo);
+  if (js_options != nullptr)
+    jo = *js_options;
+  else
+    jsOptions_Init(&jo);
   jo.Wait = wait.count();
   s = natsConnection_JetStream(&js_, nc_, &jo);
   if (s != NATS_OK) {

@@ -99,7 +99,8 @@ void read_ordered(NatsConnection& conn, const std::string& stream, const StreamB
   } guard{sub};
   uint64_t seq = 0;
   while (seq < b.last) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0)
       throw std::runtime_error("read_stream: " + stream + " read up to seq " + std::to_string(seq) +
                                " of " + std::to_string(b.last) + " in time");
@@ -171,8 +172,8 @@ StreamReport group_stream(const std::vector<StreamMessage>& messages) {
     if (!m.msg_id.empty()) {
       const auto [it, fresh] = ids.emplace(m.msg_id, m.seq);
       if (!fresh) {
-        report.duplicates.push_back("seq " + std::to_string(m.seq) + ": Nats-Msg-Id " +
-                                    m.msg_id + ", as seq " + std::to_string(it->second));
+        report.duplicates.push_back("seq " + std::to_string(m.seq) + ": Nats-Msg-Id " + m.msg_id +
+                                    ", as seq " + std::to_string(it->second));
         continue;
       }
     }

@@ -19,13 +19,13 @@ struct StreamMessage {
   std::string subject;
   std::map<std::string, std::string> headers;  // every header (its first value)
   // The contract's headers; empty or nullopt where the message lacks one or it does not parse.
-  std::string host;        // Relayfs-Host
-  std::string channel;     // Relayfs-Channel
-  std::optional<int> cpu;  // Relayfs-Cpu
+  std::string host;                // Relayfs-Host
+  std::string channel;             // Relayfs-Channel
+  std::optional<int> cpu;          // Relayfs-Cpu
   std::optional<uint64_t> subbuf;  // Relayfs-Subbuf
-  std::string generation;  // Relayfs-Generation
-  std::string msg_id;      // Nats-Msg-Id
-  std::string payload;     // the bytes, as stored
+  std::string generation;          // Relayfs-Generation
+  std::string msg_id;              // Nats-Msg-Id
+  std::string payload;             // the bytes, as stored
 };
 
 enum class StreamReadMethod {
