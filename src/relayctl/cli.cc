@@ -49,6 +49,17 @@ int option_error(const char* cmd, int c, char** argv) {
                                    : "unknown option '" + opt + "'");
 }
 
+std::string amount(double bytes) {
+  char out[32];
+  if (bytes >= 1 << 20)
+    std::snprintf(out, sizeof out, "%.1f MiB", bytes / (1 << 20));
+  else if (bytes >= 1 << 10)
+    std::snprintf(out, sizeof out, "%.1f KiB", bytes / (1 << 10));
+  else
+    std::snprintf(out, sizeof out, "%.0f B", bytes);
+  return out;
+}
+
 bool parse_size(const char* text, unsigned long long* out, bool allow_zero) {
   if (!text || *text < '0' || *text > '9') return false;  // no sign, no space, no empty
   errno = 0;

@@ -20,6 +20,8 @@ constexpr const char* kUsage =
     "                                mount that holds PATH, and its limits\n"
     "  record [OPTIONS] PATH OUTDIR  drain channel PATH to files in OUTDIR until stopped\n"
     "                                (SIGINT, SIGTERM) or until the channel closes\n"
+    "  ship [OPTIONS] PATH URL       carry channel PATH (or every channel under a directory) to\n"
+    "                                a NATS JetStream stream, consuming only what it acknowledged\n"
     "  flush PATH...                 ask the producer to flush, reset or close the channel,\n"
     "  reset PATH...                 if it allows outside control (RELAY_CONTROL,\n"
     "  close PATH...                 relayctl write --control)\n"
@@ -37,6 +39,7 @@ constexpr Command kCommands[] = {
     {"write", relayctl::cmd_write},
     {"stat", relayctl::cmd_stat},
     {"record", relayctl::cmd_record},
+    {"ship", relayctl::cmd_ship},
     {"flush", relayctl::cmd_flush},
     {"reset", relayctl::cmd_reset},
     {"close", relayctl::cmd_close},

@@ -226,18 +226,6 @@ struct Recorder {
     return t;
   }
 
-  // "12.3 MiB", "45.6 KiB" or "789 B": small recordings do not show as 0.0 MiB.
-  static std::string amount(double bytes) {
-    char out[32];
-    if (bytes >= 1 << 20)
-      std::snprintf(out, sizeof out, "%.1f MiB", bytes / (1 << 20));
-    else if (bytes >= 1 << 10)
-      std::snprintf(out, sizeof out, "%.1f KiB", bytes / (1 << 10));
-    else
-      std::snprintf(out, sizeof out, "%.0f B", bytes);
-    return out;
-  }
-
   std::string progress_text() const {
     const Totals t = totals();
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -32,6 +32,7 @@ inline constexpr int kExitUsage = 2;  // bad arguments: nothing was done
 int cmd_write(int argc, char** argv);
 int cmd_stat(int argc, char** argv);
 int cmd_record(int argc, char** argv);
+int cmd_ship(int argc, char** argv);
 int cmd_flush(int argc, char** argv);
 int cmd_reset(int argc, char** argv);
 int cmd_close(int argc, char** argv);
@@ -52,6 +53,10 @@ void start_options();
 // The usage error for what getopt_long returned, c: ':' a missing argument, else an unknown
 // option. Call only in the loop (uses optind).
 int option_error(const char* cmd, int c, char** argv);
+
+// A byte count for people: "12.3 MiB", "45.6 KiB" or "789 B" (small amounts do not show as
+// 0.0 MiB).
+std::string amount(double bytes);
 
 // Parses a size: decimal digits with an optional K, M or G suffix (powers of 1024). False if
 // the text is not such a number, or it overflows or is 0 and !allow_zero.
