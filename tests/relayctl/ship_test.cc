@@ -97,16 +97,16 @@ int closed_port() {
   return ntohs(a.sin_port);
 }
 
-// A single nats-server with a user and password, for the credentials case: started here,
-// SIGKILLed and reaped by pid at scope end.
+// A single nats-server with JetStream and `extra` in its configuration (a user and password,
+// TLS): started here, SIGKILLed and reaped by pid at scope end.
 struct AuthServer {
   TempDir dir;
   pid_t pid = -1;
   int port = closed_port();
-  AuthServer() {
+  explicit AuthServer(const std::string& extra = "authorization { user: ship, password: right }") {
     write_file(dir.path("a.conf"), "listen: 127.0.0.1:" + std::to_string(port) +
                                        "\njetstream { store_dir: \"" + dir.path("js") +
-                                       "\" }\nauthorization { user: ship, password: right }\n");
+                                       "\" }\n" + extra + "\n");
     pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
@@ -354,4 +354,31 @@ TEST_CASE("ship's bad input: a clear message, a non-zero status, nothing consume
   }
   untouched();
   REQUIRE(relay_close(c) == 0);
+}
+
+TEST_CASE("ship over TLS: --tls-ca trusts the server's certificate; without it, a clear refusal") {
+  TempDir pki;
+  // A CA, and a server certificate it signed for 127.0.0.1.
+  const std::string d = pki.dir;
+  REQUIRE(run("cd '" + d + "' && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=ca "
+              "-keyout ca.key -out ca.pem 2>/dev/null && openssl req -newkey rsa:2048 -nodes "
+              "-subj /CN=127.0.0.1 -keyout srv.key -out srv.csr 2>/dev/null && printf "
+              "'subjectAltName=IP:127.0.0.1' > ext && openssl x509 -req -in srv.csr -CA ca.pem "
+              "-CAkey ca.key -CAcreateserial -days 2 -extfile ext -out srv.pem 2>/dev/null") == 0);
+  AuthServer tls("tls { cert_file: \"" + d + "/srv.pem\", key_file: \"" + d + "/srv.key\" }");
+  Mount m;
+  rchan* c = open_global(m.dir, "sec", 4096, 4);
+  FramedProducers p(c, 1, 500);
+  p.join();
+  const std::string url = "tls://127.0.0.1:" + std::to_string(tls.port);
+  const Outcome refused = relayctl("ship " + m.dir + "/sec " + url);
+  CHECK(refused.status == 1);
+  CHECK(refused.err.find("cannot connect") != std::string::npos);
+  CHECK(xattr_number(m.dir + "/sec0", "bytes_consumed") == 0);
+  REQUIRE(relay_close(c) == 0);
+  const Outcome o = relayctl("ship --tls-ca " + d + "/ca.pem " + m.dir + "/sec " + url);
+  CHECK(o.status == 0);
+  CHECK(o.err.find("channel closed") != std::string::npos);
+  // JetStream acknowledged all of it: the buffer was consumed to the end, and its file went.
+  CHECK(wait_for([&] { return !exists(m.dir + "/sec0"); }, 10s));
 }
