@@ -80,6 +80,23 @@ bool parse_int(const char* text, long long lo, long long hi, long long* out) {
   return true;
 }
 
+std::string amount(double bytes) {
+  char out[32];
+  if (bytes >= 1 << 20)
+    std::snprintf(out, sizeof out, "%.1f MiB", bytes / (1 << 20));
+  else if (bytes >= 1 << 10)
+    std::snprintf(out, sizeof out, "%.1f KiB", bytes / (1 << 10));
+  else
+    std::snprintf(out, sizeof out, "%.0f B", bytes);
+  return out;
+}
+
+std::string amount_and_rate(double bytes, double seconds) {
+  char s[32];
+  std::snprintf(s, sizeof s, " in %.1f s, ", seconds);
+  return amount(bytes) + s + amount(seconds > 0 ? bytes / seconds : 0.0) + "/s";
+}
+
 bool split_path(const std::string& path, std::string* dir, std::string* name) {
   const auto slash = path.rfind('/');
   std::string d = slash == std::string::npos ? std::string(".")

@@ -1,5 +1,6 @@
 // relayctl: write standard input into a relay channel, show buffers' counters, record a channel
-// to disk, flush/reset/close a channel from outside (relayctl(1)). main() only dispatches to the subcommand.
+// to disk, read a NATS JetStream stream back into files, flush/reset/close a channel from outside
+// (relayctl(1)). main() only dispatches to the subcommand.
 #include <cstdio>
 #include <cstring>
 
@@ -20,6 +21,8 @@ constexpr const char* kUsage =
     "                                mount that holds PATH, and its limits\n"
     "  record [OPTIONS] PATH OUTDIR  drain channel PATH to files in OUTDIR until stopped\n"
     "                                (SIGINT, SIGTERM) or until the channel closes\n"
+    "  fetch [OPTIONS] URL OUTDIR    read a NATS JetStream stream that ship fills back into\n"
+    "                                files, one per host, channel and CPU\n"
     "  flush PATH...                 ask the producer to flush, reset or close the channel,\n"
     "  reset PATH...                 if it allows outside control (RELAY_CONTROL,\n"
     "  close PATH...                 relayctl write --control)\n"
@@ -37,6 +40,7 @@ constexpr Command kCommands[] = {
     {"write", relayctl::cmd_write},
     {"stat", relayctl::cmd_stat},
     {"record", relayctl::cmd_record},
+    {"fetch", relayctl::cmd_fetch},
     {"flush", relayctl::cmd_flush},
     {"reset", relayctl::cmd_reset},
     {"close", relayctl::cmd_close},

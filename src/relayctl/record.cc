@@ -226,28 +226,15 @@ struct Recorder {
     return t;
   }
 
-  // "12.3 MiB", "45.6 KiB" or "789 B": small recordings do not show as 0.0 MiB.
-  static std::string amount(double bytes) {
-    char out[32];
-    if (bytes >= 1 << 20)
-      std::snprintf(out, sizeof out, "%.1f MiB", bytes / (1 << 20));
-    else if (bytes >= 1 << 10)
-      std::snprintf(out, sizeof out, "%.1f KiB", bytes / (1 << 10));
-    else
-      std::snprintf(out, sizeof out, "%.0f B", bytes);
-    return out;
-  }
-
   std::string progress_text() const {
     const Totals t = totals();
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     const double b = static_cast<double>(t.bytes);
     char line[256];
     std::snprintf(line, sizeof line,
-                  "%s in %.1f s, %s/s, %llu sub-buffers, lost %llu records, "
-                  "%llu sub-buffers lapped, %llu overruns",
-                  amount(b).c_str(), s, amount(s > 0 ? b / s : 0.0).c_str(), t.subbufs, t.lost,
-                  t.lapped, t.overruns);
+                  "%s, %llu sub-buffers, lost %llu records, %llu sub-buffers lapped, "
+                  "%llu overruns",
+                  amount_and_rate(b, s).c_str(), t.subbufs, t.lost, t.lapped, t.overruns);
     return line;
   }
 

@@ -32,6 +32,7 @@ inline constexpr int kExitUsage = 2;  // bad arguments: nothing was done
 int cmd_write(int argc, char** argv);
 int cmd_stat(int argc, char** argv);
 int cmd_record(int argc, char** argv);
+int cmd_fetch(int argc, char** argv);
 int cmd_flush(int argc, char** argv);
 int cmd_reset(int argc, char** argv);
 int cmd_close(int argc, char** argv);
@@ -58,6 +59,11 @@ int option_error(const char* cmd, int c, char** argv);
 bool parse_size(const char* text, unsigned long long* out, bool allow_zero = false);
 // Parses a decimal integer in [lo, hi].
 bool parse_int(const char* text, long long lo, long long hi, long long* out);
+
+// "12.3 MiB", "45.6 KiB" or "789 B", for progress lines: small amounts do not show as 0.0 MiB.
+std::string amount(double bytes);
+// The head of a progress line: "12.3 MiB in 4.5 s, 2.7 MiB/s".
+std::string amount_and_rate(double bytes, double seconds);
 
 // PATH split at its last '/': directory ("." if none) and file name. False if the name is
 // empty (a trailing '/').
