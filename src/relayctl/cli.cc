@@ -49,17 +49,6 @@ int option_error(const char* cmd, int c, char** argv) {
                                    : "unknown option '" + opt + "'");
 }
 
-std::string amount(double bytes) {
-  char out[32];
-  if (bytes >= 1 << 20)
-    std::snprintf(out, sizeof out, "%.1f MiB", bytes / (1 << 20));
-  else if (bytes >= 1 << 10)
-    std::snprintf(out, sizeof out, "%.1f KiB", bytes / (1 << 10));
-  else
-    std::snprintf(out, sizeof out, "%.0f B", bytes);
-  return out;
-}
-
 bool parse_size(const char* text, unsigned long long* out, bool allow_zero) {
   if (!text || *text < '0' || *text > '9') return false;  // no sign, no space, no empty
   errno = 0;
@@ -89,6 +78,23 @@ bool parse_int(const char* text, long long lo, long long hi, long long* out) {
   if (errno != 0 || *end != '\0' || v < lo || v > hi) return false;
   *out = v;
   return true;
+}
+
+std::string amount(double bytes) {
+  char out[32];
+  if (bytes >= 1 << 20)
+    std::snprintf(out, sizeof out, "%.1f MiB", bytes / (1 << 20));
+  else if (bytes >= 1 << 10)
+    std::snprintf(out, sizeof out, "%.1f KiB", bytes / (1 << 10));
+  else
+    std::snprintf(out, sizeof out, "%.0f B", bytes);
+  return out;
+}
+
+std::string amount_and_rate(double bytes, double seconds) {
+  char s[32];
+  std::snprintf(s, sizeof s, " in %.1f s, ", seconds);
+  return amount(bytes) + s + amount(seconds > 0 ? bytes / seconds : 0.0) + "/s";
 }
 
 bool split_path(const std::string& path, std::string* dir, std::string* name) {

@@ -1,5 +1,6 @@
 // relayctl: write standard input into a relay channel, show buffers' counters, record a channel
-// to disk, flush/reset/close a channel from outside (relayctl(1)). main() only dispatches to the subcommand.
+// to disk, read a NATS JetStream stream back into files, flush/reset/close a channel from outside
+// (relayctl(1)). main() only dispatches to the subcommand.
 #include <cstdio>
 #include <cstring>
 
@@ -22,6 +23,8 @@ constexpr const char* kUsage =
     "                                (SIGINT, SIGTERM) or until the channel closes\n"
     "  ship [OPTIONS] PATH URL       carry channel PATH (or every channel under a directory) to\n"
     "                                a NATS JetStream stream, consuming only what it acknowledged\n"
+    "  fetch [OPTIONS] URL OUTDIR    read a NATS JetStream stream that ship fills back into\n"
+    "                                files, one per host, channel and CPU\n"
     "  flush PATH...                 ask the producer to flush, reset or close the channel,\n"
     "  reset PATH...                 if it allows outside control (RELAY_CONTROL,\n"
     "  close PATH...                 relayctl write --control)\n"
@@ -40,6 +43,7 @@ constexpr Command kCommands[] = {
     {"stat", relayctl::cmd_stat},
     {"record", relayctl::cmd_record},
     {"ship", relayctl::cmd_ship},
+    {"fetch", relayctl::cmd_fetch},
     {"flush", relayctl::cmd_flush},
     {"reset", relayctl::cmd_reset},
     {"close", relayctl::cmd_close},

@@ -232,10 +232,9 @@ struct Recorder {
     const double b = static_cast<double>(t.bytes);
     char line[256];
     std::snprintf(line, sizeof line,
-                  "%s in %.1f s, %s/s, %llu sub-buffers, lost %llu records, "
-                  "%llu sub-buffers lapped, %llu overruns",
-                  amount(b).c_str(), s, amount(s > 0 ? b / s : 0.0).c_str(), t.subbufs, t.lost,
-                  t.lapped, t.overruns);
+                  "%s, %llu sub-buffers, lost %llu records, %llu sub-buffers lapped, "
+                  "%llu overruns",
+                  amount_and_rate(b, s).c_str(), t.subbufs, t.lost, t.lapped, t.overruns);
     return line;
   }
 

@@ -164,6 +164,52 @@ int OutputDir::open(const std::string& path, Refusal* why) {
   return 0;
 }
 
+int OutputDir::open_below(const std::string& rel, OutputDir* out) const {
+  if (rel.empty() || rel[0] == '/') return -EINVAL;
+  UniqueFd cur(::fcntl(dir_.get(), F_DUPFD_CLOEXEC, 0));
+  if (!cur) return -errno;
+  out->created_name_.clear();
+  out->parent_.reset();
+  size_t at = 0;
+  while (at <= rel.size()) {
+    const size_t slash = std::min(rel.find('/', at), rel.size());
+    const std::string name = rel.substr(at, slash - at);
+    at = slash + 1;
+    if (name.empty() || name == "." || name == "..") return -EINVAL;
+    const bool last = at > rel.size();
+    constexpr int kFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+    UniqueFd next(::openat(cur.get(), name.c_str(), kFlags));
+    if (!next && errno == ENOENT) {
+      // 0755 less the umask, as open() makes OUTDIR. Made meanwhile by someone else: opened
+      // below all the same, and checked as any other.
+      if (::mkdirat(cur.get(), name.c_str(), 0755) == 0) {
+        if (last) {
+          out->parent_.reset(::fcntl(cur.get(), F_DUPFD_CLOEXEC, 0));
+          if (out->parent_) out->created_name_ = name;
+        }
+      } else if (errno != EEXIST) {
+        return -errno;
+      }
+      next.reset(::openat(cur.get(), name.c_str(), kFlags));
+    }
+    if (!next) {
+      // O_NOFOLLOW | O_DIRECTORY gives ENOTDIR for a link on some kernels: say which it is.
+      struct stat st;
+      if ((errno == ENOTDIR || errno == ELOOP) &&
+          ::fstatat(cur.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0)
+        return S_ISLNK(st.st_mode) ? -ELOOP : -ENOTDIR;
+      return -errno;
+    }
+    struct stat st;
+    if (::fstat(next.get(), &st) != 0) return -errno;
+    if (!controller(st).empty()) return -EPERM;
+    cur = std::move(next);
+  }
+  out->dir_ = std::move(cur);
+  out->files_.clear();
+  return 0;
+}
+
 int OutputDir::create(const std::string& name, int extra_flags, UniqueFd* out) {
   out->reset(::openat(dir_.get(), name.c_str(),
                       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | extra_flags, 0600));

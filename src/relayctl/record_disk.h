@@ -45,6 +45,16 @@ class OutputDir {
   int open(const std::string& path, Refusal* why);
   int fd() const { return dir_.get(); }
 
+  // Opens directory `rel` below this one into *out (relayctl fetch's OUTDIR/HOST/CHANNEL
+  // directories), creating what is missing (0755 less the umask). rel is a relative path of
+  // plain names ("a/b"; no empty name, ".", ".." or leading '/'), taken one name at a time with
+  // O_NOFOLLOW: never through a symbolic link, whoever owns it. Each must be a directory nobody
+  // but the caller controls, as open() checks. *out then creates and reopens files in it; its
+  // discard() removes only the last directory, if it made it. Returns 0 or a negative errno:
+  // -ELOOP for a symbolic link on the way, -ENOTDIR for something else that is not a
+  // directory, -EPERM for one another user controls, -EINVAL for a malformed rel.
+  int open_below(const std::string& rel, OutputDir* out) const;
+
   // Creates file `name` in the directory with O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
   // O_CLOEXEC | extra_flags, mode 0600 (the caller sets the final mode once it opened every
   // descriptor it needs: a 0400 file could not be opened for writing again). Returns 0 or a

@@ -33,6 +33,7 @@ int cmd_write(int argc, char** argv);
 int cmd_stat(int argc, char** argv);
 int cmd_record(int argc, char** argv);
 int cmd_ship(int argc, char** argv);
+int cmd_fetch(int argc, char** argv);
 int cmd_flush(int argc, char** argv);
 int cmd_reset(int argc, char** argv);
 int cmd_close(int argc, char** argv);
@@ -54,15 +55,16 @@ void start_options();
 // option. Call only in the loop (uses optind).
 int option_error(const char* cmd, int c, char** argv);
 
-// A byte count for people: "12.3 MiB", "45.6 KiB" or "789 B" (small amounts do not show as
-// 0.0 MiB).
-std::string amount(double bytes);
-
 // Parses a size: decimal digits with an optional K, M or G suffix (powers of 1024). False if
 // the text is not such a number, or it overflows or is 0 and !allow_zero.
 bool parse_size(const char* text, unsigned long long* out, bool allow_zero = false);
 // Parses a decimal integer in [lo, hi].
 bool parse_int(const char* text, long long lo, long long hi, long long* out);
+
+// "12.3 MiB", "45.6 KiB" or "789 B", for progress lines: small amounts do not show as 0.0 MiB.
+std::string amount(double bytes);
+// The head of a progress line: "12.3 MiB in 4.5 s, 2.7 MiB/s".
+std::string amount_and_rate(double bytes, double seconds);
 
 // PATH split at its last '/': directory ("." if none) and file name. False if the name is
 // empty (a trailing '/').

@@ -71,7 +71,6 @@ constexpr const char* kHelp =
     "                        in the mount with dots for slashes; for a directory PATH, each\n"
     "                        channel's path below PATH is added to a PREFIX given)\n"
     "  -w, --window N        messages in flight per buffer (default 32, at most 1024)\n"
-    RELAYCTL_NATS_HELP
     "  -q, --quiet           no progress on a terminal and no summary line\n"
     "  -h, --help            this help\n";
 
@@ -85,10 +84,10 @@ constexpr int64_t kDupWindowNs = 120LL * 1000 * 1000 * 1000;  // 2 minutes
 constexpr int kMaxDepth = 32;
 
 struct Options {
-  std::string path, urls, stream = "RELAYFS", subject;
+  std::string path, stream = "RELAYFS", subject;
   long long replicas = 1, window = kWindowDefault;
   bool no_create = false, quiet = false, help = false;
-  NatsConnOptions conn;
+  nats::ConnectOptions conn;
 };
 
 // A message published and not settled yet.
@@ -141,7 +140,7 @@ struct Shipper {
   std::vector<std::string> skipped;  // channels a directory run cannot ship (said once)
   // Last, so that it goes first: closing the connection ends nats.c's thread, whose on_ack
   // touches the members above.
-  NatsConn nats;
+  nats::Connection nc;
 
   int fail(const std::string& what) {
     note(what);
@@ -428,8 +427,8 @@ int Shipper::setup_path() {
 int Shipper::ensure_stream() {
   jsStreamInfo* raw = nullptr;
   jsErrCode jerr = static_cast<jsErrCode>(0);
-  natsStatus s = js_GetStreamInfo(&raw, nats.js(), opt.stream.c_str(), nullptr, &jerr);
-  StreamInfoPtr si(raw);
+  natsStatus s = js_GetStreamInfo(&raw, nc.js.get(), opt.stream.c_str(), nullptr, &jerr);
+  nats::StreamInfoPtr si(raw);
   if (s == NATS_NOT_FOUND || jerr == JSStreamNotFoundErr) {
     if (opt.no_create)
       return fail("stream " + opt.stream + " does not exist (--no-create): create it, or leave "
@@ -447,14 +446,13 @@ int Shipper::ensure_stream() {
     cfg.Duplicates = kDupWindowNs;
     cfg.Storage = js_FileStorage;
     raw = nullptr;
-    s = js_AddStream(&raw, nats.js(), &cfg, nullptr, &jerr);
+    s = js_AddStream(&raw, nc.js.get(), &cfg, nullptr, &jerr);
     si.reset(raw);
     if (s != NATS_OK)
-      return fail(nats_error("cannot create stream " + opt.stream + " (subjects " + subjects +
-                                 ", replicas " + std::to_string(opt.replicas) + ")",
-                             s));
+      return fail("cannot create stream " + opt.stream + " (subjects " + subjects + ", replicas " +
+                  std::to_string(opt.replicas) + "): " + nats::describe(s, jerr));
   } else if (s != NATS_OK) {
-    return fail(nats_error("stream " + opt.stream, s));
+    return fail("stream " + opt.stream + ": " + nats::describe(s, jerr));
   }
   for (int i = 0; i < si->Config->SubjectsLen; ++i)
     stream_subjects.emplace_back(si->Config->Subjects[i]);
@@ -471,7 +469,7 @@ int Shipper::publish(Buf& b, const relay_subbuf& sb, bool again) {
   if (natsMsg_Create(&raw, b.subject.c_str(), nullptr, static_cast<const char*>(sb.data),
                      static_cast<int>(sb.length)) != NATS_OK)
     return -ENOMEM;
-  NatsMsgPtr msg(raw);
+  nats::MsgPtr msg(raw);
   // Overwrite mode: the writer may have reused the slot while it was copied.
   if (b.overwrite && relay_reader_valid(b.r, &sb) != 1) return -ESTALE;
   const std::string seq = std::to_string(sb.seq), cpu = std::to_string(b.r->cpu);
@@ -495,7 +493,7 @@ int Shipper::publish(Buf& b, const relay_subbuf& sb, bool again) {
       if (e.seq == sb.seq) e.state = Entry::kSent;
     sent[raw] = {&b, sb.seq};
   }
-  const natsStatus s = js_PublishMsgAsync(nats.js(), &raw, &po);
+  const natsStatus s = js_PublishMsgAsync(nc.js.get(), &raw, &po);
   if (s != NATS_OK) {
     // Not taken (the reconnect buffer is full, say): sent again after a pause.
     std::lock_guard lk(mu);
@@ -653,11 +651,9 @@ std::string Shipper::progress_text() {
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
   char line[320];
   std::snprintf(line, sizeof line,
-                "%s in %.1f s, %s/s, %llu messages acknowledged (%llu of them JetStream had "
-                "already), %zu in flight, %llu sent again, %llu sub-buffers lapped, producers "
-                "lost %llu records",
-                amount(static_cast<double>(bytes)).c_str(), s,
-                amount(s > 0 ? static_cast<double>(bytes) / s : 0.0).c_str(), msgs, dups,
+                "%s, %llu messages acknowledged (%llu of them JetStream had already), %zu in "
+                "flight, %llu sent again, %llu sub-buffers lapped, producers lost %llu records",
+                amount_and_rate(static_cast<double>(bytes), s).c_str(), msgs, dups,
                 in_flight_total(), resent, lapped, lost);
   std::string out = line;
   if (!waiting.empty()) out += "; waiting for JetStream: " + waiting;
@@ -727,19 +723,17 @@ int Shipper::run() {
 
 // The options and arguments. Returns an exit status: kExitOk, or kExitUsage (reported).
 int parse(int argc, char** argv, Options* o) {
-  static const option kLong[] = {{"stream", required_argument, nullptr, 's'},
-                                 {"replicas", required_argument, nullptr, 'r'},
-                                 {"no-create", no_argument, nullptr, 'n'},
-                                 {"subject", required_argument, nullptr, 'S'},
-                                 {"window", required_argument, nullptr, 'w'},
-                                 RELAYCTL_NATS_OPTIONS,
-                                 {"quiet", no_argument, nullptr, 'q'},
-                                 {"help", no_argument, nullptr, 'h'},
-                                 {nullptr, 0, nullptr, 0}};
+  const std::vector<option> longopts = nats::long_options({{"stream", required_argument, nullptr, 's'},
+                                {"replicas", required_argument, nullptr, 'r'},
+                                {"no-create", no_argument, nullptr, 'n'},
+                                {"subject", required_argument, nullptr, 'S'},
+                                {"window", required_argument, nullptr, 'w'},
+                                {"quiet", no_argument, nullptr, 'q'},
+                                {"help", no_argument, nullptr, 'h'}});
   start_options();
   int c;
-  while ((c = getopt_long(argc, argv, ":s:r:nS:w:qh", kLong, nullptr)) != -1) {
-    if (nats_conn_option(c, optarg, &o->conn)) continue;
+  while ((c = getopt_long(argc, argv, ":s:r:nS:w:qh", longopts.data(), nullptr)) != -1) {
+    if (nats::take_option(c, optarg, &o->conn)) continue;
     switch (c) {
       case 's': o->stream = optarg; break;
       case 'r':
@@ -762,16 +756,13 @@ int parse(int argc, char** argv, Options* o) {
   if (argc - optind != 2)
     return usage_error("ship", argc - optind < 2 ? "missing PATH or URL" : "too many arguments");
   o->path = argv[optind];
-  o->urls = argv[optind + 1];
+  o->conn.urls = argv[optind + 1];
   if (!subject_token(o->stream) || o->stream.find('/') != std::string::npos)
     return usage_error("ship", "--stream: '" + o->stream + "' is not a stream name (no spaces, "
                                "dots, '*', '>' or '/')");
   if (!o->subject.empty() && !subject_tokens(o->subject))
     return usage_error("ship", "--subject: '" + o->subject + "' is not a subject prefix (tokens "
                                "separated by single dots, no spaces or wildcards)");
-  if (std::string bad = check_nats_urls(o->urls); !bad.empty())
-    return usage_error("ship", "malformed server URL " + bad);
-  o->conn.quiet = o->quiet;
   return kExitOk;
 }
 
@@ -780,7 +771,10 @@ int parse(int argc, char** argv, Options* o) {
 int cmd_ship(int argc, char** argv) {
   Shipper sh;
   if (int rc = parse(argc, argv, &sh.opt); rc != kExitOk || sh.opt.help) {
-    if (sh.opt.help) std::fputs(kHelp, stdout);
+    if (sh.opt.help) {
+      std::fputs(kHelp, stdout);
+      std::fputs(nats::kOptionsHelp, stdout);
+    }
     return rc;
   }
   // SIGINT and SIGTERM arrive as reads on a signalfd: blocked before nats.c starts its threads,
@@ -803,11 +797,11 @@ int cmd_ship(int argc, char** argv) {
   jo.PublishAsync.AckHandlerClosure = &sh;
   // The window is ours (per buffer); nats.c's own bound only guards against a runaway.
   jo.PublishAsync.MaxPending = 1 << 20;
-  std::string error;
-  if (sh.nats.connect(sh.opt.urls, sh.opt.conn, &jo, &error) != 0) {
-    note(error);
-    return kExitError;
-  }
+  nats::Tuning tuning;
+  tuning.js = &jo;
+  tuning.reconnect_buffer = 64 << 20;  // publishes kept while reconnecting
+  if (int rc = nats::connect(sh.opt.conn, "relayctl ship", &sh.nc, tuning); rc != kExitOk)
+    return rc;
   if (int rc = sh.ensure_stream(); rc != kExitOk) return rc;
   if (int rc = sh.setup_path(); rc != kExitOk) return rc;
   if (sh.dir_mode) {

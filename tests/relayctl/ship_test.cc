@@ -200,8 +200,14 @@ TEST_CASE("ship SIGKILLed mid-stream and started again: nothing lost, nothing tw
   uint64_t seen = 0;
   int ahead = 0;  // kills that left messages in the stream which the buffer had not consumed
   for (int kill = 0; kill < 4; ++kill) {
-    // Kill it with messages in flight: once the stream has grown.
+    // Kill it with messages in flight: once the stream has grown. Stopped first, so that
+    // JetStream stores what was in flight while ship cannot take the acknowledgements and
+    // consume: then the next run must send those again, and the stream keep one copy.
     REQUIRE(wait_for([&] { return stream_msgs(nc, "RELAYFS") > seen + 200; }, 60s));
+    REQUIRE(::kill(ship, SIGSTOP) == 0);
+    for (uint64_t was = 0, now = stream_msgs(nc, "RELAYFS"); now != was;
+         was = now, now = stream_msgs(nc, "RELAYFS"))
+      std::this_thread::sleep_for(300ms);
     REQUIRE(::kill(ship, SIGKILL) == 0);
     int st;
     REQUIRE(::waitpid(ship, &st, 0) == ship);
@@ -305,7 +311,7 @@ TEST_CASE("ship's bad input: a clear message, a non-zero status, nothing consume
     const Outcome o = relayctl("ship " + path + " nats://127.0.0.1:" +
                                std::to_string(closed_port()));
     CHECK(o.status == 1);
-    CHECK(o.err.find("cannot reach any NATS server") != std::string::npos);
+    CHECK(o.err.find("no server answers") != std::string::npos);
   }
   SUBCASE("a missing stream with --no-create") {
     const Outcome o = relayctl("ship --no-create --stream NOPE " + path + " " + nats.urls());
@@ -329,7 +335,8 @@ TEST_CASE("ship's bad input: a clear message, a non-zero status, nothing consume
     const std::string at = "127.0.0.1:" + std::to_string(auth.port);
     const Outcome o = relayctl("ship " + path + " nats://ship:wrong@" + at);
     CHECK(o.status == 1);
-    CHECK(o.err.find("Authorization") != std::string::npos);
+    CHECK(o.err.find("authorization failed") != std::string::npos);
+    CHECK(o.err.find("wrong") == std::string::npos);  // the password is not shown
     const Outcome none = relayctl("ship " + path + " nats://" + at);
     CHECK(none.status == 1);
     const Outcome creds = relayctl("ship --creds /nonexistent.creds " + path + " nats://" + at);
@@ -341,8 +348,8 @@ TEST_CASE("ship's bad input: a clear message, a non-zero status, nothing consume
                             "nats://127.0.0.1:", "nats://127.0.0.1:42x2", ","}) {
       CAPTURE(url);
       const Outcome o = relayctl("ship " + path + " '" + url + "'");
-      CHECK(o.status == 2);
-      CHECK(o.err.find("malformed server URL") != std::string::npos);
+      CHECK(o.status == 1);
+      CHECK(o.err.find("malformed URL") != std::string::npos);
     }
   }
   SUBCASE("no such channel, and bad options") {
@@ -373,7 +380,7 @@ TEST_CASE("ship over TLS: --tls-ca trusts the server's certificate; without it, 
   const std::string url = "tls://127.0.0.1:" + std::to_string(tls.port);
   const Outcome refused = relayctl("ship " + m.dir + "/sec " + url);
   CHECK(refused.status == 1);
-  CHECK(refused.err.find("cannot connect") != std::string::npos);
+  CHECK(refused.err.find("TLS") != std::string::npos);
   CHECK(xattr_number(m.dir + "/sec0", "bytes_consumed") == 0);
   REQUIRE(relay_close(c) == 0);
   const Outcome o = relayctl("ship --tls-ca " + d + "/ca.pem " + m.dir + "/sec " + url);
