@@ -389,3 +389,39 @@ TEST_CASE("ship over TLS: --tls-ca trusts the server's certificate; without it, 
   // JetStream acknowledged all of it: the buffer was consumed to the end, and its file went.
   CHECK(wait_for([&] { return !exists(m.dir + "/sec0"); }, 10s));
 }
+
+TEST_CASE("ship, then fetch: the round trip gives each buffer's bytes as the tests' own reader "
+          "does, also when fetch is killed and run again") {
+  NatsCluster nats(1);
+  Mount m;
+  rchan* c = open_channel(m.dir, "rt", RELAY_BLOCKING, 8192, 8);
+  TempDir t;
+  const pid_t ship = spawn_relayctl({"ship", m.dir + "/rt", nats.urls()}, t.path("err"));
+  FramedProducers p(c, 2, 150000);
+  p.join();
+  REQUIRE(relay_close(c) == 0);
+  REQUIRE(wait_exit(ship, 120s) == 0);
+  const StreamReport report = check_stream(nats.urls(), "RELAYFS", p.accepted());
+  REQUIRE(!report.groups.empty());
+  const std::string host = short_host();
+  const std::string out = t.path("fetched");
+  // Killed as soon as it has written something, then run to the end.
+  const pid_t fetch = spawn_relayctl({"fetch", nats.urls(), out}, t.path("fetch-err"));
+  const std::string first = out + "/" + host + "/rt" + std::to_string(report.groups.begin()->first.cpu);
+  REQUIRE(wait_for([&] {
+    struct stat st;
+    return ::stat(first.c_str(), &st) == 0 && st.st_size > 0;
+  }, 60s));
+  ::kill(fetch, SIGKILL);
+  ::waitpid(fetch, nullptr, 0);
+  const Outcome again = relayctl("fetch " + nats.urls() + " " + out);
+  CHECK(again.status == 0);
+  INFO(again.err);
+  for (const auto& [key, g] : report.groups) {
+    const std::string file = out + "/" + host + "/rt" + std::to_string(key.cpu);
+    CAPTURE(file);
+    const std::string got = read_file(file);
+    CHECK(got.size() == g.bytes.size());
+    CHECK(got == g.bytes);
+  }
+}
