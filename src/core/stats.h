@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
 
 namespace relayfs::core {
 
@@ -35,6 +36,13 @@ namespace relayfs::core {
   X(subbufs_consumed, "sub-buffers fully read or released since open or reset")                  \
   X(bytes_produced, "bytes committed, header bytes included, padding excluded; never shrinks")  \
   X(bytes_consumed, "bytes handed to readers (less what lost_readahead_bytes took back)")       \
+  RELAYFS_BACKLOG_COUNTERS(X)
+
+// What the buffer holds now. With the geometry, these are the levels, which go down as well as
+// up (gauges, to Prometheus: relayctl stat --prometheus); every other counter is a total, which
+// only grows, except that relay_reset starts the sub-buffer counts over and bytes_consumed gives
+// back what lost_readahead_bytes takes.
+#define RELAYFS_BACKLOG_COUNTERS(X)                                                              \
   X(bytes_unread, "bytes between the read position and the end of what is produced")
 
 // Everything that left the buffer without reaching a reader.
@@ -89,6 +97,24 @@ inline constexpr const char* kCounterNames[] = {
 #undef RELAYFS_COUNTER_NAME
 };
 inline constexpr size_t kCounterCount = sizeof kCounterNames / sizeof kCounterNames[0];
+// What each counter counts, in the same order (the list's text).
+inline constexpr const char* kCounterHelp[] = {
+#define RELAYFS_COUNTER_HELP(name, what) what,
+    RELAYFS_BUFFER_COUNTERS(RELAYFS_COUNTER_HELP)
+#undef RELAYFS_COUNTER_HELP
+};
+
+// True if counter i is a level (the geometry, the backlog), false if it is a total.
+constexpr bool is_level(size_t i) {
+  constexpr std::string_view kLevels[] = {
+#define RELAYFS_COUNTER_NAME(name, what) #name,
+      RELAYFS_GEOMETRY_COUNTERS(RELAYFS_COUNTER_NAME) RELAYFS_BACKLOG_COUNTERS(RELAYFS_COUNTER_NAME)
+#undef RELAYFS_COUNTER_NAME
+  };
+  for (std::string_view l : kLevels)
+    if (i < kCounterCount && l == kCounterNames[i]) return true;
+  return false;
+}
 
 inline uint64_t counter(const BufferStats& st, size_t i) noexcept {
   const uint64_t values[] = {

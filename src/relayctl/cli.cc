@@ -107,9 +107,6 @@ bool split_path(const std::string& path, std::string* dir, std::string* name) {
   return !name->empty() && *name != "." && *name != "..";
 }
 
-namespace {
-
-// The number after prefix in name, if name is prefix + a canonical decimal number.
 bool suffix_number(const std::string& name, const std::string& prefix, unsigned long* n) {
   if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
   const std::string digits = name.substr(prefix.size());
@@ -120,8 +117,6 @@ bool suffix_number(const std::string& name, const std::string& prefix, unsigned 
   *n = std::strtoul(digits.c_str(), nullptr, 10);
   return true;
 }
-
-}  // namespace
 
 std::vector<std::string> channel_buffers(const std::string& dir, const std::string& name,
                                          bool* denied) {
@@ -150,6 +145,25 @@ std::vector<std::string> channel_buffers(const std::string& dir, const std::stri
   std::vector<std::string> out;
   for (auto& [n, f] : found) out.push_back(f);
   return out;
+}
+
+int mount_root(const std::string& path, std::string* root, std::string* resolved) {
+  char real[PATH_MAX];
+  if (!::realpath(path.c_str(), real)) return -errno;
+  if (resolved) *resolved = real;
+  std::string cur = real;
+  struct stat st;
+  if (::stat(cur.c_str(), &st) != 0) return -errno;
+  if (!S_ISDIR(st.st_mode)) cur = cur.substr(0, std::max<size_t>(cur.rfind('/'), 1));
+  if (::stat(cur.c_str(), &st) != 0) return -errno;
+  while (cur != "/") {
+    const std::string up = cur.substr(0, std::max<size_t>(cur.rfind('/'), 1));
+    struct stat ust;
+    if (::stat(up.c_str(), &ust) != 0 || ust.st_dev != st.st_dev) break;
+    cur = up;
+  }
+  *root = std::move(cur);
+  return 0;
 }
 
 }  // namespace relayctl

@@ -17,6 +17,8 @@ constexpr const char* kUsage =
     "                                (one per line, or --record-size bytes each)\n"
     "  stat [--json] PATH...         the counters of every buffer of a file, a channel or a\n"
     "                                directory tree\n"
+    "  stat --prometheus PATH...     the same in Prometheus's text format, for\n"
+    "                                node_exporter's textfile collector\n"
     "  stat --users [--json] PATH    each user's channels, connections and memory in the\n"
     "                                mount that holds PATH, and its limits\n"
     "  record [OPTIONS] PATH OUTDIR  drain channel PATH to files in OUTDIR until stopped\n"

@@ -10,11 +10,11 @@
 //   report their own failures (write.cc's and record.cc's parse, record.cc's setup, control.cc's
 //   run, stat.cc's walk and collect). Those are not errnos.
 // - Every other function returning int returns 0 (or a count) on success and -errno on failure,
-//   and passes such a value on as it is: users.cc's mount_root and read_usage, stat.cc's
-//   read_row, write.cc's pump, record.cc's Recorder::receive and Recorder::start, report, and
-//   record_disk.h's OutputDir and OutputFile. A positive errno appears only where errno is read,
-//   right after the failed call (compared there, or negated at once); the reporting helpers
-//   take -errno and call strerror(-err) themselves.
+//   and passes such a value on as it is: cli.cc's mount_root, users.cc's read_usage, stat.cc's
+//   read_row, labels and write_out, write.cc's pump, record.cc's Recorder::receive and
+//   Recorder::start, report, and record_disk.h's OutputDir and OutputFile. A positive errno
+//   appears only where errno is read, right after the failed call (compared there, or negated at
+//   once); the reporting helpers take -errno and call strerror(-err) themselves.
 #pragma once
 
 #include <cstddef>
@@ -78,5 +78,14 @@ bool split_path(const std::string& path, std::string* dir, std::string* name);
 // single file (it would be the merged view, and the daemon refuses to record that: EINVAL).
 std::vector<std::string> channel_buffers(const std::string& dir, const std::string& name,
                                          bool* denied = nullptr);
+
+// True if name is prefix + a canonical decimal number (no leading zero, at most 9 digits): a
+// buffer's file name after its channel's, as BASE3; the number in *n.
+bool suffix_number(const std::string& name, const std::string& prefix, unsigned long* n);
+
+// The root directory of the mount that holds path, in *root: the topmost directory above it on
+// the same device; path resolved (realpath(3)) in *resolved if given. Returns 0, or -errno if
+// path cannot be resolved.
+int mount_root(const std::string& path, std::string* root, std::string* resolved = nullptr);
 
 }  // namespace relayctl

@@ -1,9 +1,12 @@
 // relayctl stat: every buffer's counters, read from the user.relayfs.* extended attributes the
-// daemon puts on each relay file (relay(7) "Attributes"), as a table or as JSON.
+// daemon puts on each relay file (relay(7) "Attributes"), as a table, as JSON, or in
+// Prometheus's text format.
 #include <dirent.h>
 #include <getopt.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -11,7 +14,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,7 +29,7 @@ namespace relayctl {
 namespace {
 
 constexpr const char* kHelp =
-    "Usage: relayctl stat [--json] PATH...\n"
+    "Usage: relayctl stat [--json | --prometheus] PATH...\n"
     "       relayctl stat --users [--json] PATH\n"
     "Shows the counters of every buffer PATH names: a relay file (one buffer; the merged view\n"
     "BASE gives sums over its channel), a channel DIR/BASE (all of BASE0, BASE1, ...), or a\n"
@@ -32,10 +37,15 @@ constexpr const char* kHelp =
     "With --users: each user's channels, connections and channel memory in the mount that\n"
     "holds PATH, and the mount's limits (relayfs(8)).\n"
     "\n"
-    "  -j, --json   JSON for scripts: an array of objects, one per buffer (with --users one\n"
-    "               object)\n"
-    "  -u, --users  the usage of each user instead of the counters\n"
-    "  -h, --help   this help\n";
+    "  -j, --json      JSON for scripts: an array of objects, one per buffer (with --users one\n"
+    "                  object)\n"
+    "      --prometheus\n"
+    "                  Prometheus's text format (0.0.4), for node_exporter's textfile\n"
+    "                  collector: families relayfs_COUNTER (relayfs_COUNTER_total for the\n"
+    "                  totals), labels mount, channel and cpu. Write it to a temporary file\n"
+    "                  and mv(1) that onto the .prom file, only if relayctl succeeded\n"
+    "  -u, --users     the usage of each user instead of the counters\n"
+    "  -h, --help      this help\n";
 
 namespace core = relayfs::core;
 namespace proto = relayfs::proto;
@@ -49,7 +59,7 @@ constexpr auto kShown = [] {
   return a;
 }();
 
-// A buffer's attributes, by their index in proto/names.h (those not shown stay empty).
+// A buffer's attributes, by their index in proto/names.h.
 struct Row {
   std::string path;
   std::string values[proto::kAttrCount];
@@ -61,8 +71,8 @@ struct Row {
 // Reads every attribute of path. Returns 0 or -errno (-ENODATA / -ENOTSUP: not a relay file).
 int read_row(const std::string& path, Row* row) {
   row->path = path;
-  for (size_t i : kShown) {
-    char v[64];
+  for (size_t i = 0; i < proto::kAttrCount; ++i) {
+    char v[NAME_MAX + 1];  // a number, the mode, or the channel's name (a file name)
     const ssize_t n = ::getxattr(path.c_str(), proto::xattr_name(i).c_str(), v, sizeof v - 1);
     if (n < 0) return -errno;
     row->values[i].assign(v, static_cast<size_t>(n));
@@ -141,6 +151,11 @@ void print_json_string(const std::string& s) {
   std::putchar('"');
 }
 
+// A counter's value as the daemon writes it: decimal digits.
+bool is_decimal(const std::string& v) {
+  return !v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
 void print_json(const std::vector<Row>& rows) {
   std::printf("[");
   for (size_t r = 0; r < rows.size(); ++r) {
@@ -149,15 +164,114 @@ void print_json(const std::vector<Row>& rows) {
     for (size_t i : kShown) {
       std::printf(", \"%s\": ", proto::attr_name(i));
       const std::string& v = rows[r].values[i];
-      const bool numeric = !v.empty() && std::all_of(v.begin(), v.end(), [](char c) {
-        return c >= '0' && c <= '9';
-      });
-      if (numeric) std::fputs(v.c_str(), stdout);
+      if (is_decimal(v)) std::fputs(v.c_str(), stdout);
       else print_json_string(v);
     }
     std::printf("}");
   }
   std::printf("%s]\n", rows.empty() ? "" : "\n");
+}
+
+// --prometheus: the text exposition format, version 0.0.4
+// (https://prometheus.io/docs/instrumenting/exposition_formats/). One family per counter, in
+// core/stats.h's order, named relayfs_COUNTER: a gauge for a level (core::is_level), else a
+// counter with the suffix _total; then relayfs_buffer_info, which carries the mode. No
+// timestamps: node_exporter's textfile collector refuses them.
+
+// s escaped as the format wants: backslash and line feed always, the double quote in a label
+// value (label) only.
+std::string prom_escape(std::string_view s, bool label) {
+  std::string out;
+  for (char c : s) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '\n') out += "\\n";
+    else if (c == '"' && label) out += "\\\"";
+    else out += c;
+  }
+  return out;
+}
+
+// Where the buffers of a directory are: the mount point, and the directory's path below it
+// ("" at the root), or err (-errno) if the directory could not be resolved.
+struct Place {
+  int err = 0;
+  std::string mount, below;
+};
+
+// The labels of the buffer r, as `mount="…",channel="…",cpu="…"`, in *out: channel is its
+// channel's path below the mount root, cpu the buffer's number in the file name. *out is empty
+// for a merged view, which repeats its buffers' counters (collect gives one only when its
+// buffers were gone as it looked). places caches each directory's Place. Returns 0 or -errno.
+int labels(const Row& r, std::map<std::string, Place>* places, std::string* out) {
+  out->clear();
+  const std::string& channel = r.values[proto::kAttrChannel];
+  std::string dir, name;
+  unsigned long cpu;
+  if (!split_path(r.path, &dir, &name) || !suffix_number(name, channel, &cpu)) return 0;
+  const auto [at, fresh] = places->try_emplace(dir);
+  Place& p = at->second;
+  if (fresh) {
+    std::string real;
+    p.err = mount_root(dir, &p.mount, &real);
+    // real is p.mount, or p.mount + "/" + below (p.mount + below if the mount is at "/").
+    if (p.err == 0 && real.size() > p.mount.size())
+      p.below = real.substr(p.mount.size() + (p.mount == "/" ? 0 : 1));
+  }
+  if (p.err != 0) return p.err;
+  *out = "mount=\"" + prom_escape(p.mount, true) + "\",channel=\"" +
+         prom_escape(p.below.empty() ? channel : p.below + "/" + channel, true) + "\",cpu=\"" +
+         std::to_string(cpu) + "\"";
+  return 0;
+}
+
+// rows' counters, in *text; a buffer named twice is shown once (Prometheus refuses a series
+// twice). Returns an exit status; a buffer that cannot be labelled is reported and left out.
+int format_prometheus(const std::vector<Row>& rows, std::string* text) {
+  std::vector<std::pair<std::string, const Row*>> series;  // labels, buffer
+  std::map<std::string, Place> places;
+  std::set<std::string> seen;
+  int status = kExitOk;
+  for (const Row& r : rows) {
+    std::string l;
+    if (int err = labels(r, &places, &l); err != 0) {
+      status = sys_error(r.path, "", err);
+    } else if (!std::all_of(r.values, r.values + core::kCounterCount, is_decimal)) {
+      status = sys_error(r.path, "a counter is not a number", -EPROTO);
+    } else if (!l.empty() && seen.insert(l).second) {
+      series.emplace_back(std::move(l), &r);
+    }
+  }
+  if (series.empty()) return status;
+  std::string& t = *text;
+  auto family = [&t](const std::string& name, const char* help, const char* type) {
+    t += "# HELP " + name + " " + prom_escape(help, false) + "\n# TYPE " + name + " " + type + "\n";
+  };
+  for (size_t i = 0; i < core::kCounterCount; ++i) {
+    const bool level = core::is_level(i);
+    const std::string name =
+        std::string("relayfs_") + core::kCounterNames[i] + (level ? "" : "_total");
+    family(name, core::kCounterHelp[i], level ? "gauge" : "counter");
+    for (const auto& [l, r] : series) t += name + "{" + l + "} " + r->values[i] + "\n";
+  }
+  family("relayfs_buffer_info",
+         "always 1: the buffer's mode (overwrite, subbuf_start or no-overwrite), and blocking 1 "
+         "for a RELAY_BLOCKING channel",
+         "gauge");
+  for (const auto& [l, r] : series)
+    t += "relayfs_buffer_info{" + l + ",mode=\"" + prom_escape(r->values[proto::kAttrMode], true) +
+         "\",blocking=\"" + prom_escape(r->values[proto::kAttrBlocking], true) + "\"} 1\n";
+  return status;
+}
+
+// Writes text to standard output (with write(2), so that a failure's errno is known). Returns 0
+// or -errno.
+int write_out(const std::string& text) {
+  for (size_t at = 0; at < text.size();) {
+    const ssize_t n = ::write(STDOUT_FILENO, text.data() + at, text.size() - at);
+    if (n < 0 && errno != EINTR) return -errno;
+    if (n > 0) at += static_cast<size_t>(n);
+  }
+  return 0;
 }
 
 // The table: geometry, mode, then the counters; column widths fit the values. LOST_BYTES sums
@@ -239,9 +353,10 @@ void print_table(const std::vector<Row>& rows) {
 int cmd_stat(int argc, char** argv) {
   static const option kLong[] = {{"json", no_argument, nullptr, 'j'},
                                  {"users", no_argument, nullptr, 'u'},
+                                 {"prometheus", no_argument, nullptr, 'P'},
                                  {"help", no_argument, nullptr, 'h'},
                                  {nullptr, 0, nullptr, 0}};
-  bool json = false, users = false;
+  bool json = false, users = false, prometheus = false;
   start_options();
   int c;
   while ((c = getopt_long(argc, argv, "juh", kLong, nullptr)) != -1) {
@@ -249,6 +364,8 @@ int cmd_stat(int argc, char** argv) {
       json = true;
     } else if (c == 'u') {
       users = true;
+    } else if (c == 'P') {
+      prometheus = true;
     } else if (c == 'h') {
       std::fputs(kHelp, stdout);
       return kExitOk;
@@ -256,6 +373,9 @@ int cmd_stat(int argc, char** argv) {
       return option_error("stat", c, argv);
     }
   }
+  if (prometheus && (json || users))
+    return usage_error("stat", json ? "--prometheus and --json exclude each other"
+                                    : "--prometheus and --users exclude each other");
   if (optind == argc) return usage_error("stat", "missing PATH");
   if (users && optind + 1 != argc) return usage_error("stat", "--users takes one PATH");
   if (users) return stat_users(argv[optind], json);
@@ -263,8 +383,18 @@ int cmd_stat(int argc, char** argv) {
   int status = kExitOk;
   for (int i = optind; i < argc; ++i)
     if (collect(argv[i], &rows) != kExitOk) status = kExitError;
+  // Output that did not all reach its file (a full disk) is a failure: a script that writes it
+  // to a temporary file and renames that only on success never publishes half of it.
+  if (prometheus) {
+    std::string text;
+    if (format_prometheus(rows, &text) != kExitOk) status = kExitError;
+    if (int err = write_out(text); err != 0) return sys_error("standard output", "", err);
+    return status;
+  }
   if (json) print_json(rows);
   else if (!rows.empty()) print_table(rows);
+  const int out_err = std::fflush(stdout) != 0 ? errno : std::ferror(stdout) ? EIO : 0;
+  if (out_err != 0) return sys_error("standard output", "", -out_err);
   return status;
 }
 

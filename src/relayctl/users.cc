@@ -57,26 +57,6 @@ std::vector<Line> parse(const std::string& text) {
   return lines;
 }
 
-// The root directory of the mount that holds path, in *root: the topmost directory above it on
-// the same device. Returns 0, or -errno if path cannot be resolved.
-int mount_root(const std::string& path, std::string* root) {
-  char real[PATH_MAX];
-  if (!::realpath(path.c_str(), real)) return -errno;
-  std::string cur = real;
-  struct stat st;
-  if (::stat(cur.c_str(), &st) != 0) return -errno;
-  if (!S_ISDIR(st.st_mode)) cur = cur.substr(0, std::max<size_t>(cur.rfind('/'), 1));
-  if (::stat(cur.c_str(), &st) != 0) return -errno;
-  while (cur != "/") {
-    const std::string up = cur.substr(0, std::max<size_t>(cur.rfind('/'), 1));
-    struct stat ust;
-    if (::stat(up.c_str(), &ust) != 0 || ust.st_dev != st.st_dev) break;
-    cur = up;
-  }
-  *root = std::move(cur);
-  return 0;
-}
-
 // The attribute's text, in *out. Returns 0 or -errno (-ERANGE if it kept growing).
 int read_usage(const std::string& root, std::string* out) {
   for (int attempt = 0; attempt < 4; ++attempt) {

@@ -29,6 +29,22 @@ inline std::string daemon_path() {
   return p ? p : "relayfs";
 }
 
+// A path as mountinfo writes it, with space, tab, newline and backslash as \ooo (octal), decoded.
+inline std::string unescape_mountinfo(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const bool octal =
+        s[i] == '\\' && i + 3 < s.size() && s.find_first_not_of("01234567", i + 1) >= i + 4;
+    if (!octal) {
+      out += s[i];
+      continue;
+    }
+    out += static_cast<char>(std::stoi(s.substr(i + 1, 3), nullptr, 8));
+    i += 3;
+  }
+  return out;
+}
+
 // True if `dir` is a relayfs mount point now.
 inline bool is_mounted(const std::string& dir) {
   std::ifstream in("/proc/self/mountinfo");
@@ -37,9 +53,7 @@ inline bool is_mounted(const std::string& dir) {
     std::istringstream ss(line);
     std::string f[5];
     for (auto& x : f) ss >> x;
-    // mountinfo writes a space in a path as \040.
-    for (size_t at; (at = f[4].find("\\040")) != std::string::npos;) f[4].replace(at, 4, " ");
-    if (f[4] != dir) continue;
+    if (unescape_mountinfo(f[4]) != dir) continue;
     const auto dash = line.find(" - ");
     if (dash != std::string::npos && line.compare(dash + 3, 12, "fuse.relayfs") == 0) return true;
   }
