@@ -90,6 +90,16 @@ inline uint64_t bytes_lost(const BufferStats& st) noexcept {
   return sum;
 }
 
+// Every record counted dropped: the lost_* record counters (each counts one relay_write that
+// failed). Bytes lost are bytes_lost's; the two are kept apart, being of different units.
+inline uint64_t records_lost(const BufferStats& st) noexcept {
+  uint64_t sum = 0;
+#define RELAYFS_COUNTER_SUM(name, what) sum += st.name;
+  RELAYFS_LOST_RECORD_COUNTERS(RELAYFS_COUNTER_SUM)
+#undef RELAYFS_COUNTER_SUM
+  return sum;
+}
+
 // The counters' names, in the list's order, and a counter by its index there.
 inline constexpr const char* kCounterNames[] = {
 #define RELAYFS_COUNTER_NAME(name, what) #name,

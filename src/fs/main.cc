@@ -31,7 +31,7 @@ namespace {
 bool relayfs_mounted_at(const char* path) {
   char real[PATH_MAX];
   if (!::realpath(path, real)) return false;  // fuse_session_mount says what is wrong with it
-  return !relayfs::fs::mounted_dev(real, "fuse.relayfs").empty();
+  return !relayfs::fs::mounted_dev(real, relayfs::proto::kFsType).empty();
 }
 
 Daemon* fs_of(fuse_req_t req) {
@@ -327,7 +327,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> fargs = {argv[0], positional.back()};
   fargs.insert(fargs.end(), rest.begin(), rest.end());
   // Permissions are the kernel's to enforce, with the owners and modes producers give.
-  fargs.insert(fargs.end(), {"-o", "subtype=relayfs,default_permissions,fsname=" + opts.fsname});
+  fargs.insert(fargs.end(), {"-o", std::string("subtype=") + relayfs::proto::kSubtype +
+                                       ",default_permissions,fsname=" + opts.fsname});
   std::vector<char*> fargv;
   for (auto& s : fargs) fargv.push_back(s.data());
 
@@ -363,9 +364,10 @@ int main(int argc, char** argv) {
         // Which mount is this daemon's, noted before anyone could stack another on it: the
         // session ends when it is gone (src/fs/unmounted.cc).
         char real[PATH_MAX];
-        const std::string dev = ::realpath(cmd.mountpoint, real)
-                                    ? relayfs::fs::mounted_dev(real, "fuse.relayfs")
-                                    : std::string();
+        const std::string dev =
+            ::realpath(cmd.mountpoint, real)
+                ? relayfs::fs::mounted_dev(real, relayfs::proto::kFsType)
+                : std::string();
         // mount(8) waits for the parent to exit: it does once the mount is up.
         fuse_daemonize(cmd.foreground);
         if (int err = fs.start(se, dev); err != 0) {

@@ -1,23 +1,19 @@
-// The mounts this process sees, from /proc/self/mountinfo: the daemon asks it whether a relayfs
-// is already mounted where it is to mount (main.cc), which filesystem holds a descriptor a
-// recorder passed (record.cc), and whether its own mount is still there (MountWatch).
+// The mounts this process sees (proto/mountinfo.h reads /proc/self/mountinfo): the daemon asks
+// them whether a relayfs is already mounted where it is to mount (main.cc), which filesystem
+// holds a descriptor a recorder passed (record.cc), and whether its own mount is still there
+// (MountWatch).
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "core/fd.h"
+#include "proto/mountinfo.h"
 
 namespace relayfs::fs {
 
-struct MountEntry {
-  std::string dev;    // "major:minor"
-  std::string point;  // the mount point, with mountinfo's \ooo escapes undone
-  std::string type;   // e.g. "ext4", "fuse.relayfs"
-};
-
-// Every mount, in mountinfo's order; empty if it cannot be read.
-std::vector<MountEntry> read_mountinfo();
+using proto::MountEntry;
+using proto::read_mountinfo;
 
 // The device ("major:minor") of the topmost mount of type at point (a real path, as realpath
 // gives it), or "" if none is there.

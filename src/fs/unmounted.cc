@@ -22,7 +22,7 @@ void Daemon::watch_mount(const std::string& dev) {
   // Without the watch the daemon works on; it then lives, as before, until the kernel ends the
   // session (the last file of a detached mount closed) or a signal does.
   if (dev.empty() || !se_) return;
-  int rc = mounts_.open(dev, "fuse.relayfs");
+  int rc = mounts_.open(dev, proto::kFsType);
   if (rc == 0) rc = loop_.watch(mounts_.fd(), tag(kMounts, 0), POLLPRI);
   if (rc != 0)
     std::fprintf(stderr,

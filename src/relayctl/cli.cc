@@ -23,9 +23,12 @@ int usage_error(const char* cmd, const std::string& message) {
   return kExitUsage;
 }
 
+std::string error_text(const std::string& path, const std::string& what, int err) {
+  return path + ": " + what + (what.empty() ? "" : ": ") + std::strerror(-err);
+}
+
 int report(const std::string& path, const std::string& what, int err) {
-  std::fprintf(stderr, "relayctl: %s: %s%s%s\n", path.c_str(), what.c_str(),
-               what.empty() ? "" : ": ", std::strerror(-err));
+  std::fprintf(stderr, "relayctl: %s\n", error_text(path, what, err).c_str());
   return err;
 }
 

@@ -1,6 +1,7 @@
-// relayctl: write standard input into a relay channel, show buffers' counters, record a channel
-// to disk, read a NATS JetStream stream back into files, flush/reset/close a channel from outside
-// (relayctl(1)). main() only dispatches to the subcommand.
+// relayctl: write standard input into a relay channel, show buffers' counters (once, or live
+// with top), record a channel to disk, read a NATS JetStream stream back into files,
+// flush/reset/close a channel from outside (relayctl(1)). main() only dispatches to the
+// subcommand.
 #include <cstdio>
 #include <cstring>
 
@@ -21,6 +22,8 @@ constexpr const char* kUsage =
     "                                node_exporter's textfile collector\n"
     "  stat --users [--json] PATH    each user's channels, connections and memory in the\n"
     "                                mount that holds PATH, and its limits\n"
+    "  top [OPTIONS] [PATH...]       a live view of each channel's write and read rates, fill\n"
+    "                                level and losses, like top (q quits; --batch for scripts)\n"
     "  record [OPTIONS] PATH OUTDIR  drain channel PATH to files in OUTDIR until stopped\n"
     "                                (SIGINT, SIGTERM) or until the channel closes\n"
     "  ship [OPTIONS] PATH URL       carry channel PATH (or every channel under a directory) to\n"
@@ -43,6 +46,7 @@ struct Command {
 constexpr Command kCommands[] = {
     {"write", relayctl::cmd_write},
     {"stat", relayctl::cmd_stat},
+    {"top", relayctl::cmd_top},
     {"record", relayctl::cmd_record},
     {"ship", relayctl::cmd_ship},
     {"fetch", relayctl::cmd_fetch},

@@ -1,17 +1,19 @@
 // relayctl: the command-line tool for relayfs (relayctl(1)). One file per subcommand
-// (write.cc, stat.cc and users.cc for stat --users, record.cc and its disk side record_disk.cc,
-// control.cc for flush/reset/close; cli.cc parses and dispatches); this header holds what they
-// share: exit statuses, error messages, number parsing and how a PATH names relay files.
+// (write.cc, stat.cc and users.cc for stat --users, top.cc, record.cc and its disk side
+// record_disk.cc, control.cc for flush/reset/close; cli.cc parses and dispatches); this header
+// holds what they share: exit statuses, error messages, number parsing and how a PATH names
+// relay files.
 //
 // Two kinds of int, kept apart (issue 14, the errno rule of src/client/common.h):
 // - Exit statuses (kExitOk, kExitError, kExitUsage) come only from main, the subcommands (cmd_*,
 //   stat_users), the reporting helpers (usage_error, option_error, sys_error; control.cc's
 //   explain, record.cc's create_error and Recorder::fail) and the steps of a subcommand that
 //   report their own failures (write.cc's and record.cc's parse, record.cc's setup, control.cc's
-//   run, stat.cc's walk and collect). Those are not errnos.
+//   run, stat.h's collect and stat.cc's walk, top.cc's watch and its steps). Those are not
+//   errnos.
 // - Every other function returning int returns 0 (or a count) on success and -errno on failure,
-//   and passes such a value on as it is: cli.cc's mount_root, users.cc's read_usage, stat.cc's
-//   read_row, labels and write_out, write.cc's pump, record.cc's Recorder::receive and
+//   and passes such a value on as it is: cli.cc's mount_root, users.cc's read_usage, stat.h's
+//   read_row, stat.cc's labels and write_out, write.cc's pump, record.cc's Recorder::receive and
 //   Recorder::start, report, and record_disk.h's OutputDir and OutputFile. A positive errno
 //   appears only where errno is read, right after the failed call (compared there, or negated at
 //   once); the reporting helpers take -errno and call strerror(-err) themselves.
@@ -31,6 +33,7 @@ inline constexpr int kExitUsage = 2;  // bad arguments: nothing was done
 // The subcommands: each gets argv with argv[0] the subcommand's name and returns an exit status.
 int cmd_write(int argc, char** argv);
 int cmd_stat(int argc, char** argv);
+int cmd_top(int argc, char** argv);
 int cmd_record(int argc, char** argv);
 int cmd_ship(int argc, char** argv);
 int cmd_fetch(int argc, char** argv);
@@ -44,7 +47,9 @@ int stat_users(const std::string& path, bool json);
 // kExitUsage. sys_error prints "PATH: WHAT: strerror(-err)" ("PATH: strerror(-err)" if what is
 // empty), err being -errno, and returns kExitError; report prints the same and returns err, for
 // a function that reports its own failure and passes the -errno on.
+// error_text is that message without "relayctl: ".
 int usage_error(const char* cmd, const std::string& message);
+std::string error_text(const std::string& path, const std::string& what, int err);
 int sys_error(const std::string& path, const std::string& what, int err);
 int report(const std::string& path, const std::string& what, int err);
 void note(const std::string& message);

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +25,7 @@
 #include "core/stats.h"
 #include "proto/names.h"
 #include "relayctl/relayctl.h"
+#include "relayctl/stat.h"
 
 namespace relayctl {
 namespace {
@@ -59,32 +61,36 @@ constexpr auto kShown = [] {
   return a;
 }();
 
-// A buffer's attributes, by their index in proto/names.h.
-struct Row {
-  std::string path;
-  std::string values[proto::kAttrCount];
-  const std::string& operator[](const char* name) const {
-    return values[proto::attr_index(name)];
-  }
-};
+// A failure collect met: reported, or kept in failures. Returns kExitError.
+int fail(std::vector<std::string>* failures, const std::string& path, const std::string& what,
+         int err) {
+  if (!failures) return sys_error(path, what, err);
+  failures->push_back(error_text(path, what, err));
+  return kExitError;
+}
 
-// Reads every attribute of path. Returns 0 or -errno (-ENODATA / -ENOTSUP: not a relay file).
+}  // namespace
+
 int read_row(const std::string& path, Row* row) {
   row->path = path;
   for (size_t i = 0; i < proto::kAttrCount; ++i) {
-    char v[NAME_MAX + 1];  // a number, the mode, or the channel's name (a file name)
-    const ssize_t n = ::getxattr(path.c_str(), proto::xattr_name(i).c_str(), v, sizeof v - 1);
+    char v[NAME_MAX + 1];  // the longest value: a channel's name, one directory entry
+    const ssize_t n = ::getxattr(path.c_str(), proto::xattr_name(i).c_str(), v, sizeof v);
     if (n < 0) return -errno;
     row->values[i].assign(v, static_cast<size_t>(n));
   }
   return 0;
 }
 
+namespace {
+
 // Adds the buffers below dir (recursively), skipping merged views (they repeat their buffers).
-// Returns an exit status; failures are reported.
-int walk(const std::string& dir, std::vector<Row>* rows) {
+// Returns an exit status; failures go to fail. A directory gone meanwhile (below the PATH
+// given, which is given: true) is passed over, as a file is.
+int walk(const std::string& dir, std::vector<Row>* rows, std::vector<std::string>* failures,
+         bool given = true) {
   std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);
-  if (!d) return sys_error(dir, "", -errno);
+  if (!d) return !given && errno == ENOENT ? kExitOk : fail(failures, dir, "", -errno);
   std::vector<std::string> names;
   while (const dirent* e = ::readdir(d.get()))
     if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
@@ -96,50 +102,55 @@ int walk(const std::string& dir, std::vector<Row>* rows) {
     struct stat st;
     if (::lstat(p.c_str(), &st) != 0) continue;  // drained and gone meanwhile
     if (S_ISDIR(st.st_mode)) {
-      if (walk(p, rows) != kExitOk) status = kExitError;
-    } else if (S_ISREG(st.st_mode) && channel_buffers(dir, name).empty()) {
+      if (walk(p, rows, failures, false) != kExitOk) status = kExitError;
+    } else if (S_ISREG(st.st_mode)) {
       Row r;
       const int err = read_row(p, &r);
-      if (err == 0) rows->push_back(std::move(r));
-      else if (err != -ENODATA && err != -ENOTSUP && err != -ENOENT)
-        status = sys_error(p, "", err);
+      // The merged view BASE is the one file whose name is its channel's (its buffers are
+      // BASE0, BASE1, ...).
+      if (err == 0 && r["channel"] != name) rows->push_back(std::move(r));
+      else if (err != 0 && err != -ENODATA && err != -ENOTSUP && err != -ENOENT)
+        status = fail(failures, p, "", err);
     }
   }
   return status;
 }
 
-// One PATH: a directory, a channel base name, or a file. Returns an exit status, as walk.
-int collect(const std::string& path, std::vector<Row>* rows) {
+}  // namespace
+
+int collect(const std::string& path, std::vector<Row>* rows, std::vector<std::string>* failures) {
   struct stat st;
   const bool exists = ::stat(path.c_str(), &st) == 0;
   const int missing = exists ? 0 : -errno;  // before channel_buffers sets errno again
-  if (exists && S_ISDIR(st.st_mode)) return walk(path, rows);
+  if (exists && S_ISDIR(st.st_mode)) return walk(path, rows, failures);
   std::string dir, name;
   if (split_path(path, &dir, &name)) {
     bool denied = false;
     const auto bufs = channel_buffers(dir, name, &denied);
     // The buffers are there but not for the caller: PATH is then no single file to stat (it
     // would be the merged view, as unreadable).
-    if (denied) return sys_error(path, "", -EACCES);
+    if (denied) return fail(failures, path, "", -EACCES);
     if (!bufs.empty()) {
       int status = kExitOk;
       for (const auto& b : bufs) {
         Row r;
         if (int err = read_row(dir + "/" + b, &r); err == 0) rows->push_back(std::move(r));
         else if (err != -ENOENT)
-          status = sys_error(dir + "/" + b, "", err);
+          status = fail(failures, dir + "/" + b, "", err);
       }
       return status;
     }
   }
-  if (!exists) return sys_error(path, "", missing);
+  if (!exists) return fail(failures, path, "", missing);
   Row r;
   if (int err = read_row(path, &r); err != 0)
-    return sys_error(path, err == -EACCES ? "" : "not a relay file",
-                     err == -ENODATA ? -ENOTSUP : err);
+    return fail(failures, path, err == -EACCES ? "" : "not a relay file",
+                err == -ENODATA ? -ENOTSUP : err);
   rows->push_back(std::move(r));
   return kExitOk;
 }
+
+namespace {
 
 void print_json_string(const std::string& s) {
   std::putchar('"');
