@@ -308,7 +308,11 @@ RELAY_API int relay_control(const char *path, int op);
  *
  * relay_reader_next() gives the oldest sub-buffer that is closed, wholly committed and not yet
  * consumed: 1 and *sb filled, 0 if there is none now, -1 with errno EIO if the buffer's control
- * area is inconsistent. It does not consume: relay_reader_consumed(r, n) says the reader is done
+ * area is inconsistent. Once the producer closed the buffer, the last sub-buffer, which never
+ * closes, is given too (the "tail": length is what was written of it). relay_reader_peek() gives
+ * sub-buffer seq, which may lie past the oldest, the same way, for a reader that works on several
+ * before it consumes them; -1 with ESTALE if seq is behind the read position or the writer began
+ * reusing its slot. Neither consumes: relay_reader_consumed(r, n) says the reader is done
  * with n more sub-buffers; when it returns they are free for a no-overwrite writer (one round
  * trip to the daemon; 0, or -1 with EIO, or ENOTCONN once the daemon is gone: close the reader
  * and open it again at the next daemon's mount). All readers of a buffer share one position,
@@ -345,6 +349,8 @@ struct relay_subbuf {
 RELAY_API struct relay_reader *relay_reader_open(const char *path);
 /* Each also fails with -1 and EINVAL for a NULL argument (relay_reader_valid too). */
 RELAY_API int relay_reader_next(struct relay_reader *r, struct relay_subbuf *sb);
+RELAY_API int relay_reader_peek(struct relay_reader *r, unsigned long long seq,
+                                struct relay_subbuf *sb);
 RELAY_API int relay_reader_valid(struct relay_reader *r, const struct relay_subbuf *sb);
 RELAY_API int relay_reader_consumed(struct relay_reader *r, size_t subbufs_consumed);
 RELAY_API int relay_reader_stats(struct relay_reader *r, struct relay_stats *st);

@@ -38,6 +38,11 @@ struct Reader {
   // Our view of the shared read position: the next sub-buffer to hand out, in generation gen.
   uint64_t next = 0;
   uint32_t gen = 0;
+  // The tail of a closed buffer: the sequence number it was given under (kNoTail: none), and
+  // whether the reader consumed it (its number is then past `produced`).
+  static constexpr uint64_t kNoTail = ~uint64_t{0};
+  uint64_t tail = kNoTail;
+  bool tail_taken = false;
 };
 
 Reader* impl(relay_reader* r) {
@@ -104,10 +109,39 @@ bool position(Reader* r, uint64_t* pub) {
   if (gen != r->gen) {  // a reset: everything starts again at sub-buffer 0
     r->gen = gen;
     r->next = 0;
+    r->tail = Reader::kNoTail;
+    r->tail_taken = false;
   }
   const uint64_t tagged = h->consumed.load(std::memory_order_acquire);
   *pub = core::consumed_count(tagged, gen);
   return true;
+}
+
+// Fills *sb with sub-buffer seq, given `produced` as the reader loaded it: a closed one once it
+// is wholly committed, or the one being written once the producer closed the buffer and every
+// byte reserved in it is committed (the tail, which never closes). Returns 1, 0 if it is not
+// ready, or -EIO.
+int take(Reader* r, const core::View& view, uint64_t seq, uint64_t produced, relay_subbuf* sb) {
+  uint32_t end;
+  if (seq < produced) {
+    // The writers' bytes are visible once the sub-buffer is complete (View::complete).
+    if (!view.complete(seq)) return 0;
+    if (view.data_end(seq, &end) != 0) return -EIO;
+  } else {
+    // acquire: close_off, stored before `closed`, is visible (decode_off).
+    if (view.header().closed.load(std::memory_order_acquire) == 0) return 0;
+    end = view.reserved_end(seq);
+    // committed_prefix's acquire loads make the committed bytes visible.
+    if (end == 0 || view.committed_prefix(seq, true) != end) return 0;
+    r->tail = seq;
+  }
+  const uint32_t slot = core::slot_of(seq, view.n_subbufs());
+  sb->index = slot;
+  sb->data = view.subbuf(slot);
+  sb->length = end;
+  sb->padding = view.subbuf_size() - end;
+  sb->seq = seq;
+  return 1;
 }
 
 }  // namespace
@@ -141,25 +175,33 @@ RELAY_API int relay_reader_next(relay_reader* rr, relay_subbuf* sb) {
   // Where the daemon's consumer would go on: if the writer has begun reusing the slot (overwrite
   // mode), at the oldest sub-buffer that can still be whole; the daemon counts the skipped ones
   // as overruns when we report our position.
+  const uint64_t from = std::max(r->next, pub);
+  if (from > view.produced() && r->tail_taken) return 0;  // the tail is consumed: nothing more
   core::View::Next at;
-  const int found = view.next(std::max(r->next, pub), &at);
+  const int found = view.next(from, &at);
   // A reset that finished since position() explains a position past `produced`.
   if (found < 0) return view.corrupt(r->gen) != 0 ? fail(-EIO) : 0;
-  if (found == 0) return 0;             // a switch into that slot is being decided
-  if (at.seq >= at.produced) return 0;  // nothing closed yet
-  r->next = at.seq;
-  // The writers' bytes are visible once the sub-buffer is complete (View::complete).
-  if (!view.complete(at.seq)) return 0;
-  uint32_t end;
-  if (view.data_end(at.seq, &end) != 0) return fail(-EIO);
-  const uint32_t slot = core::slot_of(at.seq, view.n_subbufs());
-  sb->index = slot;
-  sb->data = view.subbuf(slot);
-  sb->length = end;
-  sb->padding = view.subbuf_size() - end;
-  sb->seq = at.seq;
-  rr->generation = r->gen;
-  return 1;
+  if (found == 0) return 0;  // a switch into that slot is being decided
+  r->next = std::min(at.seq, at.produced);
+  const int rc = take(r, view, at.seq, at.produced, sb);
+  if (rc == 1) rr->generation = r->gen;
+  return rc < 0 ? fail(rc) : rc;
+}
+
+RELAY_API int relay_reader_peek(relay_reader* rr, unsigned long long seq, relay_subbuf* sb) {
+  if (!rr || !sb) return fail(-EINVAL);
+  Reader* r = impl(rr);
+  const core::View view(r->buffer);
+  uint64_t pub;
+  if (!position(r, &pub)) return 0;
+  if (seq < std::max(r->next, pub)) return fail(-ESTALE);  // consumed, or passed as lapped
+  const uint64_t produced = view.produced();
+  if (seq > produced) return 0;
+  // The writer began reusing its slot (overwrite mode): what it held is gone.
+  if (seq < produced && view.reused(seq, produced) == core::Reuse::kYes) return fail(-ESTALE);
+  const int rc = take(r, view, seq, produced, sb);
+  if (rc == 1) rr->generation = r->gen;
+  return rc < 0 ? fail(rc) : rc;
 }
 
 RELAY_API int relay_reader_valid(relay_reader* rr, const relay_subbuf* sb) {
@@ -178,7 +220,10 @@ RELAY_API int relay_reader_consumed(relay_reader* rr, size_t subbufs_consumed) {
   // As the kernel's relay_subbufs_consumed, clamped to what was produced.
   const uint64_t produced = core::View(r->buffer).produced();
   const uint64_t from = std::max(r->next, pub);
-  r->next = std::max(from, std::min(produced, from + subbufs_consumed));
+  // Clamped to what was produced, and the tail if it was given: its number is `produced`.
+  const uint64_t limit = r->tail == produced ? produced + 1 : produced;
+  r->next = std::max(from, std::min(limit, from + subbufs_consumed));
+  if (r->next > produced) r->tail_taken = true;
   proto::Received m;
   try {
     const uint32_t seq = r->seq++;

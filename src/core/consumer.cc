@@ -527,7 +527,10 @@ void Consumer::arm_doorbell(bool whole_subbufs) noexcept {
 bool Consumer::subbuf_ready() noexcept {
   if (!sync_reset()) return false;
   Span s;
-  if (next_span(&s) != 0 || s.len == 0 || !s.closed) return false;
+  if (next_span(&s) != 0 || s.len == 0) return false;
+  // The tail of a buffer its producer closed is as whole as it will ever be: an mmap reader
+  // takes it (relay_reader_next), so poll() says so.
+  if (!s.closed) return producer_closed();
   return view_.complete(s.seq);
 }
 
@@ -543,12 +546,27 @@ int Consumer::consume_upto(uint32_t gen, uint64_t seq) noexcept {
   if (seq <= consumed_) return 0;
   const uint64_t produced = view_.produced();
   if (produced < consumed_) return corrupt();
-  seq = std::min(seq, produced);  // the reader's number is not trusted either
+  // The reader's number is not trusted either. produced + 1 takes the tail of a closed buffer
+  // too (relay_reader_next gives it once the producer closed).
+  const bool tail = seq > produced && producer_closed();
+  seq = std::min(seq, produced);
   // The mmap reader skipped what the writer had lapped (relay_reader_next): those are overruns,
   // as they are when read() skips them.
   if (view_.reused(consumed_, produced) == Reuse::kYes) skip_lapped(produced);
-  if (seq <= consumed_) return 0;
-  return subbufs_consumed(seq - consumed_);
+  if (seq > consumed_)
+    if (int rc = subbufs_consumed(seq - consumed_); rc) return rc;
+  if (tail && consumed_ == produced) take_tail();
+  return 0;
+}
+
+void Consumer::take_tail() noexcept {
+  // The producer closed the buffer: what is proven committed of its last sub-buffer is all it
+  // will ever hold (relay_close waits for every commit). The reader had it through its mapping.
+  Span s;
+  if (next_span(&s) != 0 || s.len == 0 || s.closed) return;
+  bytes_consumed_ += s.len;
+  total_read_ += s.len;
+  publish();
 }
 
 uint64_t Consumer::expire() noexcept {

@@ -106,12 +106,15 @@ class Consumer {
   // returned. A read that ran out of room mid-span leaves it false until the span is finished.
   bool at_record_boundary() const noexcept;
 
-  // True if the oldest unconsumed sub-buffer is closed and wholly committed: what an mmap reader
-  // (relay_reader_next) waits for, and what the kernel's poll() reports.
+  // True if the oldest unconsumed sub-buffer is closed and wholly committed, or is the tail of a
+  // buffer its producer closed: what an mmap reader (relay_reader_next) waits for, and what the
+  // kernel's poll() reports.
   bool subbuf_ready() noexcept;
 
   // An mmap reader consumed every sub-buffer before seq, counted in reset generation gen (the
-  // tag it read from the published position). Returns 0, or -ESTALE for another generation.
+  // tag it read from the published position); seq past the last one produced also consumes the
+  // tail of a buffer its producer closed (relay_reader_next gives it then). Returns 0, or
+  // -ESTALE for another generation.
   int consume_upto(uint32_t gen, uint64_t seq) noexcept;
 
   // True if read() would return data now (POLLIN). Like the kernel's check, it may consume
@@ -174,6 +177,7 @@ class Consumer {
   void settle(uint64_t produced) noexcept;
   uint32_t remember_prefix(uint64_t seq, uint32_t prefix) noexcept;
   void skip_lapped(uint64_t produced) noexcept;
+  void take_tail() noexcept;
   void consume_one() noexcept;
   void publish() noexcept;
   void write_record() noexcept;

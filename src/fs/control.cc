@@ -483,6 +483,8 @@ int ControlServer::do_reader_consumed(Connection& c, const proto::Received& r) {
     status = b->consume_upto(req.gen, req.upto);
   }
   hooks_.news(b);
+  // The reader may have drained a finalized buffer (its tail): then its file goes, as after read.
+  hooks_.maybe_remove(b->channel_id());
   return status;
 }
 

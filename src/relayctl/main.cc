@@ -21,6 +21,8 @@ constexpr const char* kUsage =
     "                                mount that holds PATH, and its limits\n"
     "  record [OPTIONS] PATH OUTDIR  drain channel PATH to files in OUTDIR until stopped\n"
     "                                (SIGINT, SIGTERM) or until the channel closes\n"
+    "  ship [OPTIONS] PATH URL       carry channel PATH (or every channel under a directory) to\n"
+    "                                a NATS JetStream stream, consuming only what it acknowledged\n"
     "  fetch [OPTIONS] URL OUTDIR    read a NATS JetStream stream that ship fills back into\n"
     "                                files, one per host, channel and CPU\n"
     "  flush PATH...                 ask the producer to flush, reset or close the channel,\n"
@@ -40,6 +42,7 @@ constexpr Command kCommands[] = {
     {"write", relayctl::cmd_write},
     {"stat", relayctl::cmd_stat},
     {"record", relayctl::cmd_record},
+    {"ship", relayctl::cmd_ship},
     {"fetch", relayctl::cmd_fetch},
     {"flush", relayctl::cmd_flush},
     {"reset", relayctl::cmd_reset},

@@ -32,6 +32,7 @@ inline constexpr int kExitUsage = 2;  // bad arguments: nothing was done
 int cmd_write(int argc, char** argv);
 int cmd_stat(int argc, char** argv);
 int cmd_record(int argc, char** argv);
+int cmd_ship(int argc, char** argv);
 int cmd_fetch(int argc, char** argv);
 int cmd_flush(int argc, char** argv);
 int cmd_reset(int argc, char** argv);

@@ -680,3 +680,82 @@ TEST_CASE("the example mmap consumer copies every sub-buffer of a blocking chann
   CHECK(got.size() == want.size());
   CHECK(got == want);
 }
+
+TEST_CASE("relay_reader_peek gives later sub-buffers without consuming; consumption stays in "
+          "order") {
+  Mount m;
+  constexpr size_t kSub = 256;
+  rchan* c = open_global(m.dir, "pk", kSub, 8);
+  Model model(kSub);
+  for (int i = 0; model.subs.size() < 5; ++i) {
+    const std::string rec = record(i);
+    REQUIRE(relay_write(c, rec.data(), rec.size()) == 0);
+    model.written(rec);
+  }
+  relay_reader* r = relay_reader_open(m.path("pk0").c_str());
+  REQUIRE(r != nullptr);
+  relay_subbuf sb{};
+  for (unsigned long long seq = 0; seq < 5; ++seq) {
+    REQUIRE(relay_reader_peek(r, seq, &sb) == 1);
+    CHECK(sb.seq == seq);
+    CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == model.subs[seq]);
+  }
+  CHECK(relay_reader_peek(r, 5, &sb) == 0);   // being written
+  CHECK(relay_reader_peek(r, 50, &sb) == 0);  // not produced yet
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 0);  // peeking consumed nothing
+  REQUIRE(relay_reader_consumed(r, 3) == 0);
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 3);
+  errno = 0;
+  CHECK(relay_reader_peek(r, 2, &sb) == -1);  // behind the position
+  CHECK(errno == ESTALE);
+  CHECK(relay_reader_peek(r, 4, &sb) == 1);
+  CHECK(relay_reader_peek(nullptr, 4, &sb) == -1);
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("once the producer closes the buffer, an mmap reader gets its tail, poll() says so, "
+          "and consuming it drains the file") {
+  Mount m;
+  constexpr size_t kSub = 256;
+  rchan* c = open_global(m.dir, "tl", kSub, 8);
+  Model model(kSub);
+  for (int i = 0; model.subs.size() < 2 || model.cur.empty(); ++i) {
+    const std::string rec = record(i);
+    REQUIRE(relay_write(c, rec.data(), rec.size()) == 0);
+    model.written(rec);
+  }
+  relay_reader* r = relay_reader_open(m.path("tl0").c_str());
+  REQUIRE(r != nullptr);
+  relay_subbuf sb{};
+  // While the producer may still write, the tail is not given.
+  CHECK(relay_reader_peek(r, 2, &sb) == 0);
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  REQUIRE(relay_reader_consumed(r, 2) == 0);
+  CHECK(relay_reader_next(r, &sb) == 0);
+  pollfd p{r->fd, POLLIN, 0};
+  CHECK(::poll(&p, 1, 0) == 0);
+  REQUIRE(relay_close(c) == 0);  // no relay_flush: the last sub-buffer never closes
+  p.revents = 0;
+  CHECK(::poll(&p, 1, 5000) == 1);
+  CHECK((p.revents & POLLIN) != 0);
+  REQUIRE(relay_reader_next(r, &sb) == 1);
+  CHECK(sb.seq == 2);
+  CHECK(std::string(static_cast<const char*>(sb.data), sb.length) == model.cur);
+  CHECK(sb.padding == kSub - model.cur.size());
+  relay_subbuf peeked{};
+  REQUIRE(relay_reader_peek(r, 2, &peeked) == 1);
+  CHECK(peeked.length == sb.length);
+  CHECK(relay_reader_valid(r, &sb) == 1);
+  REQUIRE(relay_reader_consumed(r, 1) == 0);
+  CHECK(relay_reader_next(r, &sb) == 0);  // nothing more, and not the tail again
+  CHECK(relay_reader_peek(r, 2, &sb) == -1);
+  relay_stats st{};
+  REQUIRE(relay_reader_stats(r, &st) == 0);
+  CHECK(st.bytes_consumed == st.bytes_produced);
+  // Drained, the finalized buffer's file goes, as after cat.
+  CHECK(wait_for([&] { return !exists(m.path("tl0")); }));
+  CHECK(relay_reader_close(r) == 0);
+}

@@ -38,6 +38,9 @@ constexpr int kMaxDirs = 16;
 std::atomic<pid_t> g_pids[kMaxPids];
 std::atomic<bool> g_dir_used[kMaxDirs];
 char g_dirs[kMaxDirs][PATH_MAX];
+// The process whose nodes these are: a fork of the test that did not exec inherits the handler
+// and the lists, and must not kill its parent's nodes when it gets SIGTERM.
+std::atomic<pid_t> g_owner{0};
 
 void register_pid(pid_t pid) {
   for (auto& slot : g_pids) {
@@ -73,6 +76,11 @@ void unregister_dir(int slot) {
 // (rm -rf in a child: nothing else that removes a tree is async-signal-safe), then end the
 // process as the signal would have.
 void on_fatal_signal(int sig) {
+  if (getpid() != g_owner.load()) {
+    signal(sig, SIG_DFL);
+    raise(sig);
+    return;
+  }
   for (auto& slot : g_pids) {
     const pid_t pid = slot.exchange(0);
     if (pid <= 0) continue;
@@ -100,6 +108,7 @@ void on_fatal_signal(int sig) {
 void install_signal_handlers() {
   static std::once_flag once;
   std::call_once(once, [] {
+    g_owner.store(getpid());
     for (int sig : {SIGTERM, SIGINT}) {
       struct sigaction old {};
       if (sigaction(sig, nullptr, &old) != 0 || old.sa_handler != SIG_DFL) continue;
@@ -215,6 +224,8 @@ NatsCluster::NatsCluster(int nodes, NatsClusterOptions options) : options_(std::
 }
 
 NatsCluster::~NatsCluster() {
+  // A fork of the test that unwinds through this scope leaves its parent's nodes alone.
+  if (getpid() != creator_) return;
   // The client first, while its servers still answer: it then closes without reconnecting.
   conn_.reset();
   stop_all();

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <memory>
@@ -92,6 +93,7 @@ class NatsCluster {
   NatsConnection& connection();
 
   NatsClusterOptions options_;
+  pid_t creator_ = getpid();
   std::string dir_;
   int dir_slot_ = -1;  // in the SIGTERM/SIGINT handler's list of dirs to remove
   std::vector<Node> nodes_;

@@ -98,7 +98,8 @@ void read_ordered(NatsConnection& conn, const std::string& stream, const StreamB
     }
   } guard{sub};
   uint64_t seq = 0;
-  while (seq < b.last) {
+  // Up to the last sequence, or as many messages as the stream had (its last may be deleted).
+  while (seq < b.last && out.size() < b.msgs) {
     const auto left =
         std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0)
