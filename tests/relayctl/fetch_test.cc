@@ -124,10 +124,10 @@ Outcome fetch(const std::vector<std::string>& args, rlim_t nofile = 0) {
 struct Msg {
   std::string host = "host1", channel = "app/log";
   std::string cpu = "0", subbuf = "0", gen = "g1";
-  std::string payload;
-  std::string msg_id;   // "" = the contract's <host>/<channel>/<cpu>/<generation>/<subbuf>
-  std::string subject;  // "" = relayfs.<host>.<channel, '/'->'.'>.<cpu>
-  std::string drop;
+  std::string payload{};
+  std::string msg_id{};   // "" = the contract's <host>/<channel>/<cpu>/<generation>/<subbuf>
+  std::string subject{};  // "" = relayfs.<host>.<channel, '/'->'.'>.<cpu>
+  std::string drop{};
 };
 
 std::string subject_of(const Msg& m) {
