@@ -350,9 +350,8 @@ int Shipper::scan(const std::string& dir, const std::string& rel, int depth, boo
         ::getxattr((dir + "/" + name).c_str(), channel_attr.c_str(), base, sizeof base);
     if (n <= 0) continue;
     const std::string b(base, static_cast<size_t>(n));
-    if (name.size() <= b.size() || name.compare(0, b.size(), b) != 0 ||
-        name.find_first_not_of("0123456789", b.size()) != std::string::npos)
-      continue;
+    unsigned long cpu;
+    if (!suffix_number(name, b, &cpu)) continue;
     const std::string channel = rel.empty() ? b : rel + "/" + b;
     if (int rc = add_buffer(dir + "/" + name, channel, at_start); rc) return rc;
   }
@@ -364,27 +363,13 @@ int Shipper::scan(const std::string& dir, const std::string& rel, int depth, boo
   return 0;
 }
 
-// The path of dir below the relayfs mount that holds it (its mount root in *root).
+// The path of dir below the relayfs mount that holds it (its mount root in *root): cli.cc's
+// mount_root, and what of the resolved path lies below it.
 int mount_path(const std::string& dir, std::string* root, std::string* rel) {
-  char* real = ::realpath(dir.c_str(), nullptr);
-  if (!real) return -errno;
-  std::string at(real);
-  std::free(real);
-  struct stat st;
-  if (::stat(at.c_str(), &st) != 0) return -errno;
-  const dev_t dev = st.st_dev;
-  std::string below;
-  while (at != "/") {
-    const size_t slash = at.rfind('/');
-    const std::string parent = slash == 0 ? "/" : at.substr(0, slash);
-    struct stat pst;
-    if (::stat(parent.c_str(), &pst) != 0 || pst.st_dev != dev) break;
-    const std::string name = at.substr(slash + 1);
-    below = below.empty() ? name : name + "/" + below;
-    at = parent;
-  }
-  *root = at;
-  *rel = below;
+  std::string resolved;
+  if (int rc = mount_root(dir, root, &resolved); rc) return rc;
+  const size_t skip = *root == "/" ? 1 : root->size() + 1;
+  *rel = resolved.size() > skip ? resolved.substr(skip) : std::string();
   return 0;
 }
 
