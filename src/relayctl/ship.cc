@@ -650,13 +650,14 @@ int Shipper::run() {
   auto last_progress = Clock::now(), last_scan = Clock::now();
   for (;;) {
     bool any_failed = false;
+    size_t flying = 0;  // only this thread adds or removes entries: the count stays true
     waiting.clear();
     for (auto& b : bufs) {
       if (int rc = step(*b); rc) return rc;
       std::lock_guard lk(mu);
+      flying += b->inflight.size();
       for (const Entry& e : b->inflight) any_failed |= e.state == Entry::kFailed;
     }
-    const size_t flying = in_flight_total();
     if (stopping && flying == 0) break;
     if (stopping && Clock::now() >= stop_deadline) {
       note(std::to_string(flying) + " messages still unacknowledged after " +
