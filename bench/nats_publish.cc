@@ -7,12 +7,15 @@
 // timed from the first publish to the last acknowledgement (js_PublishAsyncComplete).
 //
 // Usage: nats_publish URL[,URL...] STREAM SUBJECT RECORD_SIZE MSG_SIZE TOTAL_BYTES
-//                     [--replicas N] [--window N] [--msg-id]
+//                     [--replicas N] [--window N] [--msg-id] [--create-only]
 // STREAM is used as it is when it exists, else created with subjects "<SUBJECT's first
 // token>.>" (as relayctl ship creates its stream), --replicas (default 1), file storage and a
 // 2-minute duplicate window. --window is jsOptions.PublishAsync.MaxPending (default 256).
 // --msg-id gives each message a Nats-Msg-Id (JetStream then checks each against its duplicate
-// window, as it does for ship's messages). Exit 0 when every message was acknowledged, 1 on any
+// window, as it does for ship's messages). --create-only makes the stream and publishes nothing:
+// ship_bench.py makes ship's stream with it before the clock starts, since this program's own
+// timing leaves the stream's creation out too (an R3 stream's RAFT group takes a second or so to
+// form). Exit 0 when every message was acknowledged, 1 on any
 // failure, 2 on a usage error.
 #include <nats/nats.h>
 
@@ -49,7 +52,7 @@ void on_ack(jsCtx*, natsMsg* msg, jsPubAck*, jsPubAckErr* pae, void*) {
 [[noreturn]] void usage() {
   std::fprintf(stderr,
                "usage: nats_publish URL STREAM SUBJECT RECORD_SIZE MSG_SIZE TOTAL_BYTES "
-               "[--replicas N] [--window N] [--msg-id]\n");
+               "[--replicas N] [--window N] [--msg-id] [--create-only]\n");
   std::exit(2);
 }
 
@@ -96,7 +99,7 @@ int run(int argc, char** argv) {
   const uint64_t msg_size = number(argv[5]);
   const uint64_t total = number(argv[6]);
   int64_t replicas = 1, window = 256;
-  bool msg_id = false;
+  bool msg_id = false, create_only = false;
   for (int i = 7; i < argc; ++i) {
     if (std::strcmp(argv[i], "--replicas") == 0 && i + 1 < argc) {
       replicas = static_cast<int64_t>(number(argv[++i]));
@@ -104,6 +107,8 @@ int run(int argc, char** argv) {
       window = static_cast<int64_t>(number(argv[++i]));
     } else if (std::strcmp(argv[i], "--msg-id") == 0) {
       msg_id = true;
+    } else if (std::strcmp(argv[i], "--create-only") == 0) {
+      create_only = true;
     } else {
       usage();
     }
@@ -129,9 +134,10 @@ int run(int argc, char** argv) {
   jsErrCode code = static_cast<jsErrCode>(0);
   if (s == NATS_OK) s = ensure_stream(js, stream, subject, replicas, &code);
   if (s != NATS_OK) rc = fail("stream", s, code);
+  const uint64_t to_send = create_only ? 0 : count;
 
   const auto start = Clock::now();
-  for (uint64_t i = 0; rc == 0 && i < count; ++i) {
+  for (uint64_t i = 0; rc == 0 && i < to_send; ++i) {
     natsMsg* m = nullptr;
     s = natsMsg_Create(&m, subject.c_str(), nullptr, payload.data(), static_cast<int>(per_msg));
     jsPubOptions po;
@@ -158,7 +164,7 @@ int run(int argc, char** argv) {
                  static_cast<unsigned long long>(g_failed.load()), g_first_error);
     rc = 1;
   }
-  if (rc == 0) {
+  if (rc == 0 && !create_only) {
     const uint64_t bytes = g_acked.load() * per_msg;
     std::printf("nats_publish: %llu bytes in %.3f s: %.1f MB/s\n",
                 static_cast<unsigned long long>(bytes), seconds, bytes / seconds / 1e6);

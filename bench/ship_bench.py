@@ -2,6 +2,7 @@
 """relayctl ship's throughput (issue 16), against baselines measured in the same run.
 
   bench/ship_bench.py --build BUILD [--rounds N] [--mib N] [--replicas 1,3] [--records 64,4096]
+                      [--subbufs N] [--window N]
 
 For each replica count (a nats-server of its own for 1, a 3-node cluster on loopback for 3) and
 each record size, every round measures, one after the other on the same machine:
@@ -10,7 +11,8 @@ each record size, every round measures, one after the other on the same machine:
             what the engine takes on this machine;
   ship      bench/record_writer (RELAY_BLOCKING: nothing lost) fills a global channel while
             relayctl ship carries it to the stream; timed from the producer's start to ship's
-            exit, after the last acknowledgement;
+            exit, after the last acknowledgement. The stream is made first (nats_publish
+            --create-only), since the ceiling's timing leaves the stream's creation out too;
   dropping  the same with a producer that never waits, paced at the speed ship just reached:
             what ship delivered per second, and the share of records the producer lost
             (counted in lost_full) at that speed;
@@ -31,7 +33,8 @@ import time
 import urllib.request
 
 SUBBUF = 256 * 1024
-N_SUBBUFS = 64
+N_SUBBUFS = 64  # --subbufs
+WINDOW = 64     # --window: ship's messages in flight per buffer
 
 
 def free_port():
@@ -151,10 +154,14 @@ def writer_result(proc):
 
 
 def ship(build, cluster, mount, base, stream, replicas, rec, total, blocking, rate=0):
+    # The stream exists before the clock starts, as the ceiling's does before its own.
+    subprocess.run([f"{build}/bench/nats_publish", cluster.urls, stream, stream.lower() + ".x",
+                    str(rec), str(SUBBUF), str(total), "--replicas", str(replicas),
+                    "--create-only"], check=True, timeout=120)
     t0 = time.time()
     w = writer(build, mount, base, rec, total, blocking, rate)
     wait_file(f"{mount}/{base}0")
-    s = subprocess.run([f"{build}/src/relayctl/relayctl", "ship", "-q", "--window", "64", "--stream", stream,
+    s = subprocess.run([f"{build}/src/relayctl/relayctl", "ship", "-q", "--window", str(WINDOW), "--stream", stream,
                         "--subject", stream.lower(), "--replicas", str(replicas),
                         f"{mount}/{base}", cluster.urls], capture_output=True, text=True,
                        timeout=900)
@@ -188,6 +195,7 @@ def cat(build, mount, base, rec, total, top):
 
 
 def main():
+    global N_SUBBUFS, WINDOW
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", required=True)
     ap.add_argument("--rounds", type=int, default=3)
@@ -195,7 +203,11 @@ def main():
     ap.add_argument("--replicas", default="1,3")
     ap.add_argument("--records", default="64,4096")
     ap.add_argument("--tmp", default="/tmp")
+    ap.add_argument("--subbufs", type=int, default=N_SUBBUFS,
+                    help="sub-buffers of 256 KiB in the shipped channel's buffer")
+    ap.add_argument("--window", type=int, default=WINDOW, help="relayctl ship --window")
     a = ap.parse_args()
+    N_SUBBUFS, WINDOW = a.subbufs, a.window
     if shutil.which("nats-server") is None:
         print("ship_bench: skipped: nats-server is not installed (scripts/deps installs it)")
         return 0
