@@ -371,9 +371,12 @@ bool lttng_run(const std::string& writer, uint64_t records, Batch* out) {
 }
 
 // relay_write of `records` records into a fresh per-CPU channel of 8 x 1 MiB, one cat per
-// buffer file (on CPU 1); the channel closed and every cat finished before it returns.
+// buffer file (on CPU 1); the channel closed and every cat finished before it returns. Each run
+// has a channel of its own name: the last one's files may still be going away.
 Batch relay_cat_run(const Mount& m, uint64_t records) {
-  rchan* c = relay_open("floorcat", m.dir.c_str(), 1 << 20, 8, nullptr, nullptr);
+  static int run = 0;
+  const std::string base = "floorcat" + std::to_string(run++) + "_";
+  rchan* c = relay_open(base.c_str(), m.dir.c_str(), 1 << 20, 8, nullptr, nullptr);
   if (!c) {
     perror("relay_open");
     teardown();
@@ -381,7 +384,7 @@ Batch relay_cat_run(const Mount& m, uint64_t records) {
   }
   std::vector<pid_t> cats;
   for (unsigned i = 0; i < c->n_buffers; ++i)
-    cats.push_back(spawn_cat(m.dir + "/floorcat" + std::to_string(i), -1));
+    cats.push_back(spawn_cat(m.dir + "/" + base + std::to_string(i), -1));
   // Let the cats reach their first read before the clock starts.
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   pin_self(0);
