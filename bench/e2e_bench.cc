@@ -42,8 +42,8 @@ using Clock = std::chrono::steady_clock;
 
 using relayfs::bench::cleanup;
 using relayfs::bench::cpu_seconds;
-using relayfs::bench::Mount;
 using relayfs::bench::median;
+using relayfs::bench::Mount;
 using relayfs::bench::on_signal;
 using relayfs::bench::pin_self;
 using relayfs::bench::spawn_cat;

@@ -39,8 +39,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdint>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -162,7 +162,8 @@ int run_memcpy(const Mount& m, int runs, uint64_t records) {
     return 1;
   }
   std::unique_ptr<char[]> ring_owner(new char[kCap + 64]);
-  char* ring = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(ring_owner.get()) + 63) & ~uintptr_t{63});
+  char* ring = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(ring_owner.get()) + 63) &
+                                       ~uintptr_t{63});
   std::memset(ring, 0, kCap);
   pin_self(0);
   InstructionCounter ic;
@@ -182,12 +183,14 @@ int run_memcpy(const Mount& m, int runs, uint64_t records) {
     lost += b.lost;
   }
   relay_close(c);
-  printf("relay_write vs a memcpy ring (issue 17): 1 thread on CPU 0, %zu-byte records, nobody "
-         "reading\n",
-         kRecord);
-  printf("relay_write: overwrite per-CPU channel %zu KiB x %zu; baseline: inline %zu-byte memcpy "
-         "into a %zu KiB ring, wrap by compare\n",
-         kSubbuf >> 10, kSubbufs, kRecord, kCap >> 10);
+  printf(
+      "relay_write vs a memcpy ring (issue 17): 1 thread on CPU 0, %zu-byte records, nobody "
+      "reading\n",
+      kRecord);
+  printf(
+      "relay_write: overwrite per-CPU channel %zu KiB x %zu; baseline: inline %zu-byte memcpy "
+      "into a %zu KiB ring, wrap by compare\n",
+      kSubbuf >> 10, kSubbufs, kRecord, kCap >> 10);
   printf("median [min .. max] of %d runs of %llu records each, the two alternating\n\n", runs,
          static_cast<unsigned long long>(records));
   auto row = [](const char* label, std::vector<double> v, const char* unit) {
@@ -217,7 +220,7 @@ int run_memcpy(const Mount& m, int runs, uint64_t records) {
 constexpr const char* kSession = "relayfs_floor";
 
 struct Lttng {
-  std::string dir;     // temp dir: LTTNG_HOME, LTTNG_RUNDIR, the trace, the daemon's log
+  std::string dir;  // temp dir: LTTNG_HOME, LTTNG_RUNDIR, the trace, the daemon's log
   pid_t sessiond = -1;
   bool session = false;  // created and not yet destroyed
 };
@@ -414,17 +417,21 @@ int run_lttng(const Mount& m, const std::string& writer, int runs, uint64_t reco
   }
   int st;
   const std::string version = shell_out("lttng --version 2>&1 | head -n 1", &st);
-  printf("relay_write vs LTTng-UST (issue 17): 1 thread on CPU 0, %zu-byte records, %llu per "
-         "run, a reader draining both\n",
-         kRecord, static_cast<unsigned long long>(records));
-  printf("relay_write: per-CPU channel 8 x 1 MiB, cat of each buffer file (on CPU 1) through a "
-         "relayfs mount\n");
-  printf("baseline: LTTng-UST tracepoint, %zu-byte char array payload, session daemon of this "
-         "run, channel 8 x 1 MiB, discard mode, consumer daemon writing the trace to /tmp (%s)\n",
-         kRecord, version.empty() ? "lttng ?" : version.substr(0, version.find('\n')).c_str());
-  printf("median [min .. max] of %d runs, the two alternating; lost = records dropped (relayfs: "
-         "relay_write failed; LTTng: discarded events)\n\n",
-         runs);
+  printf(
+      "relay_write vs LTTng-UST (issue 17): 1 thread on CPU 0, %zu-byte records, %llu per "
+      "run, a reader draining both\n",
+      kRecord, static_cast<unsigned long long>(records));
+  printf(
+      "relay_write: per-CPU channel 8 x 1 MiB, cat of each buffer file (on CPU 1) through a "
+      "relayfs mount\n");
+  printf(
+      "baseline: LTTng-UST tracepoint, %zu-byte char array payload, session daemon of this "
+      "run, channel 8 x 1 MiB, discard mode, consumer daemon writing the trace to /tmp (%s)\n",
+      kRecord, version.empty() ? "lttng ?" : version.substr(0, version.find('\n')).c_str());
+  printf(
+      "median [min .. max] of %d runs, the two alternating; lost = records dropped (relayfs: "
+      "relay_write failed; LTTng: discarded events)\n\n",
+      runs);
   auto row = [](const char* label, std::vector<double> v, std::vector<double> lost) {
     std::sort(v.begin(), v.end());
     printf("%-36s %8.2f ns/record [%.2f .. %.2f]   lost %.1f%%\n", label, median(v), v.front(),
@@ -483,8 +490,9 @@ int main(int argc, char** argv) {
   std::string skip;
   if (do_lttng) {
     if (writer.empty() || access(writer.c_str(), X_OK) != 0)
-      skip = "liblttng-ust-dev was not found when meson configured (scripts/deps installs it; "
-             "then reconfigure)";
+      skip =
+          "liblttng-ust-dev was not found when meson configured (scripts/deps installs it; "
+          "then reconfigure)";
     else if (!on_path("lttng") || !on_path("lttng-sessiond"))
       skip = "lttng-tools is not installed (lttng, lttng-sessiond; scripts/deps installs it)";
   }

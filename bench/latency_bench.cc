@@ -1,5 +1,5 @@
 // Wake-up latency benchmark: how long after a producer writes ONE small record does a reader that
-// is asleep waiting for it get it back? Two ways of waiting on a relay file, through a real mount:
+// is asleep waiting for it get it back? Three ways of waiting on a relay buffer (a real mount):
 //   poll()+read()    the reader sleeps in poll(POLLIN) on the file (opened O_NONBLOCK), then reads;
 //   blocking read()  the reader sleeps in read(2) on a `-o blocking` mount (the read is parked in
 //                    the daemon until the producer's doorbell rings);
@@ -17,11 +17,12 @@
 // the pipe's poll() + read().
 //
 // One record is in flight at a time: the producer (the main thread) stamps the record with its
-// CLOCK_MONOTONIC send time, writes it (relay_write into a global channel, or write(2)), waits until
-// the reader thread reports it received it, then sleeps a random 0.2-2 ms so that the reader is
-// asleep again when the next record is written. Latency = the reader's clock when read() returned
-// the record minus the send time in the record. The modes are interleaved in blocks of samples so
-// that a noisy moment of the machine hits all of them alike. Nothing is pinned unless --pin.
+// CLOCK_MONOTONIC send time, writes it (relay_write into a global channel, or write(2)), waits
+// until the reader thread reports it received it, then sleeps a random 0.2-2 ms so that the reader
+// is asleep again when the next record is written. Latency = the reader's clock when read()
+// returned the record minus the send time in the record. The modes are interleaved in blocks of
+// samples so that a noisy moment of the machine hits all of them alike. Nothing is pinned unless
+// --pin.
 //
 // A wake-up that never comes does not hang the run: a poll() that times out (2 s) with the record
 // already sent, or a blocking read() the producer has to interrupt with a signal after 2 s without
@@ -229,8 +230,8 @@ struct Mode {
   std::string label;
   bool relay = false;
   bool use_poll = false;
-  bool mmap = false;            // relay only: an mmap reader (rr) polling rr->fd; writes flush
-  relay_reader* rr = nullptr;   // mmap: the reader
+  bool mmap = false;           // relay only: an mmap reader (rr) polling rr->fd; writes flush
+  relay_reader* rr = nullptr;  // mmap: the reader
   int fd = -1;   // the reader's descriptor: relay file, or the pipe's read end (mmap: unused)
   int wfd = -1;  // pipe: write end
   rchan* chan = nullptr;
@@ -299,7 +300,9 @@ void Mode::run_reader() {
   if (cpu >= 0) pin_self(cpu);
   // Named for perf / top: lat-relay-poll, lat-pipe-read, ...
   const std::string name = std::string("lat-") + (relay ? "relay-" : "pipe-") +
-                           (mmap ? "mmap" : use_poll ? "poll" : "read");
+                           (mmap       ? "mmap"
+                            : use_poll ? "poll"
+                                       : "read");
   pthread_setname_np(pthread_self(), name.c_str());
   std::vector<char> buf(std::max<size_t>(4096, 2 * rec));
   size_t have = 0;
@@ -610,8 +613,9 @@ int main(int argc, char** argv) {
   printf("latency = reader's CLOCK_MONOTONIC when read() returned the record - producer's time "
          "just before\nrelay_write / write(2); microseconds. relayfs: one global channel per "
          "mode, 4 x 64 KiB, mount -o blocking.\n\n");
-  printf("mmap reader: each record followed by relay_flush, so each sample is one whole "
-         "sub-buffer holding one record;\nits clock stops when relay_reader_next gave it.\n\n");
+  printf(
+      "mmap reader: each record followed by relay_flush, so each sample is one whole "
+      "sub-buffer holding one record;\nits clock stops when relay_reader_next gave it.\n\n");
   printf("%-40s %7s %5s %9s %9s %9s %9s %10s\n", "", "samples", "lost", "p50 us", "p90 us",
          "p99 us", "max us", "not asleep");
   Pct mmap_ratio{};
@@ -654,15 +658,17 @@ int main(int argc, char** argv) {
       perror(raw.c_str());
     }
   }
-  printf("\nspurious poll wake-ups (POLLIN, then EAGAIN or no sub-buffer): relayfs %llu, pipe "
-         "%llu, mmap reader %llu\n",
-         static_cast<unsigned long long>(modes[0].spurious),
-         static_cast<unsigned long long>(modes[1].spurious),
-         static_cast<unsigned long long>(modes[kMmap].spurious));
-  printf("target (issue 17): mmap reader wake-up <= 1.5x a pipe's at p50 and p99: %s (p50 %.2fx, "
-         "p99 %.2fx)\n",
-         mmap_ratio.p50 <= 1.5 && mmap_ratio.p99 <= 1.5 ? "met" : "MISSED", mmap_ratio.p50,
-         mmap_ratio.p99);
+  printf(
+      "\nspurious poll wake-ups (POLLIN, then EAGAIN or no sub-buffer): relayfs %llu, pipe "
+      "%llu, mmap reader %llu\n",
+      static_cast<unsigned long long>(modes[0].spurious),
+      static_cast<unsigned long long>(modes[1].spurious),
+      static_cast<unsigned long long>(modes[kMmap].spurious));
+  printf(
+      "target (issue 17): mmap reader wake-up <= 1.5x a pipe's at p50 and p99: %s (p50 %.2fx, "
+      "p99 %.2fx)\n",
+      mmap_ratio.p50 <= 1.5 && mmap_ratio.p99 <= 1.5 ? "met" : "MISSED", mmap_ratio.p50,
+      mmap_ratio.p99);
   if (modes[0].idle_timeouts + modes[1].idle_timeouts)
     printf("poll() timeouts with nothing sent yet (the producer stalled): relayfs %llu, pipe %llu\n",
            static_cast<unsigned long long>(modes[0].idle_timeouts),
