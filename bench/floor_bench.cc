@@ -340,6 +340,34 @@ std::string start_sessiond() {
   return "lttng-sessiond did not answer within 10 s";
 }
 
+// Runs `writer RECORDS` (it dies with us: PR_SET_PDEATHSIG) and returns what it printed;
+// *status is its exit status, -1 if it did not exit.
+std::string run_writer(const std::string& writer, uint64_t records, int* status) {
+  *status = -1;
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return {};
+  const std::string n = std::to_string(records);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    dup2(p[1], 1);
+    execl(writer.c_str(), writer.c_str(), n.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(p[1]);
+  std::string out;
+  char buf[256];
+  ssize_t got;
+  while ((got = read(p[0], buf, sizeof buf)) > 0 || (got < 0 && errno == EINTR))
+    if (got > 0) out.append(buf, static_cast<size_t>(got));
+  close(p[0]);
+  int st;
+  if (pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st)) *status = WEXITSTATUS(st);
+  return out;
+}
+
 // The first unsigned number after `key` in text, or 0.
 uint64_t number_after(const std::string& text, const std::string& key) {
   const size_t at = text.find(key);
@@ -358,7 +386,7 @@ bool lttng_run(const std::string& writer, uint64_t records, Batch* out) {
       !lttng_ok(std::string("start ") + kSession))
     return false;
   int st;
-  const std::string got = shell_out("'" + writer + "' " + std::to_string(records), &st);
+  const std::string got = run_writer(writer, records, &st);
   if (st != 0 || got.find("ns_per_record ") == std::string::npos) {
     fprintf(stderr, "floor_bench: %s failed (status %d): %s\n", writer.c_str(), st, got.c_str());
     return false;
