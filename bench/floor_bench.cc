@@ -223,6 +223,9 @@ struct Lttng {
   std::string dir;  // temp dir: LTTNG_HOME, LTTNG_RUNDIR, the trace, the daemon's log
   pid_t sessiond = -1;
   bool session = false;  // created and not yet destroyed
+  // LTTng-UST's wait files (the session daemon's and each traced process's, in /dev/shm), which
+  // nobody removes: the ones this run made are removed at the end.
+  std::vector<std::string> new_shm;
 };
 Lttng g_lt;
 
@@ -277,6 +280,8 @@ void lttng_teardown() {
     shell_out("rm -rf '" + g_lt.dir + "'", &st);
     g_lt.dir.clear();
   }
+  for (const auto& f : g_lt.new_shm) unlink(f.c_str());
+  g_lt.new_shm.clear();
 }
 
 void teardown() {
@@ -298,12 +303,19 @@ bool on_path(const char* prog) {
 // Starts lttng-sessiond in the foreground (its pid is ours to kill) with LTTNG_HOME and
 // LTTNG_RUNDIR under g_lt.dir, and waits until it answers. Returns an empty string, or why not.
 std::string start_sessiond() {
-  char tmpl[] = "/tmp/relayfs-lttng-XXXXXX";
-  if (!mkdtemp(tmpl)) return std::string("mkdtemp: ") + std::strerror(errno);
+  // On tmpfs where there is one: a trace of 4M events is ~350 MB, and its writeback to a disk
+  // would go on into the relayfs run that follows.
+  char shm[] = "/dev/shm/relayfs-lttng-XXXXXX", tmp[] = "/tmp/relayfs-lttng-XXXXXX";
+  char* tmpl = mkdtemp(shm);
+  if (!tmpl) tmpl = mkdtemp(tmp);
+  if (!tmpl) return std::string("mkdtemp: ") + std::strerror(errno);
   g_lt.dir = tmpl;
   const std::string home = g_lt.dir + "/home", run = g_lt.dir + "/run";
   mkdir(home.c_str(), 0700);
   mkdir(run.c_str(), 0700);
+  for (const std::string& f : {std::string("/dev/shm/lttng-ust-wait-8"),
+                               "/dev/shm/lttng-ust-wait-8-" + std::to_string(getuid())})
+    if (access(f.c_str(), F_OK) != 0) g_lt.new_shm.push_back(f);
   // Inherited by the daemon, every lttng command and lttng_writer. The writer waits for its
   // registration with the daemon before main() (up to 10 s on a loaded machine).
   setenv("LTTNG_HOME", home.c_str(), 1);
@@ -454,8 +466,9 @@ int run_lttng(const Mount& m, const std::string& writer, int runs, uint64_t reco
       "relayfs mount\n");
   printf(
       "baseline: LTTng-UST tracepoint, %zu-byte char array payload, session daemon of this "
-      "run, channel 8 x 1 MiB, discard mode, consumer daemon writing the trace to /tmp (%s)\n",
-      kRecord, version.empty() ? "lttng ?" : version.substr(0, version.find('\n')).c_str());
+      "run, channel 8 x 1 MiB, discard mode, consumer daemon writing the trace to %s (%s)\n",
+      kRecord, g_lt.dir.c_str(),
+      version.empty() ? "lttng ?" : version.substr(0, version.find('\n')).c_str());
   printf(
       "median [min .. max] of %d runs, the two alternating; lost = records dropped (relayfs: "
       "relay_write failed; LTTng: discarded events)\n\n",
