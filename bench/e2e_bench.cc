@@ -42,10 +42,11 @@ using Clock = std::chrono::steady_clock;
 
 using relayfs::bench::cleanup;
 using relayfs::bench::cpu_seconds;
-using relayfs::bench::Mount;
 using relayfs::bench::median;
+using relayfs::bench::Mount;
 using relayfs::bench::on_signal;
 using relayfs::bench::pin_self;
+using relayfs::bench::spawn_cat;
 using relayfs::bench::start_daemon;
 using relayfs::bench::status_kib;
 
@@ -53,26 +54,6 @@ namespace {
 
 double secs(Clock::duration d) {
   return std::chrono::duration<double>(d).count();
-}
-
-// Runs cat FILE (or cat reading in_fd) with stdout on /dev/null; close_fd is closed in the
-// child (the pipe's write end, or cat would never see end of file).
-pid_t spawn_cat(const std::string& file, int in_fd, int close_fd = -1) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (close_fd >= 0) close(close_fd);
-    if (in_fd >= 0) dup2(in_fd, 0);
-    const int null = open("/dev/null", O_WRONLY);
-    dup2(null, 1);
-    pin_self(1);
-    if (file.empty())
-      execlp("cat", "cat", static_cast<char*>(nullptr));
-    else
-      execlp("cat", "cat", file.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return pid;
 }
 
 struct Result {
@@ -304,6 +285,9 @@ int main(int argc, char** argv) {
          "(%.1f%%); blocking loses nothing: %s (%llu lost over all runs)\n",
          rel_pct >= 80 ? "met" : "MISSED", rel_pct, blk_pct >= 70 ? "met" : "MISSED", blk_pct,
          blk_lost == 0 ? "met" : "MISSED", static_cast<unsigned long long>(blk_lost));
+  if (rec == 64)  // issue 17 asks this of 64-byte records only
+    printf("target (issue 17): 64-byte records through cat >= 70%% of the ceiling: %s (%.1f%%)\n",
+           rel_pct >= 70 ? "met" : "MISSED", rel_pct);
   printf("relayfs daemon after the runs: VmRSS %ld KiB (RssAnon %ld, RssFile %ld, RssShmem %ld), "
          "%ld threads\n",
          rss, anon, file, shm, threads);

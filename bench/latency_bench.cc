@@ -1,17 +1,28 @@
 // Wake-up latency benchmark: how long after a producer writes ONE small record does a reader that
-// is asleep waiting for it get it back? Two ways of waiting on a relay file, through a real mount:
+// is asleep waiting for it get it back? Three ways of waiting on a relay buffer (a real mount):
 //   poll()+read()    the reader sleeps in poll(POLLIN) on the file (opened O_NONBLOCK), then reads;
 //   blocking read()  the reader sleeps in read(2) on a `-o blocking` mount (the read is parked in
-//                    the daemon until the producer's doorbell rings).
+//                    the daemon until the producer's doorbell rings);
+//   mmap reader      (issue 17) the reader sleeps in poll(POLLIN) on its relay_reader's descriptor
+//                    (relay_reader_open, r->fd), then takes the sub-buffer with relay_reader_next
+//                    and releases it with relay_reader_consumed: the public API only, so this
+//                    measures whatever r->fd is and however the library wakes it. An mmap reader
+//                    wakes for whole sub-buffers, so the producer follows each record with
+//                    relay_flush: each sample is one sub-buffer holding one record, and its
+//                    latency includes the flush (the clock starts before relay_write). The
+//                    reader's clock stops when relay_reader_next gave the record, before the
+//                    release's round trip to the daemon.
 // Baseline in the same run, measured the same way: write(2) of the same record into a pipe whose
-// reader sleeps in poll() then read(), or in a blocking read(2).
+// reader sleeps in poll() then read(), or in a blocking read(2). The mmap reader is compared with
+// the pipe's poll() + read().
 //
 // One record is in flight at a time: the producer (the main thread) stamps the record with its
-// CLOCK_MONOTONIC send time, writes it (relay_write into a global channel, or write(2)), waits until
-// the reader thread reports it received it, then sleeps a random 0.2-2 ms so that the reader is
-// asleep again when the next record is written. Latency = the reader's clock when read() returned
-// the record minus the send time in the record. The modes are interleaved in blocks of samples so
-// that a noisy moment of the machine hits all of them alike. Nothing is pinned unless --pin.
+// CLOCK_MONOTONIC send time, writes it (relay_write into a global channel, or write(2)), waits
+// until the reader thread reports it received it, then sleeps a random 0.2-2 ms so that the reader
+// is asleep again when the next record is written. Latency = the reader's clock when read()
+// returned the record minus the send time in the record. The modes are interleaved in blocks of
+// samples so that a noisy moment of the machine hits all of them alike. Nothing is pinned unless
+// --pin.
 //
 // A wake-up that never comes does not hang the run: a poll() that times out (2 s) with the record
 // already sent, or a blocking read() the producer has to interrupt with a signal after 2 s without
@@ -219,7 +230,9 @@ struct Mode {
   std::string label;
   bool relay = false;
   bool use_poll = false;
-  int fd = -1;   // the reader's descriptor: relay file, or the pipe's read end
+  bool mmap = false;           // relay only: an mmap reader (rr) polling rr->fd; writes flush
+  relay_reader* rr = nullptr;  // mmap: the reader
+  int fd = -1;   // the reader's descriptor: relay file, or the pipe's read end (mmap: unused)
   int wfd = -1;  // pipe: write end
   rchan* chan = nullptr;
   size_t rec = 32;
@@ -254,29 +267,59 @@ struct Mode {
   }
 
   void run_reader();
+  ssize_t take_subbuf(char* out, size_t room, int64_t* t_got);
 };
+
+// The mmap reader's read(): the oldest whole sub-buffer (relay_reader_next) copied to out, *t_got
+// the time it was had, then released (relay_reader_consumed). -1 with EAGAIN if none is ready
+// (or it was empty), -1 with errno on failure.
+ssize_t Mode::take_subbuf(char* out, size_t room, int64_t* t_got) {
+  relay_subbuf sb;
+  const int rc = relay_reader_next(rr, &sb);
+  if (rc < 0) return -1;
+  if (rc == 0) {
+    errno = EAGAIN;
+    return -1;
+  }
+  *t_got = now_ns();
+  const size_t len = sb.length;
+  if (len > room) {
+    errno = EMSGSIZE;
+    return -1;
+  }
+  std::memcpy(out, sb.data, len);
+  if (relay_reader_consumed(rr, 1) != 0) return -1;
+  if (len == 0) {
+    errno = EAGAIN;
+    return -1;
+  }
+  return static_cast<ssize_t>(len);
+}
 
 void Mode::run_reader() {
   if (cpu >= 0) pin_self(cpu);
   // Named for perf / top: lat-relay-poll, lat-pipe-read, ...
   const std::string name = std::string("lat-") + (relay ? "relay-" : "pipe-") +
-                           (use_poll ? "poll" : "read");
+                           (mmap       ? "mmap"
+                            : use_poll ? "poll"
+                                       : "read");
   pthread_setname_np(pthread_self(), name.c_str());
   std::vector<char> buf(std::max<size_t>(4096, 2 * rec));
   size_t have = 0;
   bool woken_badly = false;  // the current wait ended by timeout or kick, not by the record
   for (;;) {
     const int64_t t_wait = now_ns();
-    int64_t t_polled = 0;
+    int64_t t_polled = 0, t_ret = 0;
     bool poll_timed_out = false;
     ssize_t n;
     if (use_poll) {
-      pollfd p{fd, POLLIN, 0};
+      pollfd p{mmap ? rr->fd : fd, POLLIN, 0};
       const int rc = ::poll(&p, 1, kWaitTimeoutMs);
       t_polled = now_ns();
       if (rc < 0 && errno != EINTR) return fail(std::string("poll: ") + std::strerror(errno));
       poll_timed_out = rc <= 0;  // timed out, or interrupted by the producer's kick
-      n = ::read(fd, buf.data() + have, buf.size() - have);  // O_NONBLOCK
+      n = mmap ? take_subbuf(buf.data() + have, buf.size() - have, &t_ret)
+               : ::read(fd, buf.data() + have, buf.size() - have);  // O_NONBLOCK
       if (n < 0 && errno == EAGAIN) {
         if (!poll_timed_out)
           ++spurious;
@@ -292,9 +335,9 @@ void Mode::run_reader() {
         continue;
       }
     }
-    const int64_t t_ret = now_ns();
+    if (t_ret == 0) t_ret = now_ns();
     if (n == 0) return fail("read: unexpected end of file");
-    if (n < 0) return fail(std::string("read: ") + std::strerror(errno));
+    if (n < 0) return fail(std::string(mmap ? "relay_reader: " : "read: ") + std::strerror(errno));
     have += static_cast<size_t>(n);
     while (have >= rec) {
       uint64_t seq;
@@ -340,6 +383,7 @@ void send_one(Mode& m, uint64_t seq, std::vector<char>& rec) {
   if (m.relay) {
     if (relay_write(m.chan, rec.data(), rec.size()) != 0)
       die(m.label + ": relay_write: " + std::strerror(errno));
+    if (m.mmap && relay_flush(m.chan) != 0) die(m.label + ": relay_flush: " + std::strerror(errno));
   } else if (::write(m.wfd, rec.data(), rec.size()) != static_cast<ssize_t>(rec.size())) {
     die(m.label + ": write to the pipe: " + std::strerror(errno));
   }
@@ -489,18 +533,28 @@ int main(int argc, char** argv) {
   const std::string dir = g_dir;
   start_daemon(daemon);
 
-  // The four ways of waiting: relay poll, pipe poll, relay blocking read, pipe blocking read.
-  Mode modes[4];
+  // The five ways of waiting: relay poll, pipe poll, relay blocking read, pipe blocking read,
+  // relay mmap reader (polling its descriptor; compared with the pipe's poll).
+  constexpr int kModes = 5, kMmap = 4;
+  Mode modes[kModes];
   rchan_callbacks cb{};  // by name: the struct may grow
   cb.create_buf_file = create_global;
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < kModes; ++i) {
     Mode& m = modes[i];
     m.relay = i % 2 == 0;
-    m.use_poll = i < 2;
+    m.use_poll = i < 2 || i == kMmap;
+    m.mmap = i == kMmap;
     m.rec = rec;
     m.warmup = warmup;
     m.cpu = pin ? 1 : -1;
-    if (m.relay) {
+    if (m.mmap) {
+      m.label = "relayfs: mmap reader, poll(r->fd)";
+      m.chan = relay_open("lat_mmap", dir.c_str(), 64 << 10, 4, &cb, nullptr);
+      if (!m.chan) die(std::string("relay_open: ") + std::strerror(errno));
+      const std::string file = dir + "/lat_mmap0";
+      m.rr = relay_reader_open(file.c_str());
+      if (!m.rr) die("relay_reader_open " + file + ": " + std::strerror(errno));
+    } else if (m.relay) {
       const char* base = m.use_poll ? "lat_poll" : "lat_read";
       m.label = m.use_poll ? "relayfs: poll() + read()" : "relayfs: blocking read() (-o blocking)";
       m.chan = relay_open(base, dir.c_str(), 64 << 10, 4, &cb, nullptr);
@@ -525,12 +579,12 @@ int main(int argc, char** argv) {
   std::uniform_int_distribution<int64_t> pause_ns(200'000, 2'000'000);
   std::vector<char> record(rec, 'r');
   const uint64_t per_mode = samples + warmup;
-  uint64_t next[4] = {1, 1, 1, 1};  // next sequence number per mode (1-based)
+  uint64_t next[kModes] = {1, 1, 1, 1, 1};  // next sequence number per mode (1-based)
   const MachineClock mc0 = machine_clock();
   const int64_t t0 = now_ns();
   for (bool more = true; more;) {
     more = false;
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < kModes; ++i) {
       for (size_t k = 0; k < block && next[i] <= per_mode; ++k) {
         sleep_ns(pause_ns(rng));
         send_one(modes[i], next[i]++, record);
@@ -559,17 +613,23 @@ int main(int argc, char** argv) {
   printf("latency = reader's CLOCK_MONOTONIC when read() returned the record - producer's time "
          "just before\nrelay_write / write(2); microseconds. relayfs: one global channel per "
          "mode, 4 x 64 KiB, mount -o blocking.\n\n");
+  printf(
+      "mmap reader: each record followed by relay_flush, so each sample is one whole "
+      "sub-buffer holding one record;\nits clock stops when relay_reader_next gave it.\n\n");
   printf("%-40s %7s %5s %9s %9s %9s %9s %10s\n", "", "samples", "lost", "p50 us", "p90 us",
          "p99 us", "max us", "not asleep");
-  for (int pair = 0; pair < 2; ++pair) {
-    Mode& r = modes[2 * pair];
-    Mode& p = modes[2 * pair + 1];
+  Pct mmap_ratio{};
+  // Each relayfs mode against the pipe that waits the same way (the mmap reader: poll()).
+  for (const auto& [ri, pi] : {std::pair{0, 1}, std::pair{2, 3}, std::pair{kMmap, 1}}) {
+    Mode& r = modes[ri];
+    Mode& p = modes[pi];
     const auto rl = drop_warmup(r.lat, r.lat_seq, warmup);
     const auto pl = drop_warmup(p.lat, p.lat_seq, warmup);
     const Pct rp = percentiles(rl), pp = percentiles(pl);
     print_row(r.label.c_str(), rl.size(), r.lost, r.not_asleep, rp);
     print_row(p.label.c_str(), pl.size(), p.lost, p.not_asleep, pp);
     print_ratio(rp, pp);
+    if (r.mmap) mmap_ratio = {rp.p50 / pp.p50, rp.p90 / pp.p90, rp.p99 / pp.p99, rp.max / pp.max};
     if (r.use_poll) {
       const Pct rw = percentiles(drop_warmup(r.wake, r.lat_seq, warmup));
       const Pct pw = percentiles(drop_warmup(p.wake, p.lat_seq, warmup));
@@ -598,9 +658,17 @@ int main(int argc, char** argv) {
       perror(raw.c_str());
     }
   }
-  printf("\nspurious poll wake-ups (POLLIN, then EAGAIN): relayfs %llu, pipe %llu\n",
-         static_cast<unsigned long long>(modes[0].spurious),
-         static_cast<unsigned long long>(modes[1].spurious));
+  printf(
+      "\nspurious poll wake-ups (POLLIN, then EAGAIN or no sub-buffer): relayfs %llu, pipe "
+      "%llu, mmap reader %llu\n",
+      static_cast<unsigned long long>(modes[0].spurious),
+      static_cast<unsigned long long>(modes[1].spurious),
+      static_cast<unsigned long long>(modes[kMmap].spurious));
+  printf(
+      "target (issue 17): mmap reader wake-up <= 1.5x a pipe's at p50 and p99: %s (p50 %.2fx, "
+      "p99 %.2fx)\n",
+      mmap_ratio.p50 <= 1.5 && mmap_ratio.p99 <= 1.5 ? "met" : "MISSED", mmap_ratio.p50,
+      mmap_ratio.p99);
   if (modes[0].idle_timeouts + modes[1].idle_timeouts)
     printf("poll() timeouts with nothing sent yet (the producer stalled): relayfs %llu, pipe %llu\n",
            static_cast<unsigned long long>(modes[0].idle_timeouts),
@@ -608,8 +676,9 @@ int main(int argc, char** argv) {
   fflush(stdout);
 
   for (Mode& m : modes) {
-    close(m.fd);
+    if (m.fd >= 0) close(m.fd);
     if (m.wfd >= 0) close(m.wfd);
+    if (m.rr) relay_reader_close(m.rr);
     if (m.chan && relay_close(m.chan) != 0) perror("relay_close");
   }
   cleanup();
