@@ -282,6 +282,8 @@ inline bool Producer::reserve_here(uint64_t* w, uint64_t to, int* rc) noexcept {
 // last one sees the full lap); for a bound buffer a lower bound of the count after our add, since
 // the other counter is read after our add without a fence.
 inline uint64_t Producer::add_commit(SubbufMeta& m, uint32_t len) noexcept {
+  // Unbound (or no membarrier): one locked add on one counter, inline as it always was.
+  if (cpu_ < 0) return m.commit.fetch_add(len, std::memory_order_seq_cst) + len;
   if (local_commit_) {
     static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t));
     uint64_t local;

@@ -733,6 +733,8 @@ TEST_CASE("a reader arming the doorbell while commits run is never left asleep")
   MESSAGE(std::string(bind ? "bound" : "unbound") << ": rounds " << rounds << ", slept " << slept
                                                    << ", records " << got << ", lost wake-ups "
                                                    << lost);
-  CHECK(slept > 1000);  // the race was run often
+  // The race was run often. Bound, the membarrier usually gives the writer time to commit
+  // before the re-check, so fewer rounds end asleep (hundreds in 3 s on a loaded 2-CPU machine).
+  CHECK(slept > 50);
   CHECK(lost == 0);
 }
