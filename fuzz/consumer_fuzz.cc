@@ -108,11 +108,13 @@ std::vector<Field> fields_of(const core::Buffer& b) {
       {offsetof(ShmHeader, progress), 4},
       {offsetof(ShmHeader, waiters), 4},
       {offsetof(ShmHeader, blocked), 4},
+      {offsetof(ShmHeader, fenced_commits), 4},
   };
   const size_t meta = b.layout().meta_offset;
   for (uint32_t i = 0; i < b.geometry().n_subbufs; ++i) {
     const size_t at = meta + i * sizeof(core::SubbufMeta);
     f.push_back({at + offsetof(core::SubbufMeta, commit), 8});
+    f.push_back({at + offsetof(core::SubbufMeta, commit_cpu), 8});
     f.push_back({at + offsetof(core::SubbufMeta, ready), 8});
     f.push_back({at + offsetof(core::SubbufMeta, padding), 4});
     f.push_back({at + offsetof(core::SubbufMeta, start_bytes), 8});

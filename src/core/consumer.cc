@@ -1,5 +1,7 @@
 #include "core/consumer.h"
 
+#include "core/doorbell.h"
+
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -515,13 +517,8 @@ int Consumer::subbufs_consumed(uint64_t n) noexcept {
   return 0;
 }
 
-void Consumer::arm_doorbell(bool whole_subbufs) noexcept {
-  // seq_cst: the Dekker pair of Producer::commit's add-then-load; the caller re-checks for data.
-  // fetch_or: a record waiter and a sub-buffer waiter may share the buffer.
-  hdr_rw_->waiters.fetch_or(whole_subbufs ? kWakeSubbuf : kWakeRecord, std::memory_order_seq_cst);
-  // The caller's re-check loads the position word and counters with acquire, which the language
-  // does not order after a seq_cst store; this fence does (free on x86 after a locked RMW).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+int Consumer::arm_doorbell(bool whole_subbufs) noexcept {
+  return core::arm_doorbell(*hdr_rw_, whole_subbufs ? kWakeSubbuf : kWakeRecord);
 }
 
 bool Consumer::subbuf_ready() noexcept {

@@ -152,7 +152,9 @@ class Consumer {
   // Arms the doorbell: producers ring the wake-up on their next commit or switch. The caller
   // must re-check data_available() after arming; a commit that raced the arming is seen there.
   // whole_subbufs: only closed, complete sub-buffers are of interest (see subbuf_ready).
-  void arm_doorbell(bool whole_subbufs = false) noexcept;
+  // core::arm_doorbell (doorbell.h) does it: returns 0, or -errno if the arming could not be
+  // ordered against a fenced producer's commits (then the caller should look again later).
+  int arm_doorbell(bool whole_subbufs = false) noexcept;
 
   // Total bytes produced into the buffer so far, including the readable part of the sub-buffer
   // being written. Never decreases, even across a reset (st_size of the relay file).

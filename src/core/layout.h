@@ -17,7 +17,9 @@ namespace relayfs::core {
 
 inline constexpr uint32_t kShmMagic = 0x52454c59;  // "RELY"
 // 4: the consumer's record (ConsumerRecord), from which a new daemon resumes.
-inline constexpr uint32_t kShmVersion = 4;
+// 5: a sub-buffer's commit count is two counters (SubbufMeta::commit_cpu, the rseq commit), and
+//    ShmHeader::fenced_commits asks who arms the doorbell for a membarrier.
+inline constexpr uint32_t kShmVersion = 5;
 inline constexpr size_t kCacheLine = 64;
 
 // The position word: where the next record goes.
@@ -158,6 +160,12 @@ struct ShmHeader {
   // Writers of a blocking channel waiting for the consumer to free a sub-buffer: the consumer
   // wakes the `progress` futex only when this is non-zero.
   std::atomic<uint32_t> blocked;
+  // Non-zero once the producer commits with no locked instruction (Producer::bind_cpu): its
+  // commit no longer orders its store before its load of `waiters`, so whoever arms the doorbell
+  // must issue membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) between arming and re-checking
+  // (arm_doorbell, doorbell.h). A hint the producer writes: a false one costs the arming side one
+  // system call per arming, never a loop.
+  std::atomic<uint32_t> fenced_commits;
 };
 
 // What the offset off of a position word stands for, for every reader of it: kOffClosed means
@@ -174,9 +182,22 @@ inline uint32_t decode_off(const ShmHeader& h, uint32_t off) noexcept {
 inline constexpr uint32_t kWakeRecord = 1;  // wake on the next commit
 inline constexpr uint32_t kWakeSubbuf = 2;  // wake when a sub-buffer is closed and complete
 
-// Per-sub-buffer bookkeeping. `commit` counts bytes committed into this slot over its whole
-// life: header bytes, records and the padding added when the sub-buffer closes. Every lap adds
-// exactly subbuf_size, so the sub-buffer of lap L is complete when commit == (L + 1) * size.
+// Per-sub-buffer bookkeeping. The committed count of a slot (committed() below) counts bytes
+// committed into it over its whole life: header bytes, records and the padding added when the
+// sub-buffer closes. Every lap adds exactly subbuf_size, so the sub-buffer of lap L is complete
+// when committed == (L + 1) * size. It is the sum of two counters, each with one kind of writer:
+//   `commit_cpu` only rseq sections on the CPU the buffer is bound to write (a plain load, add,
+//                store: Producer::commit, rseq::add_on_cpu); nothing else ever writes it but a
+//                reset with no writer active;
+//   `commit`     every other commit, with an atomic add: an unbound buffer's, a thread that
+//                migrated between its reservation and its commit, the switch's padding and header
+//                bytes (the switch may run on any CPU).
+// Never both kinds on one word: an atomic add from another CPU landing between a section's load
+// and store would be overwritten (lost update); the section is restarted only by what happens on
+// its own CPU.
+// Because the two are read one after the other, no writer knows the sum at the moment its own add
+// lands: the reader (consumer, View) decides completeness from the sum, and producers that want
+// to know (deliver, the sub-buffer waiter's ring) follow Producer::on_complete's rules.
 // `ready` is a lower bound on the committed prefix of the sub-buffer being written, in the
 // same units (lap base + offset); writers raise it when they find no reservation in flight.
 // `start_bytes` is bytes_produced where the sub-buffer that next uses the slot starts, written
@@ -188,11 +209,24 @@ struct SubbufMeta {
   std::atomic<uint32_t> padding;
   uint32_t unused;
   std::atomic<uint64_t> start_bytes;
+  std::atomic<uint64_t> commit_cpu;
 };
+
+// The one rule for reading a slot's committed count: the sum of its two counters. acquire on
+// each: the bytes of every commit counted are visible (the rseq store is a plain store, which
+// has release semantics on x86; the atomic add releases). Each counter only grows within a reset
+// generation, so a sum read at t1 (commit_cpu) and t2 (commit) lies between the true totals at t1
+// and t2: it never exceeds what is committed, so equality with a lap's end proves that lap
+// complete; and every commit it counts is a real commit of a record reserved before the load
+// (the reader's proof in View::committed_prefix rests on that). In shared memory: values are the
+// producer's, only compared (wrapping is harmless).
+inline uint64_t committed(const SubbufMeta& m) noexcept {
+  return m.commit_cpu.load(std::memory_order_acquire) + m.commit.load(std::memory_order_acquire);
+}
 
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must be address-free");
 static_assert(std::atomic<uint32_t>::is_always_lock_free, "shared atomics must be address-free");
-static_assert(sizeof(SubbufMeta) == 32);
+static_assert(sizeof(SubbufMeta) == 40);
 static_assert(offsetof(ShmHeader, wpos) % kCacheLine == 0);
 static_assert(offsetof(ShmHeader, produced) - offsetof(ShmHeader, wpos) >= kCacheLine);
 static_assert(offsetof(ShmHeader, consumed) % kCacheLine == 0);

@@ -107,7 +107,8 @@ Producer::Producer(Buffer& buf, const ProducerHooks& hooks)
       size_(buf.geometry().subbuf_size),
       n_(buf.geometry().n_subbufs),
       hooks_(hooks),
-      lap_base_(new uint64_t[buf.geometry().n_subbufs]()) {
+      lap_base_(new uint64_t[buf.geometry().n_subbufs]()),
+      delivered_(new std::atomic<uint64_t>[buf.geometry().n_subbufs]()) {
   overwrite_seen_ = hooks.overwrite;
   open();
 }
@@ -144,15 +145,56 @@ void Producer::ring() noexcept {
     hooks_.wakeup(hooks_.ctx, *this);
 }
 
-void Producer::on_complete(uint32_t slot) noexcept {
+// The sub-buffer in `slot` whose lap ends at committed count `end` was seen complete. Who sees it
+// is not one writer any more: with the rseq commit (bind_cpu) a commit on the buffer's CPU and an
+// atomic one from elsewhere (a migrated writer, the switch's padding) each add to their own
+// counter and then read the other's with no fence between, so the last two may each see the
+// other's old value, or both the full lap. Hence:
+//  - exact once: whoever sees it complete runs `deliver` only if it moves delivered_[slot] up to
+//    `end` (a CAS, once per sub-buffer); a lap end only grows, so a stale caller finds it past;
+//  - never missed: a completion both writers missed is found by the next switch (deliver_closed,
+//    before the slot can be reused: a switch into it first checks its last lap is complete) or
+//    by close, at the latest. For unbound buffers every add is one RMW on one counter, the last
+//    one sees the full lap, and `deliver` runs at once, as before.
+// The consumer never relies on this: it decides completeness itself (View::complete). Sub-buffer
+// waiters are rung by the switch that closes a sub-buffer and by every late commit into a closed
+// one (Producer::commit), not here only; ringing here as well is harmless (one ring per arming).
+void Producer::on_complete(uint32_t slot, uint64_t end) noexcept {
+  // relaxed: the count only decides who runs `deliver`; what it reads was made visible by the
+  // acquire loads of the counters that proved the sub-buffer complete.
+  uint64_t seen = delivered_[slot].load(std::memory_order_relaxed);
+  do {
+    if (seen >= end) return;  // delivered already (or a later lap was)
+  } while (!delivered_[slot].compare_exchange_weak(seen, end, std::memory_order_relaxed));
   if (hooks_.deliver) hooks_.deliver(hooks_.ctx, *this, slot, subbuf_data(slot));
   // A whole sub-buffer is ready: what a sub-buffer waiter (an mmap reader) waits for.
   if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
 }
 
+// The backstop of on_complete: every closed sub-buffer still in its slot (the last n before
+// `produced`) that is complete and not yet delivered. Only a bound buffer with rseq commits can
+// have such; called by the switch holder and by close, so at most n loads per switch.
+void Producer::deliver_closed(uint64_t produced) noexcept {
+  if (!local_commit_) return;
+  for (uint64_t seq = produced > n_ ? produced - n_ : 0; seq < produced; ++seq) {
+    const uint32_t slot = slot_of(seq, n_);
+    const uint64_t end = lap_end(seq, n_, size_);
+    if (delivered_[slot].load(std::memory_order_relaxed) < end && committed(meta_[slot]) == end)
+      on_complete(slot, end);
+  }
+}
+
+// The atomic side of add_commit, out of line: every commit of an unbound buffer, and a bound
+// buffer's commits made off its CPU and its switches' padding and header bytes.
+uint64_t Producer::add_commit_remote(SubbufMeta& m, uint32_t len) noexcept {
+  // seq_cst: see commit(). Off the buffer's CPU we may not touch commit_cpu (layout.h).
+  const uint64_t v = m.commit.fetch_add(len, std::memory_order_seq_cst) + len;
+  // A bound buffer's count is the sum: acquire, the bytes of the rseq commits it counts.
+  return cpu_ >= 0 ? v + m.commit_cpu.load(std::memory_order_acquire) : v;
+}
+
 bool Producer::commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept {
-  const uint64_t v = meta_[slot].commit.fetch_add(len, std::memory_order_seq_cst) + len;
-  return v == base + size_;
+  return add_commit_remote(meta_[slot], static_cast<uint32_t>(len)) == base + size_;
 }
 
 // Claims the switch: turns the position word *w into kOffBusy. Returns false if *w changed
@@ -224,6 +266,10 @@ bool Producer::claim_word(uint64_t* w, uint64_t to) noexcept {
 bool Producer::bind_cpu(uint32_t cpu) noexcept {
   if (!rseq::available() || cpu > INT32_MAX) return false;
   cpu_ = static_cast<int32_t>(cpu);
+  local_commit_ = rseq::fenced_commits();
+  // relaxed: read by whoever arms the doorbell (arm_doorbell), which only needs it before the
+  // first rseq commit; writers start after this call, the reader's arming much later.
+  if (local_commit_) hdr_->fenced_commits.store(1, std::memory_order_relaxed);
   return true;
 }
 
@@ -356,11 +402,12 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     // The padding counts as committed, so the last of this sub-buffer's writers (or we, if they
     // are all done) sees the counter reach a full lap.
     if (prev_padding != 0 && commit_bytes(prev_slot, lap_base_[prev_slot], prev_padding))
-      on_complete(prev_slot);
+      on_complete(prev_slot, lap_base_[prev_slot] + size_);
     // seq_cst: release publishes padding and commit to readers that acquire `produced`; and
     // with the load of `waiters` in release_switch it is the Dekker pair of a reader arming
     // the doorbell.
     h->produced.store(++seq, std::memory_order_seq_cst);
+    deliver_closed(seq);  // completions racing commits missed; before the next slot is reused
   } else {
     // Retrying a refused switch: the kernel passes the same prev_subbuf and prev_padding again.
     prev_slot = h->prev_slot.load(std::memory_order_relaxed);
@@ -379,7 +426,7 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
   bool full = false;
   // The slot may be reused only once its previous lap is wholly committed; otherwise a writer
   // still copying an old record would tear a new one (overwrite mode, LTTng's "lost_wrap").
-  if (meta_[slot].commit.load(std::memory_order_acquire) != base) {
+  if (committed(meta_[slot]) != base) {
     ok = false;
     // A wrap, unless the buffer is also full in no-overwrite mode, where the switch would be
     // refused anyway. In overwrite mode a full buffer is normal: the record is lost to the wrap.
@@ -405,7 +452,7 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
   const uint32_t hdr_len = static_cast<uint32_t>(std::min<uint64_t>(header_, size_));
   lap_base_[slot] = base;
   meta_[slot].padding.store(0, std::memory_order_relaxed);
-  if (hdr_len != 0 && commit_bytes(slot, base, hdr_len)) on_complete(slot);
+  if (hdr_len != 0 && commit_bytes(slot, base, hdr_len)) on_complete(slot, base + size_);
   // Nothing else is reserved yet, so the header is a proven-committed prefix.
   meta_[slot].ready.store(base + hdr_len, std::memory_order_release);
   if (len == 0 || hdr_len + len > size_) {
@@ -462,6 +509,8 @@ void Producer::reset() noexcept {
   h->wpos.store(make_word(0, 0, kOffStopped), std::memory_order_relaxed);
   for (uint32_t i = 0; i < n_; ++i) {
     meta_[i].commit.store(0, std::memory_order_relaxed);
+    meta_[i].commit_cpu.store(0, std::memory_order_relaxed);  // no writer is active (above)
+    delivered_[i].store(0, std::memory_order_relaxed);
     meta_[i].ready.store(0, std::memory_order_relaxed);
     meta_[i].padding.store(0, std::memory_order_relaxed);
     meta_[i].start_bytes.store(i == 0 ? produced_bytes : 0, std::memory_order_relaxed);
@@ -489,6 +538,8 @@ void Producer::close() noexcept {
   // seq_cst: releases close_off to readers that acquire `closed`, and pairs with `waiters`.
   hdr_->closed.store(1, std::memory_order_seq_cst);
   if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+  // relay_close has waited for every commit: what completed unseen is delivered now.
+  deliver_closed(hdr_->produced.load(std::memory_order_acquire));
 }
 
 }  // namespace relayfs::core

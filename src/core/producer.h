@@ -3,7 +3,8 @@
 //
 // A write is a reservation (one CAS on the position word, or for a buffer bound to its CPU an
 // rseq section with no locked instruction: bind_cpu), a copy into the shared data area, and a
-// commit (one atomic add on the sub-buffer's commit counter). A record that does not fit in
+// commit (one atomic add on the sub-buffer's commit counter, or for a bound buffer an rseq add on
+// a counter only that CPU writes: again no locked instruction). A record that does not fit in
 // the current sub-buffer takes the slow path (producer.cc): one writer claims the switch, closes
 // the sub-buffer with its padding, runs the subbuf_start hook and opens the next one, while the
 // others wait for it. Records are never split across sub-buffers.
@@ -127,11 +128,18 @@ class Producer {
   void abandon() noexcept;
 
   // Per-CPU fast path: from now on writers reserve with an rseq section on `cpu` instead of a
-  // CAS (rseq.h), so a record costs one locked instruction (the commit) instead of two. Every
-  // write must then come from a thread running on `cpu`; others get kOtherCpu. Slow-path
-  // changes (switch, flush, close) work from any CPU. Call before any writer starts. Returns
-  // false, and changes nothing, where rseq is unavailable.
+  // CAS (rseq.h), and commit with an rseq add on the slot's `commit_cpu` (layout.h) instead of
+  // an atomic add, so a record costs no locked instruction. The commit needs the process to be
+  // registered for membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) (rseq::fenced_commits), which the
+  // doorbell's arming side then issues (doorbell.h); where that fails, the commit stays locked.
+  // Every write must then come from a thread running on `cpu`; others get kOtherCpu. A commit
+  // may come from anywhere (a thread that migrated after its reservation, relay_commit from
+  // another thread): off the CPU it takes the atomic counter. Slow-path changes (switch, flush,
+  // close) work from any CPU. Call before any writer starts. Returns false, and changes nothing,
+  // where rseq is unavailable.
   bool bind_cpu(uint32_t cpu) noexcept;
+  // Whether commits take the rseq add (bind_cpu succeeded and the membarrier registration did).
+  bool fenced_commits() const noexcept { return local_commit_; }
 
   // subbuf_start_reserve(): inside subbuf_start only, keeps len more header bytes at the start
   // of the new sub-buffer. Header bytes are data: readers see them.
@@ -159,7 +167,10 @@ class Producer {
   bool reserve_here(uint64_t* w, uint64_t to, int* rc) noexcept;
   bool wait_switch(uint64_t* w) const noexcept;
   bool commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept;
-  void on_complete(uint32_t slot) noexcept;
+  inline uint64_t add_commit(SubbufMeta& m, uint32_t len) noexcept;
+  uint64_t add_commit_remote(SubbufMeta& m, uint32_t len) noexcept;
+  void on_complete(uint32_t slot, uint64_t end) noexcept;
+  void deliver_closed(uint64_t produced) noexcept;
   void ring() noexcept;
   void open() noexcept;
 
@@ -203,6 +214,13 @@ class Producer {
   int64_t block_timeout_ns_ = -1;
   // The CPU whose rseq sections alone may move the position word forward, or -1: CAS.
   int32_t cpu_ = -1;
+  // Commits on cpu_ take the rseq add on commit_cpu (bind_cpu): the process is registered for
+  // the arming side's membarrier.
+  bool local_commit_ = false;
+  // For each slot, the lap end (committed-count value) of the last sub-buffer on_complete ran
+  // for: each completion runs `deliver` once, whoever sees it first (on_complete). Process-local,
+  // as the hooks are.
+  std::unique_ptr<std::atomic<uint64_t>[]> delivered_;
   std::atomic<bool> abandoned_{false};
   // Numbers the switch claims made from other CPUs, so each stores a busy value of its own
   // (claim_word mixes in the process, whose fork child starts from the same count).
@@ -259,19 +277,47 @@ inline bool Producer::reserve_here(uint64_t* w, uint64_t to, int* rc) noexcept {
   return false;
 }
 
+// Adds len to slot m's committed count and returns the count it then saw (committed(), layout.h):
+// exact when the add is atomic on an unbound buffer (every add is then totally ordered, so the
+// last one sees the full lap); for a bound buffer a lower bound of the count after our add, since
+// the other counter is read after our add without a fence.
+inline uint64_t Producer::add_commit(SubbufMeta& m, uint32_t len) noexcept {
+  // Unbound (or no membarrier): one locked add on one counter, inline as it always was.
+  if (cpu_ < 0) return m.commit.fetch_add(len, std::memory_order_seq_cst) + len;
+  if (local_commit_) {
+    static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t));
+    uint64_t local;
+    for (;;) {
+      if (rseq::add_on_cpu(reinterpret_cast<uint64_t*>(&m.commit_cpu), len,
+                           static_cast<uint32_t>(cpu_), &local)) [[likely]]
+        // acquire: the bytes of the remote commits we count (for `ready`, below).
+        return local + m.commit.load(std::memory_order_acquire);
+      // Aborted on our CPU (preempted, or a signal whose handler may have committed there too):
+      // the section stored nothing; load and add again. Elsewhere: the atomic counter.
+      if (rseq::current_cpu() != cpu_) break;
+    }
+  }
+  return add_commit_remote(m, len);
+}
+
 inline void Producer::commit(const Reservation& r) noexcept {
   SubbufMeta& m = meta_[r.slot];
-  // seq_cst: releases the record's bytes to readers that acquire `commit`; and, with the load
-  // of `waiters` below, forms the Dekker pair with a reader that arms the doorbell and then
-  // re-checks for data, so one of the two always sees the other.
-  const uint64_t v = m.commit.fetch_add(r.len, std::memory_order_seq_cst) + r.len;
+  // Releases the record's bytes to readers that acquire the count (committed()). The locked add
+  // (unbound) is seq_cst: with the load of `waiters` below, the Dekker pair of a reader arming
+  // the doorbell. The rseq add is a plain store that x86 may hold in the store buffer past that
+  // load: the arming side's membarrier takes its place (doorbell.h).
+  const uint64_t v = add_commit(m, r.len);
   // Raise the sub-buffer's proven-committed prefix (`ready`) so readers can return our record.
   // If every byte reserved so far is committed, the whole reserved prefix is proven: a plain
-  // store. relaxed suffices for the word: the seq_cst add above already ordered the load after
-  // every reservation it counted. Otherwise, if our record starts where the proof ends, extend it
-  // over our record; out-of-order commits wait for the next quiet moment. A stale store can only
-  // lower `ready`, which is a lower bound either way.
-  const uint64_t w = hdr_->wpos.load(std::memory_order_relaxed);
+  // store. v counts only commits made after their reservations, and the word is loaded after v's
+  // counters (ordered loads), so every commit v counts was reserved before the word we load:
+  // v == reserved means nothing is in flight. Otherwise, if our record starts where the proof
+  // ends, extend it over our record; out-of-order commits wait for the next quiet moment. A stale
+  // store can only lower `ready`, which is a lower bound either way. The rseq path keeps both: the
+  // store is the common case and costs no locked instruction; the CAS comes only out of order (a
+  // writer preempted between reservation and commit), and without it records committed before a
+  // reservation held open (relay_reserve) would wait for that one.
+  const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
   if (word_slot(w) == r.slot && v == r.base + word_off(w)) {
     m.ready.store(v, std::memory_order_release);
   } else {
@@ -280,9 +326,14 @@ inline void Producer::commit(const Reservation& r) noexcept {
                                     std::memory_order_relaxed);
   }
   if (v == r.base + size_) [[unlikely]]
-    on_complete(r.slot);  // rings a sub-buffer waiter itself
-  if (hdr_->waiters.load(std::memory_order_seq_cst) & kWakeRecord) [[unlikely]]
-    ring();
+    on_complete(r.slot, v);
+  // seq_cst: the locked commit's Dekker pair (a plain load on x86). The doorbell asks for us if
+  // a record waiter is armed, or a sub-buffer waiter and our sub-buffer was closed when we looked
+  // (ours was then a late commit that may have completed it; the switch that closed it rings by
+  // itself). Either our commit's store is seen by the armer's re-check, or this load sees its bit.
+  const uint32_t want = hdr_->waiters.load(std::memory_order_seq_cst);
+  if (want != 0) [[unlikely]]
+    if ((want & kWakeRecord) || word_slot(w) != r.slot || word_off(w) > size_) ring();
 }
 
 inline int Producer::reserve_held(size_t len, Reservation* r) noexcept {

@@ -37,6 +37,19 @@ bool available() noexcept {
   return ok;
 }
 
+bool fenced_commits() noexcept {
+  // Registration is for the whole process and lasts; a kernel without the command (before 4.16)
+  // or a seccomp filter that refuses it leaves the producer on its locked commit.
+  static const bool ok =
+      available() && membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
+  return ok;
+}
+
+int arming_fence() noexcept {
+  if (membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0) return 0;
+  return -errno;
+}
+
 int remote_fence(int cpu) noexcept {
   if (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu) == 0)
     return 0;

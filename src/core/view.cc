@@ -84,7 +84,7 @@ int View::data_end(uint64_t seq, uint32_t* end) const noexcept {
 }
 
 bool View::complete(uint64_t seq) const noexcept {
-  return meta_[slot_of(seq, n_)].commit.load(std::memory_order_acquire) == lap_end(seq, n_, size_);
+  return committed(meta_[slot_of(seq, n_)]) == lap_end(seq, n_, size_);
 }
 
 uint32_t View::committed_prefix(uint64_t seq, bool current) const noexcept {
@@ -99,7 +99,7 @@ uint32_t View::committed_prefix(uint64_t seq, bool current) const noexcept {
     // The reader's own proof: load commit, then the position word. Every commit counted was
     // reserved before the word we load, so if the count equals the reserved offset, nothing is
     // in flight.
-    const uint64_t commit = m.commit.load(std::memory_order_acquire);
+    const uint64_t commit = committed(m);
     const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
     if (word_slot(w) == slot && word_seq(w) == static_cast<uint16_t>(seq)) {
       const uint32_t off = decode_off(*hdr_, word_off(w));  // kOffStopped: closed before it began

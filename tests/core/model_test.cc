@@ -17,6 +17,7 @@
 //    lost_full if the buffer is also full and the hook has never switched into a full buffer,
 //    i.e. in no-overwrite mode) without calling the hook.
 #include <doctest/doctest.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -25,7 +26,9 @@
 #include <cstring>
 #include <map>
 #include <random>
+#include <thread>
 
+#include "core/rseq.h"
 #include "harness.h"
 
 using namespace relayfs;
@@ -273,7 +276,18 @@ std::vector<uint8_t> record(std::mt19937_64& rng, uint32_t len) {
 struct Scenario {
   uint32_t S, n, header;
   Mode mode;
+  // The producer bound to CPU 0 (rseq reservation and commit) and this thread on it; half the
+  // commits are then made from CPU 1 (the atomic counter), as after a migration.
+  bool bound = false;
 };
+
+bool pin_to(unsigned cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return ::sched_setaffinity(0, sizeof set, &set) == 0 &&
+         static_cast<unsigned>(::sched_getcpu()) == cpu;
+}
 
 // Runs one randomised sequence and compares model and core after every step.
 void run_sequence(uint64_t seed, const Scenario& sc, int steps) {
@@ -282,6 +296,11 @@ void run_sequence(uint64_t seed, const Scenario& sc, int steps) {
   test::Rig rig(sc.S, sc.n, hook.hooks());
   KernelModel model(sc.S, sc.n, sc.mode, sc.header);
   std::map<int, core::Reservation> open;  // model handle -> core reservation
+  const bool remote = sc.bound && std::thread::hardware_concurrency() > 1;
+  if (sc.bound) {
+    REQUIRE(pin_to(0));
+    REQUIRE(rig.prod->bind_cpu(0));
+  }
 
   auto len_of = [&] {
     // Mostly records that fit a few times per sub-buffer; some that fill it or cannot fit.
@@ -332,7 +351,10 @@ void run_sequence(uint64_t seed, const Scenario& sc, int steps) {
       model.commit(h, d);
       if (trace) std::fprintf(stderr, "  commit handle %d\n", h);
       std::memcpy(open.at(h).ptr, d.data(), d.size());
+      const bool elsewhere = remote && rng() % 2 == 0;
+      if (elsewhere) REQUIRE(pin_to(1));
       rig.prod->commit(open.at(h));
+      if (elsewhere) REQUIRE(pin_to(0));
       open.erase(h);
     } else if (op < 68) {
       model.flush();
@@ -424,6 +446,23 @@ TEST_CASE("randomised sequences match the kernel model byte for byte") {
   }
   run_many(sc, 150, 600);
 }
+
+#ifdef RELAYFS_HAVE_RSEQ
+TEST_CASE("bound to a CPU: rseq commits, and commits from another CPU, match the kernel model") {
+  REQUIRE(core::rseq::available());
+  cpu_set_t saved;
+  REQUIRE(::sched_getaffinity(0, sizeof saved, &saved) == 0);
+  Scenario sc{0, 0, 0, Mode::kNoOverwrite, true};
+  SUBCASE("no-overwrite, the spec's 4-byte padding header") {
+    sc = {0, 0, 4, Mode::kNoOverwrite, true};
+  }
+  SUBCASE("overwrite, no header") {
+    sc = {0, 0, 0, Mode::kOverwrite, true};
+  }
+  run_many(sc, 60, 600);
+  ::sched_setaffinity(0, sizeof saved, &saved);
+}
+#endif
 
 TEST_CASE("the model itself follows the spec on a hand-checked sequence") {
   // Guards the oracle: sub-buffers of 8 bytes, 2 of them, no-overwrite, no header.

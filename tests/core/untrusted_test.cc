@@ -55,6 +55,8 @@ std::vector<Field> all_fields() {
   f.push_back(
       {"bytes_consumed", [=](core::Buffer& b, uint64_t v) { h(b)->bytes_consumed.store(v); }});
   f.push_back({"waiters", [=](core::Buffer& b, uint64_t v) { h(b)->waiters.store(uint32_t(v)); }});
+  f.push_back({"fenced_commits",
+               [=](core::Buffer& b, uint64_t v) { h(b)->fenced_commits.store(uint32_t(v)); }});
   f.push_back({"magic", [=](core::Buffer& b, uint64_t v) { h(b)->magic = uint32_t(v); }});
   f.push_back(
       {"subbuf_size", [=](core::Buffer& b, uint64_t v) { h(b)->subbuf_size = uint32_t(v); }});
@@ -64,6 +66,8 @@ std::vector<Field> all_fields() {
     const std::string s = std::to_string(i);
     f.push_back(
         {"commit[" + s + "]", [=](core::Buffer& b, uint64_t v) { b.meta()[i].commit.store(v); }});
+    f.push_back({"commit_cpu[" + s + "]",
+                 [=](core::Buffer& b, uint64_t v) { b.meta()[i].commit_cpu.store(v); }});
     f.push_back(
         {"ready[" + s + "]", [=](core::Buffer& b, uint64_t v) { b.meta()[i].ready.store(v); }});
     f.push_back({"padding[" + s + "]",
@@ -148,6 +152,13 @@ void exercise(core::Consumer& c) {
     REQUIRE((n == -EIO || (n >= 0 && static_cast<size_t>(n) <= count)));
   }
   (void)c.data_available();
+  // Arming reads fenced_commits, the producer's: at most one membarrier per arming, which must
+  // succeed or fail cleanly, whatever the word says.
+  for (bool whole : {false, true}) {
+    const int armed = c.arm_doorbell(whole);
+    REQUIRE((armed == 0 || armed < 0));
+    (void)c.data_available();
+  }
   (void)c.bytes_produced();
   const core::BufferStats st = c.stats();
   CHECK(st.subbuf_size == kS);
@@ -250,6 +261,14 @@ TEST_CASE("the position word, commit count and proven prefix agreeing on an impo
       rig.buf.meta()[slot].commit.store(base + x);
       rig.buf.meta()[slot].ready.store(base + x);
       exercise(*rig.cons);
+      // The same count split over the two counters (layout.h, committed()), as a bound producer
+      // keeps it, and a sum that wraps around to it.
+      rig.buf.meta()[slot].commit.store(x / 2);
+      rig.buf.meta()[slot].commit_cpu.store(base + x - x / 2);
+      exercise(*rig.cons);
+      rig.buf.meta()[slot].commit.store(~uint64_t{0});
+      rig.buf.meta()[slot].commit_cpu.store(base + x + 1);
+      exercise(*rig.cons);
       // Closed by the producer at that offset, too.
       rig.buf.header()->wpos.store(core::make_word(slot, seq, core::kOffClosed));
       rig.buf.header()->close_off.store(static_cast<uint32_t>(x));
@@ -265,7 +284,7 @@ namespace {
 struct Snapshot {
   uint64_t wpos, produced, bytes_produced, consumed;
   uint32_t prev_padding, prev_slot, reset_gen, closed, close_off;
-  uint64_t commit[kN], ready[kN];
+  uint64_t commit[kN], commit_cpu[kN], ready[kN];
   uint32_t padding[kN];
 
   explicit Snapshot(core::Buffer& b) {
@@ -281,6 +300,7 @@ struct Snapshot {
     close_off = h->close_off.load();
     for (uint32_t i = 0; i < kN; ++i) {
       commit[i] = b.meta()[i].commit.load();
+      commit_cpu[i] = b.meta()[i].commit_cpu.load();
       ready[i] = b.meta()[i].ready.load();
       padding[i] = b.meta()[i].padding.load();
     }
@@ -298,6 +318,7 @@ struct Snapshot {
     h->close_off.store(close_off);
     for (uint32_t i = 0; i < kN; ++i) {
       b.meta()[i].commit.store(commit[i]);
+      b.meta()[i].commit_cpu.store(commit_cpu[i]);
       b.meta()[i].ready.store(ready[i]);
       b.meta()[i].padding.store(padding[i]);
     }
