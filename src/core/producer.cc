@@ -144,10 +144,20 @@ void Producer::ring() noexcept {
     hooks_.wakeup(hooks_.ctx, *this);
 }
 
+// Something a waiting reader may wait for just happened: a sub-buffer completed, a switch ended,
+// the buffer closed. Rings the daemon's doorbell if a reader armed it, and every mmap reader's
+// own bell that is armed (Bells::ring). Called after a seq_cst RMW or store that published the
+// change: with the seq_cst loads of `waiters` and of each bell's `armed`, the Dekker pair of a
+// reader's arming (Consumer::arm_doorbell, arm_bell). Out of line: once per sub-buffer at most.
+void Producer::wake_readers() noexcept {
+  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+  if (hooks_.bells) hooks_.bells->ring();
+}
+
 void Producer::on_complete(uint32_t slot) noexcept {
   if (hooks_.deliver) hooks_.deliver(hooks_.ctx, *this, slot, subbuf_data(slot));
   // A whole sub-buffer is ready: what a sub-buffer waiter (an mmap reader) waits for.
-  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+  wake_readers();
 }
 
 bool Producer::commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept {
@@ -209,7 +219,7 @@ bool Producer::claim_word(uint64_t* w, uint64_t to) noexcept {
     // gone to sleep on it: wake it to look again. It armed (seq_cst, then a seq_cst fence) before
     // it loaded our value; our seq_cst load comes after the store that replaced that value, so
     // it sees the arming.
-    if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+    wake_readers();
     return false;
   }
   // Ours, and every other writer waits while it is busy: the state the caller asked for.
@@ -327,7 +337,7 @@ void Producer::release_switch(uint64_t word) noexcept {
   // closed sub-buffer, to the writers that reserve next and to readers; and with the load of
   // `waiters` it is the Dekker pair of a reader that arms the doorbell and then looks at the word.
   hdr_->wpos.store(word, std::memory_order_seq_cst);
-  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+  wake_readers();
 }
 
 // With the switch held (wpos busy), w being the word before we took it: closes the current
@@ -355,8 +365,12 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     meta_[slot_of(seq + 1, n_)].start_bytes.store(produced_bytes, std::memory_order_relaxed);
     // The padding counts as committed, so the last of this sub-buffer's writers (or we, if they
     // are all done) sees the counter reach a full lap.
-    if (prev_padding != 0 && commit_bytes(prev_slot, lap_base_[prev_slot], prev_padding))
-      on_complete(prev_slot);
+    // Readers are not woken here but by release_switch, which every switch ends with: until
+    // `produced` moves below, no reader takes this sub-buffer for closed, and a reader woken
+    // now would find nothing and wake again (one wasted wake-up per sub-buffer).
+    if (prev_padding != 0 && commit_bytes(prev_slot, lap_base_[prev_slot], prev_padding) &&
+        hooks_.deliver)
+      hooks_.deliver(hooks_.ctx, *this, prev_slot, subbuf_data(prev_slot));
     // seq_cst: release publishes padding and commit to readers that acquire `produced`; and
     // with the load of `waiters` in release_switch it is the Dekker pair of a reader arming
     // the doorbell.
@@ -488,7 +502,7 @@ void Producer::close() noexcept {
   hdr_->close_off.store(word_off(w), std::memory_order_relaxed);
   // seq_cst: releases close_off to readers that acquire `closed`, and pairs with `waiters`.
   hdr_->closed.store(1, std::memory_order_seq_cst);
-  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+  wake_readers();
 }
 
 }  // namespace relayfs::core

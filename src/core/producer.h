@@ -16,6 +16,7 @@
 #include <cstring>
 #include <memory>
 
+#include "core/bell.h"
 #include "core/buffer.h"
 #include "core/geometry.h"
 #include "core/layout.h"
@@ -47,6 +48,9 @@ struct ProducerHooks {
   // A reader armed the doorbell (ShmHeader::waiters) and new data became readable.
   void (*wakeup)(void* ctx, Producer& p) = nullptr;
   void* ctx = nullptr;
+  // The buffer's mmap readers' own bells (bell.h), rung wherever a whole sub-buffer may have
+  // become readable, without the daemon. Null: none. Must outlive the Producer.
+  Bells* bells = nullptr;
   // The client declares overwrite mode. Only loss accounting uses it: a switch refused because
   // the next sub-buffer still has a record in flight is a wrap, even when the buffer is full.
   // Undeclared, the mode is learned when subbuf_start first switches into a full buffer.
@@ -161,6 +165,7 @@ class Producer {
   bool commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept;
   void on_complete(uint32_t slot) noexcept;
   void ring() noexcept;
+  void wake_readers() noexcept;
   void open() noexcept;
 
   Buffer* buf_;
