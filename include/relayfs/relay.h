@@ -327,7 +327,9 @@ struct relay_reader {
   size_t subbuf_size;
   size_t n_subbufs;
   unsigned int cpu;   /* the buffer's index in its channel */
-  int fd;             /* the relay file: poll() for POLLIN = a whole sub-buffer is ready */
+  int fd;             /* poll() for POLLIN = a whole sub-buffer may be ready (call
+                       * relay_reader_next until it returns 0 before polling again);
+                       * POLLERR/POLLHUP without POLLIN = the channel ended and is drained */
   void *impl;         /* private */
   /* Which stream of bytes the sequence numbers count (added in 0.2; fields are only ever
    * appended, and the library allocates the struct). stream names the buffer: the same across
@@ -336,6 +338,11 @@ struct relay_reader {
    * one. (stream, generation, seq) names a sub-buffer's contents for good within one boot. */
   unsigned long long stream;
   unsigned int generation;
+  /* The relay file itself (added in 0.3). fd is now a descriptor to poll() and nothing else:
+   * with a reader's own doorbell (relay_reader_open(3)) it is an epoll descriptor, which
+   * becomes the relay file, under the same number, once the channel ends. Use file to fstat()
+   * the relay file or read its extended attributes. */
+  int file;
 };
 
 struct relay_subbuf {

@@ -4,12 +4,15 @@
 // checked before it is used to compute an address.
 #include <fcntl.h>
 #include <libgen.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <atomic>
 #include <cerrno>
 #include <memory>
@@ -17,6 +20,7 @@
 #include <string>
 
 #include "client/common.h"
+#include "core/bell.h"
 #include "core/buffer.h"
 #include "core/geometry.h"
 #include "core/layout.h"
@@ -34,6 +38,13 @@ struct Reader {
   core::Buffer buffer;
   core::UniqueFd file;  // the relay file, open: the daemon counts it as a reader (buf_mapped)
   core::UniqueFd sock;  // this reader's own connection to the daemon
+  // The reader's bell (core/bell.h), if the daemon gave one: its page, its eventfd, and the
+  // epoll descriptor handed out as pub.fd, which watches the eventfd for POLLIN and the relay
+  // file for POLLERR/POLLHUP only. When the bell ends (fall_back), pub.fd's number becomes the
+  // relay file itself (dup3) and poll_fd owns that copy; bell and bell_fd are then empty.
+  core::Mapping bell;
+  core::UniqueFd bell_fd;
+  core::UniqueFd poll_fd;
   uint32_t seq = 1;
   // Our view of the shared read position: the next sub-buffer to hand out, in generation gen.
   uint64_t next = 0;
@@ -55,6 +66,68 @@ int fail(int rc) {
   return -1;
 }
 
+// What pub.fd's epoll set reports (epoll_event::data).
+constexpr uint32_t kBellTag = 1;
+constexpr uint32_t kFileTag = 2;
+
+// Takes the bell the daemon sent (its page and eventfd), and makes pub.fd the epoll descriptor
+// that waits on it. Returns 0 or -errno; on failure the reader has no bell and polls its file.
+int take_bell(Reader* r, core::UniqueFd page, core::UniqueFd efd) {
+  if (!core::is_eventfd(efd.get())) return -EINVAL;
+  core::Mapping m;
+  if (int rc = core::map_bell_page(page.get(), &m); rc) return rc;
+  core::UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+  if (!ep) return -errno;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u32 = kBellTag;
+  if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, efd.get(), &ev) != 0) return -errno;
+  // No POLLIN: the producer rings the bell for data; the file says only that the channel ended
+  // or the daemon went away (POLLERR/POLLHUP, which epoll always watches). The daemon sees that
+  // the poll asks for no POLLIN and arms no doorbell for it (Files::poll).
+  ev.events = 0;
+  ev.data.u32 = kFileTag;
+  if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, r->file.get(), &ev) != 0) return -errno;
+  // The first poll() returns at once: relay_reader_next then arms the bell and looks, so a
+  // sub-buffer completed before now is not waited for in vain.
+  const uint64_t one = 1;
+  if (::write(efd.get(), &one, sizeof one) != sizeof one) return -errno;
+  r->bell = std::move(m);
+  r->bell_fd = std::move(efd);
+  r->poll_fd = std::move(ep);
+  return 0;
+}
+
+// The bell has ended: the daemon finalized the channel (BellPage::fallback), or the relay file
+// reports POLLERR/POLLHUP (the daemon went away). From now on pub.fd is the relay file, under
+// the same number, so a caller's pollfd stays valid and sees what the file says, as without a
+// bell: POLLIN for what is left, then POLLERR.
+void fall_back(Reader* r) {
+  if (::dup3(r->file.get(), r->poll_fd.get(), O_CLOEXEC) < 0) return;  // try again next time
+  r->bell.reset();
+  r->bell_fd.reset();
+}
+
+bool bell_ended(Reader* r) {
+  // acquire: pairs with the daemon's release (ReaderBell::fall_back); nothing else to see, but
+  // the flag is read as the daemon wrote it.
+  if (reinterpret_cast<const core::BellPage*>(r->bell.bytes())
+          ->fallback.load(std::memory_order_acquire) != 0)
+    return true;
+  epoll_event ev[2];
+  const int n = ::epoll_wait(r->poll_fd.get(), ev, 2, 0);
+  for (int i = 0; i < n; ++i)
+    if (ev[i].data.u32 == kFileTag && (ev[i].events & (EPOLLERR | EPOLLHUP))) return true;
+  return false;
+}
+
+// Whether to ask for a bell: unless RELAYFS_READER_BELL=0 (relay_reader_open(3), ENVIRONMENT),
+// which keeps the FUSE file's poll, for comparison and as a way out.
+bool bell_wanted() {
+  const char* v = std::getenv("RELAYFS_READER_BELL");
+  return !v || std::strcmp(v, "0") != 0;
+}
+
 // relay_reader_open's work. Returns 0 or -errno, as relay_reader_open(3) lists them.
 int open_reader(Reader* r, const char* path) {
   // Opening the file is how the kernel checks read permission for us too, and the open file is
@@ -70,18 +143,18 @@ int open_reader(Reader* r, const char* path) {
     return errno == ENOTTY ? -ENOTSUP : -errno;
 
   if (int rc = proto::send_message(r->sock.get(),
-                                   proto::encode(proto::ReaderOpenRequest{st.st_ino}, r->seq++));
+                                   proto::encode(proto::ReaderOpenRequest{st.st_ino, bell_wanted() ? proto::kReaderBell : 0u}, r->seq++));
       rc)
     return proto::send_failure(r->sock.get(), rc);
   proto::Received m;
-  const int rc = proto::recv_message(r->sock.get(), &m, 1);
+  const int rc = proto::recv_message(r->sock.get(), &m, 3);
   if (rc <= 0) return rc == 0 || rc == -EAGAIN ? -EIO : rc;
   proto::ReaderOpenReply reply;
   if (static_cast<proto::Type>(m.header.type) != proto::Type::kReaderOpenReply)
     return relayfs::client::refusal(m);
   if (proto::decode(m.payload.data(), m.payload.size(), &reply) != 0) return -EIO;
   if (reply.status < 0) return reply.status;
-  if (m.fds.size() != 1) return -EIO;
+  if (m.fds.size() != 1 && m.fds.size() != 3) return -EIO;
   core::Geometry g;
   if (core::make_geometry(reply.subbuf_size, reply.n_subbufs, &g) != 0) return -EIO;
   // The memfd's inode names the buffer: a restarted daemon adopts the same memfd (relay(7),
@@ -96,7 +169,12 @@ int open_reader(Reader* r, const char* path) {
   r->pub.subbuf_size = g.subbuf_size;
   r->pub.n_subbufs = g.n_subbufs;
   r->pub.cpu = reply.buffer;
-  r->pub.fd = r->file.get();
+  r->pub.file = r->file.get();
+  // A bell that does not check out is left unused: the file's poll works without it.
+  if (m.fds.size() == 3 && take_bell(r, std::move(m.fds[1]), std::move(m.fds[2])) == 0)
+    r->pub.fd = r->poll_fd.get();
+  else
+    r->pub.fd = r->file.get();
   return 0;
 }
 
@@ -144,6 +222,64 @@ int take(Reader* r, const core::View& view, uint64_t seq, uint64_t produced, rel
   return 1;
 }
 
+// relay_reader_next's look: 1 with *sb, 0 for nothing ready, or -errno.
+int next_subbuf(Reader* r, relay_subbuf* sb) {
+  const core::View view(r->buffer);
+  uint64_t pub;
+  if (!position(r, &pub)) return 0;
+  // Where the daemon's consumer would go on: if the writer has begun reusing the slot (overwrite
+  // mode), at the oldest sub-buffer that can still be whole; the daemon counts the skipped ones
+  // as overruns when we report our position.
+  const uint64_t from = std::max(r->next, pub);
+  if (from > view.produced() && r->tail_taken) return 0;  // the tail is consumed: nothing more
+  core::View::Next at;
+  const int found = view.next(from, &at);
+  // A reset that finished since position() explains a position past `produced`.
+  if (found < 0) return view.corrupt(r->gen) != 0 ? -EIO : 0;
+  if (found == 0) return 0;  // a switch into that slot is being decided
+  r->next = std::min(at.seq, at.produced);
+  const int rc = take(r, view, at.seq, at.produced, sb);
+  if (rc == 1) r->pub.generation = r->gen;
+  return rc;
+}
+
+// relay_reader_peek's look: 1 with *sb, 0 for not ready, or -errno.
+int peek_subbuf(Reader* r, uint64_t seq, relay_subbuf* sb) {
+  const core::View view(r->buffer);
+  uint64_t pub;
+  if (!position(r, &pub)) return 0;
+  if (seq < std::max(r->next, pub)) return -ESTALE;  // consumed, or passed as lapped
+  const uint64_t produced = view.produced();
+  if (seq > produced) return 0;
+  // The writer began reusing its slot (overwrite mode): what it held is gone.
+  if (seq < produced && view.reused(seq, produced) == core::Reuse::kYes) return -ESTALE;
+  const int rc = take(r, view, seq, produced, sb);
+  if (rc == 1) r->pub.generation = r->gen;
+  return rc;
+}
+
+// A look (next_subbuf, peek_subbuf) that, finding nothing, readies the bell for the caller's
+// poll(): drains it first, so that poll() does not return for a ring already seen (no spin);
+// arms it; and looks once more, for a sub-buffer that completed before the arming (the
+// producer, which did not see us armed, did not ring). Then, if the bell has ended, pub.fd
+// becomes the relay file (fall_back). Returns what the last look returned.
+template <typename Look>
+int look_or_arm(Reader* r, Look look) {
+  int rc = look();
+  if (rc != 0 || !r->bell.valid()) return rc;
+  uint64_t rings;
+  if (::read(r->bell_fd.get(), &rings, sizeof rings) < 0) {
+    // EAGAIN: nothing to drain
+  }
+  const int armed = core::arm_bell(*reinterpret_cast<core::BellPage*>(r->bell.bytes()),
+                                   *r->buffer.header());
+  rc = look();
+  // An arming the producer's commits are not ordered against (its membarrier failed) cannot be
+  // slept on: the relay file, whose wake-up the daemon owns, takes over.
+  if (rc == 0 && (armed != 0 || bell_ended(r))) fall_back(r);
+  return rc;
+}
+
 }  // namespace
 
 extern "C" {
@@ -169,38 +305,14 @@ RELAY_API relay_reader* relay_reader_open(const char* path) {
 RELAY_API int relay_reader_next(relay_reader* rr, relay_subbuf* sb) {
   if (!rr || !sb) return fail(-EINVAL);
   Reader* r = impl(rr);
-  const core::View view(r->buffer);
-  uint64_t pub;
-  if (!position(r, &pub)) return 0;
-  // Where the daemon's consumer would go on: if the writer has begun reusing the slot (overwrite
-  // mode), at the oldest sub-buffer that can still be whole; the daemon counts the skipped ones
-  // as overruns when we report our position.
-  const uint64_t from = std::max(r->next, pub);
-  if (from > view.produced() && r->tail_taken) return 0;  // the tail is consumed: nothing more
-  core::View::Next at;
-  const int found = view.next(from, &at);
-  // A reset that finished since position() explains a position past `produced`.
-  if (found < 0) return view.corrupt(r->gen) != 0 ? fail(-EIO) : 0;
-  if (found == 0) return 0;  // a switch into that slot is being decided
-  r->next = std::min(at.seq, at.produced);
-  const int rc = take(r, view, at.seq, at.produced, sb);
-  if (rc == 1) rr->generation = r->gen;
+  const int rc = look_or_arm(r, [&] { return next_subbuf(r, sb); });
   return rc < 0 ? fail(rc) : rc;
 }
 
 RELAY_API int relay_reader_peek(relay_reader* rr, unsigned long long seq, relay_subbuf* sb) {
   if (!rr || !sb) return fail(-EINVAL);
   Reader* r = impl(rr);
-  const core::View view(r->buffer);
-  uint64_t pub;
-  if (!position(r, &pub)) return 0;
-  if (seq < std::max(r->next, pub)) return fail(-ESTALE);  // consumed, or passed as lapped
-  const uint64_t produced = view.produced();
-  if (seq > produced) return 0;
-  // The writer began reusing its slot (overwrite mode): what it held is gone.
-  if (seq < produced && view.reused(seq, produced) == core::Reuse::kYes) return fail(-ESTALE);
-  const int rc = take(r, view, seq, produced, sb);
-  if (rc == 1) rr->generation = r->gen;
+  const int rc = look_or_arm(r, [&] { return peek_subbuf(r, seq, sb); });
   return rc < 0 ? fail(rc) : rc;
 }
 

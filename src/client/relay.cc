@@ -52,6 +52,9 @@ constexpr size_t kMaxEarlyEvents = 4096;
 struct Buf {
   rchan_buf pub{};
   core::Buffer buffer;
+  // Its mmap readers' bells (kBell), rung by the producer's writers: declared before the
+  // producer, which uses it, so that it outlives it.
+  core::Bells bells;
   std::unique_ptr<core::Producer> producer;
   // The producer, reachable from callbacks too: opening runs subbuf_start (which may call
   // relay_buf_full or subbuf_start_reserve) before the constructor has returned.
@@ -283,6 +286,32 @@ void deliver_event(Chan* c, const proto::Received& r) {
   if (fn) fn(&c->bufs[ev.buffer]->pub, nullptr);
 }
 
+// A reader's bell for one of this channel's buffers (kBell), or its end (kBellGone). Whatever the
+// daemon sends is checked (Bells::add): a bad event, or one without its two descriptors, is
+// dropped, and the descriptors close with r.
+void bell_event(Chan* c, proto::Received& r) {
+  const auto type = static_cast<proto::Type>(r.header.type);
+  proto::BellEvent ev;
+  if (proto::decode(r.payload.data(), r.payload.size(), &ev) != 0) return;
+  if (ev.channel_id != c->id || ev.buffer >= c->bufs.size()) return;
+  core::Bells& bells = c->bufs[ev.buffer]->bells;
+  if (type == proto::Type::kBellGone) return bells.remove(ev.bell);
+  if (r.fds.size() != 2) return;
+  // Refused (full, a duplicate, not a page and an eventfd): the reader wakes through its file.
+  bells.add(ev.bell, std::move(r.fds[0]), std::move(r.fds[1]));
+}
+
+// Events that came before the reply to an open or adopt request, once the channel is set up.
+void deliver_early(Chan* c, std::vector<proto::Received>& early) {
+  for (auto& ev : early) {
+    const auto type = static_cast<proto::Type>(ev.header.type);
+    if (type == proto::Type::kBell || type == proto::Type::kBellGone)
+      bell_event(c, ev);
+    else
+      deliver_event(c, ev);
+  }
+}
+
 // A flush, reset or close asked for from outside (relay_control), if the producer allows it.
 // Returns 0 or -errno for the requester.
 int outside_control(Chan* c, proto::ControlOp op) {
@@ -313,12 +342,15 @@ int outside_control(Chan* c, proto::ControlOp op) {
 void serve(Chan* c, bool* answered) {
   for (;;) {
     proto::Received r;
-    const int rc = proto::recv_message(c->sock.get(), &r);
+    // Two descriptors at most: a bell's (kBell). Any others are closed unread.
+    const int rc = proto::recv_message(c->sock.get(), &r, 2);
     if (rc == -EAGAIN || rc == -EPROTO) continue;  // receive timeout, or noise: keep listening
     if (rc <= 0) return;
     const auto type = static_cast<proto::Type>(r.header.type);
     if (type == proto::Type::kMapped || type == proto::Type::kUnmapped) {
       deliver_event(c, r);
+    } else if (type == proto::Type::kBell || type == proto::Type::kBellGone) {
+      bell_event(c, r);
     } else if (type == proto::Type::kControlRequest) {
       proto::ChannelControl req;
       int status = proto::decode(r.payload.data(), r.payload.size(), &req);
@@ -348,8 +380,12 @@ void detach(Chan* c) {
     std::lock_guard lk(c->sock_mu);
     c->attached = false;
   }
-  for (auto& b : c->bufs)
+  for (auto& b : c->bufs) {
     b->buffer.header()->waiters.store(0, std::memory_order_relaxed);  // a hint, re-armed later
+    // Its readers' bells came from that daemon: they see POLLERR on their files and open them
+    // again at the next one, which hands out new bells.
+    b->bells.clear();
+  }
 }
 
 // Who runs the daemon at the other end of sock. Returns 0 or -errno.
@@ -372,7 +408,9 @@ int await_open(Chan* c, int sock, proto::OpenReply* reply, proto::Received* r,
     const int rc = proto::recv_message(sock, r, proto::kMaxFds);
     if (rc <= 0) return rc == 0 || rc == -EAGAIN ? -EIO : rc;
     const auto type = static_cast<proto::Type>(r->header.type);
-    if (type != proto::Type::kMapped && type != proto::Type::kUnmapped) break;
+    if (type != proto::Type::kMapped && type != proto::Type::kUnmapped &&
+        type != proto::Type::kBell && type != proto::Type::kBellGone)
+      break;
     if (early->size() >= kMaxEarlyEvents) return -EIO;
     early->push_back(std::move(*r));
     *r = {};
@@ -441,7 +479,7 @@ int reattach(Chan* c) {
     c->attached = true;
     close_now = c->closing.load(std::memory_order_relaxed);
   }
-  for (const auto& ev : early) deliver_event(c, ev);
+  deliver_early(c, early);
   // relay_close came while this was under way, and found no daemon to ask: ask this one.
   if (close_now)
     proto::send_message(c->sock.get(), proto::encode(proto::CloseRequest{c->id}, c->seq.fetch_add(1)));
@@ -587,6 +625,7 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
     if (c->cb.deliver) hooks.deliver = &hook_deliver;
     if (c->cb.buf_full) hooks.buf_full = &hook_buf_full;
     hooks.wakeup = &hook_wakeup;
+    hooks.bells = &b->bells;
     b->producer = std::make_unique<core::Producer>(b->buffer, hooks);
     b->p = b->producer.get();
     // Buffer i is written only from CPU i (producer_for), so its writers can reserve with an
@@ -597,7 +636,7 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
       b->producer->set_blocking(
           true, c->opts.block_timeout_ms < 0 ? -1 : int64_t{c->opts.block_timeout_ms} * 1'000'000);
   }
-  for (const auto& ev : early) deliver_event(c, ev);
+  deliver_early(c, early);
   timeval none{0, 0};  // from now on the event thread waits for as long as the channel lives
   if (::setsockopt(c->sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none) != 0)
     return -errno;  // the event thread would take a quiet channel for a dead daemon

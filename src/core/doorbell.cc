@@ -10,6 +10,10 @@ int arm_doorbell(ShmHeader& h, uint32_t bits) noexcept {
   // seq_cst: the Dekker pair of a locked commit's add-then-load (Producer::commit, unbound).
   // fetch_or: a record waiter and a sub-buffer waiter may share the buffer.
   h.waiters.fetch_or(bits, std::memory_order_seq_cst);
+  return order_arming(h);
+}
+
+int order_arming(const ShmHeader& h) noexcept {
   // The caller's re-check loads the position word and counters with acquire, which the language
   // does not order after a seq_cst store; this fence does (free on x86 after a locked RMW).
   std::atomic_thread_fence(std::memory_order_seq_cst);

@@ -25,4 +25,9 @@ namespace relayfs::core {
 // worst it can do is make every arming cost one system call.
 int arm_doorbell(ShmHeader& h, uint32_t bits) noexcept;
 
+// The ordering half of arm_doorbell, for a reader that armed a word of its own (an mmap
+// reader's bell, bell.h) with a seq_cst store: orders that store before the caller's re-check of
+// h's buffer, against either kind of commit. Same returns.
+int order_arming(const ShmHeader& h) noexcept;
+
 }  // namespace relayfs::core

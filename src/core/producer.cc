@@ -145,6 +145,16 @@ void Producer::ring() noexcept {
     hooks_.wakeup(hooks_.ctx, *this);
 }
 
+// Something a waiting reader may wait for just happened: a sub-buffer completed, a switch ended,
+// the buffer closed. Rings the daemon's doorbell if a reader armed it, and every mmap reader's
+// own bell that is armed (Bells::ring). Called after a seq_cst RMW or store that published the
+// change: with the seq_cst loads of `waiters` and of each bell's `armed`, the Dekker pair of a
+// reader's arming (Consumer::arm_doorbell, arm_bell). Out of line: once per sub-buffer at most.
+void Producer::wake_readers() noexcept {
+  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+  if (hooks_.bells) hooks_.bells->ring();
+}
+
 // The sub-buffer in `slot` whose lap ends at committed count `end` was seen complete. Who sees it
 // is not one writer any more: with the rseq commit (bind_cpu) a commit on the buffer's CPU and an
 // atomic one from elsewhere (a migrated writer, the switch's padding) each add to their own
@@ -159,16 +169,21 @@ void Producer::ring() noexcept {
 // The consumer never relies on this: it decides completeness itself (View::complete). Sub-buffer
 // waiters are rung by the switch that closes a sub-buffer and by every late commit into a closed
 // one (Producer::commit), not here only; ringing here as well is harmless (one ring per arming).
-void Producer::on_complete(uint32_t slot, uint64_t end) noexcept {
+bool Producer::deliver_once(uint32_t slot, uint64_t end) noexcept {
   // relaxed: the count only decides who runs `deliver`; what it reads was made visible by the
   // acquire loads of the counters that proved the sub-buffer complete.
   uint64_t seen = delivered_[slot].load(std::memory_order_relaxed);
   do {
-    if (seen >= end) return;  // delivered already (or a later lap was)
+    if (seen >= end) return false;  // delivered already (or a later lap was)
   } while (!delivered_[slot].compare_exchange_weak(seen, end, std::memory_order_relaxed));
   if (hooks_.deliver) hooks_.deliver(hooks_.ctx, *this, slot, subbuf_data(slot));
+  return true;
+}
+
+void Producer::on_complete(uint32_t slot, uint64_t end) noexcept {
+  deliver_once(slot, end);
   // A whole sub-buffer is ready: what a sub-buffer waiter (an mmap reader) waits for.
-  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+  wake_readers();
 }
 
 // The backstop of on_complete: every closed sub-buffer still in its slot (the last n before
@@ -251,7 +266,7 @@ bool Producer::claim_word(uint64_t* w, uint64_t to) noexcept {
     // gone to sleep on it: wake it to look again. It armed (seq_cst, then a seq_cst fence) before
     // it loaded our value; our seq_cst load comes after the store that replaced that value, so
     // it sees the arming.
-    if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+    wake_readers();
     return false;
   }
   // Ours, and every other writer waits while it is busy: the state the caller asked for.
@@ -373,7 +388,7 @@ void Producer::release_switch(uint64_t word) noexcept {
   // closed sub-buffer, to the writers that reserve next and to readers; and with the load of
   // `waiters` it is the Dekker pair of a reader that arms the doorbell and then looks at the word.
   hdr_->wpos.store(word, std::memory_order_seq_cst);
-  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+  wake_readers();
 }
 
 // With the switch held (wpos busy), w being the word before we took it: closes the current
@@ -401,8 +416,11 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     meta_[slot_of(seq + 1, n_)].start_bytes.store(produced_bytes, std::memory_order_relaxed);
     // The padding counts as committed, so the last of this sub-buffer's writers (or we, if they
     // are all done) sees the counter reach a full lap.
+    // Readers are not woken here but by release_switch, which every switch ends with: until
+    // `produced` moves below, no reader takes this sub-buffer for closed, and a reader woken
+    // now would find nothing and wake again (one wasted wake-up per sub-buffer).
     if (prev_padding != 0 && commit_bytes(prev_slot, lap_base_[prev_slot], prev_padding))
-      on_complete(prev_slot, lap_base_[prev_slot] + size_);
+      deliver_once(prev_slot, lap_base_[prev_slot] + size_);
     // seq_cst: release publishes padding and commit to readers that acquire `produced`; and
     // with the load of `waiters` in release_switch it is the Dekker pair of a reader arming
     // the doorbell.
@@ -537,7 +555,7 @@ void Producer::close() noexcept {
   hdr_->close_off.store(word_off(w), std::memory_order_relaxed);
   // seq_cst: releases close_off to readers that acquire `closed`, and pairs with `waiters`.
   hdr_->closed.store(1, std::memory_order_seq_cst);
-  if (hdr_->waiters.load(std::memory_order_seq_cst) != 0) ring();
+  wake_readers();
   // relay_close has waited for every commit: what completed unseen is delivered now.
   deliver_closed(hdr_->produced.load(std::memory_order_acquire));
 }

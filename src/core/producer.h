@@ -17,6 +17,7 @@
 #include <cstring>
 #include <memory>
 
+#include "core/bell.h"
 #include "core/buffer.h"
 #include "core/geometry.h"
 #include "core/layout.h"
@@ -48,6 +49,9 @@ struct ProducerHooks {
   // A reader armed the doorbell (ShmHeader::waiters) and new data became readable.
   void (*wakeup)(void* ctx, Producer& p) = nullptr;
   void* ctx = nullptr;
+  // The buffer's mmap readers' own bells (bell.h), rung wherever a whole sub-buffer may have
+  // become readable, without the daemon. Null: none. Must outlive the Producer.
+  Bells* bells = nullptr;
   // The client declares overwrite mode. Only loss accounting uses it: a switch refused because
   // the next sub-buffer still has a record in flight is a wrap, even when the buffer is full.
   // Undeclared, the mode is learned when subbuf_start first switches into a full buffer.
@@ -169,9 +173,11 @@ class Producer {
   bool commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept;
   inline uint64_t add_commit(SubbufMeta& m, uint32_t len) noexcept;
   uint64_t add_commit_remote(SubbufMeta& m, uint32_t len) noexcept;
+  bool deliver_once(uint32_t slot, uint64_t end) noexcept;
   void on_complete(uint32_t slot, uint64_t end) noexcept;
   void deliver_closed(uint64_t produced) noexcept;
   void ring() noexcept;
+  void wake_readers() noexcept;
   void open() noexcept;
 
   Buffer* buf_;
@@ -328,12 +334,17 @@ inline void Producer::commit(const Reservation& r) noexcept {
   if (v == r.base + size_) [[unlikely]]
     on_complete(r.slot, v);
   // seq_cst: the locked commit's Dekker pair (a plain load on x86). The doorbell asks for us if
-  // a record waiter is armed, or a sub-buffer waiter and our sub-buffer was closed when we looked
-  // (ours was then a late commit that may have completed it; the switch that closed it rings by
-  // itself). Either our commit's store is seen by the armer's re-check, or this load sees its bit.
+  // a record waiter is armed. Sub-buffer waiters (the daemon's, and mmap readers' bells) are rung
+  // by the switch that closed our sub-buffer; but if it was closed when we looked, ours was a late
+  // commit that may have completed it, unseen by on_complete when a commit on another CPU raced
+  // ours (layout.h, committed()): then every kind of waiter is asked (wake_readers). Either our
+  // commit's store is seen by the armer's re-check, or the loads there see its arming.
   const uint32_t want = hdr_->waiters.load(std::memory_order_seq_cst);
-  if (want != 0) [[unlikely]]
-    if ((want & kWakeRecord) || word_slot(w) != r.slot || word_off(w) > size_) ring();
+  const bool late = word_slot(w) != r.slot || word_off(w) > size_;
+  if (late) [[unlikely]]
+    wake_readers();
+  else if (want & kWakeRecord) [[unlikely]]
+    ring();
 }
 
 inline int Producer::reserve_held(size_t len, Reservation* r) noexcept {

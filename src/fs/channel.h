@@ -5,6 +5,7 @@
 #include <fuse_lowlevel.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -16,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/bell.h"
 #include "core/buffer.h"
 #include "core/consumer.h"
 #include "core/fd.h"
@@ -58,6 +60,10 @@ struct Poller {
   fuse_pollhandle* ph = nullptr;
   bool whole_subbufs = false;
   const void* file = nullptr;  // the open file it polls: the kernel keeps one handle per file
+  // It asked for POLLIN. An mmap reader with a bell (core/bell.h) watches its file only for
+  // POLLERR/POLLHUP: it is told about the end (finalize), and never arms the doorbell, since
+  // the producer rings the reader itself.
+  bool data = true;
 };
 
 // What a relay file reads from: one buffer, or the merged view of a channel's buffers. The
@@ -126,6 +132,26 @@ class Source {
   uint64_t owner_;
 };
 
+// An mmap reader's bell (core/bell.h), as the daemon keeps it: to send the reader back to the
+// FUSE file once the channel is finalized (`fallback`, then a ring), and to tell the producer
+// when the reader goes (kBellGone). Owned by the reader's connection and listed in its buffer.
+struct ReaderBell {
+  uint32_t id = 0;
+  core::Mapping page;  // core::BellPage; the daemon only writes `fallback`
+  core::UniqueFd efd;
+
+  // The channel is finalized: the reader polls its relay file again, which reports the tail
+  // and then POLLERR, and is woken now to see it. Any thread, with its buffer's mu held.
+  void fall_back() noexcept {
+    // release: nothing to publish but the flag; the reader's acquire load pairs with it.
+    reinterpret_cast<core::BellPage*>(page.bytes())->fallback.store(1, std::memory_order_release);
+    const uint64_t one = 1;
+    if (::write(efd.get(), &one, sizeof one) < 0) {
+      // EAGAIN only, at a counter the reader has not read: it is awake already.
+    }
+  }
+};
+
 // One channel buffer: one per-CPU (or the global) relay file: the daemon's side of a producer's
 // shared buffer. Everything but the constructor's arguments requires mu held.
 class RelayBuffer final : public Source {
@@ -144,6 +170,8 @@ class RelayBuffer final : public Source {
   }
 
   int fixed_index = -1;  // io_uring fixed-buffer slot, -1 if not registered (loop thread)
+  // Bells of its mmap readers, at most core::kMaxBells: guarded by mu.
+  std::vector<std::shared_ptr<ReaderBell>> bells;
 
   ssize_t consume(void* dst, size_t count, Pieces* from) override {
     const ssize_t n = cons_.read(dst, count);
@@ -172,7 +200,10 @@ class RelayBuffer final : public Source {
   RelayBuffer* buffer() override { return this; }
 
   // The consumer's other ways in (core/consumer.h).
-  void finalize() { cons_.finalize(); }
+  void finalize() {
+    cons_.finalize();
+    for (auto& bell : bells) bell->fall_back();
+  }
   uint64_t expire() { return cons_.expire(); }
   int subbufs_consumed(uint64_t n) { return cons_.subbufs_consumed(n); }
   int consume_upto(uint32_t gen, uint64_t seq) { return cons_.consume_upto(gen, seq); }

@@ -22,6 +22,7 @@
 namespace relayfs::fs {
 
 class RelayBuffer;
+struct ReaderBell;
 
 // Who is on the other end, from the socket's SO_PEERCRED and SO_PEERGROUPS.
 struct Peer {
@@ -46,6 +47,8 @@ class Connection {
   Charge charge;         // its user's connection count (quota.h), given back when it closes
   // The buffer this connection's reader mapped (relay_reader_open), if any. Loop thread only.
   std::shared_ptr<RelayBuffer> mapped;
+  // Its bell, if the daemon gave it one (also in mapped->bells). Loop thread only.
+  std::shared_ptr<ReaderBell> bell;
 
   int fd() const { return fd_.get(); }  // loop thread: valid until close()
 

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/bell.h"
 #include "core/geometry.h"
 #include "core/layout.h"
 #include "fs/channel.h"
@@ -55,14 +56,6 @@ size_t fds_allowed(int fd) {
                                                                                : 3;
 }
 
-// Whether fd is an eventfd: the doorbell an adopting producer brings. /proc/self/fd is read, not
-// the file: nothing a client passed is asked anything that could block.
-bool is_eventfd(int fd) {
-  char link[64];
-  const std::string self = "/proc/self/fd/" + std::to_string(fd);
-  const ssize_t n = ::readlink(self.c_str(), link, sizeof link);
-  return n > 0 && std::string_view(link, static_cast<size_t>(n)) == "anon_inode:[eventfd]";
-}
 
 // Who is on the other end of fd. Returns 0 or -errno.
 int peer_of(int fd, Peer* p) {
@@ -234,8 +227,16 @@ void ControlServer::on_message(Connection& c, proto::Received& r) {
       proto::ReaderOpenReply reply{};
       core::UniqueFd ro;
       if (int rc = do_reader_open(c, r, &reply, &ro); rc != 0) reply = {rc, 0, 0, 0};
-      const int fd = ro.get();
-      c.send(proto::encode(reply, seq), ro ? &fd : nullptr, ro ? 1 : 0);
+      std::vector<int> fds;
+      if (ro) fds.push_back(ro.get());
+      // The page's descriptor is not kept: the mapping is what the daemon needs.
+      core::UniqueFd page;
+      proto::ReaderOpenRequest req;
+      if (ro && proto::decode(r.payload.data(), r.payload.size(), &req) == 0 &&
+          (req.flags & proto::kReaderBell))
+        give_bell(c, &page);
+      if (c.bell) fds.insert(fds.end(), {page.get(), c.bell->efd.get()});
+      c.send(proto::encode(reply, seq), fds.data(), fds.size());
       return;
     }
     case proto::Type::kReaderConsumed:
@@ -285,7 +286,7 @@ int ControlServer::do_open(Connection& c, proto::Received& r, proto::OpenReply* 
     // descriptors stay in r.fds, closed through the ring.
     for (unsigned i = 0; i < n; ++i)
       if (::fcntl(r.fds[i].get(), F_GET_SEALS) < 0) return -EINVAL;
-    if (!is_eventfd(r.fds[n].get())) return -EINVAL;
+    if (!core::is_eventfd(r.fds[n].get())) return -EINVAL;
     std::vector<std::pair<dev_t, ino_t>> seen;
     for (unsigned i = 0; i < n; ++i) {
       struct stat st;
@@ -470,6 +471,58 @@ int ControlServer::do_reader_open(Connection& c, const proto::Received& r,
   return 0;
 }
 
+// A bell for the reader c just mapped its buffer for (core/bell.h), handed to the buffer's
+// producer first (kBell), so that the reader, which gets it with the reply, is rung from its
+// first wait on. *page: the page's descriptor, for the reply. Best effort: a reader without a
+// bell (over kMaxBells readers, out of descriptors, no producer) wakes through its FUSE file.
+void ControlServer::give_bell(Connection& c, core::UniqueFd* page) {
+  const std::shared_ptr<RelayBuffer>& b = c.mapped;
+  // Kept: the eventfd; passed on and closed: the page's descriptor.
+  if (access_.admit_fds(c.peer.uid, 2) != 0) return;
+  std::shared_ptr<Connection> producer = conns_.get(b->owner());
+  if (!producer) return;  // gone: its channel is finalized, or about to be
+  auto bell = std::make_shared<ReaderBell>();
+  access_.fds().made(2);
+  core::UniqueFd fd;
+  if (core::make_bell_page(&fd) != 0 ||
+      core::Mapping::map(fd.get(), core::kBellPageSize, PROT_READ | PROT_WRITE, &bell->page) != 0)
+    return;
+  bell->efd.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!bell->efd) return;
+  bell->id = ++next_bell_;
+  if (bell->id == 0) bell->id = ++next_bell_;  // never 0, even after wrapping
+  {
+    std::lock_guard lk(b->mu);
+    // A finalized buffer will never be rung by its producer; bounded per buffer.
+    if (b->finalized() || b->bells.size() >= core::kMaxBells) return;
+    b->bells.push_back(bell);
+  }
+  const int fds[2] = {fd.get(), bell->efd.get()};
+  if (producer->send(proto::encode_event(proto::Type::kBell, proto::BellEvent{b->channel_id(), b->index(),
+                                                               bell->id}),
+                     fds, 2) != 0) {
+    std::lock_guard lk(b->mu);
+    std::erase(b->bells, bell);
+    return;
+  }
+  c.bell = std::move(bell);
+  *page = std::move(fd);
+}
+
+// The reader of c went away: its producer forgets the bell (kBellGone), the buffer drops it.
+void ControlServer::drop_bell(Connection& c) {
+  if (!c.bell || !c.mapped) return;
+  const std::shared_ptr<RelayBuffer>& b = c.mapped;
+  {
+    std::lock_guard lk(b->mu);
+    std::erase(b->bells, c.bell);
+  }
+  if (std::shared_ptr<Connection> producer = conns_.get(b->owner()))
+    producer->send(proto::encode_event(proto::Type::kBellGone,
+                                       proto::BellEvent{b->channel_id(), b->index(), c.bell->id}));
+  c.bell.reset();
+}
+
 // The reply comes once the sub-buffers are released, so a reader's relay_reader_consumed has
 // taken effect when it returns, as the kernel's relay_subbufs_consumed has.
 int ControlServer::do_reader_consumed(Connection& c, const proto::Received& r) {
@@ -496,6 +549,7 @@ void ControlServer::close_connection(uint64_t id) {
   for (auto& ch : registry_.owned_by(id)) hooks_.finalize(ch);
   drop_controls(id);
   recorder_.stop(id, true);
+  drop_bell(*c);
   c->mapped.reset();
   c->charge.reset();
   // Both its watches go: a pending POLLOUT wait would keep the socket open (it holds the file).

@@ -68,6 +68,8 @@ class ControlServer {
   int do_reader_open(Connection& c, const proto::Received& r, proto::ReaderOpenReply* reply,
                      core::UniqueFd* ro);
   int do_reader_consumed(Connection& c, const proto::Received& r);
+  void give_bell(Connection& c, core::UniqueFd* page);
+  void drop_bell(Connection& c);
   // Outside control (outside.cc): 0 once passed to the producer, whose answer comes later.
   int do_control(Connection& c, const proto::Received& r);
   void do_control_done(Connection& c, const proto::Received& r);
@@ -86,6 +88,7 @@ class ControlServer {
   std::string name_;
   core::UniqueFd listen_fd_;
   std::unordered_map<uint32_t, PendingControl> pending_controls_;  // by the seq sent to the producer
+  uint32_t next_bell_ = 0;  // the last bell number given (give_bell); loop thread
   uint32_t next_control_seq_ = 1;
 };
 

@@ -269,7 +269,7 @@ void Daemon::notify_owner(const Source& s, bool mapped) noexcept {
     std::shared_ptr<Connection> c = conns_.get(b->owner());
     if (!c) return;
     c->send(proto::encode_event(mapped ? proto::Type::kMapped : proto::Type::kUnmapped,
-                                {b->channel_id(), b->index()}));
+                                proto::BufferEvent{b->channel_id(), b->index()}));
   } catch (const std::exception& e) {
     // Out of memory: the producer misses this one callback; the file itself works on.
     std::fprintf(stderr, "relayfs: %s event of channel %u buffer %u lost: %s\n",

@@ -405,7 +405,14 @@ void Files::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
   {
     std::lock_guard lk(s.mu);
     const bool whole = fh->whole_subbufs;
+    // An mmap reader with a bell asks only for POLLERR/POLLHUP (relay_reader_open); 0 is an
+    // old kernel that does not say what it asks.
+    const bool data = fi->poll_events == 0 || (fi->poll_events & (POLLIN | POLLRDNORM)) != 0;
     auto check = [&] {
+      if (!data) {  // only the end: what the reader does not ask for must not end its wait
+        if (whole ? s.finalized() : s.drained()) revents = POLLERR;
+        return;
+      }
       if (whole ? s.subbuf_ready() : s.data_available()) revents = POLLIN | POLLRDNORM;
       // An mmap reader cannot take the part of a sub-buffer that never closed: once the channel
       // is finalized there is nothing more for it (producers flush before closing, as the spec
@@ -425,18 +432,21 @@ void Files::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
                                  [&](const Poller& p) { return p.file == fh; });
         if (same != s.polls.end()) {
           fuse_pollhandle_destroy(same->ph);
-          *same = {ph, whole, fh};
+          *same = {ph, whole, fh, data};
         } else {
           try {
-            s.polls.push_back({ph, whole, fh});
+            s.polls.push_back({ph, whole, fh, data});
           } catch (...) {
             fuse_pollhandle_destroy(ph);
             throw;
           }
         }
-        s.arm_doorbell(whole);
-        // A record committed between the check above and the arming is seen here.
-        check();
+        // A poller that wants only the end needs no doorbell: finalize notifies it.
+        if (data) {
+          s.arm_doorbell(whole);
+          // A record committed between the check above and the arming is seen here.
+          check();
+        }
       }
     }
   }
@@ -531,8 +541,11 @@ bool Files::service(const std::shared_ptr<Source>& s) {
       const bool records = s->data_available() || s->drained();
       const bool subbufs = s->subbuf_ready() || s->finalized();
       std::erase_if(s->polls, [&](const Poller& p) {
-        if (!(p.whole_subbufs ? subbufs : records)) {
-          (p.whole_subbufs ? want_subbufs : want_records) = true;
+        // One that wants only the end (p.data false) hears of nothing else, and arms nothing.
+        const bool news = p.data ? (p.whole_subbufs ? subbufs : records)
+                                 : (p.whole_subbufs ? s->finalized() : s->drained());
+        if (!news) {
+          if (p.data) (p.whole_subbufs ? want_subbufs : want_records) = true;
           return false;
         }
         ready.push_back(p.ph);

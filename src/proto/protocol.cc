@@ -58,6 +58,13 @@ struct ConsumedWire {
 
 struct ReaderOpenWire {
   uint64_t ino;
+  uint32_t flags;
+  uint32_t reserved;
+};
+struct BellWire {
+  uint32_t channel_id;
+  uint32_t buffer;
+  uint32_t bell;
 };
 struct ReaderOpenReplyWire {
   int32_t status;
@@ -168,7 +175,7 @@ int check_header(const Header& h) {
   if (h.magic != kMagic) return -EPROTO;
   if (h.version != kVersion) return -EPROTONOSUPPORT;
   if (h.type < static_cast<uint16_t>(Type::kOpen) ||
-      h.type > static_cast<uint16_t>(Type::kAdopt))
+      h.type > static_cast<uint16_t>(Type::kLastType))
     return -EPROTO;
   if (h.length > kMaxPayload) return -EPROTO;
   return 0;
@@ -200,6 +207,10 @@ std::vector<char> encode_status(Type t, const Status& m, uint32_t seq) {
 
 std::vector<char> encode_event(Type t, const BufferEvent& m) {
   return message(t, 0, EventWire{m.channel_id, m.buffer});
+}
+
+std::vector<char> encode_event(Type t, const BellEvent& m) {
+  return message(t, 0, BellWire{m.channel_id, m.buffer, m.bell});
 }
 
 std::vector<char> encode(const ConsumedRequest& m, uint32_t seq) {
@@ -255,8 +266,16 @@ int decode(const char* p, size_t len, BufferEvent* out) {
                           [](const EventWire& w) { return BufferEvent{w.channel_id, w.buffer}; });
 }
 
+int decode(const char* p, size_t len, BellEvent* out) {
+  BellWire w;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  if (w.bell == 0) return -EPROTO;
+  *out = {w.channel_id, w.buffer, w.bell};
+  return 0;
+}
+
 std::vector<char> encode(const ReaderOpenRequest& m, uint32_t seq) {
-  return message(Type::kReaderOpen, seq, ReaderOpenWire{m.ino});
+  return message(Type::kReaderOpen, seq, ReaderOpenWire{m.ino, m.flags, 0});
 }
 
 std::vector<char> encode(const ReaderOpenReply& m, uint32_t seq) {
@@ -269,8 +288,12 @@ std::vector<char> encode(const ReaderConsumed& m, uint32_t seq) {
 }
 
 int decode(const char* p, size_t len, ReaderOpenRequest* out) {
-  return plain<ReaderOpenWire>(p, len, out,
-                               [](const ReaderOpenWire& w) { return ReaderOpenRequest{w.ino}; });
+  ReaderOpenWire w;
+  if (int rc = exact(p, len, &w); rc) return rc;
+  if (w.reserved != 0) return -EPROTO;
+  if (w.flags & ~kReaderFlagsKnown) return -EINVAL;
+  *out = {w.ino, w.flags};
+  return 0;
 }
 
 int decode(const char* p, size_t len, ReaderOpenReply* out) {

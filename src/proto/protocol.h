@@ -25,7 +25,8 @@ inline constexpr uint32_t kMagic = 0x52465343;  // "RFSC"
 // 3: kAdopt; buffers are shared-memory layout 4 (with the consumer record).
 // 4: kRecord resumes (RecordRequest's flags, offset, stream, position; the state descriptor),
 //    and its reply says where the buffer's reader stands.
-inline constexpr uint16_t kVersion = 4;
+// 5: kBell, kBellGone; kReaderOpenReply may carry a reader's bell (core/bell.h).
+inline constexpr uint16_t kVersion = 5;
 inline constexpr uint32_t kMaxPayload = 8192;
 inline constexpr size_t kMaxName = 255;  // NAME_MAX
 inline constexpr size_t kMaxFds = 253;   // SCM_MAX_FD
@@ -54,6 +55,10 @@ enum class Type : uint16_t {
   kRecordEvent,          // daemon -> recorder: progress or end of one recording (RecordEvent)
   kAdopt,                // producer -> daemon: re-create a channel with the buffers it brings
                          // from a daemon that died (OpenRequest, adopt > 0); kOpenReply
+  kBell,                 // daemon -> producer: a reader's bell for one buffer (BellEvent); its
+                         // page memfd and eventfd follow
+  kBellGone,             // daemon -> producer: that reader went away (BellEvent, no fds)
+  kLastType = kBellGone
 };
 
 struct Header {
@@ -114,11 +119,24 @@ struct ConsumedRequest {  // kConsumed
   uint64_t count = 0;
 };
 
+// ReaderOpenRequest::flags.
+inline constexpr uint32_t kReaderBell = 1u << 0;  // give the reader a bell (core/bell.h)
+inline constexpr uint32_t kReaderFlagsKnown = kReaderBell;
+
 struct ReaderOpenRequest {  // kReaderOpen
   uint64_t ino = 0;         // the relay file, by its inode number in the mount
+  uint32_t flags = 0;       // kReader*
 };
 
-struct ReaderOpenReply {  // kReaderOpenReply; one fd follows on success
+struct BellEvent {  // kBell, kBellGone
+  uint32_t channel_id = 0;
+  uint32_t buffer = 0;
+  uint32_t bell = 0;  // the daemon's number for it, never 0
+};
+
+// kReaderOpenReply; on success the buffer's read-only fd follows, then, if the reader asked for
+// a bell (kReaderBell) and the daemon gave one, its page memfd and its eventfd (three in all).
+struct ReaderOpenReply {
   int32_t status = 0;
   uint32_t subbuf_size = 0;
   uint32_t n_subbufs = 0;
@@ -243,6 +261,7 @@ std::vector<char> encode(const OpenReply& m, uint32_t seq);
 std::vector<char> encode(const CloseRequest& m, uint32_t seq);
 std::vector<char> encode_status(Type t, const Status& m, uint32_t seq);
 std::vector<char> encode_event(Type t, const BufferEvent& m);
+std::vector<char> encode_event(Type t, const BellEvent& m);  // kBell, kBellGone
 std::vector<char> encode(const ConsumedRequest& m, uint32_t seq);
 std::vector<char> encode(const ReaderOpenRequest& m, uint32_t seq);
 std::vector<char> encode(const ReaderOpenReply& m, uint32_t seq);
@@ -266,8 +285,9 @@ int decode(const char* payload, size_t len, OpenReply* out);
 int decode(const char* payload, size_t len, CloseRequest* out);
 int decode(const char* payload, size_t len, Status* out);
 int decode(const char* payload, size_t len, BufferEvent* out);
+int decode(const char* payload, size_t len, BellEvent* out);  // -EPROTO: bell 0
 int decode(const char* payload, size_t len, ConsumedRequest* out);
-int decode(const char* payload, size_t len, ReaderOpenRequest* out);
+int decode(const char* payload, size_t len, ReaderOpenRequest* out);  // -EINVAL: unknown flags
 int decode(const char* payload, size_t len, ReaderOpenReply* out);
 int decode(const char* payload, size_t len, ReaderConsumed* out);
 int decode(const char* payload, size_t len, ControlRequest* out);  // -EINVAL: unknown op

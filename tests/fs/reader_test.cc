@@ -759,3 +759,235 @@ TEST_CASE("once the producer closes the buffer, an mmap reader gets its tail, po
   CHECK(wait_for([&] { return !exists(m.path("tl0")); }));
   CHECK(relay_reader_close(r) == 0);
 }
+
+// ---- The reader's own bell (core/bell.h) --------------------------------------------------------
+
+namespace {
+
+// SIGSTOPs the daemon for as long as it lives, and lets it go on however the test ends.
+struct Stopped {
+  explicit Stopped(pid_t pid) : pid(pid) { REQUIRE(::kill(pid, SIGSTOP) == 0); }
+  ~Stopped() { ::kill(pid, SIGCONT); }
+  pid_t pid;
+};
+
+// Reads every whole sub-buffer there is and releases it; returns how many.
+int drain(relay_reader* r) {
+  relay_subbuf sb{};
+  int n = 0;
+  while (relay_reader_next(r, &sb) == 1) {
+    REQUIRE(relay_reader_consumed(r, 1) == 0);
+    ++n;
+  }
+  return n;
+}
+
+// Polls r until the file says the channel ended and is drained (POLLERR or POLLHUP without
+// POLLIN), reading what comes meanwhile. Returns the sub-buffers read, or -1 after 50 polls
+// (a descriptor that keeps saying POLLIN with nothing to read spins) or a 5 s silence.
+int read_to_end(relay_reader* r) {
+  int n = 0;
+  for (int polls = 0; polls < 50; ++polls) {
+    n += drain(r);
+    pollfd p{r->fd, POLLIN, 0};
+    if (::poll(&p, 1, 5000) != 1) return -1;
+    if ((p.revents & (POLLERR | POLLHUP)) && !(p.revents & POLLIN)) return n;
+  }
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("an mmap reader's poll() wakes through its own bell, rung by the producer while the "
+          "daemon is stopped; with nothing new it sleeps") {
+  Mount m;
+  constexpr size_t kSub = 256;
+  rchan* c = open_global(m.dir, "bell", kSub, 8);
+  relay_reader* r = relay_reader_open(m.path("bell0").c_str());
+  REQUIRE(r != nullptr);
+  REQUIRE(r->fd != r->file);  // it has a bell: fd is the descriptor that waits on it
+  // The first poll returns at once (the reader looks before it first sleeps), then none does
+  // while nothing comes: relay_reader_next drained the bell before arming it.
+  pollfd p{r->fd, POLLIN, 0};
+  CHECK(::poll(&p, 1, 0) == 1);
+  CHECK(drain(r) == 0);
+  for (int i = 0; i < 3; ++i) {
+    p.revents = 0;
+    CHECK(::poll(&p, 1, 100) == 0);
+  }
+  {
+    // With the daemon stopped, nothing of the FUSE path can wake anybody: a wake-up now is the
+    // producer's write to the reader's eventfd.
+    Stopped stop(m.pid);
+    write_records(c, 0, 3);
+    REQUIRE(relay_flush(c) == 0);
+    p.revents = 0;
+    CHECK(::poll(&p, 1, 5000) == 1);
+    CHECK((p.revents & POLLIN) != 0);
+    relay_subbuf sb{};
+    REQUIRE(relay_reader_next(r, &sb) == 1);  // the mapping reads without the daemon too
+    CHECK(std::string(static_cast<const char*>(sb.data), sb.length) ==
+          record(0) + record(1) + record(2));
+  }
+  REQUIRE(relay_reader_consumed(r, 1) == 0);
+  CHECK(drain(r) == 0);
+  p.revents = 0;
+  CHECK(::poll(&p, 1, 100) == 0);
+  REQUIRE(relay_close(c) == 0);
+  CHECK(read_to_end(r) == 0);
+  CHECK(relay_reader_close(r) == 0);
+}
+
+TEST_CASE("no wake-up is lost when the reader arms its bell while the producer commits: 3000 "
+          "rounds of one record each, and poll() never returns for nothing twice in a row") {
+  Mount m;
+  constexpr size_t kSub = 256;
+  rchan* c = open_global(m.dir, "race", kSub, 8);
+  relay_reader* r = relay_reader_open(m.path("race0").c_str());
+  REQUIRE(r != nullptr);
+  REQUIRE(r->fd != r->file);
+  constexpr int kRounds = 3000;
+  std::atomic<int> taken{0};  // rounds the reader has consumed
+  std::atomic<bool> stop{false};
+  std::thread producer([&] {
+    // Each round's record goes in as soon as the reader has taken the last one: right when it
+    // is about to arm and sleep, or in the middle of it.
+    for (int i = 0; i < kRounds && !stop; ++i) {
+      while (taken.load() < i && !stop) {
+      }
+      const std::string rec = record(i);
+      if (relay_write(c, rec.data(), rec.size()) != 0 || relay_flush(c) != 0) stop = true;
+    }
+  });
+  int lost = 0, empty = 0, empty_in_a_row = 0, worst_in_a_row = 0;
+  relay_subbuf sb{};
+  for (int i = 0; i < kRounds && !stop;) {
+    if (relay_reader_next(r, &sb) == 1) {
+      if (std::string(static_cast<const char*>(sb.data), sb.length) != record(i)) break;
+      REQUIRE(relay_reader_consumed(r, 1) == 0);
+      taken = ++i;
+      empty_in_a_row = 0;
+      continue;
+    }
+    pollfd p{r->fd, POLLIN, 0};
+    if (::poll(&p, 1, 5000) != 1) {  // the record is in, the reader is asleep: lost
+      ++lost;
+      break;
+    }
+    // Woken: the next relay_reader_next must find the record, or (a ring already counted
+    // for the record before) find nothing once and then sleep.
+    if (relay_reader_next(r, &sb) == 0) {
+      ++empty;
+      worst_in_a_row = std::max(worst_in_a_row, ++empty_in_a_row);
+      continue;
+    }
+    if (std::string(static_cast<const char*>(sb.data), sb.length) != record(i)) break;
+    REQUIRE(relay_reader_consumed(r, 1) == 0);
+    taken = ++i;
+    empty_in_a_row = 0;
+  }
+  stop = true;
+  producer.join();
+  CHECK(lost == 0);
+  CHECK(taken.load() == kRounds);
+  CHECK(worst_in_a_row <= 1);  // never a spin
+  MESSAGE("empty wake-ups: " << empty << " in " << kRounds << " rounds");
+  CHECK(relay_reader_close(r) == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("a SIGKILLed producer's mmap reader with a bell is woken, reads what was flushed, and "
+          "sees the end") {
+  Mount m;
+  constexpr size_t kSub = 256;
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    rchan_callbacks cb{};
+    cb.create_buf_file = &make_global<0440>;
+    rchan* c = relay_open("kp", m.dir.c_str(), kSub, 8, &cb, nullptr);
+    if (!c) ::_exit(1);
+    for (int i = 0; i < 3; ++i) {
+      const std::string rec = record(i);
+      if (relay_write(c, rec.data(), rec.size()) != 0) ::_exit(2);
+    }
+    if (relay_flush(c) != 0) ::_exit(3);
+    char x = 1;
+    if (::write(ready[1], &x, 1) != 1) ::_exit(4);
+    ::pause();
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  char x;
+  REQUIRE(::read(ready[0], &x, 1) == 1);
+  ::close(ready[0]);
+  relay_reader* r = relay_reader_open(m.path("kp0").c_str());
+  REQUIRE(r != nullptr);
+  CHECK(r->fd != r->file);
+  CHECK(drain(r) == 1);
+  pollfd p{r->fd, POLLIN, 0};
+  CHECK(::poll(&p, 1, 100) == 0);  // armed, asleep
+  ::kill(child, SIGKILL);
+  int st;
+  ::waitpid(child, &st, 0);
+  // The daemon finalizes the channel and rings the bell itself: no producer will.
+  p.revents = 0;
+  CHECK(::poll(&p, 1, 5000) == 1);
+  CHECK(read_to_end(r) == 0);
+  CHECK(relay_reader_close(r) == 0);
+}
+
+TEST_CASE("a buffer hands out at most 16 bells; the readers past them wake through the file, and "
+          "a bell given back is handed out again") {
+  Mount m;
+  constexpr size_t kSub = 256;
+  rchan* c = open_global(m.dir, "many", kSub, 8);
+  std::vector<relay_reader*> rs;
+  for (int i = 0; i < 20; ++i) {
+    rs.push_back(relay_reader_open(m.path("many0").c_str()));
+    REQUIRE(rs.back() != nullptr);
+    CHECK((rs.back()->fd != rs.back()->file) == (i < 16));
+  }
+  for (auto* r : rs) CHECK(drain(r) == 0);
+  write_records(c, 0, 3);
+  REQUIRE(relay_flush(c) == 0);
+  // Every reader is woken, with a bell or without: they share one position, so the first one
+  // to take the sub-buffer takes it for all; the others must still be woken (and find nothing).
+  for (auto* r : rs) {
+    pollfd p{r->fd, POLLIN, 0};
+    CHECK(::poll(&p, 1, 5000) == 1);
+  }
+  for (size_t i = 1; i < rs.size(); ++i) CHECK(relay_reader_close(rs[i]) == 0);
+  rs.resize(1);
+  // The daemon learns of the closes asynchronously: a bell comes back once it has.
+  relay_reader* again = nullptr;
+  CHECK(wait_for([&] {
+    if (again) relay_reader_close(again);
+    again = relay_reader_open(m.path("many0").c_str());
+    return again && again->fd != again->file;
+  }));
+  if (again) relay_reader_close(again);
+  CHECK(relay_reader_close(rs[0]) == 0);
+  CHECK(relay_close(c) == 0);
+}
+
+TEST_CASE("RELAYFS_READER_BELL=0 keeps the relay file as the descriptor to poll") {
+  Mount m;
+  rchan* c = open_global(m.dir, "nb", 256, 8);
+  ::setenv("RELAYFS_READER_BELL", "0", 1);
+  relay_reader* r = relay_reader_open(m.path("nb0").c_str());
+  ::unsetenv("RELAYFS_READER_BELL");
+  REQUIRE(r != nullptr);
+  CHECK(r->fd == r->file);
+  CHECK(drain(r) == 0);
+  write_records(c, 0, 3);
+  REQUIRE(relay_flush(c) == 0);
+  pollfd p{r->fd, POLLIN, 0};
+  CHECK(::poll(&p, 1, 5000) == 1);
+  CHECK(drain(r) == 1);
+  REQUIRE(relay_close(c) == 0);
+  CHECK(read_to_end(r) == 0);
+  CHECK(relay_reader_close(r) == 0);
+}

@@ -98,10 +98,22 @@ TEST_CASE("every other message round-trips") {
   ConsumedRequest cr;
   REQUIRE(decode(payload_of(m), header_of(m).length, &cr) == 0);
   CHECK(cr.count == 3);
-  m = encode(ReaderOpenRequest{77}, 5);
+  m = encode(ReaderOpenRequest{77, kReaderBell}, 5);
   ReaderOpenRequest ro;
   REQUIRE(decode(payload_of(m), header_of(m).length, &ro) == 0);
   CHECK(ro.ino == 77);
+  CHECK(ro.flags == kReaderBell);
+  m = encode(ReaderOpenRequest{77, 1u << 7}, 5);  // a flag nobody knows
+  CHECK(decode(payload_of(m), header_of(m).length, &ro) == -EINVAL);
+  m = encode_event(Type::kBell, BellEvent{4, 1, 9});
+  BellEvent be;
+  REQUIRE(decode(payload_of(m), header_of(m).length, &be) == 0);
+  CHECK(be.channel_id == 4);
+  CHECK(be.buffer == 1);
+  CHECK(be.bell == 9);
+  m = encode_event(Type::kBellGone, BellEvent{4, 1, 0});  // bell 0 is nobody's
+  CHECK(decode(payload_of(m), header_of(m).length, &be) == -EPROTO);
+  CHECK(decode(payload_of(m), header_of(m).length - 1, &be) == -EPROTO);
   m = encode(ReaderOpenReply{0, 4096, 8, 1}, 6);
   ReaderOpenReply rr;
   REQUIRE(decode(payload_of(m), header_of(m).length, &rr) == 0);
@@ -240,7 +252,7 @@ TEST_CASE("recording messages round-trip; bad alignments, kinds and junk are ref
 
   Header h{kMagic, kVersion, static_cast<uint16_t>(Type::kRecordEvent), 8, 0};
   CHECK(check_header(h) == 0);
-  h.type = static_cast<uint16_t>(Type::kAdopt) + 1;
+  h.type = static_cast<uint16_t>(Type::kLastType) + 1;
   CHECK(check_header(h) == -EPROTO);
 }
 
@@ -300,7 +312,7 @@ TEST_CASE("headers with a bad magic, version, type or length are refused") {
   CHECK(check_header(bad) == -EPROTO);
   bad.type = 999;
   CHECK(check_header(bad) == -EPROTO);
-  bad.type = static_cast<uint16_t>(Type::kAdopt) + 1;  // the last type + 1
+  bad.type = static_cast<uint16_t>(Type::kLastType) + 1;  // the last type + 1
   CHECK(check_header(bad) == -EPROTO);
   bad = h;
   bad.length = kMaxPayload + 1;
