@@ -11,10 +11,10 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -142,9 +142,8 @@ int open_reader(Reader* r, const char* path) {
   if (::ioctl(r->file.get(), proto::kIocSubbufPoll) != 0)
     return errno == ENOTTY ? -ENOTSUP : -errno;
 
-  if (int rc = proto::send_message(r->sock.get(),
-                                   proto::encode(proto::ReaderOpenRequest{st.st_ino, bell_wanted() ? proto::kReaderBell : 0u}, r->seq++));
-      rc)
+  const proto::ReaderOpenRequest req{st.st_ino, bell_wanted() ? proto::kReaderBell : 0u};
+  if (int rc = proto::send_message(r->sock.get(), proto::encode(req, r->seq++)); rc)
     return proto::send_failure(r->sock.get(), rc);
   proto::Received m;
   const int rc = proto::recv_message(r->sock.get(), &m, 3);

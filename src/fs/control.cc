@@ -226,16 +226,14 @@ void ControlServer::on_message(Connection& c, proto::Received& r) {
     case proto::Type::kReaderOpen: {
       proto::ReaderOpenReply reply{};
       core::UniqueFd ro;
-      if (int rc = do_reader_open(c, r, &reply, &ro); rc != 0) reply = {rc, 0, 0, 0};
+      bool wants_bell = false;
+      if (int rc = do_reader_open(c, r, &reply, &ro, &wants_bell); rc != 0) reply = {rc, 0, 0, 0};
       std::vector<int> fds;
       if (ro) fds.push_back(ro.get());
       // The page's descriptor is not kept: the mapping is what the daemon needs.
       core::UniqueFd page;
-      proto::ReaderOpenRequest req;
-      if (ro && proto::decode(r.payload.data(), r.payload.size(), &req) == 0 &&
-          (req.flags & proto::kReaderBell))
-        give_bell(c, &page);
-      if (c.bell) fds.insert(fds.end(), {page.get(), c.bell->efd.get()});
+      if (ro && wants_bell) give_bell(c, &page);
+      if (page) fds.insert(fds.end(), {page.get(), c.bell->efd.get()});  // given just now
       c.send(proto::encode(reply, seq), fds.data(), fds.size());
       return;
     }
@@ -452,9 +450,11 @@ void ControlServer::do_consumed(Connection& c, const proto::Received& r) {
 // read the file. The reader keeps the file open meanwhile (it polls it), so buf_mapped and
 // buf_unmapped follow its life through open and release.
 int ControlServer::do_reader_open(Connection& c, const proto::Received& r,
-                                  proto::ReaderOpenReply* reply, core::UniqueFd* ro) {
+                                  proto::ReaderOpenReply* reply, core::UniqueFd* ro,
+                                  bool* wants_bell) {
   proto::ReaderOpenRequest req;
   if (int rc = proto::decode(r.payload.data(), r.payload.size(), &req)) return rc;
+  *wants_bell = (req.flags & proto::kReaderBell) != 0;
   if (c.mapped) return -EBUSY;  // one reader per connection
   std::shared_ptr<RelayBuffer> b;
   if (int rc = access_.readable_buffer(c.peer, req.ino, &b)) return rc;
@@ -498,9 +498,8 @@ void ControlServer::give_bell(Connection& c, core::UniqueFd* page) {
     b->bells.push_back(bell);
   }
   const int fds[2] = {fd.get(), bell->efd.get()};
-  if (producer->send(proto::encode_event(proto::Type::kBell, proto::BellEvent{b->channel_id(), b->index(),
-                                                               bell->id}),
-                     fds, 2) != 0) {
+  const proto::BellEvent ev{b->channel_id(), b->index(), bell->id};
+  if (producer->send(proto::encode_event(proto::Type::kBell, ev), fds, 2) != 0) {
     std::lock_guard lk(b->mu);
     std::erase(b->bells, bell);
     return;

@@ -65,8 +65,9 @@ class ControlServer {
               std::shared_ptr<Channel>* made);
   int do_close(Connection& c, const proto::Received& r);
   void do_consumed(Connection& c, const proto::Received& r);
+  // *wants_bell: the request asked for a bell (kReaderBell).
   int do_reader_open(Connection& c, const proto::Received& r, proto::ReaderOpenReply* reply,
-                     core::UniqueFd* ro);
+                     core::UniqueFd* ro, bool* wants_bell);
   int do_reader_consumed(Connection& c, const proto::Received& r);
   void give_bell(Connection& c, core::UniqueFd* page);
   void drop_bell(Connection& c);

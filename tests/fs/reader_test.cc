@@ -526,6 +526,37 @@ TEST_CASE("without allow_other, another user cannot map a relay file through the
   CHECK(relay_close(c) == 0);
 }
 
+TEST_CASE("a second reader-open on one connection is refused with EBUSY, with no descriptor, "
+          "and the connection still answers") {
+  Mount m;
+  rchan* c = open_global(m.dir, "twice", 4096, 4);
+  write_records(c, 0, 3);
+  struct stat st;
+  REQUIRE(::stat(m.path("twice0").c_str(), &st) == 0);
+  const int s = dial_control(control_name(m.dir));
+  REQUIRE(s >= 0);
+  // A reply that never comes fails the test instead of hanging it.
+  const timeval tv{5, 0};
+  REQUIRE(::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+  const proto::ReaderOpenRequest req{st.st_ino, proto::kReaderBell};
+  proto::ReaderOpenReply reply;
+  proto::Received r;
+  REQUIRE(proto::send_message(s, proto::encode(req, 1)) == 0);
+  REQUIRE(proto::recv_message(s, &r, 3) == 1);
+  REQUIRE(proto::decode(r.payload.data(), r.payload.size(), &reply) == 0);
+  CHECK(reply.status == 0);
+  CHECK(r.fds.size() == 3);  // the buffer, the bell's page, its eventfd
+  // The same connection asks again: refused, and the first reader's bell is not sent again.
+  REQUIRE(proto::send_message(s, proto::encode(req, 2)) == 0);
+  proto::Received again;
+  REQUIRE(proto::recv_message(s, &again, 3) == 1);
+  REQUIRE(proto::decode(again.payload.data(), again.payload.size(), &reply) == 0);
+  CHECK(reply.status == -EBUSY);
+  CHECK(again.fds.empty());
+  ::close(s);
+  CHECK(relay_close(c) == 0);
+}
+
 TEST_CASE("mmap readers and read(2) readers of a buffer share one position") {
   Mount m;
   constexpr size_t kSub = 256;
