@@ -142,6 +142,11 @@ struct Chan {
   // while a parent thread waited in relay_close would hang the child's relay_close forever.
   std::atomic<uint32_t> close_done{0};
   int close_status = 0;  // written by the event thread only, before close_done
+  // What the inline relay_write reads (relay_fast.h): filled once the producers are bound
+  // (open_channel), then constant until relay_close frees it with the channel. pub.fast points
+  // at it only if some buffer is on.
+  relay_fast fast{};
+  std::vector<relay_fast_buf> fast_bufs;
 };
 
 Chan* impl(rchan* c) {
@@ -244,6 +249,26 @@ unsigned current_cpu() {
   // glibc 2.35+ reads the CPU from its registered rseq area: no system call.
   const int cpu = ::sched_getcpu();
   return cpu < 0 ? 0 : static_cast<unsigned>(cpu);
+}
+
+// Gives the inline relay_write (relay.h) its descriptor: buffer i serves CPU i, and only a
+// buffer bound to its CPU with rseq commits is on. RELAYFS_INLINE=0 in the environment keeps
+// every write on the exported path (a measuring aid, and a way out if the inline path is ever
+// suspected).
+void publish_fast(Chan* c) {
+  const char* env = std::getenv("RELAYFS_INLINE");
+  if (env && std::strcmp(env, "0") == 0) return;
+  bool any = false;
+  c->fast_bufs.reserve(c->bufs.size());
+  for (auto& b : c->bufs) {
+    c->fast_bufs.push_back(b->producer->fast_desc());
+    any = any || c->fast_bufs.back().on != 0;
+  }
+  if (!any) return;
+  c->fast.version = RELAY_FAST_VERSION;
+  c->fast.n_buffers = static_cast<uint32_t>(c->fast_bufs.size());
+  c->fast.buf = c->fast_bufs.data();
+  c->pub.fast = &c->fast;
 }
 
 bool hook_subbuf_start(void* ctx, core::Producer& p, void* subbuf, void* prev, uint32_t pad) {
@@ -441,7 +466,7 @@ int reattach(Chan* c) {
   // The buffers, with the data in them, go only to a daemon run by whoever ran the first one, or
   // by root: not to a file system another user mounted where a writable mount point let them.
   // Checked before anything is made there.
-  uid_t uid;
+  uid_t uid = static_cast<uid_t>(-1);  // set by peer_uid on success
   if (int rc = peer_uid(sock.get(), &uid); rc) return rc;
   if (uid != c->daemon_uid && uid != 0) return -EPERM;
   ino_t parent;
@@ -636,6 +661,7 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
       b->producer->set_blocking(
           true, c->opts.block_timeout_ms < 0 ? -1 : int64_t{c->opts.block_timeout_ms} * 1'000'000);
   }
+  publish_fast(c);
   deliver_early(c, early);
   timeval none{0, 0};  // from now on the event thread waits for as long as the channel lives
   if (::setsockopt(c->sock.get(), SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none) != 0)
@@ -832,6 +858,22 @@ RELAY_API int relay_buf_stats(rchan_buf* buf, relay_stats* st) {
   if (!buf || !st) return fail(-EINVAL);
   relayfs::client::read_stats(impl(buf)->buffer, st);
   return 0;
+}
+
+RELAY_API void relay_fast_commit_remote(rchan* chan, unsigned int cpu, unsigned int slot,
+                                        unsigned int off, unsigned int len,
+                                        unsigned long long base) {
+  core::Reservation r;
+  r.len = len;
+  r.slot = slot;
+  r.off = off;
+  r.base = base;
+  impl(chan)->bufs[cpu]->producer->commit_remote(r);
+}
+
+RELAY_API void relay_fast_commit_events(rchan* chan, unsigned int cpu, unsigned int slot,
+                                        unsigned long long v, unsigned int ev) {
+  impl(chan)->bufs[cpu]->producer->commit_events(slot, v, ev);
 }
 
 RELAY_API int __relay_write(rchan* chan, const void* data, size_t length) {

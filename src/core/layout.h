@@ -9,6 +9,8 @@
 // published for the producer and never read back by the consumer.
 #pragma once
 
+#include <relayfs/relay_fast.h>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -48,11 +50,12 @@ inline constexpr bool off_busy(uint32_t off) {
 inline constexpr uint64_t make_word(uint32_t slot, uint64_t seq, uint32_t off) {
   return (seq << 48) | (uint64_t{slot} << 32) | off;
 }
+// Decoded by relay_fast.h's rules, which the inline relay_write shares.
 inline constexpr uint32_t word_off(uint64_t w) {
-  return static_cast<uint32_t>(w);
+  return RELAY__WORD_OFF(w);
 }
 inline constexpr uint32_t word_slot(uint64_t w) {
-  return static_cast<uint32_t>(w >> 32) & 0xffff;
+  return RELAY__WORD_SLOT(w);
 }
 inline constexpr uint16_t word_seq(uint64_t w) {
   return static_cast<uint16_t>(w >> 48);
@@ -227,6 +230,16 @@ inline uint64_t committed(const SubbufMeta& m) noexcept {
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must be address-free");
 static_assert(std::atomic<uint32_t>::is_always_lock_free, "shared atomics must be address-free");
 static_assert(sizeof(SubbufMeta) == 40);
+// The inline relay_write (relay_fast.h) sees a slot's bookkeeping as struct relay__subbuf_meta:
+// the same layout, field for field. A change here is a change of RELAY_FAST_VERSION.
+static_assert(sizeof(SubbufMeta) == sizeof(relay__subbuf_meta));
+static_assert(offsetof(SubbufMeta, commit) == offsetof(relay__subbuf_meta, commit));
+static_assert(offsetof(SubbufMeta, ready) == offsetof(relay__subbuf_meta, ready));
+static_assert(offsetof(SubbufMeta, padding) == offsetof(relay__subbuf_meta, padding));
+static_assert(offsetof(SubbufMeta, start_bytes) == offsetof(relay__subbuf_meta, start_bytes));
+static_assert(offsetof(SubbufMeta, commit_cpu) == offsetof(relay__subbuf_meta, commit_cpu));
+static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t) &&
+              sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
 static_assert(offsetof(ShmHeader, wpos) % kCacheLine == 0);
 static_assert(offsetof(ShmHeader, produced) - offsetof(ShmHeader, wpos) >= kCacheLine);
 static_assert(offsetof(ShmHeader, consumed) % kCacheLine == 0);

@@ -208,6 +208,35 @@ uint64_t Producer::add_commit_remote(SubbufMeta& m, uint32_t len) noexcept {
   return cpu_ >= 0 ? v + m.commit_cpu.load(std::memory_order_acquire) : v;
 }
 
+void Producer::commit_remote(const Reservation& r) noexcept {
+  finish_commit(r, add_commit_remote(meta_[r.slot], r.len));
+}
+
+void Producer::commit_events(uint32_t slot, uint64_t v, unsigned ev) noexcept {
+  if (ev & RELAY__EV_COMPLETE) on_complete(slot, v);
+  // Sub-buffer waiters (the daemon's, and mmap readers' bells) are rung by the switch that
+  // closed the sub-buffer; but a commit that found it closed already was a late one that may
+  // have completed it unseen by on_complete, when a commit on another CPU raced it (layout.h,
+  // committed()): then every kind of waiter is asked.
+  if (ev & RELAY__EV_LATE)
+    wake_readers();
+  else if (ev & RELAY__EV_RING)
+    ring();
+}
+
+relay_fast_buf Producer::fast_desc() const noexcept {
+  relay_fast_buf d{};
+  d.wpos = reinterpret_cast<uint64_t*>(&hdr_->wpos);
+  d.meta = reinterpret_cast<relay__subbuf_meta*>(meta_);
+  d.data = data_;
+  d.lap_base = lap_base_.get();
+  d.waiters = reinterpret_cast<const uint32_t*>(&hdr_->waiters);
+  d.subbuf_size = size_;
+  // Only the fully rseq buffer: the inline path has no CAS reservation and no locked commit.
+  d.on = cpu_ >= 0 && local_commit_ ? 1 : 0;
+  return d;
+}
+
 bool Producer::commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept {
   return add_commit_remote(meta_[slot], static_cast<uint32_t>(len)) == base + size_;
 }

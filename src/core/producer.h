@@ -94,6 +94,16 @@ class Producer {
   // Publishes a reservation's bytes to readers.
   inline void commit(const Reservation& r) noexcept;
 
+  // The inline relay_write's calls back (relay_fast.h, relay.h). commit_remote: commits r, which
+  // was reserved on the bound CPU, from a thread that has moved off it (the atomic counter).
+  // commit_events: what a commit whose count was v left to do (RELAY__EV_* bits): deliver and
+  // wake for a completed sub-buffer, wake every waiter after a late commit, ring the doorbell.
+  void commit_remote(const Reservation& r) noexcept;
+  void commit_events(uint32_t slot, uint64_t v, unsigned ev) noexcept;
+  // The inline relay_write's view of this buffer: `on` once bind_cpu made both the reservation
+  // and the commit rseq sections (fenced_commits()). Valid while this Producer lives.
+  relay_fast_buf fast_desc() const noexcept;
+
   // reserve() for a record the caller commits later, in another call, with commit_at
   // (relay_reserve, relay_commit). Same returns. Until then the calling thread holds it open:
   // while it holds one, on any buffer, a blocking write of its does not wait for room, since the
@@ -172,6 +182,7 @@ class Producer {
   bool wait_switch(uint64_t* w) const noexcept;
   bool commit_bytes(uint32_t slot, uint64_t base, uint64_t len) noexcept;
   inline uint64_t add_commit(SubbufMeta& m, uint32_t len) noexcept;
+  inline void finish_commit(const Reservation& r, uint64_t v) noexcept;
   uint64_t add_commit_remote(SubbufMeta& m, uint32_t len) noexcept;
   bool deliver_once(uint32_t slot, uint64_t end) noexcept;
   void on_complete(uint32_t slot, uint64_t end) noexcept;
@@ -237,9 +248,8 @@ inline int Producer::reserve(size_t len, Reservation* r) noexcept {
   uint64_t w = hdr_->wpos.load(std::memory_order_relaxed);
   for (;;) {
     const uint32_t off = word_off(w);
-    // One test covers "does not fit", "switching", "stopped" and "closed": the marker offsets
-    // are above every sub-buffer size. len is checked alone first so off + len cannot wrap.
-    if (len - 1 >= size_ || off + len > size_) [[unlikely]]
+    // One test covers "does not fit", "switching", "stopped" and "closed" (relay_fast.h).
+    if (!RELAY__FITS(off, len, size_)) [[unlikely]]
       return reserve_slow(len, r);
     if (cpu_ >= 0) {
       // rseq section on the buffer's CPU: same outcome as the CAS below, without the lock.
@@ -290,61 +300,47 @@ inline bool Producer::reserve_here(uint64_t* w, uint64_t to, int* rc) noexcept {
 inline uint64_t Producer::add_commit(SubbufMeta& m, uint32_t len) noexcept {
   // Unbound (or no membarrier): one locked add on one counter, inline as it always was.
   if (cpu_ < 0) return m.commit.fetch_add(len, std::memory_order_seq_cst) + len;
+#ifdef RELAYFS_HAVE_RSEQ
   if (local_commit_) {
-    static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t));
-    uint64_t local;
+    // The rseq add on commit_cpu, as the inline relay_write makes it (relay_fast.h; layout.h
+    // checks that SubbufMeta is its relay__subbuf_meta).
+    uint64_t v;
     for (;;) {
-      if (rseq::add_on_cpu(reinterpret_cast<uint64_t*>(&m.commit_cpu), len,
-                           static_cast<uint32_t>(cpu_), &local)) [[likely]]
-        // acquire: the bytes of the remote commits we count (for `ready`, below).
-        return local + m.commit.load(std::memory_order_acquire);
+      if (relay__commit_on_cpu(reinterpret_cast<relay__subbuf_meta*>(&m), len,
+                               static_cast<uint32_t>(cpu_), &v)) [[likely]]
+        return v;
       // Aborted on our CPU (preempted, or a signal whose handler may have committed there too):
       // the section stored nothing; load and add again. Elsewhere: the atomic counter.
       if (rseq::current_cpu() != cpu_) break;
     }
   }
+#endif
   return add_commit_remote(m, len);
 }
 
 inline void Producer::commit(const Reservation& r) noexcept {
-  SubbufMeta& m = meta_[r.slot];
   // Releases the record's bytes to readers that acquire the count (committed()). The locked add
-  // (unbound) is seq_cst: with the load of `waiters` below, the Dekker pair of a reader arming
-  // the doorbell. The rseq add is a plain store that x86 may hold in the store buffer past that
-  // load: the arming side's membarrier takes its place (doorbell.h).
-  const uint64_t v = add_commit(m, r.len);
-  // Raise the sub-buffer's proven-committed prefix (`ready`) so readers can return our record.
-  // If every byte reserved so far is committed, the whole reserved prefix is proven: a plain
-  // store. v counts only commits made after their reservations, and the word is loaded after v's
-  // counters (ordered loads), so every commit v counts was reserved before the word we load:
-  // v == reserved means nothing is in flight. Otherwise, if our record starts where the proof
-  // ends, extend it over our record; out-of-order commits wait for the next quiet moment. A stale
-  // store can only lower `ready`, which is a lower bound either way. The rseq path keeps both: the
-  // store is the common case and costs no locked instruction; the CAS comes only out of order (a
-  // writer preempted between reservation and commit), and without it records committed before a
-  // reservation held open (relay_reserve) would wait for that one.
-  const uint64_t w = hdr_->wpos.load(std::memory_order_acquire);
-  if (word_slot(w) == r.slot && v == r.base + word_off(w)) {
-    m.ready.store(v, std::memory_order_release);
-  } else {
-    uint64_t start = r.base + r.off;
-    m.ready.compare_exchange_strong(start, start + r.len, std::memory_order_release,
-                                    std::memory_order_relaxed);
-  }
-  if (v == r.base + size_) [[unlikely]]
-    on_complete(r.slot, v);
-  // seq_cst: the locked commit's Dekker pair (a plain load on x86). The doorbell asks for us if
-  // a record waiter is armed. Sub-buffer waiters (the daemon's, and mmap readers' bells) are rung
-  // by the switch that closed our sub-buffer; but if it was closed when we looked, ours was a late
-  // commit that may have completed it, unseen by on_complete when a commit on another CPU raced
-  // ours (layout.h, committed()): then every kind of waiter is asked (wake_readers). Either our
-  // commit's store is seen by the armer's re-check, or the loads there see its arming.
-  const uint32_t want = hdr_->waiters.load(std::memory_order_seq_cst);
-  const bool late = word_slot(w) != r.slot || word_off(w) > size_;
-  if (late) [[unlikely]]
-    wake_readers();
-  else if (want & kWakeRecord) [[unlikely]]
-    ring();
+  // (unbound) is seq_cst: with the load of `waiters` in relay__after_commit, the Dekker pair of a
+  // reader arming the doorbell. The rseq add is a plain store that x86 may hold in the store
+  // buffer past that load: the arming side's membarrier takes its place (doorbell.h).
+  finish_commit(r, add_commit(meta_[r.slot], r.len));
+}
+
+// What every commit does once its count v is known, whichever counter took it: the rules of
+// relay__after_commit (relay_fast.h), which the inline relay_write follows too. It raises the
+// sub-buffer's proven-committed prefix (`ready`) so readers can return the record: with a plain
+// store when nothing is in flight (the common case, no locked instruction), with a CAS only out
+// of order (a writer preempted between reservation and commit; without it, records committed
+// before a reservation held open by relay_reserve would wait for that one). A stale store can
+// only lower `ready`, a lower bound either way. What is left (commit_events) is rare.
+inline void Producer::finish_commit(const Reservation& r, uint64_t v) noexcept {
+  const unsigned ev =
+      relay__after_commit(reinterpret_cast<const uint64_t*>(&hdr_->wpos),
+                          reinterpret_cast<relay__subbuf_meta*>(&meta_[r.slot]),
+                          reinterpret_cast<const uint32_t*>(&hdr_->waiters), r.slot, r.off, r.len,
+                          r.base, size_, v);
+  if (ev != 0) [[unlikely]]
+    commit_events(r.slot, v, ev);
 }
 
 inline int Producer::reserve_held(size_t len, Reservation* r) noexcept {

@@ -16,19 +16,12 @@
 
 #include <cstdint>
 
-#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define RELAYFS_NO_RSEQ 1
-#endif
-#endif
-#ifndef RELAYFS_NO_RSEQ
-#define RELAYFS_HAVE_RSEQ 1
-#endif
-#endif
+// The primitives themselves (the asm sections, the CPU read) are relay_fast.h's, shared with the
+// inline relay_write of the public header: one definition of each.
+#include <relayfs/relay_fast.h>
 
-#ifdef RELAYFS_HAVE_RSEQ
-#include <sys/rseq.h>
+#ifdef RELAY__HAVE_RSEQ
+#define RELAYFS_HAVE_RSEQ 1
 #endif
 
 namespace relayfs::core::rseq {
@@ -63,98 +56,25 @@ int arming_fence() noexcept;
 
 #ifdef RELAYFS_HAVE_RSEQ
 
-// The frame of every rseq section here (asm text; labels 1 = start, 2 = post-commit,
-// 3 = descriptor, 4 = abort handler; operand [rseq_cs] and label other_cpu are the section's).
-// The "?" flag puts the descriptor and the abort handler in the section group of the code around
-// them: an inline function's code is a COMDAT group, and when the linker discards a duplicate
-// copy it must discard the descriptor that points into it too (else clang builds fail to link).
-// The abort handler is preceded by the signature glibc registered (RSEQ_SIG), encoded in a ud1 so
-// that falling into it traps. An abort restarts nothing: the caller retries from its loop.
-#define RELAYFS_RSEQ_BEGIN                  \
-  ".pushsection __rseq_cs, \"aw?\"\n\t"      \
-  ".balign 32\n\t"                          \
-  "3:\n\t"                                  \
-  ".long 0, 0\n\t"                          \
-  ".quad 1f, (2f - 1f), 4f\n\t"             \
-  ".popsection\n\t"                         \
-  "leaq 3b(%%rip), %%rax\n\t"               \
-  "movq %%rax, %[rseq_cs]\n\t"              \
-  "1:\n\t"
-#define RELAYFS_RSEQ_END                    \
-  "2:\n\t"                                  \
-  ".pushsection __rseq_failure, \"ax?\"\n\t" \
-  ".byte 0x0f, 0xb9, 0x3d\n\t"              \
-  ".long 0x53053053\n\t"                    \
-  "4:\n\t"                                  \
-  "jmp %l[other_cpu]\n\t"                   \
-  ".popsection\n\t"
-
-inline struct ::rseq* thread_area() noexcept {
-  return reinterpret_cast<struct ::rseq*>(static_cast<char*>(__builtin_thread_pointer()) +
-                                          __rseq_offset);
-}
+inline struct ::rseq* thread_area() noexcept { return relay__rseq_area(); }
 
 // The CPU the calling thread runs on, as the kernel last stored it in the thread's rseq area.
-inline int32_t current_cpu() noexcept {
-  return static_cast<int32_t>(__atomic_load_n(&thread_area()->cpu_id, __ATOMIC_RELAXED));
-}
+inline int32_t current_cpu() noexcept { return static_cast<int32_t>(relay__cpu()); }
 
-// If the calling thread runs on `cpu` and *word == expect, stores desired; all or nothing with
-// respect to every other rseq section on that CPU. A plain store: on x86 it has release
-// semantics and the compare's load has acquire semantics, which is what the CAS it replaces
-// provided; the "memory" clobber keeps the compiler from moving accesses across it.
+// relay__cas_on_cpu: if the calling thread runs on `cpu` and *word == expect, stores desired; all
+// or nothing with respect to every other rseq section on that CPU.
 inline Cas cas_on_cpu(uint64_t* word, uint64_t expect, uint64_t desired, uint32_t cpu) noexcept {
-  struct ::rseq* rs = thread_area();
-  __asm__ goto(
-      RELAYFS_RSEQ_BEGIN
-      "cmpl %[cpu], %[cpu_id]\n\t"
-      "jnz %l[other_cpu]\n\t"
-      "cmpq %[word], %[expect]\n\t"
-      "jnz %l[changed]\n\t"
-      "movq %[desired], %[word]\n\t"
-      RELAYFS_RSEQ_END
-      :
-      : [rseq_cs] "m"(rs->rseq_cs), [cpu_id] "m"(rs->cpu_id), [cpu] "r"(cpu),
-        [word] "m"(*word), [expect] "r"(expect), [desired] "r"(desired)
-      : "memory", "cc", "rax"
-      : other_cpu, changed);
-  return Cas::kStored;
-changed:
-  return Cas::kChanged;
-other_cpu:
-  return Cas::kOtherCpu;
+  static_assert(RELAY__STORED == static_cast<int>(Cas::kStored) &&
+                RELAY__CHANGED == static_cast<int>(Cas::kChanged) &&
+                RELAY__OTHER == static_cast<int>(Cas::kOtherCpu));
+  return static_cast<Cas>(relay__cas_on_cpu(word, expect, desired, cpu));
 }
 
-// If the calling thread runs on `cpu`: *word += add, all or nothing with respect to every other
-// rseq section on that CPU, and *sum = the new value. Returns false if the thread is not on `cpu`
-// or the section was aborted (preempted, migrated, signalled) before its store: nothing stored;
-// the caller looks at current_cpu() and retries or goes elsewhere. Only rseq sections on `cpu`
-// may ever write *word (layout.h, SubbufMeta): a remote atomic add landing between our load and
-// our store would be lost, and no fence restarts us for it.
-// The store is a plain store (release on x86: the record's bytes, stored before, are visible to
-// whoever sees the new count). It is not ordered before the caller's later loads: the doorbell's
-// store->load ordering comes from the arming side (arming_fence).
+// relay__add_on_cpu: if the calling thread runs on `cpu`: *word += add and *sum = the new value,
+// all or nothing with respect to every other rseq section on that CPU. Returns false if nothing
+// was stored (not on `cpu`, or aborted). Only rseq sections on `cpu` may ever write *word.
 inline bool add_on_cpu(uint64_t* word, uint64_t add, uint32_t cpu, uint64_t* sum) noexcept {
-  struct ::rseq* rs = thread_area();
-  // *sum is written inside the section before the commit store: an aborted attempt leaves a
-  // value the retry overwrites.
-  __asm__ goto(
-      RELAYFS_RSEQ_BEGIN
-      "cmpl %[cpu], %[cpu_id]\n\t"
-      "jnz %l[other_cpu]\n\t"
-      "movq %[word], %%rax\n\t"
-      "addq %[add], %%rax\n\t"
-      "movq %%rax, %[sum]\n\t"
-      "movq %%rax, %[word]\n\t"
-      RELAYFS_RSEQ_END
-      :
-      : [rseq_cs] "m"(rs->rseq_cs), [cpu_id] "m"(rs->cpu_id), [cpu] "r"(cpu),
-        [word] "m"(*word), [add] "r"(add), [sum] "m"(*sum)
-      : "memory", "cc", "rax"
-      : other_cpu);
-  return true;
-other_cpu:
-  return false;
+  return relay__add_on_cpu(word, add, cpu, sum) != 0;
 }
 
 static_assert(RSEQ_SIG == 0x53053053, "the abort signature in cas_on_cpu must match glibc's");

@@ -1,0 +1,252 @@
+/*
+ * relayfs: the inline fast path of relay_write (relay_write(3), "INLINE FAST PATH").
+ *
+ * relay.h includes this file; include relay.h, not this one. It holds the rules a record's
+ * reservation and commit follow on a buffer bound to its CPU, written once, as C: the library's
+ * own producer (src/core) is built on the same primitives, and a program built against relay.h
+ * inlines them into its calls of relay_write. Names with a double underscore (relay__*, RELAY__*)
+ * are not API: they may change with RELAY_FAST_VERSION.
+ *
+ * The ABI rule. A program compiled with this header calls relay_write inline. The inline code
+ * reads the channel's descriptor (struct relay_fast, below) only if its version is the one the
+ * program was compiled with; otherwise, or when anything is unusual (no rseq, the thread moved to
+ * another CPU, a record that does not fit, a closed or full buffer, a pending wake-up), it calls
+ * the library: the exported relay_write, or the two relay_fast_* functions below. A library that
+ * changes the descriptor or the shared layout it describes bumps RELAY_FAST_VERSION, so programs
+ * built before take the exported path from then on: slower, never wrong. A program built against
+ * an older relay.h calls the exported relay_write and never sees the descriptor. A program built
+ * against this one needs a librelayfs.so.1 that exports relay_fast_commit_events (0.1.0 or later
+ * of this series): the dynamic linker refuses to start it with an older one.
+ * Define RELAYFS_NO_INLINE before including relay.h to call the exported function always.
+ */
+#ifndef RELAYFS_RELAY_FAST_H
+#define RELAYFS_RELAY_FAST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* x86-64 with glibc's rseq registration (2.35+), and not under ThreadSanitizer, which cannot see
+ * inside the asm: elsewhere relay_write is always the exported function, and the library's
+ * producer reserves and commits with locked instructions. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_include) && \
+    !defined(__SANITIZE_THREAD__)
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RELAY__NO_RSEQ 1
+#endif
+#endif
+#if !defined(RELAY__NO_RSEQ) && __has_include(<sys/rseq.h>)
+#include <sys/rseq.h>
+#if defined(RSEQ_SIG)
+#define RELAY__HAVE_RSEQ 1
+#endif
+#endif
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The position word of a buffer: where the next record goes (src/core/layout.h has the whole
+ * rule). Bits 0..31: offset in the current sub-buffer, or a marker (busy, closed, stopped) above
+ * every sub-buffer size; bits 32..47: the sub-buffer's slot. */
+#define RELAY__WORD_OFF(w) ((uint32_t)(w))
+#define RELAY__WORD_SLOT(w) ((uint32_t)((w) >> 32) & 0xffffu)
+/* A record of len bytes fits at offset off of a sub-buffer of size bytes. One test covers "does
+ * not fit", "switching", "stopped" and "closed", since the markers are above every size; len is
+ * tested alone first so that off + len cannot wrap. */
+#define RELAY__FITS(off, len, size) (!((len) - 1 >= (size) || (off) + (len) > (size)))
+/* Where slot's sub-buffer starts in the data area. */
+#define RELAY__SLOT_OFFSET(slot, size) ((uint64_t)(slot) * (size))
+
+/* One sub-buffer's bookkeeping in shared memory: the layout of SubbufMeta (layout.h, which
+ * checks that the two agree). A slot's committed count is commit + commit_cpu: commit_cpu is
+ * written only by rseq sections on the buffer's CPU, commit by atomic adds from anywhere else. */
+struct relay__subbuf_meta {
+  uint64_t commit;
+  uint64_t ready;
+  uint32_t padding;
+  uint32_t unused;
+  uint64_t start_bytes;
+  uint64_t commit_cpu;
+};
+
+/* What a commit leaves for the library to do (relay__after_commit). */
+#define RELAY__EV_COMPLETE 1u /* the commit completed its closed sub-buffer: deliver, wake */
+#define RELAY__EV_LATE 2u     /* the sub-buffer was closed already: wake every kind of waiter */
+#define RELAY__EV_RING 4u     /* a reader armed the doorbell for the next record */
+
+/* The second half of every commit, once the committed count v is known (v counts this commit):
+ * raises the sub-buffer's proven-committed prefix (`ready`) and says what is left to do.
+ * wpos is loaded after v's counters, so every commit v counts was reserved before that word: if
+ * v reaches the word's offset, nothing is in flight and the whole reserved prefix is proven (a
+ * plain store). Otherwise the proof is extended over this record if it starts where the proof
+ * ends (a CAS: only out of order). The load of waiters is seq_cst: with the commit's store it is
+ * one side of the doorbell's Dekker pair (the arming side's membarrier stands in for the fence an
+ * rseq commit lacks; core/doorbell.h). */
+static __inline__ unsigned relay__after_commit(const uint64_t *wpos, struct relay__subbuf_meta *m,
+                                               const uint32_t *waiters, uint32_t slot,
+                                               uint32_t off, uint32_t len, uint64_t base,
+                                               uint32_t size, uint64_t v) {
+  const uint64_t w = __atomic_load_n(wpos, __ATOMIC_ACQUIRE);
+  unsigned ev = 0;
+  if (RELAY__WORD_SLOT(w) == slot && v == base + RELAY__WORD_OFF(w)) {
+    __atomic_store_n(&m->ready, v, __ATOMIC_RELEASE);
+  } else {
+    uint64_t start = base + off;
+    __atomic_compare_exchange_n(&m->ready, &start, start + len, 0, __ATOMIC_RELEASE,
+                                __ATOMIC_RELAXED);
+  }
+  if (__builtin_expect(v == base + size, 0)) ev |= RELAY__EV_COMPLETE;
+  const uint32_t want = __atomic_load_n(waiters, __ATOMIC_SEQ_CST);
+  if (__builtin_expect(RELAY__WORD_SLOT(w) != slot || RELAY__WORD_OFF(w) > size, 0))
+    ev |= RELAY__EV_LATE;
+  else if (__builtin_expect(want & 1u, 0)) /* kWakeRecord */
+    ev |= RELAY__EV_RING;
+  return ev;
+}
+
+#ifdef RELAY__HAVE_RSEQ
+
+/* The calling thread's rseq area, which glibc registered: the thread pointer plus __rseq_offset. */
+static __inline__ struct rseq *relay__rseq_area(void) {
+  char *tp;
+  __asm__("movq %%fs:0, %0" : "=r"(tp));
+  return (struct rseq *)(tp + __rseq_offset);
+}
+
+/* The CPU the calling thread runs on, as the kernel last stored it (no system call). Above every
+ * CPU number when rseq is not registered (RSEQ_CPU_ID_UNINITIALIZED and _REGISTRATION_FAILED are
+ * negative). */
+static __inline__ uint32_t relay__cpu(void) {
+  return __atomic_load_n(&relay__rseq_area()->cpu_id, __ATOMIC_RELAXED);
+}
+
+/* The frame of every rseq section (asm text; labels 1 = start, 2 = post-commit, 3 = descriptor,
+ * 4 = abort handler; operand [rseq_cs] and label other_cpu are the section's). The "?" flag puts
+ * the descriptor and the abort handler in the section group of the code around them: an inline
+ * C++ function's code is a COMDAT group, and when the linker drops a duplicate copy it must drop
+ * the descriptor that points into it too. The abort handler is preceded by glibc's signature
+ * (RSEQ_SIG) in a ud1, so that falling into it traps. An abort restarts nothing: the caller
+ * looks again from its loop. */
+#define RELAY__RSEQ_BEGIN                  \
+  ".pushsection __rseq_cs, \"aw?\"\n\t"     \
+  ".balign 32\n\t"                         \
+  "3:\n\t"                                 \
+  ".long 0, 0\n\t"                         \
+  ".quad 1f, (2f - 1f), 4f\n\t"            \
+  ".popsection\n\t"                        \
+  "leaq 3b(%%rip), %%rax\n\t"              \
+  "movq %%rax, %[rseq_cs]\n\t"             \
+  "1:\n\t"
+#define RELAY__RSEQ_END                    \
+  "2:\n\t"                                 \
+  ".pushsection __rseq_failure, \"ax?\"\n\t" \
+  ".byte 0x0f, 0xb9, 0x3d\n\t"             \
+  ".long 0x53053053\n\t"                   \
+  "4:\n\t"                                 \
+  "jmp %l[other_cpu]\n\t"                  \
+  ".popsection\n\t"
+
+/* Outcomes of relay__cas_on_cpu. */
+#define RELAY__STORED 0  /* *word was expect; it is now desired */
+#define RELAY__CHANGED 1 /* *word was not expect; nothing stored */
+#define RELAY__OTHER 2   /* not on cpu, or moved, preempted or signalled before the store */
+
+/* If the calling thread runs on cpu and *word == expect, stores desired: all or nothing with
+ * respect to every other rseq section on that CPU, so as good as a CAS on a word that only such
+ * sections (and remote changes that fence them out) write. A plain store: release on x86, as the
+ * compare's load is acquire; the "memory" clobber keeps the compiler from moving accesses across
+ * it. */
+static __inline__ int relay__cas_on_cpu(uint64_t *word, uint64_t expect, uint64_t desired,
+                                        uint32_t cpu) {
+  struct rseq *rs = relay__rseq_area();
+  __asm__ goto(RELAY__RSEQ_BEGIN
+               "cmpl %[cpu], %[cpu_id]\n\t"
+               "jnz %l[other_cpu]\n\t"
+               "cmpq %[word], %[expect]\n\t"
+               "jnz %l[changed]\n\t"
+               "movq %[desired], %[word]\n\t"
+               RELAY__RSEQ_END
+               :
+               : [rseq_cs] "m"(rs->rseq_cs), [cpu_id] "m"(rs->cpu_id), [cpu] "r"(cpu),
+                 [word] "m"(*word), [expect] "r"(expect), [desired] "r"(desired)
+               : "memory", "cc", "rax"
+               : other_cpu, changed);
+  return RELAY__STORED;
+changed:
+  return RELAY__CHANGED;
+other_cpu:
+  return RELAY__OTHER;
+}
+
+/* If the calling thread runs on cpu: *word += add, all or nothing with respect to every other rseq
+ * section on that CPU, and *sum = the new value. Returns 0 if the thread is not on cpu or the
+ * section was aborted before its store: nothing stored. Only rseq sections on cpu may ever write
+ * *word: a remote atomic add landing between the load and the store would be lost. The store is
+ * plain (release on x86: the record's bytes, stored before, are visible to whoever sees the new
+ * count); it is not ordered before later loads (see relay__after_commit). */
+static __inline__ int relay__add_on_cpu(uint64_t *word, uint64_t add, uint32_t cpu,
+                                        uint64_t *sum) {
+  struct rseq *rs = relay__rseq_area();
+  /* *sum is written inside the section before the commit store: an aborted attempt leaves a
+   * value the retry overwrites. */
+  __asm__ goto(RELAY__RSEQ_BEGIN
+               "cmpl %[cpu], %[cpu_id]\n\t"
+               "jnz %l[other_cpu]\n\t"
+               "movq %[word], %%rax\n\t"
+               "addq %[add], %%rax\n\t"
+               "movq %%rax, %[sum]\n\t"
+               "movq %%rax, %[word]\n\t"
+               RELAY__RSEQ_END
+               :
+               : [rseq_cs] "m"(rs->rseq_cs), [cpu_id] "m"(rs->cpu_id), [cpu] "r"(cpu),
+                 [word] "m"(*word), [add] "r"(add), [sum] "m"(*sum)
+               : "memory", "cc", "rax"
+               : other_cpu);
+  return 1;
+other_cpu:
+  return 0;
+}
+
+/* The rseq commit of len bytes into slot meta m on cpu: adds to commit_cpu and sets *v to the
+ * slot's committed count as seen after it (commit_cpu's new value plus commit, loaded with
+ * acquire: the bytes of the remote commits it counts). A lower bound of the true count: the other
+ * counter is read with no fence after the add. Returns 0 if the section did not store (the caller
+ * looks at relay__cpu() and retries, or commits remotely). */
+static __inline__ int relay__commit_on_cpu(struct relay__subbuf_meta *m, uint32_t len,
+                                           uint32_t cpu, uint64_t *v) {
+  uint64_t local;
+  if (!relay__add_on_cpu(&m->commit_cpu, len, cpu, &local)) return 0;
+  *v = local + __atomic_load_n(&m->commit, __ATOMIC_ACQUIRE);
+  return 1;
+}
+
+#endif /* RELAY__HAVE_RSEQ */
+
+/* The inline path's view of one buffer: the library fills it when it binds the buffer to its
+ * CPU, and never changes it while the channel is open. Process-local memory: pointers into this
+ * process's mapping of the buffer, and to its producer's lap bases. */
+struct relay_fast_buf {
+  uint64_t *wpos;                   /* the position word */
+  struct relay__subbuf_meta *meta;  /* n_subbufs entries */
+  char *data;                       /* the data area: n_subbufs * subbuf_size bytes */
+  const uint64_t *lap_base;         /* each slot's committed count at the start of its lap */
+  const uint32_t *waiters;          /* the doorbell */
+  uint32_t subbuf_size;
+  uint32_t on; /* nonzero: bound to CPU == its index, with rseq reservation and commit */
+};
+
+/* A channel's descriptor (struct rchan's fast): buf[i] serves CPU i. */
+#define RELAY_FAST_VERSION 1u
+struct relay_fast {
+  uint32_t version; /* RELAY_FAST_VERSION of the library that made it */
+  uint32_t n_buffers;
+  const struct relay_fast_buf *buf;
+};
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RELAYFS_RELAY_FAST_H */
