@@ -20,14 +20,16 @@
  *
  * relay_write, relay_reserve and relay_commit make no system call: the buffers are shared memory.
  * relay_write is inline (below, and relay_fast.h): on a per-CPU buffer its common case is not even
- * a call into the library. ABI: a program built with this header needs a librelayfs.so.1 that
- * exports relay_fast_commit_events; it falls back to the exported functions by itself when the
- * library's descriptor has another RELAY_FAST_VERSION (relay_write(3), "INLINE FAST PATH").
+ * a call into the library. ABI: a program built with this header needs a librelayfs.so.1 with
+ * symbol version RELAYFS_0.4 (relay_fast_abi: it does not start with an older one), and falls
+ * back to the exported functions by itself when the library's relay_fast_abi is another
+ * RELAY_FAST_VERSION (relay_write(3), "INLINE FAST PATH").
  * Link with `pkg-config --cflags --libs relayfs`.
  */
 #ifndef RELAYFS_RELAY_H
 #define RELAYFS_RELAY_H
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -62,7 +64,7 @@ struct rchan {
   int is_global;          /* one buffer for all CPUs */
   struct rchan_buf **buf; /* buf[i] for i < n_buffers */
   void *impl;             /* private */
-  /* relayfs: what the inline relay_write reads (relay_fast.h; appended in 0.1: the library
+  /* relayfs: what the inline relay_write reads (relay_fast.h; appended in 0.4: the library
    * allocates struct rchan). NULL: every write takes the exported function. */
   const struct relay_fast *fast;
 };
@@ -249,7 +251,7 @@ RELAY_API int relay_write(struct rchan *chan, const void *data, size_t length);
  * not for direct use. relay_fast_commit_remote commits a record the inline path reserved in
  * cpu's buffer (slot, offset off in its sub-buffer, len bytes, lap base base) from a thread that
  * has since moved to another CPU, then does what is left, as relay_fast_commit_events does:
- * the work a commit left (ev, RELAY__EV_* bits) for slot's sub-buffer of cpu's buffer, whose
+ * the work a commit left (ev, RELAY_FAST_EV_* bits) for slot's sub-buffer of cpu's buffer, whose
  * committed count the commit saw as v. Neither can fail.
  */
 RELAY_API void relay_fast_commit_remote(struct rchan *chan, unsigned int cpu, unsigned int slot,
@@ -257,6 +259,13 @@ RELAY_API void relay_fast_commit_remote(struct rchan *chan, unsigned int cpu, un
                                         unsigned long long base);
 RELAY_API void relay_fast_commit_events(struct rchan *chan, unsigned int cpu, unsigned int slot,
                                         unsigned long long v, unsigned int ev);
+/*
+ * relayfs: the RELAY_FAST_VERSION the library was built with. A data symbol, read by the inline
+ * relay_write before anything else: the dynamic linker binds data references when it loads a
+ * program (calls only when first made), so a program built against this header does not start
+ * with a library that predates it, rather than read a struct rchan that has no `fast`.
+ */
+RELAY_API extern const unsigned int relay_fast_abi;
 
 /*
  * relayfs, in the spirit of the spec's klog: formats like printf and writes the text (without
@@ -390,58 +399,73 @@ RELAY_API int relay_reader_close(struct relay_reader *r);
  * relayfs: relay_write, inline (relay_write(3), "INLINE FAST PATH"). On a buffer bound to its
  * CPU, a record that fits in the current sub-buffer is reserved and committed here, in the
  * caller, with two rseq sections and no locked instruction, and its bytes are copied inline
- * (a constant length becomes a few moves). Everything else, and every failure, is the exported
- * relay_write's: this function never sets errno itself. The macro below makes relay_write(...)
- * call it; (relay_write)(...), &relay_write and dlsym() still reach the exported function.
- * Define RELAYFS_NO_INLINE before including relay.h to do without it.
+ * (a constant length becomes a few moves). Everything else, and every failure but a full
+ * buffer's drop, is the exported relay_write's. An inline-only definition (gnu_inline, as glibc's
+ * fortified functions are): no macro, &relay_write and dlsym() reach the exported function, and
+ * a program that declares relay_write itself still compiles. Define RELAYFS_NO_INLINE before
+ * including relay.h to do without it.
  */
-#if defined(RELAY__HAVE_RSEQ) && !defined(RELAYFS_NO_INLINE)
-static __inline__ __attribute__((always_inline)) int relay__write_inline(struct rchan *chan,
-                                                                        const void *data,
-                                                                        size_t length) {
-  const struct relay_fast *f = chan->fast;
-  if (__builtin_expect(f != NULL && f->version == RELAY_FAST_VERSION, 1)) {
-    const uint32_t cpu = relay__cpu();
+#if defined(RELAY_FAST_HAVE_RSEQ) && !defined(RELAYFS_NO_INLINE)
+/* The exported relay_write, under a name the inline one can call without calling itself. */
+extern int relay_fast_exported_write(struct rchan *chan, const void *data, size_t length)
+    __asm__("relay_write");
+
+extern __inline__ __attribute__((gnu_inline, always_inline)) int relay_write(struct rchan *chan,
+                                                                         const void *data,
+                                                                         size_t length) {
+  const struct relay_fast *f = relay_fast_abi == RELAY_FAST_VERSION ? chan->fast : NULL;
+  if (__builtin_expect(f != NULL, 1)) {
+    const uint32_t cpu = relay_fast_cpu();
     if (__builtin_expect(cpu < f->n_buffers && f->buf[cpu].on, 1)) {
       /* Copied out once: each rseq section clobbers memory, which would reload them. */
       const struct relay_fast_buf *b = &f->buf[cpu];
       uint64_t *const wpos = b->wpos;
-      struct relay__subbuf_meta *const meta = b->meta;
+      struct relay_fast_subbuf_meta *const meta = b->meta;
       char *const area = b->data;
       const uint64_t *const lap_base = b->lap_base;
       const uint32_t *const waiters = b->waiters;
       const uint32_t size = b->subbuf_size;
       uint64_t w = __atomic_load_n(wpos, __ATOMIC_RELAXED);
-      while (RELAY__FITS(RELAY__WORD_OFF(w), length, size)) {
-        const int got = relay__cas_on_cpu(wpos, w, w + length, cpu);
-        if (__builtin_expect(got == RELAY__STORED, 1)) {
+      while (RELAY_FAST_FITS(RELAY_FAST_WORD_OFF(w), length, size)) {
+        const int got = relay_fast_cas_on_cpu(wpos, w, w + length, cpu);
+        if (__builtin_expect(got == RELAY_FAST_STORED, 1)) {
           /* Seqlock writer side (core/producer.h): the record's stores stay after what made
            * the slot ours. */
           __atomic_thread_fence(__ATOMIC_RELEASE);
-          const uint32_t slot = RELAY__WORD_SLOT(w), off = RELAY__WORD_OFF(w);
+          const uint32_t slot = RELAY_FAST_WORD_SLOT(w), off = RELAY_FAST_WORD_OFF(w);
           const uint32_t len = (uint32_t)length;
           const uint64_t base = lap_base[slot];
-          struct relay__subbuf_meta *m = &meta[slot];
+          struct relay_fast_subbuf_meta *m = &meta[slot];
           uint64_t v;
-          __builtin_memcpy(area + RELAY__SLOT_OFFSET(slot, size) + off, data, length);
-          while (!relay__commit_on_cpu(m, len, cpu, &v)) {
-            if (relay__cpu() != cpu) { /* moved since the reservation: the atomic counter */
+          __builtin_memcpy(area + RELAY_FAST_SLOT_OFFSET(slot, size) + off, data, length);
+          while (!relay_fast_commit_on_cpu(m, len, cpu, &v)) {
+            if (relay_fast_cpu() != cpu) { /* moved since the reservation: the atomic counter */
               relay_fast_commit_remote(chan, cpu, slot, off, len, base);
               return 0;
             }
           }
-          const unsigned ev = relay__after_commit(wpos, m, waiters, slot, off, len, base, size, v);
+          const unsigned ev =
+              relay_fast_after_commit(wpos, m, waiters, slot, off, len, base, size, v);
           if (__builtin_expect(ev != 0, 0)) relay_fast_commit_events(chan, cpu, slot, v, ev);
           return 0;
         }
-        if (got != RELAY__CHANGED) break; /* elsewhere, or interrupted: the library decides */
+        if (got != RELAY_FAST_CHANGED) break; /* elsewhere, or interrupted: the library decides */
         w = __atomic_load_n(wpos, __ATOMIC_RELAXED);
+      }
+      /* A no-overwrite buffer that stopped full and still is: the record is dropped and counted
+       * here, as the library would (lost_full, ENOSPC), without the switch the default
+       * subbuf_start would refuse again. Every other reason not to fit is the library's. */
+      if (RELAY_FAST_WORD_OFF(w) == RELAY_FAST_OFF_STOPPED && b->drop_full && length != 0 &&
+          length <= size &&
+          relay_fast_buf_full(b->produced, b->consumed, b->reset_gen, b->n_subbufs)) {
+        __atomic_fetch_add(b->lost_full, 1, __ATOMIC_RELAXED);
+        errno = ENOSPC;
+        return -1;
       }
     }
   }
-  return (relay_write)(chan, data, length);
+  return relay_fast_exported_write(chan, data, length);
 }
-#define relay_write(chan, data, length) relay__write_inline((chan), (data), (length))
 #endif
 
 #ifdef __cplusplus

@@ -4,20 +4,21 @@
  * relay.h includes this file; include relay.h, not this one. It holds the rules a record's
  * reservation and commit follow on a buffer bound to its CPU, written once, as C: the library's
  * own producer (src/core) is built on the same primitives, and a program built against relay.h
- * inlines them into its calls of relay_write. Names with a double underscore (relay__*, RELAY__*)
- * are not API: they may change with RELAY_FAST_VERSION.
+ * inlines them into its calls of relay_write. Everything named relay_fast_* or RELAY_FAST_* here,
+ * but for the structs' use by relay.h, is not API: it may change with RELAY_FAST_VERSION.
  *
  * The ABI rule. A program compiled with this header calls relay_write inline. The inline code
  * reads the channel's descriptor (struct relay_fast, below) only if its version is the one the
  * program was compiled with; otherwise, or when anything is unusual (no rseq, the thread moved to
- * another CPU, a record that does not fit, a closed or full buffer, a pending wake-up), it calls
- * the library: the exported relay_write, or the two relay_fast_* functions below. A library that
- * changes the descriptor or the shared layout it describes bumps RELAY_FAST_VERSION, so programs
- * built before take the exported path from then on: slower, never wrong. A program built against
- * an older relay.h calls the exported relay_write and never sees the descriptor. A program built
- * against this one needs a librelayfs.so.1 that exports relay_fast_commit_events (0.1.0 or later
- * of this series): the dynamic linker refuses to start it with an older one.
- * Define RELAYFS_NO_INLINE before including relay.h to call the exported function always.
+ * another CPU, a record that does not fit, a closed buffer, a pending wake-up), it calls the
+ * library: the exported relay_write, or relay_fast_commit_remote / relay_fast_commit_events. A
+ * library that changes the descriptor, or the shared layout it points into, bumps
+ * RELAY_FAST_VERSION, so programs built before take the exported path from then on: slower,
+ * never wrong. A program built against an older relay.h calls the exported relay_write and never
+ * sees the descriptor. A program built against this one requires the symbol version RELAYFS_0.4
+ * of librelayfs.so.1 (src/client/librelayfs.map), so the dynamic linker refuses to start it with
+ * an older library. Define RELAYFS_NO_INLINE before including relay.h to call the exported
+ * function always.
  */
 #ifndef RELAYFS_RELAY_FAST_H
 #define RELAYFS_RELAY_FAST_H
@@ -25,21 +26,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* x86-64 with glibc's rseq registration (2.35+), and not under ThreadSanitizer, which cannot see
- * inside the asm: elsewhere relay_write is always the exported function, and the library's
- * producer reserves and commits with locked instructions. */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_include) && \
-    !defined(__SANITIZE_THREAD__)
+/* x86-64 with glibc's rseq registration (2.35+, which exports __rseq_offset), and not under
+ * ThreadSanitizer, which cannot see inside the asm: elsewhere relay_write is always the exported
+ * function, and the library's producer reserves and commits with locked instructions. The
+ * kernel's rseq ABI is used directly (struct relay_fast_rseq_abi), not <sys/rseq.h>, so that
+ * including relay.h declares no struct rseq of its own in the program. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35)) && !defined(__SANITIZE_THREAD__)
 #if defined(__has_feature)
 #if __has_feature(thread_sanitizer)
-#define RELAY__NO_RSEQ 1
+#define RELAY_FAST_NO_RSEQ 1
 #endif
 #endif
-#if !defined(RELAY__NO_RSEQ) && __has_include(<sys/rseq.h>)
-#include <sys/rseq.h>
-#if defined(RSEQ_SIG)
-#define RELAY__HAVE_RSEQ 1
-#endif
+#if !defined(RELAY_FAST_NO_RSEQ)
+#define RELAY_FAST_HAVE_RSEQ 1
 #endif
 #endif
 
@@ -47,22 +47,50 @@
 extern "C" {
 #endif
 
+/* Every function here: inline only, never a symbol of its own (as glibc's fortified functions),
+ * so that the inline relay_write of relay.h, which has external linkage, may use them. */
+#define RELAY_FAST_INLINE extern __inline__ __attribute__((gnu_inline, always_inline))
+
 /* The position word of a buffer: where the next record goes (src/core/layout.h has the whole
  * rule). Bits 0..31: offset in the current sub-buffer, or a marker (busy, closed, stopped) above
  * every sub-buffer size; bits 32..47: the sub-buffer's slot. */
-#define RELAY__WORD_OFF(w) ((uint32_t)(w))
-#define RELAY__WORD_SLOT(w) ((uint32_t)((w) >> 32) & 0xffffu)
+#define RELAY_FAST_WORD_OFF(w) ((uint32_t)(w))
+#define RELAY_FAST_WORD_SLOT(w) ((uint32_t)((w) >> 32) & 0xffffu)
 /* A record of len bytes fits at offset off of a sub-buffer of size bytes. One test covers "does
  * not fit", "switching", "stopped" and "closed", since the markers are above every size; len is
  * tested alone first so that off + len cannot wrap. */
-#define RELAY__FITS(off, len, size) (!((len) - 1 >= (size) || (off) + (len) > (size)))
+#define RELAY_FAST_FITS(off, len, size) (!((len) - 1 >= (size) || (off) + (len) > (size)))
+/* The offset of a stopped buffer: its last switch was refused (a no-overwrite buffer was full). */
+#define RELAY_FAST_OFF_STOPPED 0xffffffffu
 /* Where slot's sub-buffer starts in the data area. */
-#define RELAY__SLOT_OFFSET(slot, size) ((uint64_t)(slot) * (size))
+#define RELAY_FAST_SLOT_OFFSET(slot, size) ((uint64_t)(slot) * (size))
+
+/* The consumed count the consumer publishes carries the low 16 bits of the reset generation it
+ * belongs to (bits 48..63); a count tagged with another generation means nothing consumed since
+ * the reset. */
+#define RELAY_FAST_CONSUMED_MASK ((((uint64_t)1) << 48) - 1)
+#define RELAY_FAST_CONSUMED_TAG(gen) (((uint64_t)((gen) & 0xffffu)) << 48)
+#define RELAY_FAST_CONSUMED_COUNT(tagged, gen)                                   \
+  ((((tagged) & ~RELAY_FAST_CONSUMED_MASK) == RELAY_FAST_CONSUMED_TAG(gen)) ? \
+       ((tagged) & RELAY_FAST_CONSUMED_MASK)                                     \
+       : 0)
+
+/* relay_buf_full(): every sub-buffer produced and none consumed, from the header's `produced`,
+ * `consumed` and `reset_gen` (src/core/layout.h). A consumed count above produced cannot come
+ * from an honest reader: it reads as nothing consumed. */
+RELAY_FAST_INLINE int relay_fast_buf_full(const uint64_t *produced_p, const uint64_t *consumed_p,
+                                      const uint32_t *gen_p, uint32_t n) {
+  const uint64_t produced = __atomic_load_n(produced_p, __ATOMIC_ACQUIRE) & RELAY_FAST_CONSUMED_MASK;
+  const uint64_t tagged = __atomic_load_n(consumed_p, __ATOMIC_ACQUIRE);
+  const uint32_t gen = __atomic_load_n(gen_p, __ATOMIC_RELAXED);
+  const uint64_t consumed = RELAY_FAST_CONSUMED_COUNT(tagged, gen);
+  return consumed <= produced ? produced - consumed >= n : produced >= n;
+}
 
 /* One sub-buffer's bookkeeping in shared memory: the layout of SubbufMeta (layout.h, which
  * checks that the two agree). A slot's committed count is commit + commit_cpu: commit_cpu is
  * written only by rseq sections on the buffer's CPU, commit by atomic adds from anywhere else. */
-struct relay__subbuf_meta {
+struct relay_fast_subbuf_meta {
   uint64_t commit;
   uint64_t ready;
   uint32_t padding;
@@ -71,10 +99,10 @@ struct relay__subbuf_meta {
   uint64_t commit_cpu;
 };
 
-/* What a commit leaves for the library to do (relay__after_commit). */
-#define RELAY__EV_COMPLETE 1u /* the commit completed its closed sub-buffer: deliver, wake */
-#define RELAY__EV_LATE 2u     /* the sub-buffer was closed already: wake every kind of waiter */
-#define RELAY__EV_RING 4u     /* a reader armed the doorbell for the next record */
+/* What a commit leaves for the library to do (relay_fast_after_commit). */
+#define RELAY_FAST_EV_COMPLETE 1u /* the commit completed its closed sub-buffer: deliver, wake */
+#define RELAY_FAST_EV_LATE 2u     /* the sub-buffer was closed already: wake every kind of waiter */
+#define RELAY_FAST_EV_RING 4u     /* a reader armed the doorbell for the next record */
 
 /* The second half of every commit, once the committed count v is known (v counts this commit):
  * raises the sub-buffer's proven-committed prefix (`ready`) and says what is left to do.
@@ -84,43 +112,57 @@ struct relay__subbuf_meta {
  * ends (a CAS: only out of order). The load of waiters is seq_cst: with the commit's store it is
  * one side of the doorbell's Dekker pair (the arming side's membarrier stands in for the fence an
  * rseq commit lacks; core/doorbell.h). */
-static __inline__ unsigned relay__after_commit(const uint64_t *wpos, struct relay__subbuf_meta *m,
+RELAY_FAST_INLINE unsigned relay_fast_after_commit(const uint64_t *wpos, struct relay_fast_subbuf_meta *m,
                                                const uint32_t *waiters, uint32_t slot,
                                                uint32_t off, uint32_t len, uint64_t base,
                                                uint32_t size, uint64_t v) {
   const uint64_t w = __atomic_load_n(wpos, __ATOMIC_ACQUIRE);
   unsigned ev = 0;
-  if (RELAY__WORD_SLOT(w) == slot && v == base + RELAY__WORD_OFF(w)) {
+  if (RELAY_FAST_WORD_SLOT(w) == slot && v == base + RELAY_FAST_WORD_OFF(w)) {
     __atomic_store_n(&m->ready, v, __ATOMIC_RELEASE);
   } else {
     uint64_t start = base + off;
     __atomic_compare_exchange_n(&m->ready, &start, start + len, 0, __ATOMIC_RELEASE,
                                 __ATOMIC_RELAXED);
   }
-  if (__builtin_expect(v == base + size, 0)) ev |= RELAY__EV_COMPLETE;
+  if (__builtin_expect(v == base + size, 0)) ev |= RELAY_FAST_EV_COMPLETE;
   const uint32_t want = __atomic_load_n(waiters, __ATOMIC_SEQ_CST);
-  if (__builtin_expect(RELAY__WORD_SLOT(w) != slot || RELAY__WORD_OFF(w) > size, 0))
-    ev |= RELAY__EV_LATE;
+  if (__builtin_expect(RELAY_FAST_WORD_SLOT(w) != slot || RELAY_FAST_WORD_OFF(w) > size, 0))
+    ev |= RELAY_FAST_EV_LATE;
   else if (__builtin_expect(want & 1u, 0)) /* kWakeRecord */
-    ev |= RELAY__EV_RING;
+    ev |= RELAY_FAST_EV_RING;
   return ev;
 }
 
-#ifdef RELAY__HAVE_RSEQ
+#ifdef RELAY_FAST_HAVE_RSEQ
 
 /* The calling thread's rseq area, which glibc registered: the thread pointer plus __rseq_offset. */
-static __inline__ struct rseq *relay__rseq_area(void) {
+/* The head of the kernel's struct rseq (linux/rseq.h), which glibc registers for every thread:
+ * fixed by the kernel's ABI. */
+struct relay_fast_rseq_abi {
+  uint32_t cpu_id_start;
+  uint32_t cpu_id;
+  uint64_t rseq_cs; /* the running section's descriptor, or 0 */
+};
+/* glibc's, as <sys/rseq.h> declares it: where the thread's area is, from the thread pointer. */
+extern const ptrdiff_t __rseq_offset;
+
+RELAY_FAST_INLINE struct relay_fast_rseq_abi *relay_fast_rseq_area(void) {
   char *tp;
   __asm__("movq %%fs:0, %0" : "=r"(tp));
-  return (struct rseq *)(tp + __rseq_offset);
+  return (struct relay_fast_rseq_abi *)(tp + __rseq_offset);
 }
 
 /* The CPU the calling thread runs on, as the kernel last stored it (no system call). Above every
  * CPU number when rseq is not registered (RSEQ_CPU_ID_UNINITIALIZED and _REGISTRATION_FAILED are
  * negative). */
-static __inline__ uint32_t relay__cpu(void) {
-  return __atomic_load_n(&relay__rseq_area()->cpu_id, __ATOMIC_RELAXED);
+RELAY_FAST_INLINE uint32_t relay_fast_cpu(void) {
+  return __atomic_load_n(&relay_fast_rseq_area()->cpu_id, __ATOMIC_RELAXED);
 }
+
+/* The abort handler's signature, which the kernel checks before it jumps there: glibc registered
+ * every thread with this value (RSEQ_SIG on x86; src/core/rseq.h checks that they agree). */
+#define RELAY_FAST_RSEQ_SIG 0x53053053
 
 /* The frame of every rseq section (asm text; labels 1 = start, 2 = post-commit, 3 = descriptor,
  * 4 = abort handler; operand [rseq_cs] and label other_cpu are the section's). The "?" flag puts
@@ -129,7 +171,7 @@ static __inline__ uint32_t relay__cpu(void) {
  * the descriptor that points into it too. The abort handler is preceded by glibc's signature
  * (RSEQ_SIG) in a ud1, so that falling into it traps. An abort restarts nothing: the caller
  * looks again from its loop. */
-#define RELAY__RSEQ_BEGIN                  \
+#define RELAY_FAST_RSEQ_BEGIN                  \
   ".pushsection __rseq_cs, \"aw?\"\n\t"     \
   ".balign 32\n\t"                         \
   "3:\n\t"                                 \
@@ -139,45 +181,45 @@ static __inline__ uint32_t relay__cpu(void) {
   "leaq 3b(%%rip), %%rax\n\t"              \
   "movq %%rax, %[rseq_cs]\n\t"             \
   "1:\n\t"
-#define RELAY__RSEQ_END                    \
+#define RELAY_FAST_RSEQ_END                    \
   "2:\n\t"                                 \
   ".pushsection __rseq_failure, \"ax?\"\n\t" \
   ".byte 0x0f, 0xb9, 0x3d\n\t"             \
-  ".long 0x53053053\n\t"                   \
+  ".long 0x53053053\n\t" /* RELAY_FAST_RSEQ_SIG */ \
   "4:\n\t"                                 \
   "jmp %l[other_cpu]\n\t"                  \
   ".popsection\n\t"
 
-/* Outcomes of relay__cas_on_cpu. */
-#define RELAY__STORED 0  /* *word was expect; it is now desired */
-#define RELAY__CHANGED 1 /* *word was not expect; nothing stored */
-#define RELAY__OTHER 2   /* not on cpu, or moved, preempted or signalled before the store */
+/* Outcomes of relay_fast_cas_on_cpu. */
+#define RELAY_FAST_STORED 0  /* *word was expect; it is now desired */
+#define RELAY_FAST_CHANGED 1 /* *word was not expect; nothing stored */
+#define RELAY_FAST_OTHER 2   /* not on cpu, or moved, preempted or signalled before the store */
 
 /* If the calling thread runs on cpu and *word == expect, stores desired: all or nothing with
  * respect to every other rseq section on that CPU, so as good as a CAS on a word that only such
  * sections (and remote changes that fence them out) write. A plain store: release on x86, as the
  * compare's load is acquire; the "memory" clobber keeps the compiler from moving accesses across
  * it. */
-static __inline__ int relay__cas_on_cpu(uint64_t *word, uint64_t expect, uint64_t desired,
+RELAY_FAST_INLINE int relay_fast_cas_on_cpu(uint64_t *word, uint64_t expect, uint64_t desired,
                                         uint32_t cpu) {
-  struct rseq *rs = relay__rseq_area();
-  __asm__ goto(RELAY__RSEQ_BEGIN
+  struct relay_fast_rseq_abi *rs = relay_fast_rseq_area();
+  __asm__ goto(RELAY_FAST_RSEQ_BEGIN
                "cmpl %[cpu], %[cpu_id]\n\t"
                "jnz %l[other_cpu]\n\t"
                "cmpq %[word], %[expect]\n\t"
                "jnz %l[changed]\n\t"
                "movq %[desired], %[word]\n\t"
-               RELAY__RSEQ_END
+               RELAY_FAST_RSEQ_END
                :
                : [rseq_cs] "m"(rs->rseq_cs), [cpu_id] "m"(rs->cpu_id), [cpu] "r"(cpu),
                  [word] "m"(*word), [expect] "r"(expect), [desired] "r"(desired)
                : "memory", "cc", "rax"
                : other_cpu, changed);
-  return RELAY__STORED;
+  return RELAY_FAST_STORED;
 changed:
-  return RELAY__CHANGED;
+  return RELAY_FAST_CHANGED;
 other_cpu:
-  return RELAY__OTHER;
+  return RELAY_FAST_OTHER;
 }
 
 /* If the calling thread runs on cpu: *word += add, all or nothing with respect to every other rseq
@@ -185,20 +227,20 @@ other_cpu:
  * section was aborted before its store: nothing stored. Only rseq sections on cpu may ever write
  * *word: a remote atomic add landing between the load and the store would be lost. The store is
  * plain (release on x86: the record's bytes, stored before, are visible to whoever sees the new
- * count); it is not ordered before later loads (see relay__after_commit). */
-static __inline__ int relay__add_on_cpu(uint64_t *word, uint64_t add, uint32_t cpu,
+ * count); it is not ordered before later loads (see relay_fast_after_commit). */
+RELAY_FAST_INLINE int relay_fast_add_on_cpu(uint64_t *word, uint64_t add, uint32_t cpu,
                                         uint64_t *sum) {
-  struct rseq *rs = relay__rseq_area();
+  struct relay_fast_rseq_abi *rs = relay_fast_rseq_area();
   /* *sum is written inside the section before the commit store: an aborted attempt leaves a
    * value the retry overwrites. */
-  __asm__ goto(RELAY__RSEQ_BEGIN
+  __asm__ goto(RELAY_FAST_RSEQ_BEGIN
                "cmpl %[cpu], %[cpu_id]\n\t"
                "jnz %l[other_cpu]\n\t"
                "movq %[word], %%rax\n\t"
                "addq %[add], %%rax\n\t"
                "movq %%rax, %[sum]\n\t"
                "movq %%rax, %[word]\n\t"
-               RELAY__RSEQ_END
+               RELAY_FAST_RSEQ_END
                :
                : [rseq_cs] "m"(rs->rseq_cs), [cpu_id] "m"(rs->cpu_id), [cpu] "r"(cpu),
                  [word] "m"(*word), [add] "r"(add), [sum] "m"(*sum)
@@ -213,32 +255,39 @@ other_cpu:
  * slot's committed count as seen after it (commit_cpu's new value plus commit, loaded with
  * acquire: the bytes of the remote commits it counts). A lower bound of the true count: the other
  * counter is read with no fence after the add. Returns 0 if the section did not store (the caller
- * looks at relay__cpu() and retries, or commits remotely). */
-static __inline__ int relay__commit_on_cpu(struct relay__subbuf_meta *m, uint32_t len,
+ * looks at relay_fast_cpu() and retries, or commits remotely). */
+RELAY_FAST_INLINE int relay_fast_commit_on_cpu(struct relay_fast_subbuf_meta *m, uint32_t len,
                                            uint32_t cpu, uint64_t *v) {
   uint64_t local;
-  if (!relay__add_on_cpu(&m->commit_cpu, len, cpu, &local)) return 0;
+  if (!relay_fast_add_on_cpu(&m->commit_cpu, len, cpu, &local)) return 0;
   *v = local + __atomic_load_n(&m->commit, __ATOMIC_ACQUIRE);
   return 1;
 }
 
-#endif /* RELAY__HAVE_RSEQ */
+#endif /* RELAY_FAST_HAVE_RSEQ */
 
 /* The inline path's view of one buffer: the library fills it when it binds the buffer to its
  * CPU, and never changes it while the channel is open. Process-local memory: pointers into this
  * process's mapping of the buffer, and to its producer's lap bases. */
 struct relay_fast_buf {
   uint64_t *wpos;                   /* the position word */
-  struct relay__subbuf_meta *meta;  /* n_subbufs entries */
+  struct relay_fast_subbuf_meta *meta;  /* n_subbufs entries */
   char *data;                       /* the data area: n_subbufs * subbuf_size bytes */
   const uint64_t *lap_base;         /* each slot's committed count at the start of its lap */
   const uint32_t *waiters;          /* the doorbell */
+  const uint64_t *produced;         /* for relay_fast_buf_full */
+  const uint64_t *consumed;
+  const uint32_t *reset_gen;
+  uint64_t *lost_full;              /* records dropped: buffer full */
   uint32_t subbuf_size;
-  uint32_t on; /* nonzero: bound to CPU == its index, with rseq reservation and commit */
+  uint32_t n_subbufs;
+  uint32_t on;        /* nonzero: bound to CPU == its index, with rseq reservation and commit */
+  uint32_t drop_full; /* nonzero: a stopped buffer still full drops a record here (the default
+                       * subbuf_start, which would refuse again, and not RELAY_BLOCKING) */
 };
 
 /* A channel's descriptor (struct rchan's fast): buf[i] serves CPU i. */
-#define RELAY_FAST_VERSION 1u
+#define RELAY_FAST_VERSION 2u
 struct relay_fast {
   uint32_t version; /* RELAY_FAST_VERSION of the library that made it */
   uint32_t n_buffers;

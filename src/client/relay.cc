@@ -245,6 +245,31 @@ unsigned ncpus_possible() {
   return static_cast<unsigned>(std::max(1, get_nprocs_conf()));
 }
 
+// One more than the highest CPU number the system may ever use (/sys/devices/system/cpu/possible,
+// e.g. "0-3,8-11" gives 12): above ncpus_possible() where the numbers have holes. A buffer may be
+// bound to CPU i only if every CPU a thread can run on has a buffer of its own; otherwise a thread
+// on CPU 8 of a 8-buffer channel would be sent to buffer 0, bound to CPU 0, forever.
+unsigned read_cpu_limit() {
+  unsigned limit = ncpus_possible();
+  if (FILE* f = std::fopen("/sys/devices/system/cpu/possible", "re")) {
+    char line[256];
+    if (std::fgets(line, sizeof line, f)) {
+      // The last number of the list is the highest.
+      const char* last = line;
+      for (const char* p = line; *p; ++p)
+        if (*p == ',' || *p == '-') last = p + 1;
+      const unsigned long hi = std::strtoul(last, nullptr, 10);
+      if (hi + 1 > limit && hi < 65536) limit = static_cast<unsigned>(hi + 1);
+    }
+    std::fclose(f);
+  }
+  return limit;
+}
+unsigned cpu_limit() {
+  static const unsigned limit = read_cpu_limit();  // the possible CPUs never change
+  return limit;
+}
+
 unsigned current_cpu() {
   // glibc 2.35+ reads the CPU from its registered rseq area: no system call.
   const int cpu = ::sched_getcpu();
@@ -255,6 +280,10 @@ unsigned current_cpu() {
 // buffer bound to its CPU with rseq commits is on. RELAYFS_INLINE=0 in the environment keeps
 // every write on the exported path (a measuring aid, and a way out if the inline path is ever
 // suspected).
+// The descriptor is ABI: a change of its layout, or of what the inline code may assume of the
+// shared layout it points into, is a new RELAY_FAST_VERSION (relay_write(3)).
+static_assert(RELAY_FAST_VERSION == 2 && sizeof(relay_fast_buf) == 88 && sizeof(relay_fast) == 16,
+              "the inline path's descriptor changed: bump RELAY_FAST_VERSION and this check");
 void publish_fast(Chan* c) {
   const char* env = std::getenv("RELAYFS_INLINE");
   if (env && std::strcmp(env, "0") == 0) return;
@@ -656,7 +685,7 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
     // Buffer i is written only from CPU i (producer_for), so its writers can reserve with an
     // rseq section instead of a locked CAS. Not when a buffer serves several CPUs (fewer
     // buffers than possible CPUs) or all of them (global).
-    if (!is_global && reply.n_buffers >= ncpus_possible()) b->producer->bind_cpu(b->pub.cpu);
+    if (!is_global && reply.n_buffers >= cpu_limit()) b->producer->bind_cpu(b->pub.cpu);
     if (c->opts.flags & RELAY_BLOCKING)
       b->producer->set_blocking(
           true, c->opts.block_timeout_ms < 0 ? -1 : int64_t{c->opts.block_timeout_ms} * 1'000'000);
@@ -859,6 +888,9 @@ RELAY_API int relay_buf_stats(rchan_buf* buf, relay_stats* st) {
   relayfs::client::read_stats(impl(buf)->buffer, st);
   return 0;
 }
+
+// Exported through its declaration in relay.h (RELAY_API) and librelayfs.map.
+const unsigned int relay_fast_abi = RELAY_FAST_VERSION;
 
 RELAY_API void relay_fast_commit_remote(rchan* chan, unsigned int cpu, unsigned int slot,
                                         unsigned int off, unsigned int len,

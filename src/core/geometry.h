@@ -49,7 +49,7 @@ inline constexpr uint64_t lap_end(uint64_t seq, uint32_t n, uint32_t size) noexc
 }
 // Where slot's bytes start in the data area.
 inline constexpr uint64_t slot_offset(uint32_t slot, uint32_t size) noexcept {
-  return RELAY__SLOT_OFFSET(slot, size);  // relay_fast.h: the inline relay_write's rule too
+  return RELAY_FAST_SLOT_OFFSET(slot, size);  // relay_fast.h: the inline relay_write's rule too
 }
 // The oldest sub-buffer whose slot the writer has not begun to reuse, once it has switched away
 // from `produced` sub-buffers and begun the next one (produced >= n): where a lapped reader goes

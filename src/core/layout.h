@@ -36,7 +36,7 @@ inline constexpr size_t kCacheLine = 64;
 // "offset + len > subbuf_size" sends every writer to the slow path in those states.
 inline constexpr uint32_t kOffClosed = 0xfffffffd;
 inline constexpr uint32_t kOffBusy = 0xfffffffe;
-inline constexpr uint32_t kOffStopped = 0xffffffff;
+inline constexpr uint32_t kOffStopped = RELAY_FAST_OFF_STOPPED;
 // A switch claimed from outside the CPU a buffer is bound to (Producer::claim_word) is busy too,
 // but each such claim stores an offset of its own from this range, above every sub-buffer size
 // (geometry.h: at most 1 GiB). The claimer recognises its word after the rseq fence only if no
@@ -52,10 +52,10 @@ inline constexpr uint64_t make_word(uint32_t slot, uint64_t seq, uint32_t off) {
 }
 // Decoded by relay_fast.h's rules, which the inline relay_write shares.
 inline constexpr uint32_t word_off(uint64_t w) {
-  return RELAY__WORD_OFF(w);
+  return RELAY_FAST_WORD_OFF(w);
 }
 inline constexpr uint32_t word_slot(uint64_t w) {
-  return RELAY__WORD_SLOT(w);
+  return RELAY_FAST_WORD_SLOT(w);
 }
 inline constexpr uint16_t word_seq(uint64_t w) {
   return static_cast<uint16_t>(w >> 48);
@@ -65,14 +65,14 @@ inline constexpr uint16_t word_seq(uint64_t w) {
 //   bits 0..47 sub-buffers consumed, bits 48..63 low bits of ShmHeader::reset_gen.
 // A producer that finds a tag other than the current generation treats the count as 0, so a
 // value published just before a reset never passes for progress made after it.
-inline constexpr uint64_t kConsumedMask = (uint64_t{1} << 48) - 1;
+inline constexpr uint64_t kConsumedMask = RELAY_FAST_CONSUMED_MASK;  // relay_fast.h: shared rule
 inline constexpr uint64_t consumed_tag(uint32_t gen, uint64_t consumed) {
-  return (uint64_t{gen & 0xffff} << 48) | (consumed & kConsumedMask);
+  return RELAY_FAST_CONSUMED_TAG(gen) | (consumed & kConsumedMask);
 }
 // The count a published value carries if it belongs to reset generation gen; a count published
 // for another generation means nothing has been consumed since the reset: 0.
 inline constexpr uint64_t consumed_count(uint64_t tagged, uint32_t gen) {
-  return (tagged & ~kConsumedMask) == consumed_tag(gen, 0) ? tagged & kConsumedMask : 0;
+  return RELAY_FAST_CONSUMED_COUNT(tagged, gen);
 }
 
 // The consumer's whole position and counters, as one record: what a daemon started after
@@ -230,14 +230,14 @@ inline uint64_t committed(const SubbufMeta& m) noexcept {
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "shared atomics must be address-free");
 static_assert(std::atomic<uint32_t>::is_always_lock_free, "shared atomics must be address-free");
 static_assert(sizeof(SubbufMeta) == 40);
-// The inline relay_write (relay_fast.h) sees a slot's bookkeeping as struct relay__subbuf_meta:
+// The inline relay_write (relay_fast.h) sees a slot's bookkeeping as struct relay_fast_subbuf_meta:
 // the same layout, field for field. A change here is a change of RELAY_FAST_VERSION.
-static_assert(sizeof(SubbufMeta) == sizeof(relay__subbuf_meta));
-static_assert(offsetof(SubbufMeta, commit) == offsetof(relay__subbuf_meta, commit));
-static_assert(offsetof(SubbufMeta, ready) == offsetof(relay__subbuf_meta, ready));
-static_assert(offsetof(SubbufMeta, padding) == offsetof(relay__subbuf_meta, padding));
-static_assert(offsetof(SubbufMeta, start_bytes) == offsetof(relay__subbuf_meta, start_bytes));
-static_assert(offsetof(SubbufMeta, commit_cpu) == offsetof(relay__subbuf_meta, commit_cpu));
+static_assert(sizeof(SubbufMeta) == sizeof(relay_fast_subbuf_meta));
+static_assert(offsetof(SubbufMeta, commit) == offsetof(relay_fast_subbuf_meta, commit));
+static_assert(offsetof(SubbufMeta, ready) == offsetof(relay_fast_subbuf_meta, ready));
+static_assert(offsetof(SubbufMeta, padding) == offsetof(relay_fast_subbuf_meta, padding));
+static_assert(offsetof(SubbufMeta, start_bytes) == offsetof(relay_fast_subbuf_meta, start_bytes));
+static_assert(offsetof(SubbufMeta, commit_cpu) == offsetof(relay_fast_subbuf_meta, commit_cpu));
 static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t) &&
               sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
 static_assert(offsetof(ShmHeader, wpos) % kCacheLine == 0);

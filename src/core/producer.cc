@@ -131,12 +131,10 @@ bool Producer::commit_at(void* ptr, size_t len) noexcept {
 }
 
 bool Producer::buf_full() const noexcept {
-  const uint64_t produced = hdr_->produced.load(std::memory_order_acquire) & kConsumedMask;
-  const uint64_t tagged = hdr_->consumed.load(std::memory_order_acquire);
-  const uint32_t gen = hdr_->reset_gen.load(std::memory_order_relaxed);
-  const uint64_t consumed = consumed_count(tagged, gen);
-  // A count above produced cannot come from an honest reader; read it as "nothing consumed".
-  return consumed <= produced ? produced - consumed >= n_ : produced >= n_;
+  // relay_fast.h's rule, which the inline relay_write's drop follows too.
+  return relay_fast_buf_full(reinterpret_cast<const uint64_t*>(&hdr_->produced),
+                         reinterpret_cast<const uint64_t*>(&hdr_->consumed),
+                         reinterpret_cast<const uint32_t*>(&hdr_->reset_gen), n_) != 0;
 }
 
 void Producer::ring() noexcept {
@@ -213,27 +211,35 @@ void Producer::commit_remote(const Reservation& r) noexcept {
 }
 
 void Producer::commit_events(uint32_t slot, uint64_t v, unsigned ev) noexcept {
-  if (ev & RELAY__EV_COMPLETE) on_complete(slot, v);
+  if (ev & RELAY_FAST_EV_COMPLETE) on_complete(slot, v);
   // Sub-buffer waiters (the daemon's, and mmap readers' bells) are rung by the switch that
   // closed the sub-buffer; but a commit that found it closed already was a late one that may
   // have completed it unseen by on_complete, when a commit on another CPU raced it (layout.h,
   // committed()): then every kind of waiter is asked.
-  if (ev & RELAY__EV_LATE)
+  if (ev & RELAY_FAST_EV_LATE)
     wake_readers();
-  else if (ev & RELAY__EV_RING)
+  else if (ev & RELAY_FAST_EV_RING)
     ring();
 }
 
 relay_fast_buf Producer::fast_desc() const noexcept {
   relay_fast_buf d{};
   d.wpos = reinterpret_cast<uint64_t*>(&hdr_->wpos);
-  d.meta = reinterpret_cast<relay__subbuf_meta*>(meta_);
+  d.meta = reinterpret_cast<relay_fast_subbuf_meta*>(meta_);
   d.data = data_;
   d.lap_base = lap_base_.get();
   d.waiters = reinterpret_cast<const uint32_t*>(&hdr_->waiters);
+  d.produced = reinterpret_cast<const uint64_t*>(&hdr_->produced);
+  d.consumed = reinterpret_cast<const uint64_t*>(&hdr_->consumed);
+  d.reset_gen = reinterpret_cast<const uint32_t*>(&hdr_->reset_gen);
+  d.lost_full = reinterpret_cast<uint64_t*>(&hdr_->lost_full);
   d.subbuf_size = size_;
+  d.n_subbufs = n_;
   // Only the fully rseq buffer: the inline path has no CAS reservation and no locked commit.
   d.on = cpu_ >= 0 && local_commit_ ? 1 : 0;
+  // try_slow's drop without the switch: the default hook would refuse again and has no side
+  // effect; a blocking write waits instead (set_blocking comes before this is asked).
+  d.drop_full = !hooks_.subbuf_start && !blocking_ ? 1 : 0;
   return d;
 }
 

@@ -96,7 +96,7 @@ class Producer {
 
   // The inline relay_write's calls back (relay_fast.h, relay.h). commit_remote: commits r, which
   // was reserved on the bound CPU, from a thread that has moved off it (the atomic counter).
-  // commit_events: what a commit whose count was v left to do (RELAY__EV_* bits): deliver and
+  // commit_events: what a commit whose count was v left to do (RELAY_FAST_EV_* bits): deliver and
   // wake for a completed sub-buffer, wake every waiter after a late commit, ring the doorbell.
   void commit_remote(const Reservation& r) noexcept;
   void commit_events(uint32_t slot, uint64_t v, unsigned ev) noexcept;
@@ -249,7 +249,7 @@ inline int Producer::reserve(size_t len, Reservation* r) noexcept {
   for (;;) {
     const uint32_t off = word_off(w);
     // One test covers "does not fit", "switching", "stopped" and "closed" (relay_fast.h).
-    if (!RELAY__FITS(off, len, size_)) [[unlikely]]
+    if (!RELAY_FAST_FITS(off, len, size_)) [[unlikely]]
       return reserve_slow(len, r);
     if (cpu_ >= 0) {
       // rseq section on the buffer's CPU: same outcome as the CAS below, without the lock.
@@ -303,10 +303,10 @@ inline uint64_t Producer::add_commit(SubbufMeta& m, uint32_t len) noexcept {
 #ifdef RELAYFS_HAVE_RSEQ
   if (local_commit_) {
     // The rseq add on commit_cpu, as the inline relay_write makes it (relay_fast.h; layout.h
-    // checks that SubbufMeta is its relay__subbuf_meta).
+    // checks that SubbufMeta is its relay_fast_subbuf_meta).
     uint64_t v;
     for (;;) {
-      if (relay__commit_on_cpu(reinterpret_cast<relay__subbuf_meta*>(&m), len,
+      if (relay_fast_commit_on_cpu(reinterpret_cast<relay_fast_subbuf_meta*>(&m), len,
                                static_cast<uint32_t>(cpu_), &v)) [[likely]]
         return v;
       // Aborted on our CPU (preempted, or a signal whose handler may have committed there too):
@@ -320,14 +320,14 @@ inline uint64_t Producer::add_commit(SubbufMeta& m, uint32_t len) noexcept {
 
 inline void Producer::commit(const Reservation& r) noexcept {
   // Releases the record's bytes to readers that acquire the count (committed()). The locked add
-  // (unbound) is seq_cst: with the load of `waiters` in relay__after_commit, the Dekker pair of a
+  // (unbound) is seq_cst: with the load of `waiters` in relay_fast_after_commit, the Dekker pair of a
   // reader arming the doorbell. The rseq add is a plain store that x86 may hold in the store
   // buffer past that load: the arming side's membarrier takes its place (doorbell.h).
   finish_commit(r, add_commit(meta_[r.slot], r.len));
 }
 
 // What every commit does once its count v is known, whichever counter took it: the rules of
-// relay__after_commit (relay_fast.h), which the inline relay_write follows too. It raises the
+// relay_fast_after_commit (relay_fast.h), which the inline relay_write follows too. It raises the
 // sub-buffer's proven-committed prefix (`ready`) so readers can return the record: with a plain
 // store when nothing is in flight (the common case, no locked instruction), with a CAS only out
 // of order (a writer preempted between reservation and commit; without it, records committed
@@ -335,8 +335,8 @@ inline void Producer::commit(const Reservation& r) noexcept {
 // only lower `ready`, a lower bound either way. What is left (commit_events) is rare.
 inline void Producer::finish_commit(const Reservation& r, uint64_t v) noexcept {
   const unsigned ev =
-      relay__after_commit(reinterpret_cast<const uint64_t*>(&hdr_->wpos),
-                          reinterpret_cast<relay__subbuf_meta*>(&meta_[r.slot]),
+      relay_fast_after_commit(reinterpret_cast<const uint64_t*>(&hdr_->wpos),
+                          reinterpret_cast<relay_fast_subbuf_meta*>(&meta_[r.slot]),
                           reinterpret_cast<const uint32_t*>(&hdr_->waiters), r.slot, r.off, r.len,
                           r.base, size_, v);
   if (ev != 0) [[unlikely]]

@@ -14,14 +14,16 @@
 // the asm), the producer keeps its CAS.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 // The primitives themselves (the asm sections, the CPU read) are relay_fast.h's, shared with the
 // inline relay_write of the public header: one definition of each.
 #include <relayfs/relay_fast.h>
 
-#ifdef RELAY__HAVE_RSEQ
+#ifdef RELAY_FAST_HAVE_RSEQ
 #define RELAYFS_HAVE_RSEQ 1
+#include <sys/rseq.h>
 #endif
 
 namespace relayfs::core::rseq {
@@ -56,28 +58,32 @@ int arming_fence() noexcept;
 
 #ifdef RELAYFS_HAVE_RSEQ
 
-inline struct ::rseq* thread_area() noexcept { return relay__rseq_area(); }
-
-// The CPU the calling thread runs on, as the kernel last stored it in the thread's rseq area.
-inline int32_t current_cpu() noexcept { return static_cast<int32_t>(relay__cpu()); }
-
-// relay__cas_on_cpu: if the calling thread runs on `cpu` and *word == expect, stores desired; all
-// or nothing with respect to every other rseq section on that CPU.
-inline Cas cas_on_cpu(uint64_t* word, uint64_t expect, uint64_t desired, uint32_t cpu) noexcept {
-  static_assert(RELAY__STORED == static_cast<int>(Cas::kStored) &&
-                RELAY__CHANGED == static_cast<int>(Cas::kChanged) &&
-                RELAY__OTHER == static_cast<int>(Cas::kOtherCpu));
-  return static_cast<Cas>(relay__cas_on_cpu(word, expect, desired, cpu));
+inline struct ::rseq* thread_area() noexcept {
+  static_assert(offsetof(struct ::rseq, cpu_id) == offsetof(relay_fast_rseq_abi, cpu_id) &&
+                offsetof(struct ::rseq, rseq_cs) == offsetof(relay_fast_rseq_abi, rseq_cs));
+  return reinterpret_cast<struct ::rseq*>(relay_fast_rseq_area());
 }
 
-// relay__add_on_cpu: if the calling thread runs on `cpu`: *word += add and *sum = the new value,
+// The CPU the calling thread runs on, as the kernel last stored it in the thread's rseq area.
+inline int32_t current_cpu() noexcept { return static_cast<int32_t>(relay_fast_cpu()); }
+
+// relay_fast_cas_on_cpu: if the calling thread runs on `cpu` and *word == expect, stores desired; all
+// or nothing with respect to every other rseq section on that CPU.
+inline Cas cas_on_cpu(uint64_t* word, uint64_t expect, uint64_t desired, uint32_t cpu) noexcept {
+  static_assert(RELAY_FAST_STORED == static_cast<int>(Cas::kStored) &&
+                RELAY_FAST_CHANGED == static_cast<int>(Cas::kChanged) &&
+                RELAY_FAST_OTHER == static_cast<int>(Cas::kOtherCpu));
+  return static_cast<Cas>(relay_fast_cas_on_cpu(word, expect, desired, cpu));
+}
+
+// relay_fast_add_on_cpu: if the calling thread runs on `cpu`: *word += add and *sum = the new value,
 // all or nothing with respect to every other rseq section on that CPU. Returns false if nothing
 // was stored (not on `cpu`, or aborted). Only rseq sections on `cpu` may ever write *word.
 inline bool add_on_cpu(uint64_t* word, uint64_t add, uint32_t cpu, uint64_t* sum) noexcept {
-  return relay__add_on_cpu(word, add, cpu, sum) != 0;
+  return relay_fast_add_on_cpu(word, add, cpu, sum) != 0;
 }
 
-static_assert(RSEQ_SIG == 0x53053053, "the abort signature in cas_on_cpu must match glibc's");
+static_assert(RSEQ_SIG == RELAY_FAST_RSEQ_SIG, "the abort signature of relay_fast.h must be glibc's");
 
 #else
 
