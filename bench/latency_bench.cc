@@ -307,12 +307,22 @@ void Mode::run_reader() {
   std::vector<char> buf(std::max<size_t>(4096, 2 * rec));
   size_t have = 0;
   bool woken_badly = false;  // the current wait ended by timeout or kick, not by the record
+  bool drained = true;       // mmap reader: relay_reader_next last returned 0 (bell armed)
   for (;;) {
     const int64_t t_wait = now_ns();
     int64_t t_polled = 0, t_ret = 0;
     bool poll_timed_out = false;
     ssize_t n;
-    if (use_poll) {
+    if (mmap && !drained) {
+      // relay_reader_open(3): call relay_reader_next until it returns 0 before polling again;
+      // that last call is what drains and arms the bell. Polling after one sub-buffer would
+      // find the ring already taken and return at once, for nothing.
+      n = take_subbuf(buf.data() + have, buf.size() - have, &t_ret);
+      if (n < 0 && errno == EAGAIN) {
+        drained = true;
+        continue;
+      }
+    } else if (use_poll) {
       pollfd p{mmap ? rr->fd : fd, POLLIN, 0};
       const int rc = ::poll(&p, 1, kWaitTimeoutMs);
       t_polled = now_ns();
@@ -328,6 +338,7 @@ void Mode::run_reader() {
         continue;
       }
       if (poll_timed_out) woken_badly = true;
+      if (mmap) drained = false;  // took one: look again before the next poll()
     } else {
       n = ::read(fd, buf.data() + have, buf.size() - have);
       if (n < 0 && errno == EINTR) {  // the producer's kick: the record did not wake us
@@ -355,7 +366,7 @@ void Mode::run_reader() {
           lat.push_back(t_ret - sent);
           lat_seq.push_back(seq);
           sent_at.push_back(sent);
-          if (use_poll) wake.push_back(t_polled - sent);
+          if (use_poll && t_polled != 0) wake.push_back(t_polled - sent);  // 0: taken unpolled
         }
       }
       woken_badly = false;
