@@ -408,7 +408,7 @@ RELAY_API int relay_reader_close(struct relay_reader *r);
 #if defined(RELAY_FAST_HAVE_RSEQ) && !defined(RELAYFS_NO_INLINE)
 /* The exported relay_write, under a name the inline one can call without calling itself. */
 extern int relay_fast_exported_write(struct rchan *chan, const void *data, size_t length)
-    __asm__("relay_write");
+    __asm__("relay_write") __attribute__((visibility("default")));
 
 extern __inline__ __attribute__((gnu_inline, always_inline)) int relay_write(struct rchan *chan,
                                                                          const void *data,

@@ -8,15 +8,16 @@
  * but for the structs' use by relay.h, is not API: it may change with RELAY_FAST_VERSION.
  *
  * The ABI rule. A program compiled with this header calls relay_write inline. The inline code
- * reads the channel's descriptor (struct relay_fast, below) only if its version is the one the
- * program was compiled with; otherwise, or when anything is unusual (no rseq, the thread moved to
+ * reads the channel's descriptor (struct relay_fast, below) only if the library's relay_fast_abi
+ * is the RELAY_FAST_VERSION the program was compiled with (the descriptor's own version field says
+ * the same, for debuggers); otherwise, or when anything is unusual (no rseq, the thread moved to
  * another CPU, a record that does not fit, a closed buffer, a pending wake-up), it calls the
  * library: the exported relay_write, or relay_fast_commit_remote / relay_fast_commit_events. A
  * library that changes the descriptor, or the shared layout it points into, bumps
  * RELAY_FAST_VERSION, so programs built before take the exported path from then on: slower,
  * never wrong. A program built against an older relay.h calls the exported relay_write and never
- * sees the descriptor. A program built against this one requires the symbol version RELAYFS_0.4
- * of librelayfs.so.1 (src/client/librelayfs.map), so the dynamic linker refuses to start it with
+ * sees the descriptor. A program built against this one references relay_fast_abi, of symbol
+ * version RELAYFS_0.4 (src/client/librelayfs.map), so the dynamic linker refuses to start it with
  * an older library. Define RELAYFS_NO_INLINE before including relay.h to call the exported
  * function always.
  */
@@ -31,10 +32,12 @@
  * function, and the library's producer reserves and commits with locked instructions. The
  * kernel's rseq ABI is used directly (struct relay_fast_rseq_abi), not <sys/rseq.h>, so that
  * including relay.h declares no struct rseq of its own in the program. */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__GLIBC__) && \
+#if defined(__x86_64__) && defined(__LP64__) && defined(__GNUC__) && defined(__GLIBC__) && \
     (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35)) && !defined(__SANITIZE_THREAD__)
+/* Not x32 either (__LP64__): its pointers would not fit the asm nor the descriptor's layout. Nor
+ * under MemorySanitizer, which would take what the asm stores for uninitialised. */
 #if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
+#if __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
 #define RELAY_FAST_NO_RSEQ 1
 #endif
 #endif
@@ -145,7 +148,7 @@ struct relay_fast_rseq_abi {
   uint64_t rseq_cs; /* the running section's descriptor, or 0 */
 };
 /* glibc's, as <sys/rseq.h> declares it: where the thread's area is, from the thread pointer. */
-extern const ptrdiff_t __rseq_offset;
+extern const ptrdiff_t __rseq_offset __attribute__((visibility("default")));
 
 RELAY_FAST_INLINE struct relay_fast_rseq_abi *relay_fast_rseq_area(void) {
   char *tp;

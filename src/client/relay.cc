@@ -13,6 +13,7 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -248,22 +249,37 @@ unsigned ncpus_possible() {
 // One more than the highest CPU number the system may ever use (/sys/devices/system/cpu/possible,
 // e.g. "0-3,8-11" gives 12): above ncpus_possible() where the numbers have holes. A buffer may be
 // bound to CPU i only if every CPU a thread can run on has a buffer of its own; otherwise a thread
-// on CPU 8 of a 8-buffer channel would be sent to buffer 0, bound to CPU 0, forever.
+// on CPU 8 of a 8-buffer channel would be sent to buffer 0, bound to CPU 0, forever. The whole
+// list is read and every range looked at; a list that cannot be read or parsed gives UINT_MAX:
+// no buffer is bound (the CAS path, which any CPU may take).
 unsigned read_cpu_limit() {
-  unsigned limit = ncpus_possible();
-  if (FILE* f = std::fopen("/sys/devices/system/cpu/possible", "re")) {
-    char line[256];
-    if (std::fgets(line, sizeof line, f)) {
-      // The last number of the list is the highest.
-      const char* last = line;
-      for (const char* p = line; *p; ++p)
-        if (*p == ',' || *p == '-') last = p + 1;
-      const unsigned long hi = std::strtoul(last, nullptr, 10);
-      if (hi + 1 > limit && hi < 65536) limit = static_cast<unsigned>(hi + 1);
-    }
-    std::fclose(f);
+  UniqueFd fd(::open("/sys/devices/system/cpu/possible", O_RDONLY | O_CLOEXEC));
+  if (!fd) return UINT_MAX;
+  std::string text;
+  char chunk[512];
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return UINT_MAX;
+    if (n == 0) break;
+    text.append(chunk, static_cast<size_t>(n));
+    if (text.size() > (1u << 20)) return UINT_MAX;  // no such list exists
   }
-  return limit;
+  // "A[-B](,A[-B])*\n": the limit is one more than the highest number in it.
+  unsigned long hi = 0;
+  bool any = false;
+  const char* p = text.c_str();
+  while (*p != '\0' && *p != '\n') {
+    if (*p < '0' || *p > '9') return UINT_MAX;
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(p, &end, 10);
+    if (end == p || v >= 65536) return UINT_MAX;
+    hi = std::max(hi, v);
+    any = true;
+    p = end;
+    if (*p == '-' || *p == ',') ++p;
+  }
+  return any ? static_cast<unsigned>(hi + 1) : UINT_MAX;
 }
 unsigned cpu_limit() {
   static const unsigned limit = read_cpu_limit();  // the possible CPUs never change
