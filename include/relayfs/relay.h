@@ -415,7 +415,9 @@ extern __inline__ __attribute__((gnu_inline, always_inline)) int relay_write(str
                                                                          size_t length) {
   const struct relay_fast *f = relay_fast_abi == RELAY_FAST_VERSION ? chan->fast : NULL;
   if (__builtin_expect(f != NULL, 1)) {
-    const uint32_t cpu = relay_fast_cpu();
+    /* The thread's rseq area, found once: it stays the thread's wherever the thread runs. */
+    struct relay_fast_rseq_abi *const rs = relay_fast_rseq_area();
+    const uint32_t cpu = relay_fast_cpu_at(rs);
     if (__builtin_expect(cpu < f->n_buffers && f->buf[cpu].on, 1)) {
       /* Copied out once: each rseq section clobbers memory, which would reload them. */
       const struct relay_fast_buf *b = &f->buf[cpu];
@@ -427,7 +429,7 @@ extern __inline__ __attribute__((gnu_inline, always_inline)) int relay_write(str
       const uint32_t size = b->subbuf_size;
       uint64_t w = __atomic_load_n(wpos, __ATOMIC_RELAXED);
       while (RELAY_FAST_FITS(RELAY_FAST_WORD_OFF(w), length, size)) {
-        const int got = relay_fast_cas_on_cpu(wpos, w, w + length, cpu);
+        const int got = relay_fast_cas_on_cpu(rs, wpos, w, w + length, cpu);
         if (__builtin_expect(got == RELAY_FAST_STORED, 1)) {
           /* Seqlock writer side (core/producer.h): the record's stores stay after what made
            * the slot ours. */
@@ -438,8 +440,8 @@ extern __inline__ __attribute__((gnu_inline, always_inline)) int relay_write(str
           struct relay_fast_subbuf_meta *m = &meta[slot];
           uint64_t v;
           __builtin_memcpy(area + RELAY_FAST_SLOT_OFFSET(slot, size) + off, data, length);
-          while (!relay_fast_commit_on_cpu(m, len, cpu, &v)) {
-            if (relay_fast_cpu() != cpu) { /* moved since the reservation: the atomic counter */
+          while (!relay_fast_commit_on_cpu(rs, m, len, cpu, &v)) {
+            if (relay_fast_cpu_at(rs) != cpu) { /* moved since the reservation: atomic counter */
               relay_fast_commit_remote(chan, cpu, slot, off, len, base);
               return 0;
             }

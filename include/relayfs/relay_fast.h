@@ -112,9 +112,12 @@ struct relay_fast_subbuf_meta {
  * wpos is loaded after v's counters, so every commit v counts was reserved before that word: if
  * v reaches the word's offset, nothing is in flight and the whole reserved prefix is proven (a
  * plain store). Otherwise the proof is extended over this record if it starts where the proof
- * ends (a CAS: only out of order). The load of waiters is seq_cst: with the commit's store it is
- * one side of the doorbell's Dekker pair (the arming side's membarrier stands in for the fence an
- * rseq commit lacks; core/doorbell.h). */
+ * ends (a CAS: only out of order). The store is made on every commit, waiting reader or not:
+ * a reader's own proof fails while a reservation is held (relay_reserve, or a writer killed
+ * mid-record), and the records committed before it would then wait for it, or be counted lost
+ * with it. The load of waiters is seq_cst: with the commit's store it is one side of the
+ * doorbell's Dekker pair (the arming side's membarrier stands in for the fence an rseq commit
+ * lacks; core/doorbell.h). */
 RELAY_FAST_INLINE unsigned relay_fast_after_commit(const uint64_t *wpos, struct relay_fast_subbuf_meta *m,
                                                const uint32_t *waiters, uint32_t slot,
                                                uint32_t off, uint32_t len, uint64_t base,
@@ -159,8 +162,11 @@ RELAY_FAST_INLINE struct relay_fast_rseq_abi *relay_fast_rseq_area(void) {
 /* The CPU the calling thread runs on, as the kernel last stored it (no system call). Above every
  * CPU number when rseq is not registered (RSEQ_CPU_ID_UNINITIALIZED and _REGISTRATION_FAILED are
  * negative). */
+RELAY_FAST_INLINE uint32_t relay_fast_cpu_at(const struct relay_fast_rseq_abi *rs) {
+  return __atomic_load_n(&rs->cpu_id, __ATOMIC_RELAXED);
+}
 RELAY_FAST_INLINE uint32_t relay_fast_cpu(void) {
-  return __atomic_load_n(&relay_fast_rseq_area()->cpu_id, __ATOMIC_RELAXED);
+  return relay_fast_cpu_at(relay_fast_rseq_area());
 }
 
 /* The abort handler's signature, which the kernel checks before it jumps there: glibc registered
@@ -198,14 +204,14 @@ RELAY_FAST_INLINE uint32_t relay_fast_cpu(void) {
 #define RELAY_FAST_CHANGED 1 /* *word was not expect; nothing stored */
 #define RELAY_FAST_OTHER 2   /* not on cpu, or moved, preempted or signalled before the store */
 
-/* If the calling thread runs on cpu and *word == expect, stores desired: all or nothing with
+/* If the calling thread (whose rseq area is rs, relay_fast_rseq_area(): the caller finds it once
+ * for all its sections) runs on cpu and *word == expect, stores desired: all or nothing with
  * respect to every other rseq section on that CPU, so as good as a CAS on a word that only such
  * sections (and remote changes that fence them out) write. A plain store: release on x86, as the
  * compare's load is acquire; the "memory" clobber keeps the compiler from moving accesses across
  * it. */
-RELAY_FAST_INLINE int relay_fast_cas_on_cpu(uint64_t *word, uint64_t expect, uint64_t desired,
-                                        uint32_t cpu) {
-  struct relay_fast_rseq_abi *rs = relay_fast_rseq_area();
+RELAY_FAST_INLINE int relay_fast_cas_on_cpu(struct relay_fast_rseq_abi *rs, uint64_t *word,
+                                        uint64_t expect, uint64_t desired, uint32_t cpu) {
   __asm__ goto(RELAY_FAST_RSEQ_BEGIN
                "cmpl %[cpu], %[cpu_id]\n\t"
                "jnz %l[other_cpu]\n\t"
@@ -225,28 +231,25 @@ other_cpu:
   return RELAY_FAST_OTHER;
 }
 
-/* If the calling thread runs on cpu: *word += add, all or nothing with respect to every other rseq
- * section on that CPU, and *sum = the new value. Returns 0 if the thread is not on cpu or the
- * section was aborted before its store: nothing stored. Only rseq sections on cpu may ever write
- * *word: a remote atomic add landing between the load and the store would be lost. The store is
- * plain (release on x86: the record's bytes, stored before, are visible to whoever sees the new
- * count); it is not ordered before later loads (see relay_fast_after_commit). */
-RELAY_FAST_INLINE int relay_fast_add_on_cpu(uint64_t *word, uint64_t add, uint32_t cpu,
-                                        uint64_t *sum) {
-  struct relay_fast_rseq_abi *rs = relay_fast_rseq_area();
-  /* *sum is written inside the section before the commit store: an aborted attempt leaves a
-   * value the retry overwrites. */
+/* If the calling thread (rseq area rs) runs on cpu: *word += add, all or nothing with respect to
+ * every other rseq section on that CPU. Returns 0 if the thread is not on cpu or the section was
+ * aborted before its store: nothing stored. Only rseq sections on cpu may ever write *word: a
+ * remote atomic add landing between the load and the store would be lost. The store is plain
+ * (release on x86: the record's bytes, stored before, are visible to whoever sees the new count);
+ * it is not ordered before later loads (see relay_fast_after_commit). A constant add is an
+ * immediate ("e"). */
+RELAY_FAST_INLINE int relay_fast_add_on_cpu(struct relay_fast_rseq_abi *rs, uint64_t *word,
+                                        uint64_t add, uint32_t cpu) {
   __asm__ goto(RELAY_FAST_RSEQ_BEGIN
                "cmpl %[cpu], %[cpu_id]\n\t"
                "jnz %l[other_cpu]\n\t"
                "movq %[word], %%rax\n\t"
                "addq %[add], %%rax\n\t"
-               "movq %%rax, %[sum]\n\t"
                "movq %%rax, %[word]\n\t"
                RELAY_FAST_RSEQ_END
                :
                : [rseq_cs] "m"(rs->rseq_cs), [cpu_id] "m"(rs->cpu_id), [cpu] "r"(cpu),
-                 [word] "m"(*word), [add] "r"(add), [sum] "m"(*sum)
+                 [word] "m"(*word), [add] "er"(add)
                : "memory", "cc", "rax"
                : other_cpu);
   return 1;
@@ -255,15 +258,18 @@ other_cpu:
 }
 
 /* The rseq commit of len bytes into slot meta m on cpu: adds to commit_cpu and sets *v to the
- * slot's committed count as seen after it (commit_cpu's new value plus commit, loaded with
- * acquire: the bytes of the remote commits it counts). A lower bound of the true count: the other
- * counter is read with no fence after the add. Returns 0 if the section did not store (the caller
- * looks at relay_fast_cpu() and retries, or commits remotely). */
-RELAY_FAST_INLINE int relay_fast_commit_on_cpu(struct relay_fast_subbuf_meta *m, uint32_t len,
+ * slot's committed count as seen after it (commit_cpu, then commit, each loaded with acquire: the
+ * bytes of the commits they count). A lower bound of the true count that counts this commit: the
+ * counters are loaded after our store, one after the other, and each only grows. Loading
+ * commit_cpu back (the store forwards it) is cheaper than getting the sum out of the section
+ * through memory. Returns 0 if the section did not store (the caller looks at the CPU again and
+ * retries, or commits remotely). */
+RELAY_FAST_INLINE int relay_fast_commit_on_cpu(struct relay_fast_rseq_abi *rs,
+                                           struct relay_fast_subbuf_meta *m, uint32_t len,
                                            uint32_t cpu, uint64_t *v) {
-  uint64_t local;
-  if (!relay_fast_add_on_cpu(&m->commit_cpu, len, cpu, &local)) return 0;
-  *v = local + __atomic_load_n(&m->commit, __ATOMIC_ACQUIRE);
+  if (!relay_fast_add_on_cpu(rs, &m->commit_cpu, len, cpu)) return 0;
+  *v = __atomic_load_n(&m->commit_cpu, __ATOMIC_ACQUIRE) +
+       __atomic_load_n(&m->commit, __ATOMIC_ACQUIRE);
   return 1;
 }
 

@@ -306,8 +306,9 @@ inline uint64_t Producer::add_commit(SubbufMeta& m, uint32_t len) noexcept {
     // checks that SubbufMeta is its relay_fast_subbuf_meta).
     uint64_t v;
     for (;;) {
-      if (relay_fast_commit_on_cpu(reinterpret_cast<relay_fast_subbuf_meta*>(&m), len,
-                               static_cast<uint32_t>(cpu_), &v)) [[likely]]
+      if (relay_fast_commit_on_cpu(relay_fast_rseq_area(),
+                                   reinterpret_cast<relay_fast_subbuf_meta*>(&m), len,
+                                   static_cast<uint32_t>(cpu_), &v)) [[likely]]
         return v;
       // Aborted on our CPU (preempted, or a signal whose handler may have committed there too):
       // the section stored nothing; load and add again. Elsewhere: the atomic counter.

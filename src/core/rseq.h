@@ -73,14 +73,15 @@ inline Cas cas_on_cpu(uint64_t* word, uint64_t expect, uint64_t desired, uint32_
   static_assert(RELAY_FAST_STORED == static_cast<int>(Cas::kStored) &&
                 RELAY_FAST_CHANGED == static_cast<int>(Cas::kChanged) &&
                 RELAY_FAST_OTHER == static_cast<int>(Cas::kOtherCpu));
-  return static_cast<Cas>(relay_fast_cas_on_cpu(word, expect, desired, cpu));
+  return static_cast<Cas>(
+      relay_fast_cas_on_cpu(relay_fast_rseq_area(), word, expect, desired, cpu));
 }
 
-// relay_fast_add_on_cpu: if the calling thread runs on `cpu`: *word += add and *sum = the new value,
-// all or nothing with respect to every other rseq section on that CPU. Returns false if nothing
-// was stored (not on `cpu`, or aborted). Only rseq sections on `cpu` may ever write *word.
-inline bool add_on_cpu(uint64_t* word, uint64_t add, uint32_t cpu, uint64_t* sum) noexcept {
-  return relay_fast_add_on_cpu(word, add, cpu, sum) != 0;
+// relay_fast_add_on_cpu: if the calling thread runs on `cpu`: *word += add, all or nothing with
+// respect to every other rseq section on that CPU. Returns false if nothing was stored (not on
+// `cpu`, or aborted). Only rseq sections on `cpu` may ever write *word.
+inline bool add_on_cpu(uint64_t* word, uint64_t add, uint32_t cpu) noexcept {
+  return relay_fast_add_on_cpu(relay_fast_rseq_area(), word, add, cpu) != 0;
 }
 
 static_assert(RSEQ_SIG == RELAY_FAST_RSEQ_SIG, "the abort signature of relay_fast.h must be glibc's");
@@ -90,7 +91,9 @@ static_assert(RSEQ_SIG == RELAY_FAST_RSEQ_SIG, "the abort signature of relay_fas
 // Never called: available() is false.
 inline int32_t current_cpu() noexcept { return -1; }
 inline Cas cas_on_cpu(uint64_t*, uint64_t, uint64_t, uint32_t) noexcept { return Cas::kOtherCpu; }
-inline bool add_on_cpu(uint64_t*, uint64_t, uint32_t, uint64_t*) noexcept { return false; }
+inline bool add_on_cpu(uint64_t*, uint64_t, uint32_t) noexcept {
+  return false;
+}
 
 #endif
 

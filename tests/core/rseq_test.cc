@@ -373,11 +373,8 @@ TEST_CASE("add_on_cpu adds exactly under preemption, and only on the named CPU")
   constexpr uint64_t kEach = 2'000'000;
   auto inc = [&] {
     for (uint64_t i = 0; i < kEach; ++i) {
-      uint64_t sum = 0;
-      while (!core::rseq::add_on_cpu(&word, 1, 0, &sum)) {
+      while (!core::rseq::add_on_cpu(&word, 1, 0)) {
       }
-      // The sum is the value our add stored: never more than all adds so far.
-      if (sum == 0 || sum > 2 * kEach) ::abort();
     }
   };
   std::thread a([&] { REQUIRE(on_cpu(0, inc)); });
@@ -386,10 +383,7 @@ TEST_CASE("add_on_cpu adds exactly under preemption, and only on the named CPU")
   b.join();
   CHECK(word == 2 * kEach);
   if (ncpu() > 1) {
-    REQUIRE(on_cpu(1, [&] {
-      uint64_t sum = 0;
-      CHECK_FALSE(core::rseq::add_on_cpu(&word, 5, 0, &sum));
-    }));
+    REQUIRE(on_cpu(1, [&] { CHECK_FALSE(core::rseq::add_on_cpu(&word, 5, 0)); }));
     CHECK(word == 2 * kEach);
   }
 }
@@ -705,9 +699,11 @@ TEST_CASE("a reader arming the doorbell while commits run is never left asleep")
     }
   });
   pin_self(1);
-  uint64_t rounds = 0, slept = 0, lost = 0, got = 0;
+  uint64_t rounds = 0, slept = 0, lost = 0, got = 0, unproven = 0, starved = 0;
+  std::string lost_at;  // when each lost round happened, and what the buffer held then
   std::vector<char> tmp(1 << 16);
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  const auto start = std::chrono::steady_clock::now();
+  const auto end = start + std::chrono::seconds(3);
   while (std::chrono::steady_clock::now() < end) {
     const ssize_t n = rig.cons->read(tmp.data(), tmp.size());
     REQUIRE(n >= 0);
@@ -718,7 +714,12 @@ TEST_CASE("a reader arming the doorbell while commits run is never left asleep")
     }
     ++rounds;
     const uint64_t rung = bell.rings.load(std::memory_order_acquire);
-    rig.cons->arm_doorbell(false);
+    // A failed membarrier leaves the arming unproven: the design then asks for a sleep with a
+    // timeout (doorbell.h), so such a round proves nothing either way.
+    if (rig.cons->arm_doorbell(false) != 0) {
+      ++unproven;
+      continue;
+    }
     if (rig.cons->data_available()) continue;
     // Asleep: until the producer rings, or 20 ms.
     ++slept;
@@ -737,13 +738,26 @@ TEST_CASE("a reader arming the doorbell while commits run is never left asleep")
            std::chrono::steady_clock::now() < grace) {
       std::this_thread::yield();
     }
-    if (bell.rings.load(std::memory_order_acquire) == rung) ++lost;
+    if (written.load(std::memory_order_acquire) <= got) {
+      ++starved;  // the writer never got back to return from its write: nothing to conclude
+      continue;
+    }
+    if (bell.rings.load(std::memory_order_acquire) == rung) {
+      ++lost;
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - start);
+      lost_at += " [at " + std::to_string(ms.count()) + " ms, record " + std::to_string(got) +
+                 ", written " + std::to_string(written.load()) + ", waiters " +
+                 std::to_string(rig.buf.header()->waiters.load()) + ", position word " +
+                 std::to_string(rig.buf.header()->wpos.load()) + "]";
+    }
   }
   stop.store(true);
   writer.join();
-  MESSAGE(std::string(bind ? "bound" : "unbound") << ": rounds " << rounds << ", slept " << slept
-                                                   << ", records " << got << ", lost wake-ups "
-                                                   << lost);
+  MESSAGE(std::string(bind ? "bound" : "unbound")
+          << ": rounds " << rounds << ", slept " << slept << ", records " << got
+          << ", lost wake-ups " << lost << lost_at << ", unproven armings " << unproven
+          << ", writer starved " << starved);
   // The race was run often. Bound, the membarrier usually gives the writer time to commit
   // before the re-check, so fewer rounds end asleep (hundreds in 3 s on a loaded 2-CPU machine).
   CHECK(slept > 50);
