@@ -124,7 +124,7 @@ RELAY_FAST_INLINE unsigned relay_fast_after_commit(const uint64_t *wpos, struct 
                                                uint32_t size, uint64_t v) {
   const uint64_t w = __atomic_load_n(wpos, __ATOMIC_ACQUIRE);
   unsigned ev = 0;
-  if (RELAY_FAST_WORD_SLOT(w) == slot && v == base + RELAY_FAST_WORD_OFF(w)) {
+  if (__builtin_expect(RELAY_FAST_WORD_SLOT(w) == slot && v == base + RELAY_FAST_WORD_OFF(w), 1)) {
     __atomic_store_n(&m->ready, v, __ATOMIC_RELEASE);
   } else {
     uint64_t start = base + off;

@@ -92,6 +92,8 @@ void Daemon::on_posted(const LoopEvent& ev) {
       return control_.on_want_writable(ev.id);
     case LoopEvent::kWake:
       return;
+    case LoopEvent::kArmed:
+      return arm_recheck();
   }
 }
 
@@ -106,6 +108,10 @@ void Daemon::dispatch(uint64_t ud, int res) {
       return recorder_.on_state_write(id_of(ud), res);
     case kExpire:
       if (res == -ETIME) expire_orphans();  // the tick (a cancelled one is the ring's end)
+      return;
+    case kRecheck:
+      recheck_armed_ = false;
+      if (res == -ETIME) recheck();  // a cancelled one is the ring's end
       return;
     case kIndexDeadline:
       if (res == -ETIME) recorder_.on_index_deadline(id_of(ud));

@@ -73,6 +73,10 @@ class Daemon final : public Hooks, public LoopHandler {
   // -o orphan_timeout (expire.cc): the loop's timer, and what it frees when it fires.
   void arm_expiry();
   void expire_orphans();
+  // The doorbell's backstop (recheck.cc): while a reader waits, every source is looked at again
+  // each tick, so that a ring the kernel's membarrier let slip costs a tick, not the wait.
+  void arm_recheck();
+  void recheck();
   // The mount table changed (unmounted.cc): the session ends if the mount is gone.
   void watch_mount(const std::string& dev);
   void on_mount_change();
@@ -91,6 +95,8 @@ class Daemon final : public Hooks, public LoopHandler {
   Recorder recorder_;
   ControlServer control_;
   __kernel_timespec expiry_tick_{};  // the expiry timer's period: read by the kernel while armed
+  __kernel_timespec recheck_tick_{};  // the backstop's period: read by the kernel while armed
+  bool recheck_armed_ = false;        // loop thread
   // Ending the session from the loop thread (unmounted.cc).
   fuse_session* se_ = nullptr;
   pthread_t session_thread_{};  // runs the session loop, which a signal wakes

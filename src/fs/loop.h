@@ -31,6 +31,7 @@ struct LoopEvent {
     kFree,       // channel `id` may be freed (its files are gone and closed)
     kWritable,   // connection `id` queued a message: wait for its socket to have room
     kWake,       // nothing: stop() wakes the loop with it
+    kArmed,      // a reader armed a doorbell: look again later, whatever rings (recheck.cc)
   } kind;
   uint64_t id;
   ParkedRead* read;

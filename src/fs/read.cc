@@ -444,6 +444,7 @@ void Files::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
         // A poller that wants only the end needs no doorbell: finalize notifies it.
         if (data) {
           s.arm_doorbell(whole);
+          loop_.post({LoopEvent::kArmed, 0, nullptr});
           // A record committed between the check above and the arming is seen here.
           check();
         }
@@ -557,6 +558,7 @@ bool Files::service(const std::shared_ptr<Source>& s) {
     // look again for one that came before the doorbell was armed.
     if (want_records) s->arm_doorbell(false);
     if (want_subbufs) s->arm_doorbell(true);
+    loop_.post({LoopEvent::kArmed, 0, nullptr});
     const bool news =
         want_records ? s->data_available() || s->drained() : s->subbuf_ready() || s->finalized();
     if (!news) break;

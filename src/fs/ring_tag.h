@@ -17,9 +17,10 @@ enum Watch : uint64_t {
   kConnMore = 9,     // a no-op: a control connection has more messages to read than one pass took
   kExpire = 10,      // a timeout: look for orphaned channels to free (-o orphan_timeout)
   kIndexDeadline = 11,  // a timeout: a stopped recording's index write had its time (record.cc)
-  kMounts = 12,      // multishot poll (POLLPRI): the mount table changed (unmounted.cc)
-  kEndSession = 13,  // a timeout: ask the FUSE session loop again to end (unmounted.cc)
-  kStateWrite = 14,  // a recording's write to its state file, by recording id (one shot)
+  kMounts = 12,         // multishot poll (POLLPRI): the mount table changed (unmounted.cc)
+  kEndSession = 13,     // a timeout: ask the FUSE session loop again to end (unmounted.cc)
+  kStateWrite = 14,     // a recording's write to its state file, by recording id (one shot)
+  kRecheck = 15,        // a timeout: look again at every source a reader waits on (recheck.cc)
 };
 constexpr uint64_t tag(Watch s, uint64_t id) {
   return (uint64_t{s} << 56) | id;
