@@ -59,6 +59,7 @@ class Daemon final : public Hooks, public LoopHandler {
   void finalize(const std::shared_ptr<Channel>& ch) override;
   void maybe_remove(uint32_t channel_id) noexcept override;
   void notify_owner(const Source& s, bool mapped) noexcept override;
+  void waiting() noexcept override { arm_recheck(); }
 
   // LoopHandler.
   void on_completions(const std::vector<Completion>& batch) override;
@@ -75,7 +76,7 @@ class Daemon final : public Hooks, public LoopHandler {
   void expire_orphans();
   // The doorbell's backstop (recheck.cc): while a reader waits, every source is looked at again
   // each tick, so that a ring the kernel's membarrier let slip costs a tick, not the wait.
-  void arm_recheck();
+  void arm_recheck() noexcept;
   void recheck();
   // The mount table changed (unmounted.cc): the session ends if the mount is gone.
   void watch_mount(const std::string& dev);

@@ -24,6 +24,9 @@ class Hooks {
   virtual void maybe_remove(uint32_t channel_id) noexcept = 0;
   // buf_mapped (mapped) or buf_unmapped to the producer of s's buffer. Any thread.
   virtual void notify_owner(const Source& s, bool mapped) noexcept = 0;
+  // A reader armed a doorbell and waits: the doorbell's backstop ticks while anyone does
+  // (recheck.cc). Loop thread; other threads post LoopEvent::kArmed.
+  virtual void waiting() noexcept = 0;
 
  protected:
   ~Hooks() = default;

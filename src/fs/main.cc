@@ -146,7 +146,7 @@ enum class DaemonOption { kNone, kTaken, kBad };
 // other option, kBad (said on stderr) for one of ours whose value is not one.
 DaemonOption parse_daemon_option(const std::string& item, relayfs::fs::Options* o) {
   using relayfs::fs::Limits;
-  enum Kind { kSize, kCount, kBytes, kSeconds };  // the last two: no 'unlimited'
+  enum Kind { kSize, kCount, kBytes, kSeconds, kMillis };  // the last three: no 'unlimited'
   struct Known {
     const char* name;
     Kind kind;
@@ -162,6 +162,8 @@ DaemonOption parse_daemon_option(const std::string& item, relayfs::fs::Options* 
       // The kernel's read-ahead window for splicing readers (relay(7), "Splice and sendfile").
       {"readahead", kBytes, nullptr, &relayfs::fs::Options::readahead, 16u << 20},
       {"orphan_timeout", kSeconds, nullptr, &relayfs::fs::Options::orphan_timeout, 1u << 30},
+      // The doorbell's backstop (relay(7), "Wake-ups"; src/fs/recheck.cc).
+      {"recheck_ms", kMillis, nullptr, &relayfs::fs::Options::recheck_ms, 60'000},
   };
   const size_t eq = item.find('=');
   const std::string name = item.substr(0, eq);
@@ -191,6 +193,9 @@ DaemonOption parse_daemon_option(const std::string& item, relayfs::fs::Options* 
         break;
       case kSeconds:
         what = "not a number of seconds (0: never)";
+        break;
+      case kMillis:
+        what = "not a number of milliseconds, at most 60000 (0: never)";
         break;
     }
     std::fprintf(stderr, "relayfs: -o %s: %s\n", item.c_str(),
@@ -230,6 +235,9 @@ void usage(const char* prog) {
       "  -o orphan_timeout=S       free what a closed or exited producer's channel still\n"
       "                   holds once nobody has read it for S seconds (counted in\n"
       "                   lost_expired_bytes; default 0: never)\n"
+      "  -o recheck_ms=MS          while a reader waits, look at its buffer again every MS\n"
+      "                   milliseconds, in case the producer's wake-up was lost (default\n"
+      "                   250; 0: never)\n"
       "  -o readahead=SIZE         the kernel's read-ahead for splice/sendfile readers\n"
       "                   (default 0: a page at a time, which bounds what a splicing\n"
       "                   reader that stops early leaves counted in lost_readahead_bytes)\n"

@@ -16,6 +16,7 @@ struct Options {
   uint32_t readahead = 0;          // -o readahead=SIZE: the kernel's page-cache read-ahead
   uint32_t orphan_timeout = 0;     // -o orphan_timeout=S: free finalized channels unread after S
                                    // seconds (0: never)
+  uint32_t recheck_ms = 250;       // -o recheck_ms=MS: the doorbell's backstop tick (0: none)
   Limits limits = default_limits();  // -o user_memory, users_memory, user_channels, ...
 };
 

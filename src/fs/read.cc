@@ -198,6 +198,13 @@ void Files::release(fuse_req_t req, fuse_file_info* fi) {
   {
     std::lock_guard lk(s->mu);
     fh->give_up();  // what the page cache took and nobody was shown to get is counted lost
+    // A poll handle of this file is nobody's to notify any more: kept, it would keep the
+    // doorbell's backstop ticking for a reader that is gone (recheck.cc).
+    std::erase_if(s->polls, [fh](const Poller& p) {
+      if (p.file != fh) return false;
+      if (p.ph) fuse_pollhandle_destroy(p.ph);
+      return true;
+    });
   }
   delete fh;
   bool last;
@@ -444,7 +451,7 @@ void Files::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
         // A poller that wants only the end needs no doorbell: finalize notifies it.
         if (data) {
           s.arm_doorbell(whole);
-          loop_.post({LoopEvent::kArmed, 0, nullptr});
+          loop_.post({LoopEvent::kArmed, 0, nullptr});  // a FUSE worker: the loop arms the tick
           // A record committed between the check above and the arming is seen here.
           check();
         }
@@ -558,7 +565,7 @@ bool Files::service(const std::shared_ptr<Source>& s) {
     // look again for one that came before the doorbell was armed.
     if (want_records) s->arm_doorbell(false);
     if (want_subbufs) s->arm_doorbell(true);
-    loop_.post({LoopEvent::kArmed, 0, nullptr});
+    hooks_.waiting();
     const bool news =
         want_records ? s->data_available() || s->drained() : s->subbuf_ready() || s->finalized();
     if (!news) break;

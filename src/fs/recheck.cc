@@ -12,7 +12,10 @@
 //
 // So, while any reader waits, the loop looks at every source again once per tick, as if its
 // doorbell had rung (Daemon::news answers what has data and arms again what still waits). A
-// ring lost that way costs at most a tick; nothing runs while nobody waits. Recordings are
+// ring lost that way costs at most a tick; nothing runs while nobody waits. The tick is
+// -o recheck_ms (relayfs(8)), 250 ms by default: a lost ring is rare (a race the kernel should
+// have closed), so a quarter second late is enough, and a waiting reader costs the daemon four
+// wake-ups a second. Recordings are
 // left out: they wait for whole sub-buffers, which the switch rings after a locked RMW.
 #include <algorithm>
 #include <cstdio>
@@ -25,10 +28,6 @@ namespace relayfs::fs {
 
 namespace {
 
-// The tick: a lost ring is a rare event (a race the kernel should have closed), so a quarter
-// second late is enough, and an idle reader costs the daemon four wake-ups a second.
-constexpr long kRecheckNs = 250'000'000;
-
 // Whether a reader waits on s for data: a parked read, or a poller that asked for POLLIN.
 // Loop thread (parked is the loop's).
 bool waited_on(Source& s) {
@@ -39,19 +38,30 @@ bool waited_on(Source& s) {
 
 }  // namespace
 
-void Daemon::arm_recheck() {
-  if (recheck_armed_) return;
-  recheck_tick_ = {0, kRecheckNs};
+void Daemon::arm_recheck() noexcept {
+  // -o recheck_ms=0: no backstop; a waiting reader depends on the producer's ring alone.
+  if (recheck_armed_ || opts_.recheck_ms == 0) return;
+  const long ms = static_cast<long>(opts_.recheck_ms);
+  recheck_tick_ = {ms / 1000, (ms % 1000) * 1'000'000};
   if (loop_.timeout(&recheck_tick_, tag(kRecheck, 0)) != 0) {
     std::fprintf(stderr,
                  "relayfs: no room in the ring for the doorbell's backstop tick: a "
-                 "waiting reader depends on the producer's ring alone\n");
+                 "waiting reader depends on the producer's ring alone until the next arming\n");
     return;
   }
   recheck_armed_ = true;
 }
 
 void Daemon::recheck() {
+  // Armed again on every way out while someone may still wait, an exception from news()
+  // included (the loop reports it and goes on): only a pass that finished knows nobody does.
+  struct Again {
+    Daemon* d;
+    bool waiting = true;
+    ~Again() {
+      if (waiting) d->arm_recheck();
+    }
+  } again{this};
   bool waiting = false;
   for (auto& ch : registry_.all()) {
     for (auto& s : ch->sources()) {
@@ -60,7 +70,7 @@ void Daemon::recheck() {
       waiting = waiting || waited_on(*s);
     }
   }
-  if (waiting) arm_recheck();
+  again.waiting = waiting;
 }
 
 }  // namespace relayfs::fs

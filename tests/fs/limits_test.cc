@@ -506,11 +506,12 @@ TEST_CASE("without options the limits are the documented defaults, on the root d
 
 TEST_CASE("limit options: 0 allows nothing, 'unlimited' no limit, a bad value is a usage error") {
   TempDir t;
-  for (const char* bad : {"user_memory=4X", "user_memory=-1", "user_memory=", "user_memory",
-                          "users_memory=99999999999T", "user_channels=1K", "user_connections=x",
-                          "user_channels=2.5", "orphan_timeout=x", "orphan_timeout=unlimited",
-                          "orphan_timeout=1K", "readahead=32M", "readahead=unlimited",
-                          "readahead="}) {
+  for (const char* bad :
+       {"user_memory=4X", "user_memory=-1", "user_memory=", "user_memory",
+        "users_memory=99999999999T", "user_channels=1K", "user_connections=x", "user_channels=2.5",
+        "orphan_timeout=x", "orphan_timeout=unlimited", "orphan_timeout=1K", "readahead=32M",
+        "readahead=unlimited", "readahead=", "recheck_ms=x", "recheck_ms=60001",
+        "recheck_ms=unlimited", "recheck_ms"}) {
     CAPTURE(bad);
     // Under timeout: a value taken by mistake would mount, in the foreground.
     const std::string daemon = "timeout -s KILL 10 " + daemon_path() + " none '" + t.dir + "' -f";
