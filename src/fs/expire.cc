@@ -18,7 +18,7 @@ void Daemon::arm_expiry() {
   // A tick a quarter of the timeout, at most a second: a channel is freed within that of its
   // time.
   const uint64_t ms = std::min<uint64_t>(1000, uint64_t{opts_.orphan_timeout} * 250);
-  expiry_tick_ = {static_cast<long long>(ms / 1000), static_cast<long long>(ms % 1000) * 1'000'000};
+  expiry_tick_ = Loop::period_ms(ms);
   if (loop_.timeout(&expiry_tick_, tag(kExpire, 0)) != 0)
     std::fprintf(stderr, "relayfs: no room in the ring for the orphan_timeout tick: orphaned "
                  "channels are no longer freed\n");

@@ -91,6 +91,10 @@ class Loop {
   int cancel(uint64_t ud);
   // A one-shot timeout after *ts, which the kernel reads while it is armed.
   int timeout(__kernel_timespec* ts, uint64_t ud);
+  // The period of ms milliseconds, as timeout() takes it.
+  static __kernel_timespec period_ms(uint64_t ms) {
+    return {static_cast<long long>(ms / 1000), static_cast<long long>(ms % 1000) * 1'000'000};
+  }
   // Closes fd through the ring: a filesystem's flush on close runs on a kernel worker, not here.
   void close_later(core::UniqueFd fd);
   void submit() { io_uring_submit(&ring_); }

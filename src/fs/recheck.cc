@@ -15,8 +15,8 @@
 // ring lost that way costs at most a tick; nothing runs while nobody waits. The tick is
 // -o recheck_ms (relayfs(8)), 250 ms by default: a lost ring is rare (a race the kernel should
 // have closed), so a quarter second late is enough, and a waiting reader costs the daemon four
-// wake-ups a second. Recordings are
-// left out: they wait for whole sub-buffers, which the switch rings after a locked RMW.
+// wake-ups a second. Recordings are left out: they wait for whole sub-buffers, which the switch
+// rings after a locked RMW.
 #include <algorithm>
 #include <cstdio>
 
@@ -41,8 +41,7 @@ bool waited_on(Source& s) {
 void Daemon::arm_recheck() noexcept {
   // -o recheck_ms=0: no backstop; a waiting reader depends on the producer's ring alone.
   if (recheck_armed_ || opts_.recheck_ms == 0) return;
-  const long ms = static_cast<long>(opts_.recheck_ms);
-  recheck_tick_ = {ms / 1000, (ms % 1000) * 1'000'000};
+  recheck_tick_ = Loop::period_ms(opts_.recheck_ms);
   if (loop_.timeout(&recheck_tick_, tag(kRecheck, 0)) != 0) {
     std::fprintf(stderr,
                  "relayfs: no room in the ring for the doorbell's backstop tick: a "
