@@ -679,6 +679,8 @@ int open_channel(Chan* c, const char* base, const char* parent, size_t subbuf_si
     if (int rc =
             core::Buffer::attach(std::move(r.fds[i]), g, PROT_READ | PROT_WRITE, true, &b->buffer))
       return rc;
+    // Every page allocated and mapped now, as the kernel's relay_open does: no write faults.
+    if (int rc = b->buffer.populate(); rc) return rc;
     c->bufptrs.push_back(&b->pub);
     c->bufs.push_back(std::move(b));
   }

@@ -12,6 +12,10 @@ namespace relayfs::core {
 
 namespace {
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // linux/mman.h, since 5.14; older glibc headers lack it
+#endif
+
 constexpr int kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW;
 // memfd_create's limit on a name: NAME_MAX less the "memfd:" prefix it adds.
 constexpr size_t kMemfdNameMax = 255 - 6;
@@ -84,6 +88,16 @@ int Buffer::attach(UniqueFd fd, const Geometry& g, int prot, bool check_header,
   out->geo_ = g;
   out->layout_ = l;
   return 0;
+}
+
+int Buffer::populate() const noexcept {
+  if (!map_.valid()) return -EBADF;
+  // The mapping starts on a page (Mapping::map) and its length is a whole number of pages
+  // (Layout::of), as madvise wants.
+  if (::madvise(map_.get(), map_.size(), MADV_POPULATE_WRITE) == 0) return 0;
+  // EINVAL: a kernel that does not know the advice (or a mapping it refuses, which a writable
+  // shared memfd mapping is not): nothing was populated, and the pages come on first touch.
+  return errno == EINVAL ? 0 : -errno;
 }
 
 }  // namespace relayfs::core

@@ -2,9 +2,10 @@
 #include "core/consumer.h"
 
 #include <doctest/doctest.h>
-#include <sys/uio.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -165,6 +166,56 @@ TEST_CASE("Buffer::attach maps a sealed buffer fd and refuses anything else") {
   REQUIRE(::ftruncate(raw.get(), static_cast<off_t>(core::Layout::of(g).total_size)) == 0);
   CHECK(core::Buffer::attach(std::move(raw), g, PROT_READ, false, &bad) == -EINVAL);
   CHECK(core::Buffer::attach(core::UniqueFd(), g, PROT_READ, false, &bad) == -EBADF);
+}
+
+namespace {
+// Minor page faults the calling thread took so far.
+long thread_minflt() {
+  rusage ru{};
+  REQUIRE(::getrusage(RUSAGE_THREAD, &ru) == 0);
+  return ru.ru_minflt;
+}
+}  // namespace
+
+TEST_CASE("Buffer::populate allocates every page and maps it: the writes after it take no fault") {
+  core::Geometry g;
+  REQUIRE(core::make_geometry(4096, 64, &g) == 0);  // 256 KiB of data: 64 pages
+  core::Buffer a;
+  REQUIRE(core::Buffer::create(g, "t", &a) == 0);
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t data_pages = g.data_size() / page;
+  // A second writable mapping of the same memfd, as a producer's: create() wrote only the
+  // control area, so no data page exists yet.
+  auto resident = [&](const core::Buffer& b) {
+    std::vector<unsigned char> v(data_pages);
+    REQUIRE(::mincore(b.data(), g.data_size(), v.data()) == 0);
+    size_t n = 0;
+    for (unsigned char x : v) n += x & 1;
+    return n;
+  };
+  auto touch_all = [&](const core::Buffer& b) {
+    const long before = thread_minflt();
+    for (size_t off = 0; off < g.data_size(); off += page) b.data()[off] = 'p';
+    return thread_minflt() - before;
+  };
+  SUBCASE("populated") {
+    core::Buffer b;
+    REQUIRE(core::Buffer::attach(core::UniqueFd(::dup(a.fd())), g, PROT_READ | PROT_WRITE, true,
+                                 &b) == 0);
+    CHECK(resident(b) == 0);
+    REQUIRE(b.populate() == 0);
+    CHECK(resident(b) == data_pages);
+    // Every page is in this mapping's page tables, writable: writing each one faults none.
+    CHECK(touch_all(b) < 4);
+  }
+  SUBCASE("not populated: the same writes fault once a page (what the test above tells apart)") {
+    core::Buffer b;
+    REQUIRE(core::Buffer::attach(core::UniqueFd(::dup(a.fd())), g, PROT_READ | PROT_WRITE, true,
+                                 &b) == 0);
+    CHECK(touch_all(b) >= static_cast<long>(data_pages));
+  }
+  core::Buffer none;
+  CHECK(none.populate() == -EBADF);
 }
 
 TEST_CASE("regression: a switch in progress is not taken for a lap (found by the stress test)") {
