@@ -38,8 +38,8 @@ struct Reader {
   core::Buffer buffer;
   core::UniqueFd file;  // the relay file, open: the daemon counts it as a reader (buf_mapped)
   core::UniqueFd sock;  // this reader's own connection to the daemon
-  // The reader's bell (core/bell.h), if the daemon gave one: its page, its eventfd, and the
-  // epoll descriptor handed out as pub.fd, which watches the eventfd for POLLIN and the relay
+  // The reader's bell (core/bell.h), if the daemon gave one: its page, its socket, and the
+  // epoll descriptor handed out as pub.fd, which watches the socket for POLLIN and the relay
   // file for POLLERR/POLLHUP only. When the bell ends (fall_back), pub.fd's number becomes the
   // relay file itself (dup3) and poll_fd owns that copy; bell and bell_fd are then empty.
   core::Mapping bell;
@@ -70,10 +70,11 @@ int fail(int rc) {
 constexpr uint32_t kBellTag = 1;
 constexpr uint32_t kFileTag = 2;
 
-// Takes the bell the daemon sent (its page and eventfd), and makes pub.fd the epoll descriptor
-// that waits on it. Returns 0 or -errno; on failure the reader has no bell and polls its file.
-int take_bell(Reader* r, core::UniqueFd page, core::UniqueFd efd) {
-  if (!core::is_eventfd(efd.get())) return -EINVAL;
+// Takes the bell the daemon sent (its page and the reader's socket), and makes pub.fd the epoll
+// descriptor that waits on it. Returns 0 or -errno; on failure the reader has no bell and polls
+// its file.
+int take_bell(Reader* r, core::UniqueFd page, core::UniqueFd sock) {
+  if (!core::is_bell_socket(sock.get())) return -EINVAL;
   core::Mapping m;
   if (int rc = core::map_bell_page(page.get(), &m); rc) return rc;
   core::UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
@@ -81,19 +82,18 @@ int take_bell(Reader* r, core::UniqueFd page, core::UniqueFd efd) {
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u32 = kBellTag;
-  if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, efd.get(), &ev) != 0) return -errno;
+  if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, sock.get(), &ev) != 0) return -errno;
   // No POLLIN: the producer rings the bell for data; the file says only that the channel ended
   // or the daemon went away (POLLERR/POLLHUP, which epoll always watches). The daemon sees that
   // the poll asks for no POLLIN and arms no doorbell for it (Files::poll).
   ev.events = 0;
   ev.data.u32 = kFileTag;
   if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, r->file.get(), &ev) != 0) return -errno;
-  // The first poll() returns at once: relay_reader_next then arms the bell and looks, so a
+  // The first poll() returns at once: the daemon rang the bell when it made it
+  // (ControlServer::give_bell), and relay_reader_next then arms the bell and looks, so a
   // sub-buffer completed before now is not waited for in vain.
-  const uint64_t one = 1;
-  if (::write(efd.get(), &one, sizeof one) != sizeof one) return -errno;
   r->bell = std::move(m);
-  r->bell_fd = std::move(efd);
+  r->bell_fd = std::move(sock);
   r->poll_fd = std::move(ep);
   return 0;
 }
@@ -266,16 +266,15 @@ template <typename Look>
 int look_or_arm(Reader* r, Look look) {
   int rc = look();
   if (rc != 0 || !r->bell.valid()) return rc;
-  uint64_t rings;
-  if (::read(r->bell_fd.get(), &rings, sizeof rings) < 0) {
-    // EAGAIN: nothing to drain
-  }
+  // Never blocks, whatever the producer did to its end (core/bell.h).
+  const bool alive = core::drain_bell(r->bell_fd.get());
   const int armed = core::arm_bell(*reinterpret_cast<core::BellPage*>(r->bell.bytes()),
                                    *r->buffer.header());
   rc = look();
   // An arming the producer's commits are not ordered against (its membarrier failed) cannot be
-  // slept on: the relay file, whose wake-up the daemon owns, takes over.
-  if (rc == 0 && (armed != 0 || bell_ended(r))) fall_back(r);
+  // slept on, nor a bell whose ringing sockets are all gone (it would read as ringing for ever):
+  // the relay file, whose wake-up the daemon owns, takes over.
+  if (rc == 0 && (!alive || armed != 0 || bell_ended(r))) fall_back(r);
   return rc;
 }
 

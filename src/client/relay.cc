@@ -367,7 +367,7 @@ void bell_event(Chan* c, proto::Received& r) {
   core::Bells& bells = c->bufs[ev.buffer]->bells;
   if (type == proto::Type::kBellGone) return bells.remove(ev.bell);
   if (r.fds.size() != 2) return;
-  // Refused (full, a duplicate, not a page and an eventfd): the reader wakes through its file.
+  // Refused (full, a duplicate, not a page and a socket): the reader wakes through its file.
   bells.add(ev.bell, std::move(r.fds[0]), std::move(r.fds[1]));
 }
 

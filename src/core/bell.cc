@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,18 +49,75 @@ int map_bell_page(int fd, Mapping* out) noexcept {
   return Mapping::map(fd, kBellPageSize, PROT_READ | PROT_WRITE, out);
 }
 
-bool is_eventfd(int fd) noexcept {
-  char self[48], link[64];
-  // No std::string: the event thread calls this, and the daemon's loop, both may be short of
-  // memory; a fixed buffer cannot fail.
+namespace {
+
+// The target of fd's /proc/self/fd link into buf (NUL-terminated), or an empty view. No
+// std::string: the event thread calls this, and the daemon's loop, both may be short of memory;
+// a fixed buffer cannot fail.
+std::string_view fd_link(int fd, char (&buf)[64]) noexcept {
+  char self[48];
   const int n0 = std::snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
-  if (n0 <= 0 || static_cast<size_t>(n0) >= sizeof self) return false;
-  const ssize_t n = ::readlink(self, link, sizeof link);
-  return n > 0 && std::string_view(link, static_cast<size_t>(n)) == "anon_inode:[eventfd]";
+  if (n0 <= 0 || static_cast<size_t>(n0) >= sizeof self) return {};
+  const ssize_t n = ::readlink(self, buf, sizeof buf);
+  if (n <= 0 || static_cast<size_t>(n) >= sizeof buf) return {};
+  return std::string_view(buf, static_cast<size_t>(n));
 }
 
-int Bells::add(uint32_t id, UniqueFd page, UniqueFd efd) noexcept {
-  if (id == 0 || !is_eventfd(efd.get())) return -EINVAL;
+}  // namespace
+
+bool is_eventfd(int fd) noexcept {
+  char buf[64];
+  return fd_link(fd, buf) == "anon_inode:[eventfd]";
+}
+
+int make_bell_sockets(UniqueFd* reader_end, UniqueFd* ring_end) noexcept {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) return -errno;
+  UniqueFd r(sv[0]), w(sv[1]);
+  // The reader only receives: nothing it sends could reach the producer's or the daemon's
+  // socket, which nobody reads.
+  if (::shutdown(r.get(), SHUT_WR) != 0) return -errno;
+  // The least buffer the kernel allows (it raises the value to its minimum): a few unread rings
+  // fill it, which is plenty, since one wakes the reader, and the kernel memory a reader that
+  // never drains pins stays small.
+  const int small = 1;
+  (void)::setsockopt(w.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  *reader_end = std::move(r);
+  *ring_end = std::move(w);
+  return 0;
+}
+
+bool is_bell_socket(int fd) noexcept {
+  char buf[64];
+  if (!fd_link(fd, buf).starts_with("socket:[")) return false;
+  int v = 0;
+  socklen_t len = sizeof v;
+  if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &v, &len) != 0 || v != AF_UNIX) return false;
+  len = sizeof v;
+  return ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) == 0 && v == SOCK_STREAM;
+}
+
+void ring_bell(int ring_end) noexcept {
+  const char one = 1;
+  if (::send(ring_end, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+    // EAGAIN: rings the reader has not read fill the buffer, so it is awake already. EPIPE,
+    // ECONNRESET: the reader's socket is gone, and nobody waits on it.
+  }
+}
+
+bool drain_bell(int reader_end) noexcept {
+  char rings[64];
+  for (;;) {
+    const ssize_t n = ::recv(reader_end, rings, sizeof rings, MSG_DONTWAIT);
+    if (n > 0) continue;
+    if (n == 0) return false;  // every ringing socket closed or shut down
+    if (errno == EINTR) continue;
+    return errno == EAGAIN || errno == EWOULDBLOCK;
+  }
+}
+
+int Bells::add(uint32_t id, UniqueFd page, UniqueFd wake) noexcept {
+  if (id == 0 || !is_bell_socket(wake.get())) return -EINVAL;
   Slot* free = nullptr;
   for (Slot& s : slots_) {
     const uint32_t have = s.id.load(std::memory_order_relaxed);  // only this thread stores ids
@@ -70,18 +128,15 @@ int Bells::add(uint32_t id, UniqueFd page, UniqueFd efd) noexcept {
   Mapping m;
   if (int rc = map_bell_page(page.get(), &m); rc) return rc;
   free->page = std::move(m);
-  free->efd = std::move(efd);
+  free->wake = std::move(wake);
   // release: a writer that loads this id (seq_cst, which includes acquire) sees the page and the
-  // eventfd above. No writer reads them before: it reads a slot only after seeing its id.
+  // socket above. No writer reads them before: it reads a slot only after seeing its id.
   free->id.store(id, std::memory_order_seq_cst);
   live_.fetch_add(1, std::memory_order_relaxed);  // a hint: see ring()
   // The reader may have armed, re-checked and gone to sleep before we installed the bell, and a
   // sub-buffer completed in between rang nobody: wake it to look again (one spurious wake at
   // worst: the reader drains before it re-checks).
-  const uint64_t one = 1;
-  if (::write(free->efd.get(), &one, sizeof one) < 0) {
-    // EAGAIN only, at a counter the reader has not read: it is awake already.
-  }
+  ring_bell(free->wake.get());
   return 0;
 }
 
@@ -91,7 +146,7 @@ void Bells::free_slot(Slot& s) noexcept {
   s.id.store(0, std::memory_order_seq_cst);
   while (s.users.load(std::memory_order_seq_cst) != 0) ::sched_yield();
   s.page.reset();
-  s.efd.reset();
+  s.wake.reset();
   live_.fetch_sub(1, std::memory_order_relaxed);
 }
 
@@ -119,10 +174,7 @@ void Bells::ring() noexcept {
       // store. The exchange makes one write per arming, however many writers find it armed.
       if (page->armed.load(std::memory_order_seq_cst) != 0 &&
           page->armed.exchange(0, std::memory_order_acq_rel) != 0) {
-        const uint64_t one = 1;
-        if (::write(s.efd.get(), &one, sizeof one) < 0) {
-          // EAGAIN only, at a counter of 2^64-2 the reader has not read: it is awake already.
-        }
+        ring_bell(s.wake.get());
       }
     }
     s.users.fetch_sub(1, std::memory_order_release);  // our reads of the slot come before

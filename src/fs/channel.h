@@ -138,17 +138,15 @@ class Source {
 struct ReaderBell {
   uint32_t id = 0;
   core::Mapping page;  // core::BellPage; the daemon only writes `fallback`
-  core::UniqueFd efd;
+  core::UniqueFd wake;  // the ringing socket (core::make_bell_sockets), shared with the producer
 
   // The channel is finalized: the reader polls its relay file again, which reports the tail
-  // and then POLLERR, and is woken now to see it. Any thread, with its buffer's mu held.
+  // and then POLLERR, and is woken now to see it. Any thread, with its buffer's mu held: the
+  // ring never blocks, whatever the producer or the reader did to their descriptors.
   void fall_back() noexcept {
     // release: nothing to publish but the flag; the reader's acquire load pairs with it.
     reinterpret_cast<core::BellPage*>(page.bytes())->fallback.store(1, std::memory_order_release);
-    const uint64_t one = 1;
-    if (::write(efd.get(), &one, sizeof one) < 0) {
-      // EAGAIN only, at a counter the reader has not read: it is awake already.
-    }
+    core::ring_bell(wake.get());
   }
 };
 

@@ -230,10 +230,11 @@ void ControlServer::on_message(Connection& c, proto::Received& r) {
       if (int rc = do_reader_open(c, r, &reply, &ro, &wants_bell); rc != 0) reply = {rc, 0, 0, 0};
       std::vector<int> fds;
       if (ro) fds.push_back(ro.get());
-      // The page's descriptor is not kept: the mapping is what the daemon needs.
-      core::UniqueFd page;
-      if (ro && wants_bell) give_bell(c, &page);
-      if (page) fds.insert(fds.end(), {page.get(), c.bell->efd.get()});  // given just now
+      // Neither the page's descriptor nor the reader's socket is kept: the mapping and the
+      // ringing socket are what the daemon needs.
+      core::UniqueFd page, reader_end;
+      if (ro && wants_bell) give_bell(c, &page, &reader_end);
+      if (page) fds.insert(fds.end(), {page.get(), reader_end.get()});  // given just now
       c.send(proto::encode(reply, seq), fds.data(), fds.size());
       return;
     }
@@ -473,22 +474,25 @@ int ControlServer::do_reader_open(Connection& c, const proto::Received& r,
 
 // A bell for the reader c just mapped its buffer for (core/bell.h), handed to the buffer's
 // producer first (kBell), so that the reader, which gets it with the reply, is rung from its
-// first wait on. *page: the page's descriptor, for the reply. Best effort: a reader without a
-// bell (over kMaxBells readers, out of descriptors, no producer) wakes through its FUSE file.
-void ControlServer::give_bell(Connection& c, core::UniqueFd* page) {
+// first wait on. *page and *reader_end: the page's descriptor and the reader's socket, for the
+// reply. Best effort: a reader without a bell (over kMaxBells readers, out of descriptors, no
+// producer) wakes through its FUSE file.
+void ControlServer::give_bell(Connection& c, core::UniqueFd* page, core::UniqueFd* reader_end) {
   const std::shared_ptr<RelayBuffer>& b = c.mapped;
-  // Kept: the eventfd; passed on and closed: the page's descriptor.
-  if (access_.admit_fds(c.peer.uid, 2) != 0) return;
+  // Kept: the ringing socket; passed on and closed: the page's descriptor, the reader's socket.
+  if (access_.admit_fds(c.peer.uid, 3) != 0) return;
   std::shared_ptr<Connection> producer = conns_.get(b->owner());
   if (!producer) return;  // gone: its channel is finalized, or about to be
   auto bell = std::make_shared<ReaderBell>();
-  access_.fds().made(2);
-  core::UniqueFd fd;
+  access_.fds().made(3);
+  core::UniqueFd fd, reader;
   if (core::make_bell_page(&fd) != 0 ||
       core::Mapping::map(fd.get(), core::kBellPageSize, PROT_READ | PROT_WRITE, &bell->page) != 0)
     return;
-  bell->efd.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-  if (!bell->efd) return;
+  if (core::make_bell_sockets(&reader, &bell->wake) != 0) return;
+  // Rung once now: the reader's first poll() returns at once, and its relay_reader_next then
+  // arms the bell and looks (take_bell, client/reader.cc).
+  core::ring_bell(bell->wake.get());
   bell->id = ++next_bell_;
   if (bell->id == 0) bell->id = ++next_bell_;  // never 0, even after wrapping
   {
@@ -497,7 +501,7 @@ void ControlServer::give_bell(Connection& c, core::UniqueFd* page) {
     if (b->finalized() || b->bells.size() >= core::kMaxBells) return;
     b->bells.push_back(bell);
   }
-  const int fds[2] = {fd.get(), bell->efd.get()};
+  const int fds[2] = {fd.get(), bell->wake.get()};
   const proto::BellEvent ev{b->channel_id(), b->index(), bell->id};
   if (producer->send(proto::encode_event(proto::Type::kBell, ev), fds, 2) != 0) {
     std::lock_guard lk(b->mu);
@@ -506,6 +510,7 @@ void ControlServer::give_bell(Connection& c, core::UniqueFd* page) {
   }
   c.bell = std::move(bell);
   *page = std::move(fd);
+  *reader_end = std::move(reader);
 }
 
 // The reader of c went away: its producer forgets the bell (kBellGone), the buffer drops it.

@@ -69,7 +69,7 @@ class ControlServer {
   int do_reader_open(Connection& c, const proto::Received& r, proto::ReaderOpenReply* reply,
                      core::UniqueFd* ro, bool* wants_bell);
   int do_reader_consumed(Connection& c, const proto::Received& r);
-  void give_bell(Connection& c, core::UniqueFd* page);
+  void give_bell(Connection& c, core::UniqueFd* page, core::UniqueFd* reader_end);
   void drop_bell(Connection& c);
   // Outside control (outside.cc): 0 once passed to the producer, whose answer comes later.
   int do_control(Connection& c, const proto::Received& r);

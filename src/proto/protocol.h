@@ -26,7 +26,9 @@ inline constexpr uint32_t kMagic = 0x52465343;  // "RFSC"
 // 4: kRecord resumes (RecordRequest's flags, offset, stream, position; the state descriptor),
 //    and its reply says where the buffer's reader stands.
 // 5: kBell, kBellGone; kReaderOpenReply may carry a reader's bell (core/bell.h).
-inline constexpr uint16_t kVersion = 5;
+// 6: a bell rings through a pair of Unix stream sockets, not an eventfd (core/bell.h: a holder
+//    of a shared eventfd could make every write to it block).
+inline constexpr uint16_t kVersion = 6;
 inline constexpr uint32_t kMaxPayload = 8192;
 inline constexpr size_t kMaxName = 255;  // NAME_MAX
 inline constexpr size_t kMaxFds = 253;   // SCM_MAX_FD
@@ -56,7 +58,7 @@ enum class Type : uint16_t {
   kAdopt,                // producer -> daemon: re-create a channel with the buffers it brings
                          // from a daemon that died (OpenRequest, adopt > 0); kOpenReply
   kBell,                 // daemon -> producer: a reader's bell for one buffer (BellEvent); its
-                         // page memfd and eventfd follow
+                         // page memfd and ringing socket follow
   kBellGone,             // daemon -> producer: that reader went away (BellEvent, no fds)
   kLastType = kBellGone
 };
@@ -135,7 +137,7 @@ struct BellEvent {  // kBell, kBellGone
 };
 
 // kReaderOpenReply; on success the buffer's read-only fd follows, then, if the reader asked for
-// a bell (kReaderBell) and the daemon gave one, its page memfd and its eventfd (three in all).
+// a bell (kReaderBell) and the daemon gave one, its page memfd and its socket (three in all).
 struct ReaderOpenReply {
   int32_t status = 0;
   uint32_t subbuf_size = 0;

@@ -10,7 +10,10 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <relayfs/relay.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -18,6 +21,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
 
 #include "core/geometry.h"
 #include "core/layout.h"
@@ -983,6 +989,68 @@ TEST_CASE("a SIGKILLed producer's mmap reader with a bell is woken, reads what w
   CHECK(::poll(&p, 1, 5000) == 1);
   CHECK(read_to_end(r) == 0);
   CHECK(relay_reader_close(r) == 0);
+}
+
+// A reader may be hostile to its producer and to the daemon (core/bell.h). When the bell was an
+// eventfd, shared by all three as one open file description, this reader's attack (clear
+// O_NONBLOCK, write 2^64-2) made the producer's next ring block inside relay_write, and the
+// daemon's ring when the channel was finalized.
+TEST_CASE("a hostile reader's bell cannot make its producer's writes, or the daemon, block") {
+  Mount m;
+  const relay_options ow{RELAY_OVERWRITE, 0, nullptr};
+  rchan* c = open_global(m.dir, "hostile", 4096, 4, {}, &ow);
+  struct stat st;
+  REQUIRE(::stat(m.path("hostile0").c_str(), &st) == 0);
+  const int s = dial_control(control_name(m.dir));
+  REQUIRE(s >= 0);
+  const timeval tv{5, 0};
+  REQUIRE(::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+  proto::Received r;
+  REQUIRE(proto::send_message(
+              s, proto::encode(proto::ReaderOpenRequest{st.st_ino, proto::kReaderBell}, 1)) == 0);
+  REQUIRE(proto::recv_message(s, &r, 3) == 1);
+  REQUIRE(r.fds.size() == 3);  // the buffer, the bell's page, the reader's bell descriptor
+  const int bell = r.fds[2].get();
+  // The attack: the descriptor made blocking for every holder that shares it, and filled.
+  (void)::fcntl(bell, F_SETFL, 0);
+  const uint64_t top = 0xfffffffffffffffeull;
+  // A socket shut down for sending refuses it (EPIPE; SIGPIPE ignored here, not in the daemon).
+  void (*was)(int) = ::signal(SIGPIPE, SIG_IGN);
+  CHECK(::write(bell, &top, sizeof top) < 0);
+  ::signal(SIGPIPE, was);
+  // And the page kept armed, so that every sub-buffer the producer completes rings the bell,
+  // which this reader never drains.
+  void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, r.fds[1].get(), 0);
+  REQUIRE(page != MAP_FAILED);
+  auto* armed = static_cast<std::atomic<uint32_t>*>(page);
+  std::atomic<bool> stop{false};
+  std::thread rearm([&] {
+    while (!stop.load()) armed->store(1);
+  });
+  // The producer fills a thousand sub-buffers, then closes (the daemon rings the bell once
+  // more, ReaderBell::fall_back). In a thread of its own, detached: if it blocks, the case fails
+  // after 20 s instead of hanging the run.
+  auto done = std::make_shared<std::atomic<int>>(0);
+  std::thread([c, done] {
+    const std::string rec(64, 'h');
+    for (int i = 0; i < 1000 * 4096 / 64; ++i) (void)relay_write(c, rec.data(), rec.size());
+    done->store(1);
+    done->store(relay_close(c) == 0 ? 2 : 3);
+  }).detach();
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (done->load() < 2 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);
+  stop = true;
+  rearm.join();
+  CHECK(done->load() == 2);  // 0: the writes blocked; 1: relay_close did
+  // The daemon's loop still answers: another reader-open on a fresh connection.
+  const int s2 = dial_control(control_name(m.dir));
+  REQUIRE(s2 >= 0);
+  REQUIRE(::setsockopt(s2, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+  CHECK(control_answer(s2, proto::encode(proto::ReaderOpenRequest{st.st_ino, 0}, 1)) != 202);
+  ::close(s2);
+  ::munmap(page, 4096);
+  ::close(s);
 }
 
 TEST_CASE("a buffer hands out at most 16 bells; the readers past them wake through the file, and "
