@@ -169,6 +169,11 @@ TEST_CASE("Buffer::attach maps a sealed buffer fd and refuses anything else") {
 }
 
 namespace {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
 // Minor page faults the calling thread took so far.
 long thread_minflt() {
   rusage ru{};
@@ -205,8 +210,10 @@ TEST_CASE("Buffer::populate allocates every page and maps it: the writes after i
     CHECK(resident(b) == 0);
     REQUIRE(b.populate() == 0);
     CHECK(resident(b) == data_pages);
-    // Every page is in this mapping's page tables, writable: writing each one faults none.
-    CHECK(touch_all(b) < 4);
+    // Every page is in this mapping's page tables, writable: writing each one faults none. Not
+    // counted under a sanitizer, whose shadow memory faults on those writes itself (ASan 8,
+    // TSan 64 here); the residency above holds there too.
+    if (!kSanitized) CHECK(touch_all(b) < 4);
   }
   SUBCASE("not populated: the same writes fault once a page (what the test above tells apart)") {
     core::Buffer b;

@@ -186,9 +186,12 @@ TEST_CASE("relay_open allocates and maps every page: the first lap's writes take
   REQUIRE(pinned);
   CHECK(failed == 0);
   // Without the population every page written faults once (112 here; consumer_test's case for
-  // Buffer::populate shows both).
+  // Buffer::populate shows both). Not counted under a sanitizer, whose shadow memory faults on
+  // those writes itself (15 under ASan).
   CHECK(faults >= 0);
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
   CHECK(faults < 8);
+#endif
   CHECK(relay_close(c) == 0);
 }
 
