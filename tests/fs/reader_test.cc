@@ -25,12 +25,13 @@
 #include <string>
 #include <thread>
 
+#include "core/bell.h"
 #include "core/geometry.h"
 #include "core/layout.h"
-#include "proto/protocol.h"
-#include "proto/wire.h"
 #include "helpers.h"
 #include "mount.h"
+#include "proto/protocol.h"
+#include "proto/wire.h"
 
 using namespace relayfs::test;
 namespace core = relayfs::core;
@@ -39,6 +40,18 @@ namespace proto = relayfs::proto;
 namespace {
 
 using namespace std::chrono_literals;
+
+// A connection to the daemon of the mount at dir whose replies time out after 5 s: a reply that
+// never comes fails the test instead of hanging it. -1 if it cannot connect.
+int dial_control_timed(const std::string& dir) {
+  const int s = dial_control(control_name(dir));
+  const timeval tv{5, 0};
+  if (s >= 0 && ::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+    ::close(s);
+    return -1;
+  }
+  return s;
+}
 
 // ---- What a buffer holds ------------------------------------------------------------------------
 
@@ -539,11 +552,8 @@ TEST_CASE("a second reader-open on one connection is refused with EBUSY, with no
   write_records(c, 0, 3);
   struct stat st;
   REQUIRE(::stat(m.path("twice0").c_str(), &st) == 0);
-  const int s = dial_control(control_name(m.dir));
+  const int s = dial_control_timed(m.dir);
   REQUIRE(s >= 0);
-  // A reply that never comes fails the test instead of hanging it.
-  const timeval tv{5, 0};
-  REQUIRE(::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
   const proto::ReaderOpenRequest req{st.st_ino, proto::kReaderBell};
   proto::ReaderOpenReply reply;
   proto::Received r;
@@ -1001,10 +1011,8 @@ TEST_CASE("a hostile reader's bell cannot make its producer's writes, or the dae
   rchan* c = open_global(m.dir, "hostile", 4096, 4, {}, &ow);
   struct stat st;
   REQUIRE(::stat(m.path("hostile0").c_str(), &st) == 0);
-  const int s = dial_control(control_name(m.dir));
+  const int s = dial_control_timed(m.dir);
   REQUIRE(s >= 0);
-  const timeval tv{5, 0};
-  REQUIRE(::setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
   proto::Received r;
   REQUIRE(proto::send_message(
               s, proto::encode(proto::ReaderOpenRequest{st.st_ino, proto::kReaderBell}, 1)) == 0);
@@ -1020,9 +1028,9 @@ TEST_CASE("a hostile reader's bell cannot make its producer's writes, or the dae
   ::signal(SIGPIPE, was);
   // And the page kept armed, so that every sub-buffer the producer completes rings the bell,
   // which this reader never drains.
-  void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, r.fds[1].get(), 0);
-  REQUIRE(page != MAP_FAILED);
-  auto* armed = static_cast<std::atomic<uint32_t>*>(page);
+  core::Mapping page;
+  REQUIRE(core::map_bell_page(r.fds[1].get(), &page) == 0);
+  std::atomic<uint32_t>* armed = &reinterpret_cast<core::BellPage*>(page.bytes())->armed;
   std::atomic<bool> stop{false};
   std::thread rearm([&] {
     while (!stop.load()) armed->store(1);
@@ -1044,12 +1052,10 @@ TEST_CASE("a hostile reader's bell cannot make its producer's writes, or the dae
   rearm.join();
   CHECK(done->load() == 2);  // 0: the writes blocked; 1: relay_close did
   // The daemon's loop still answers: another reader-open on a fresh connection.
-  const int s2 = dial_control(control_name(m.dir));
+  const int s2 = dial_control_timed(m.dir);
   REQUIRE(s2 >= 0);
-  REQUIRE(::setsockopt(s2, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
   CHECK(control_answer(s2, proto::encode(proto::ReaderOpenRequest{st.st_ino, 0}, 1)) != 202);
   ::close(s2);
-  ::munmap(page, 4096);
   ::close(s);
 }
 
