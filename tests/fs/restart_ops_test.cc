@@ -60,6 +60,12 @@ Child holding_producer(const std::string& dir, const char* base) {
   });
 }
 
+// Waits until the holding producer's five records are in the file at path. The file appears
+// inside relay_open, before the records are written, so waiting for it alone races them.
+void wait_for_records(const std::string& path) {
+  REQUIRE(wait_for([&] { return exists(path) && file_size(path) >= off_t{5 * kRec}; }));
+}
+
 // Checks that the mount's daemon exits by itself, with status 0, within 5 s (it is killed
 // after that).
 void check_daemon_exits(Mount& m) {
@@ -87,7 +93,7 @@ TEST_CASE("a daemon whose mount is detached lazily exits although a file is stil
           "then fails with ENOTCONN") {
   Mount m;
   Child producer = holding_producer(m.dir, "held");
-  REQUIRE(wait_for([&] { return exists(m.path("held0")); }));
+  wait_for_records(m.path("held0"));
   const int fd = ::open(m.path("held0").c_str(), O_RDONLY);
   REQUIRE(fd >= 0);
   char buf[64];
@@ -148,7 +154,7 @@ TEST_CASE("a bind mount keeps the daemon; when the last mount goes it exits, lea
     ~Unbind() { ::umount2(dir.c_str(), MNT_DETACH); }
   } unbind{bind.dir};
   Child producer = holding_producer(m.dir, "held");
-  REQUIRE(wait_for([&] { return exists(bind.path("held0")); }));
+  wait_for_records(bind.path("held0"));
   const int fd = ::open(bind.path("held0").c_str(), O_RDONLY);
   REQUIRE(fd >= 0);
 

@@ -379,10 +379,14 @@ TEST_CASE("overwrite mode read while written: whole records only, in order per w
   constexpr uint32_t kWriters = 2;
   constexpr size_t kSubbuf = 4096, kSubbufs = 4;
   constexpr auto kRun = std::chrono::milliseconds(1500);
-  // Two ways to read. Reads larger than the whole buffer take everything readable, so each must
-  // end on a record boundary and parse alone. Small reads of random sizes end inside records;
-  // when the writer laps the reader between two of them, the record the first one began is cut
-  // (relay(7): the reader resumes at the oldest intact sub-buffer), which the parser recognises.
+  // Two ways to read. A read larger than the whole buffer that comes back short took everything
+  // readable, so it must end on a record boundary and parse alone. It can also come back full:
+  // like the kernel's, a read goes on into sub-buffers the writers fill while it copies, so one
+  // 256 KiB read can chase them through many laps of a 16 KiB buffer and end inside a record.
+  // Only after such a read may the next one begin past a cut record. Small reads of random sizes
+  // end inside records; when the writer laps the reader between two of them, the record the
+  // first one began is cut (relay(7): the reader resumes at the oldest intact sub-buffer), which
+  // the parser recognises.
   bool big = false;
   SUBCASE("reads larger than the buffer") { big = true; }
   SUBCASE("reads of random sizes from 1 to 512 bytes") { big = false; }
@@ -409,8 +413,9 @@ TEST_CASE("overwrite mode read while written: whole records only, in order per w
       }
     });
 
-  Stream stream(kWriters, !big, true);
+  Stream stream(kWriters, true, true);
   int read_errno = 0;
+  uint64_t full_reads = 0;  // big reads that filled their whole buffer
   const unsigned seed = std::random_device{}();
   std::thread reader([&] {
     std::mt19937 rng(seed);
@@ -430,9 +435,12 @@ TEST_CASE("overwrite mode read while written: whole records only, in order per w
         std::this_thread::yield();
         continue;
       }
-      if (big)
+      if (big && static_cast<size_t>(n) < want)
         stream.feed_whole(b.data(), static_cast<size_t>(n));
-      else
+      else if (big) {
+        ++full_reads;
+        stream.feed(b.data(), static_cast<size_t>(n));
+      } else
         stream.feed(b.data(), static_cast<size_t>(n));
     }
   });
@@ -469,17 +477,16 @@ TEST_CASE("overwrite mode read while written: whole records only, in order per w
     for (uint64_t s : stream.seen[id])
       if (s >= ok[id].size() || !ok[id][s]) ++not_written_but_read;
   const std::string how = big ? "reads larger than the buffer" : "small reads";
-  MESSAGE("overwrite, " << how << " (seed " << seed
-                       << "): records attempted " << attempted << ", written " << written
-                       << ", failed writes " << failed_writes << failed << "; read "
-                       << stream.reads << " times, " << stream.bytes << " bytes: whole records "
-                       << stream.whole << ", torn " << stream.torn << ", cut by an overrun "
-                       << stream.cut << " (" << stream.skipped << " bytes), out of order "
-                       << stream.out_of_order << ", reads not ending on a record "
-                       << stream.unaligned_reads << ", overwritten (never read) "
-                       << (written - stream.whole) << "; counters: lost_wrap "
-                       << counters.lost_wrap << ", lost_full " << counters.lost_full
-                       << ", overruns " << counters.overruns);
+  MESSAGE("overwrite, " << how << " (seed " << seed << "): records attempted " << attempted
+                        << ", written " << written << ", failed writes " << failed_writes << failed
+                        << "; read " << stream.reads << " times (" << full_reads << " filled), "
+                        << stream.bytes << " bytes: whole records " << stream.whole << ", torn "
+                        << stream.torn << ", cut by an overrun " << stream.cut << " ("
+                        << stream.skipped << " bytes), out of order " << stream.out_of_order
+                        << ", reads not ending on a record " << stream.unaligned_reads
+                        << ", overwritten (never read) " << (written - stream.whole)
+                        << "; counters: lost_wrap " << counters.lost_wrap << ", lost_full "
+                        << counters.lost_full << ", overruns " << counters.overruns);
   CHECK(read_errno == 0);
   CHECK(stream.torn == 0);
   CHECK(stream.out_of_order == 0);
@@ -487,7 +494,8 @@ TEST_CASE("overwrite mode read while written: whole records only, in order per w
   CHECK(not_written_but_read == 0);
   CHECK(stream.whole > 0);
   CHECK(stream.whole < written);  // the writers lapped the reader: some records were overwritten
-  if (big) CHECK(stream.cut == 0);
+  // A record is cut only where a read ended inside it: in a big read, only a full one.
+  if (big) CHECK(stream.cut <= full_reads);
 }
 
 namespace {
