@@ -3,9 +3,11 @@
 #pragma once
 
 #include <doctest/doctest.h>
+#include <sys/mman.h>
 
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -87,6 +89,29 @@ struct Rig {
   }
 
   int write(const std::string& s) { return prod->write(s.data(), s.size()); }
+};
+
+// A T in anonymous shared memory, which a forked child shares with its parent. T's members are
+// what both sides use (atomics, counters); the owner destroys and unmaps it.
+template <class T>
+class SharedAnon {
+ public:
+  SharedAnon() {
+    void* m = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(m != MAP_FAILED);
+    p_ = new (m) T();
+  }
+  SharedAnon(const SharedAnon&) = delete;
+  SharedAnon& operator=(const SharedAnon&) = delete;
+  ~SharedAnon() {
+    p_->~T();
+    ::munmap(p_, sizeof(T));
+  }
+  T* get() const { return p_; }
+  T* operator->() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
 };
 
 }  // namespace relayfs::test

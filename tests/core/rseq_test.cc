@@ -250,10 +250,8 @@ TEST_CASE("a signal handler that writes while its thread claims the switch from 
     MESSAGE("needs rseq and two CPUs");
     return;
   }
-  void* mem = ::mmap(nullptr, sizeof(HandlerCounts), PROT_READ | PROT_WRITE,
-                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(mem != MAP_FAILED);
-  auto* counts = new (mem) HandlerCounts;
+  test::SharedAnon<HandlerCounts> shared;
+  HandlerCounts* counts = shared.get();
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {
@@ -314,7 +312,6 @@ TEST_CASE("a signal handler that writes while its thread claims the switch from 
   CHECK(WEXITSTATUS(status) == 0);
   CHECK(counts->other.load() == 0);
   CHECK(counts->dropped.load() > 0);  // the handler did run inside claims
-  ::munmap(mem, sizeof(HandlerCounts));
 }
 
 // ---- The rseq commit (Producer::commit on a bound buffer, rseq::add_on_cpu) ----
@@ -687,42 +684,75 @@ void refresh_membarrier_state(unsigned cpu) {
 }  // namespace
 
 TEST_CASE("a reader arming the doorbell while commits run is never left asleep") {
-  bool bind = false;
+  bool bind = false, forked = false;
   SUBCASE("unbound: locked commit") { bind = false; }
   SUBCASE("bound: rseq commit, membarrier on arming") { bind = true; }
+  // A producer's child writes into the parent's buffers with the parent's registrations: the
+  // kernel copies them with the mm at fork (only exec clears them). Were the child left out, the
+  // arming's membarrier would skip its CPU, as if there were none.
+  SUBCASE("bound, the writer a forked child") {
+    bind = forked = true;
+  }
   if (ncpu() < 2) {
     MESSAGE("needs two CPUs");
     return;
   }
-  struct Bell {
-    std::atomic<uint64_t> rings{0};
-  } bell;
+  // What the writer and the reader share: in shared memory, for a forked writer.
+  struct Race {
+    std::atomic<uint64_t> rings{0};  // the producer's wake-up calls
+    std::atomic<uint64_t> taken{0};  // records the reader has taken
+    std::atomic<uint64_t> written{0};
+    std::atomic<bool> stop{false};
+  };
+  test::SharedAnon<Race> race;
   core::ProducerHooks hooks;
-  hooks.ctx = &bell;
+  hooks.ctx = race.get();
   hooks.wakeup = [](void* ctx, core::Producer&) {
     // release: pairs with the reader's acquire; the reader then re-reads the buffer itself.
-    static_cast<Bell*>(ctx)->rings.fetch_add(1, std::memory_order_release);
+    static_cast<Race*>(ctx)->rings.fetch_add(1, std::memory_order_release);
   };
   test::Rig rig(1 << 16, 4, hooks);
   if (bind && !rig.prod->bind_cpu(0)) {
     MESSAGE("no rseq: the bound case runs as the unbound one");
   }
   if (bind) refresh_membarrier_state(0);
-  std::atomic<uint64_t> taken{0};
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> written{0};
-  std::thread writer([&] {
-    pin_self(0);
+  auto write_loop = [&] {
     char rec[16] = "doorbell record";
-    for (uint64_t n = 0; !stop.load(std::memory_order_relaxed);) {
+    for (uint64_t n = 0; !race->stop.load(std::memory_order_relaxed);) {
       // The moment the reader took record n, commit record n + 1: the reader is arming now.
-      if (taken.load(std::memory_order_acquire) < n) continue;
+      if (race->taken.load(std::memory_order_acquire) < n) continue;
       if (rig.prod->write(rec, sizeof rec) == 0) {
         ++n;
-        written.store(n, std::memory_order_release);
+        race->written.store(n, std::memory_order_release);
       }
     }
-  });
+  };
+  std::thread writer;
+  struct Child {
+    pid_t pid = -1;
+    ~Child() {  // a failed REQUIRE below must not leave the writer spinning
+      if (pid <= 0) return;
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } child;
+  if (forked) {
+    child.pid = ::fork();
+    REQUIRE(child.pid >= 0);
+    if (child.pid == 0) {
+      if (!pin_self(0)) ::_exit(2);
+      // The private rseq registration came along too: the kernel refuses this fence (EPERM) to
+      // a process that is not registered for it.
+      if (core::rseq::available() && core::rseq::remote_fence(0) != 0) ::_exit(3);
+      write_loop();
+      ::_exit(0);
+    }
+  } else {
+    writer = std::thread([&] {
+      pin_self(0);
+      write_loop();
+    });
+  }
   pin_self(1);
   uint64_t rounds = 0, slept = 0, lost = 0, got = 0, unproven = 0, starved = 0;
   std::string lost_at;  // when each lost round happened, and what the buffer held then
@@ -734,11 +764,11 @@ TEST_CASE("a reader arming the doorbell while commits run is never left asleep")
     REQUIRE(n >= 0);
     if (n > 0) {
       got += static_cast<uint64_t>(n) / 16;
-      taken.store(got, std::memory_order_release);
+      race->taken.store(got, std::memory_order_release);
       continue;
     }
     ++rounds;
-    const uint64_t rung = bell.rings.load(std::memory_order_acquire);
+    const uint64_t rung = race->rings.load(std::memory_order_acquire);
     // A failed membarrier leaves the arming unproven: the design then asks for a sleep with a
     // timeout (doorbell.h), so such a round proves nothing either way.
     if (rig.cons->arm_doorbell(false) != 0) {
@@ -749,37 +779,47 @@ TEST_CASE("a reader arming the doorbell while commits run is never left asleep")
     // Asleep: until the producer rings, or 20 ms.
     ++slept;
     const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(20);
-    while (bell.rings.load(std::memory_order_acquire) == rung &&
+    while (race->rings.load(std::memory_order_acquire) == rung &&
            std::chrono::steady_clock::now() < until) {
     }
-    if (bell.rings.load(std::memory_order_acquire) != rung || !rig.cons->data_available())
+    if (race->rings.load(std::memory_order_acquire) != rung || !rig.cons->data_available())
       continue;
     // A record is there and nobody rang: lost, if the writer has returned from its write (its
     // load of `waiters` is done). Still inside it, it may have been descheduled between its commit
     // and that load (a loaded machine: 20 ms is a long time, but not forever); then it rings
     // when it runs again.
     const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (written.load(std::memory_order_acquire) <= got &&
+    while (race->written.load(std::memory_order_acquire) <= got &&
            std::chrono::steady_clock::now() < grace) {
       std::this_thread::yield();
     }
-    if (written.load(std::memory_order_acquire) <= got) {
+    if (race->written.load(std::memory_order_acquire) <= got) {
       ++starved;  // the writer never got back to return from its write: nothing to conclude
       continue;
     }
-    if (bell.rings.load(std::memory_order_acquire) == rung) {
+    if (race->rings.load(std::memory_order_acquire) == rung) {
       ++lost;
       const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
           std::chrono::steady_clock::now() - start);
       lost_at += " [at " + std::to_string(ms.count()) + " ms, record " + std::to_string(got) +
-                 ", written " + std::to_string(written.load()) + ", waiters " +
+                 ", written " + std::to_string(race->written.load()) + ", waiters " +
                  std::to_string(rig.buf.header()->waiters.load()) + ", position word " +
                  std::to_string(rig.buf.header()->wpos.load()) + "]";
     }
   }
-  stop.store(true);
-  writer.join();
-  MESSAGE(std::string(bind ? "bound" : "unbound")
+  race->stop.store(true);
+  if (forked) {
+    int status = 0;
+    REQUIRE(::waitpid(child.pid, &status, 0) == child.pid);
+    child.pid = -1;
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);  // 2: not pinned; 3: the child's fence refused
+  } else {
+    writer.join();
+  }
+  MESSAGE(std::string(forked ? "bound, forked writer"
+                      : bind ? "bound"
+                             : "unbound")
           << ": rounds " << rounds << ", slept " << slept << ", records " << got
           << ", lost wake-ups " << lost << lost_at << ", unproven armings " << unproven
           << ", writer starved " << starved);
