@@ -221,6 +221,17 @@ TEST_CASE("Buffer::populate allocates every page and maps it: the writes after i
                                  &b) == 0);
     CHECK(touch_all(b) >= static_cast<long>(data_pages));
   }
+  SUBCASE("a page the kernel cannot populate: the error comes back, it is not taken for success") {
+    // No real setup here makes the kernel refuse memory to the advice: a memory cgroup over its
+    // limit OOM-kills the populating process instead. A hole in the mapping is refused with
+    // ENOMEM, the errno a refused allocation gives, and goes through the same branch.
+    core::Buffer b;
+    REQUIRE(core::Buffer::attach(core::UniqueFd(::dup(a.fd())), g, PROT_READ | PROT_WRITE, true,
+                                 &b) == 0);
+    // The Buffer's own munmap of the whole range at its end is unaffected by the hole.
+    REQUIRE(::munmap(b.data() + 8 * page, page) == 0);
+    CHECK(b.populate() == -ENOMEM);
+  }
   core::Buffer none;
   CHECK(none.populate() == -EBADF);
 }
