@@ -7,13 +7,17 @@
 // fails.
 #include <doctest/doctest.h>
 #include <relayfs/relay.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstdarg>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -193,6 +197,68 @@ TEST_CASE("relay_open allocates and maps every page: the first lap's writes take
   CHECK(faults < 8);
 #endif
   CHECK(relay_close(c) == 0);
+}
+
+namespace {
+
+// While set, this program's madvise refuses MADV_POPULATE_WRITE with ENOMEM, as the kernel does
+// when it cannot allocate the pages. No real limit reaches that answer here: a memory cgroup's
+// limit OOM-kills the process instead (doc/performance.md). The library's madvise call binds to
+// the definition below, which the executable exports because librelayfs refers to the symbol.
+std::atomic<bool> refuse_populate{false};
+
+// A process's descriptors and its relayfs memfd mappings: what a failed relay_open must not leave.
+struct Held {
+  size_t fds = 0, maps = 0;
+};
+Held held_now() {
+  Held h;
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (dirent* e = ::readdir(d)) h.fds += e->d_name[0] != '.';
+    ::closedir(d);
+  }
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) h.maps += line.find("/memfd:") != line.npos;
+  return h;
+}
+
+}  // namespace
+
+extern "C" int madvise(void* addr, size_t len, int advice) noexcept {
+  // Relaxed: the test sets and clears the flag on the thread that calls relay_open.
+  if (advice == MADV_POPULATE_WRITE && refuse_populate.load(std::memory_order_relaxed)) {
+    errno = ENOMEM;
+    return -1;
+  }
+  return static_cast<int>(::syscall(SYS_madvise, addr, len, advice));
+}
+
+TEST_CASE("relay_open whose buffers cannot be allocated fails with ENOMEM, and leaves nothing") {
+  // As the kernel's relay_open fails when it cannot allocate a buffer: the error is the open's,
+  // never a later write's.
+  Mount m;
+  const Held before = held_now();
+  rchan_callbacks cb{};
+  cb.create_buf_file = &make_global<0440>;
+  refuse_populate.store(true, std::memory_order_relaxed);
+  errno = 0;
+  rchan* c = relay_open("nomem", m.dir.c_str(), 4096, 4, &cb, nullptr);
+  const int err = errno;
+  refuse_populate.store(false, std::memory_order_relaxed);
+  CHECK_MESSAGE(c == nullptr, "relay_open succeeded although its buffer was not allocated");
+  CHECK_MESSAGE(err == ENOMEM, "relay_open failed with " << std::strerror(err) << ", not ENOMEM");
+  if (c) relay_close(c);
+  // Nothing kept by the producer: no descriptor, no mapping of the buffer.
+  const Held after = held_now();
+  CHECK(after.fds == before.fds);
+  CHECK(after.maps == before.maps);
+  // The daemon made the channel before the producer failed to take it: the connection's end
+  // finalizes it, and, empty, it goes. The same name then opens and carries records.
+  CHECK(wait_for([&] { return !exists(m.path("nomem0")); }));
+  rchan* again = open_global(m.dir, "nomem");
+  const std::string want = write_records(again, 0, 3);
+  CHECK(slurp(m.path("nomem0")) == want);
+  CHECK(relay_close(again) == 0);
 }
 
 TEST_CASE("lost_full and lost_too_big count exactly the records relay_write refused") {
