@@ -5,7 +5,7 @@ machine, and prints each figure's median per build and the ratio new/base. Run i
 build on both sides first: the spread of those ratios is what this machine's noise allows.
 
   bench/compare.py BASE_BUILD_DIR NEW_BUILD_DIR [--rounds N] [--sizes 16,64,256,1024]
-                   [--e2e-records 64,1024] [--producer-runs N]
+                   [--e2e-records 64,1024|none] [--producer-runs N]
 
 A build dir is a meson build of relayfs with benchmarks (bench/producer_bench, bench/e2e_bench,
 bench/fuse_ceiling, src/fs/relayfs). Producer figures are ns/record (lower is better) and the
@@ -69,7 +69,8 @@ def main():
     ap.add_argument("new")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--sizes", default="16,64,256,1024", help="producer_bench record sizes")
-    ap.add_argument("--e2e-records", default="64,1024", help="e2e_bench record sizes")
+    ap.add_argument("--e2e-records", default="64,1024",
+                    help="e2e_bench record sizes; 'none': the producer rows only")
     ap.add_argument("--producer-runs", type=int, default=1,
                     help="producer_bench --runs per round (each round then takes their median)")
     a = ap.parse_args()
@@ -81,7 +82,7 @@ def main():
         sides = (("base", a.base), ("new", a.new))
         for side, build in sides if r % 2 == 0 else sides[::-1]:
             figs = producer(build, a.sizes, a.producer_runs)
-            for record in a.e2e_records.split(","):
+            for record in ([] if a.e2e_records == "none" else a.e2e_records.split(",")):
                 figs.update(e2e(build, record))
             for fig, v in figs.items():
                 samples[side].setdefault(fig, []).append(v)
