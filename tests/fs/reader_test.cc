@@ -1019,13 +1019,18 @@ TEST_CASE("a hostile reader's bell cannot make its producer's writes, or the dae
   REQUIRE(proto::recv_message(s, &r, 3) == 1);
   REQUIRE(r.fds.size() == 3);  // the buffer, the bell's page, the reader's bell descriptor
   const int bell = r.fds[2].get();
-  // The attack: the descriptor made blocking for every holder that shares it, and filled.
-  (void)::fcntl(bell, F_SETFL, 0);
+  // The attack: the descriptor filled, then made blocking for every holder that shares it. The
+  // fill comes first, drained and non-blocking, so that this test never blocks itself: an
+  // eventfd bell (before protocol 6) took it, and the producer's next ring then blocked.
+  REQUIRE(::fcntl(bell, F_SETFL, O_NONBLOCK) == 0);
+  char pending[64];
+  (void)::read(bell, pending, sizeof pending);
   const uint64_t top = 0xfffffffffffffffeull;
   // A socket shut down for sending refuses it (EPIPE; SIGPIPE ignored here, not in the daemon).
   void (*was)(int) = ::signal(SIGPIPE, SIG_IGN);
   CHECK(::write(bell, &top, sizeof top) < 0);
   ::signal(SIGPIPE, was);
+  (void)::fcntl(bell, F_SETFL, 0);
   // And the page kept armed, so that every sub-buffer the producer completes rings the bell,
   // which this reader never drains.
   core::Mapping page;
