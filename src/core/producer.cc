@@ -160,10 +160,11 @@ void Producer::wake_readers() noexcept {
 // other's old value, or both the full lap. Hence:
 //  - exact once: whoever sees it complete runs `deliver` only if it moves delivered_[slot] up to
 //    `end` (a CAS, once per sub-buffer); a lap end only grows, so a stale caller finds it past;
-//  - never missed: a completion both writers missed is found by the next switch (deliver_closed,
-//    before the slot can be reused: a switch into it first checks its last lap is complete) or
-//    by close, at the latest. For unbound buffers every add is one RMW on one counter, the last
-//    one sees the full lap, and `deliver` runs at once, as before.
+//  - never missed: a completion both writers missed is found by the next switch, or by the retry
+//    of a switch refused because the lap was short then (deliver_closed, before the slot can be
+//    reused: a switch into it first checks its last lap is complete), or by close, at the latest.
+//    For unbound buffers every add is one RMW on one counter, the last one sees the full lap, and
+//    `deliver` runs at once, as before.
 // The consumer never relies on this: it decides completeness itself (View::complete). Sub-buffer
 // waiters are rung by the switch that closes a sub-buffer and by every late commit into a closed
 // one (Producer::commit), not here only; ringing here as well is harmless (one ring per arming).
@@ -465,6 +466,9 @@ int Producer::switch_locked(uint64_t w, uint32_t len, Reservation* r, bool openi
     // Retrying a refused switch: the kernel passes the same prev_subbuf and prev_padding again.
     prev_slot = h->prev_slot.load(std::memory_order_relaxed);
     prev_padding = h->prev_padding.load(std::memory_order_relaxed);
+    // The refusal may have been a wrap: the slot's last lap, short then, may have been completed
+    // since by two racing commits that each missed it. Found here, before the slot is reused.
+    deliver_closed(seq);
   }
 
   const uint32_t slot = slot_of(seq, n_);

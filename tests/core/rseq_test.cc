@@ -555,6 +555,52 @@ void timer_write(int) {
 // section, and its handler writes to the same buffer on the same CPU: the interrupted section
 // must be restarted (its add redone from a fresh load), or the handler's commit is overwritten
 // and the slot never completes. Every record of both must be read, intact, once.
+// deliver's "never missed" across a refused switch. A wrap refuses the switch into a slot whose
+// last lap is short; the lap is then completed by racing commits that each missed it (an rseq add
+// and an atomic add that read each other's old values; here the outcome is made by hand: the
+// missing bytes added to `commit` with no check). The retried switch reuses the slot, and must
+// deliver the lap first: nothing later looks at it again.
+TEST_CASE("bound buffer: a lap completed after its slot's switch was refused is still delivered") {
+  if (!core::rseq::available()) {
+    MESSAGE("needs rseq");
+    return;
+  }
+  // Overwrite mode (the callback always switches) and a record of the slots delivered.
+  struct Record {
+    std::vector<uint32_t> slots;
+    static bool start(void*, core::Producer&, void*, void*, uint32_t) { return true; }
+    static void deliver(void* ctx, core::Producer&, uint32_t slot, void*) {
+      static_cast<Record*>(ctx)->slots.push_back(slot);
+    }
+  } rec;
+  core::ProducerHooks hooks;
+  hooks.ctx = &rec;
+  hooks.subbuf_start = &Record::start;
+  hooks.deliver = &Record::deliver;
+  hooks.overwrite = true;
+  REQUIRE(on_cpu(0, [&] {
+    test::Rig rig(16, 2, hooks);
+    REQUIRE(rig.prod->bind_cpu(0));
+    core::Reservation a;
+    REQUIRE(rig.prod->reserve(6, &a) == 0);         // sub-buffer 0 (slot 0), left in flight
+    REQUIRE(rig.write(std::string(10, 'b')) == 0);  // fills it
+    REQUIRE(rig.write(std::string(16, 'c')) == 0);  // sub-buffer 1 (slot 1), full
+    CHECK(rec.slots == std::vector<uint32_t>{1});
+    // The switch into slot 0 again is refused: its lap is 6 bytes short. Dropped, and counted.
+    CHECK(rig.write(std::string(4, 'd')) != 0);
+    const auto st = rig.cons->stats();
+    CHECK(st.lost_full + st.lost_wrap == 1);
+    // The racing commits' outcome: the lap complete, and nobody delivered it.
+    core::SubbufMeta& m = rig.buf.meta()[0];
+    m.commit.fetch_add(6, std::memory_order_seq_cst);
+    REQUIRE(core::committed(m) == 16);
+    CHECK(rec.slots == std::vector<uint32_t>{1});
+    // The retried switch reuses slot 0, and delivers its lap first.
+    REQUIRE(rig.write(std::string(4, 'e')) == 0);
+    CHECK(rec.slots == std::vector<uint32_t>{1, 0});
+  }));
+}
+
 TEST_CASE("bound buffer: a signal handler writes during the writer's commits") {
   if (!core::rseq::available()) {
     MESSAGE("needs rseq");
