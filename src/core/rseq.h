@@ -42,6 +42,11 @@ bool available() noexcept;
 // After a remote thread (one not on `cpu`) changed a word that rseq sections on `cpu` may be
 // about to overwrite: returns once every section in progress on that CPU has been restarted.
 // A section that stored before the fence is visible to a reload after it. Returns 0 or -errno.
+// Until the process first forks, a membarrier, which restarts the sections of this process. From
+// its first fork(2) on (a pthread_atfork handler; children inherit the state), sections of the
+// other process may write the same buffers: the calling thread then runs on `cpu` for a moment,
+// which switches out whatever ran there, of any process. A thread that may not run there falls
+// back on the membarrier. Children made without fork's handlers (_Fork, a raw clone) go unseen.
 int remote_fence(int cpu) noexcept;
 
 // Commits made with add_on_cpu store and then load `waiters` with no fence between: the ordering
