@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "../child.h"
 #include "core/rseq.h"
 #include "harness.h"
 
@@ -776,14 +777,7 @@ TEST_CASE("a reader arming the doorbell while commits run is never left asleep")
     }
   };
   std::thread writer;
-  struct Child {
-    pid_t pid = -1;
-    ~Child() {  // a failed REQUIRE below must not leave the writer spinning
-      if (pid <= 0) return;
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  } child;
+  test::ChildGuard child;
   if (forked) {
     child.pid = ::fork();
     REQUIRE(child.pid >= 0);
@@ -932,14 +926,7 @@ TEST_CASE("after a fork, a remote claim holds against a stalled section of the o
   };
   test::SharedAnon<Shared> sh;
   static_assert(sizeof(std::atomic<uint64_t>) == sizeof(uint64_t));
-  struct Child {
-    pid_t pid = -1;
-    ~Child() {  // a failed REQUIRE below must not leave the child spinning
-      if (pid <= 0) return;
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  } child;
+  test::ChildGuard child;
   // The child is the writer in its section on CPU 0, the parent's thread on CPU 1 the claimer.
   // (available() above registered the fork handler; this fork is what the fence must notice.)
   child.pid = ::fork();
