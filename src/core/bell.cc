@@ -106,14 +106,19 @@ void ring_bell(int ring_end) noexcept {
 }
 
 bool drain_bell(int reader_end) noexcept {
-  char rings[64];
-  for (;;) {
+  // A bounded number of receives: the producer holds a ringing end, and could send as fast as we
+  // receive (with its send buffer raised) to keep the reader here. Rings left over only make the
+  // next poll return at once, and a ring means no more than "look".
+  constexpr int kMaxReceives = 16;
+  char rings[256];
+  for (int i = 0; i < kMaxReceives; ++i) {
     const ssize_t n = ::recv(reader_end, rings, sizeof rings, MSG_DONTWAIT);
     if (n > 0) continue;
     if (n == 0) return false;  // every ringing socket closed or shut down
     if (errno == EINTR) continue;
     return errno == EAGAIN || errno == EWOULDBLOCK;
   }
+  return true;  // still being rung
 }
 
 int Bells::add(uint32_t id, UniqueFd page, UniqueFd wake) noexcept {

@@ -84,8 +84,10 @@ bool is_bell_socket(int fd) noexcept;
 // whatever another holder did to the descriptor. EAGAIN (a full buffer) means the reader has
 // rings it has not read: it is awake already; EPIPE, that the reader went away. Async-signal-safe.
 void ring_bell(int ring_end) noexcept;
-// Drains every ring from the bell whose reader's socket is fd, never blocking. Returns false if
-// every ringing end is gone (end of file): the bell will not ring again.
+// Drains the rings from the bell whose reader's socket is fd, never blocking, in a bounded
+// number of receives: a ringing end that keeps sending cannot hold the reader (what is left
+// wakes its next poll). Returns false if every ringing end is gone (end of file): the bell will
+// not ring again.
 bool drain_bell(int reader_end) noexcept;
 
 // The producer's side: the bells of one buffer's mmap readers, installed by the client's event

@@ -33,10 +33,10 @@ int Connection::send(const std::vector<char>& msg, const int* fds, size_t nfds) 
   return queue(msg, fds, nfds);
 }
 
-bool Connection::offer(const std::vector<char>& msg) {
+bool Connection::offer(const std::vector<char>& msg, const int* fds, size_t nfds) {
   std::lock_guard lk(send_mu_);
   if (!fd_ || shut_ || !outq_.empty()) return false;
-  return proto::send_message(fd_.get(), msg) == 0;
+  return proto::send_message(fd_.get(), msg, fds, nfds) == 0;
 }
 
 int Connection::queue(const std::vector<char>& msg, const int* fds, size_t nfds) {

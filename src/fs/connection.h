@@ -57,9 +57,10 @@ class Connection {
   // socket failed or was closed (the loop's poll sees it and closes the connection) or the
   // connection was shut down for not reading.
   int send(const std::vector<char>& msg, const int* fds = nullptr, size_t nfds = 0);
-  // Sends msg only if it can go at once; otherwise it is dropped. For progress reports, which
-  // the next one (and the end) supersedes. Any thread.
-  bool offer(const std::vector<char>& msg);
+  // Sends msg (with fds) only if it can go at once; otherwise it is dropped and nothing is kept.
+  // For progress reports, which the next one (and the end) supersedes, and for what others'
+  // requests would have queued without bound (a reader's bell). Any thread.
+  bool offer(const std::vector<char>& msg, const int* fds = nullptr, size_t nfds = 0);
   // The socket has room: sends what is queued. Returns true if some is still queued (wait for
   // room again). Loop thread.
   bool flush();

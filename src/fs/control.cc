@@ -503,7 +503,11 @@ void ControlServer::give_bell(Connection& c, core::UniqueFd* page, core::UniqueF
   }
   const int fds[2] = {fd.get(), bell->wake.get()};
   const proto::BellEvent ev{b->channel_id(), b->index(), bell->id};
-  if (producer->send(proto::encode_event(proto::Type::kBell, ev), fds, 2) != 0) {
+  // Offered, never queued: readers decide how often this is sent, and a producer that does not
+  // read its socket for a while (stopped, busy) would otherwise have their bells' descriptors
+  // queued until the daemon cut it off for not reading, and finalized its channels. Without
+  // room now, the reader goes without a bell and wakes through its relay file.
+  if (!producer->offer(proto::encode_event(proto::Type::kBell, ev), fds, 2)) {
     std::lock_guard lk(b->mu);
     std::erase(b->bells, bell);
     return;

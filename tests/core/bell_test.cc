@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -166,6 +167,32 @@ TEST_CASE("a ring never blocks and raises no signal, whatever another holder doe
     CHECK(::send(b.reader.get(), &x, 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0);
     CHECK(errno == EPIPE);
   }
+}
+
+TEST_CASE("drain_bell returns while a hostile producer keeps ringing as fast as it can") {
+  // The producer holds a ringing end: it may raise its send buffer and send without a pause.
+  Bell b;
+  const int big = 4 << 20;
+  (void)::setsockopt(b.ring_end.get(), SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+  std::atomic<bool> drained{false}, gave_up{false};
+  std::thread flood([&] {
+    std::vector<char> chunk(64 << 10, 'r');
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!drained.load()) {
+      if (std::chrono::steady_clock::now() > until) {
+        gave_up = true;  // drain_bell kept receiving for 10 s
+        return;
+      }
+      (void)::send(b.ring_end.get(), chunk.data(), chunk.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+  });
+  // Rung already, before the reader looks (a peek: Bell::rings would drain as long as it floods).
+  char one;
+  while (::recv(b.reader.get(), &one, 1, MSG_PEEK | MSG_DONTWAIT) != 1) std::this_thread::yield();
+  CHECK(core::drain_bell(b.reader.get()));
+  drained = true;
+  flood.join();
+  CHECK_FALSE(gave_up.load());
 }
 
 TEST_CASE("drain_bell takes every ring, never blocks, and says when no one can ring any more") {

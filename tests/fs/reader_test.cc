@@ -25,6 +25,7 @@
 #include <string>
 #include <thread>
 
+#include "../child.h"
 #include "core/bell.h"
 #include "core/geometry.h"
 #include "core/layout.h"
@@ -1062,6 +1063,56 @@ TEST_CASE("a hostile reader's bell cannot make its producer's writes, or the dae
   CHECK(control_answer(s2, proto::encode(proto::ReaderOpenRequest{st.st_ino, 0}, 1)) != 202);
   ::close(s2);
   ::close(s);
+}
+
+TEST_CASE("readers opening and closing while their producer does not read cannot cut it off") {
+  // Each bell the daemon gives a reader goes to the producer with two descriptors. A producer
+  // that does not read its socket for a while (stopped here) must not have them queued until
+  // the daemon cuts it off for not reading, which would end its channels: the readers then go
+  // without a bell.
+  Mount m;
+  int ready[2], go[2];
+  REQUIRE(::pipe(ready) == 0);
+  REQUIRE(::pipe(go) == 0);
+  ChildGuard child;
+  child.pid = ::fork();
+  REQUIRE(child.pid >= 0);
+  if (child.pid == 0) {
+    rchan_callbacks cb{};
+    cb.create_buf_file = &make_global<0444>;
+    rchan* c = relay_open("churn", m.dir.c_str(), 4096, 4, &cb, nullptr);
+    if (!c) ::_exit(100);
+    const std::string r = record(0);
+    if (relay_write(c, r.data(), r.size()) != 0) ::_exit(101);
+    char x = 1;
+    if (::write(ready[1], &x, 1) != 1) ::_exit(102);
+    if (::read(go[0], &x, 1) != 1) ::_exit(103);
+    ::_exit(relay_close(c) == 0 ? 0 : errno);
+  }
+  char x;
+  REQUIRE(::read(ready[0], &x, 1) == 1);
+  REQUIRE(::kill(child.pid, SIGSTOP) == 0);
+  // More than the 64 queued descriptors, and than the socket holds, many times over.
+  int opened = 0, without_bell = 0;
+  for (int i = 0; i < 400; ++i) {
+    relay_reader* r = relay_reader_open(m.path("churn0").c_str());
+    if (!r) break;
+    ++opened;
+    without_bell += r->fd == r->file;
+    relay_reader_close(r);
+  }
+  CHECK(opened == 400);
+  CHECK(without_bell > 0);  // the producer's socket was full: the case ran
+  CHECK(exists(m.path("churn0")));
+  REQUIRE(::kill(child.pid, SIGCONT) == 0);
+  REQUIRE(::write(go[1], &x, 1) == 1);
+  int st = 0;
+  REQUIRE(::waitpid(child.pid, &st, 0) == child.pid);
+  child.pid = -1;
+  REQUIRE(WIFEXITED(st));
+  CHECK_MESSAGE(WEXITSTATUS(st) == 0, "the producer's relay_close failed: "
+                                          << std::string(std::strerror(WEXITSTATUS(st))));
+  for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
 }
 
 TEST_CASE("a buffer hands out at most 16 bells; the readers past them wake through the file, and "
