@@ -359,16 +359,25 @@ void deliver_event(Chan* c, const proto::Received& r) {
 // A reader's bell for one of this channel's buffers (kBell), or its end (kBellGone). Whatever the
 // daemon sends is checked (Bells::add): a bad event, or one without its two descriptors, is
 // dropped, and the descriptors close with r.
-void bell_event(Chan* c, proto::Received& r) {
+// Tells the daemon that this producer could not take the bell of ev: its reader then falls back
+// to its relay file instead of waiting on a bell that nobody would ring.
+void refuse_bell(Chan* c, const proto::BellEvent& ev) {
+  proto::send_message(c->sock.get(), proto::encode_event(proto::Type::kBellRefused, ev));
+}
+
+// kBell or kBellGone. no_room: kBell's descriptors did not fit this process's descriptor table.
+void bell_event(Chan* c, proto::Received& r, bool no_room = false) {
   const auto type = static_cast<proto::Type>(r.header.type);
   proto::BellEvent ev;
   if (proto::decode(r.payload.data(), r.payload.size(), &ev) != 0) return;
   if (ev.channel_id != c->id || ev.buffer >= c->bufs.size()) return;
   core::Bells& bells = c->bufs[ev.buffer]->bells;
   if (type == proto::Type::kBellGone) return bells.remove(ev.bell);
-  if (r.fds.size() != 2) return;
-  // Refused (full, a duplicate, not a page and a socket): the reader wakes through its file.
-  bells.add(ev.bell, std::move(r.fds[0]), std::move(r.fds[1]));
+  // Refused (no descriptors, full, a duplicate, not a page and a socket): said, so that the
+  // reader wakes through its file.
+  if (no_room || r.fds.size() != 2 ||
+      bells.add(ev.bell, std::move(r.fds[0]), std::move(r.fds[1])) != 0)
+    refuse_bell(c, ev);
 }
 
 // Events that came before the reply to an open or adopt request, once the channel is set up.
@@ -415,6 +424,12 @@ void serve(Chan* c, bool* answered) {
     // Two descriptors at most: a bell's (kBell). Any others are closed unread.
     const int rc = proto::recv_message(c->sock.get(), &r, 2);
     if (rc == -EAGAIN || rc == -EPROTO) continue;  // receive timeout, or noise: keep listening
+    if (rc == -EMFILE) {
+      // Descriptors this process had no room for (its limit): only a bell carries any. The
+      // connection is fine, and so is the channel.
+      if (static_cast<proto::Type>(r.header.type) == proto::Type::kBell) bell_event(c, r, true);
+      continue;
+    }
     if (rc <= 0) return;
     const auto type = static_cast<proto::Type>(r.header.type);
     if (type == proto::Type::kMapped || type == proto::Type::kUnmapped) {

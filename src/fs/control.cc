@@ -223,6 +223,8 @@ void ControlServer::on_message(Connection& c, proto::Received& r) {
       return;
     case proto::Type::kConsumed:
       return do_consumed(c, r);  // no reply: the producer does not wait for one
+    case proto::Type::kBellRefused:
+      return do_bell_refused(c, r);  // no reply either
     case proto::Type::kReaderOpen: {
       proto::ReaderOpenReply reply{};
       core::UniqueFd ro;
@@ -515,6 +517,24 @@ void ControlServer::give_bell(Connection& c, core::UniqueFd* page, core::UniqueF
   c.bell = std::move(bell);
   *page = std::move(fd);
   *reader_end = std::move(reader);
+}
+
+// The producer could not take a reader's bell (no descriptor left, or it refused the page or the
+// socket): nobody will ring it, so its reader falls back to its relay file now, as at finalize,
+// rather than sleep until then. Only the buffer's producer may say so.
+void ControlServer::do_bell_refused(Connection& c, const proto::Received& r) {
+  proto::BellEvent ev;
+  if (proto::decode(r.payload.data(), r.payload.size(), &ev) != 0) return;
+  std::shared_ptr<Channel> ch = registry_.find(ev.channel_id);
+  if (!ch || ch->owner != c.id || ev.buffer >= ch->buffers.size()) return;
+  const std::shared_ptr<RelayBuffer>& b = ch->buffers[ev.buffer];
+  std::lock_guard lk(b->mu);
+  const auto it =
+      std::find_if(b->bells.begin(), b->bells.end(),
+                   [&](const std::shared_ptr<ReaderBell>& x) { return x->id == ev.bell; });
+  if (it == b->bells.end()) return;  // its reader went away meanwhile
+  (*it)->fall_back();
+  b->bells.erase(it);
 }
 
 // The reader of c went away: its producer forgets the bell (kBellGone), the buffer drops it.

@@ -71,6 +71,7 @@ class ControlServer {
   int do_reader_consumed(Connection& c, const proto::Received& r);
   void give_bell(Connection& c, core::UniqueFd* page, core::UniqueFd* reader_end);
   void drop_bell(Connection& c);
+  void do_bell_refused(Connection& c, const proto::Received& r);
   // Outside control (outside.cc): 0 once passed to the producer, whose answer comes later.
   int do_control(Connection& c, const proto::Received& r);
   void do_control_done(Connection& c, const proto::Received& r);

@@ -27,7 +27,8 @@ inline constexpr uint32_t kMagic = 0x52465343;  // "RFSC"
 //    and its reply says where the buffer's reader stands.
 // 5: kBell, kBellGone; kReaderOpenReply may carry a reader's bell (core/bell.h).
 // 6: a bell rings through a pair of Unix stream sockets, not an eventfd (core/bell.h: a holder
-//    of a shared eventfd could make every write to it block).
+//    of a shared eventfd could make every write to it block). Later within 6: kBellRefused, a
+//    producer's event that an earlier daemon of 6 answers with kError, which producers ignore.
 inline constexpr uint16_t kVersion = 6;
 inline constexpr uint32_t kMaxPayload = 8192;
 inline constexpr size_t kMaxName = 255;  // NAME_MAX
@@ -60,7 +61,8 @@ enum class Type : uint16_t {
   kBell,                 // daemon -> producer: a reader's bell for one buffer (BellEvent); its
                          // page memfd and ringing socket follow
   kBellGone,             // daemon -> producer: that reader went away (BellEvent, no fds)
-  kLastType = kBellGone
+  kBellRefused,          // producer -> daemon: it could not take that bell (BellEvent, no fds)
+  kLastType = kBellRefused
 };
 
 struct Header {
@@ -130,7 +132,7 @@ struct ReaderOpenRequest {  // kReaderOpen
   uint32_t flags = 0;       // kReader*
 };
 
-struct BellEvent {  // kBell, kBellGone
+struct BellEvent {  // kBell, kBellGone, kBellRefused
   uint32_t channel_id = 0;
   uint32_t buffer = 0;
   uint32_t bell = 0;  // the daemon's number for it, never 0
@@ -263,7 +265,7 @@ std::vector<char> encode(const OpenReply& m, uint32_t seq);
 std::vector<char> encode(const CloseRequest& m, uint32_t seq);
 std::vector<char> encode_status(Type t, const Status& m, uint32_t seq);
 std::vector<char> encode_event(Type t, const BufferEvent& m);
-std::vector<char> encode_event(Type t, const BellEvent& m);  // kBell, kBellGone
+std::vector<char> encode_event(Type t, const BellEvent& m);  // kBell, kBellGone, kBellRefused
 std::vector<char> encode(const ConsumedRequest& m, uint32_t seq);
 std::vector<char> encode(const ReaderOpenRequest& m, uint32_t seq);
 std::vector<char> encode(const ReaderOpenReply& m, uint32_t seq);

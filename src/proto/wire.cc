@@ -64,15 +64,17 @@ int recv_message(int sock, Received* out, size_t max_fds) {
   }
   // The kernel truncates the descriptors (MSG_CTRUNC) when the buffer had no room for them, or
   // when it could not install one because this process is at its descriptor limit: the buffer
-  // then still had room. Only the first is the peer's fault.
-  if (mh.msg_flags & MSG_CTRUNC) return out->fds.size() < max_fds ? -EMFILE : -EPROTO;
+  // then still had room. Only the first is the peer's fault. The second is reported as -EMFILE
+  // with the message itself in *out, so the receiver can say which one it could not take.
+  const bool no_room = (mh.msg_flags & MSG_CTRUNC) != 0;
+  if (no_room && out->fds.size() >= max_fds) return -EPROTO;
   if (mh.msg_flags & MSG_TRUNC) return -EPROTO;
   if (static_cast<size_t>(n) < sizeof(Header)) return -EPROTO;
   std::memcpy(&out->header, buf.data(), sizeof(Header));
   if (int rc = check_header(out->header); rc) return rc;
   if (out->header.length != static_cast<size_t>(n) - sizeof(Header)) return -EPROTO;
   out->payload.assign(buf.data() + sizeof(Header), buf.data() + n);
-  return 1;
+  return no_room ? -EMFILE : 1;
 }
 
 int send_failure(int sock, int err) {

@@ -12,12 +12,14 @@
 #include <relayfs/relay.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -1065,32 +1067,78 @@ TEST_CASE("a hostile reader's bell cannot make its producer's writes, or the dae
   ::close(s);
 }
 
+namespace {
+
+// A producer in a child process that the test steps: the child opens global channel `base`
+// (mode 0444) in dir and runs body(channel, steps), whose value is its exit status; it says
+// "ready" and waits for "go" through the steps' pipes, as the body chooses.
+struct Steps {
+  Steps() {
+    REQUIRE(::pipe(ready_) == 0);
+    REQUIRE(::pipe(go_) == 0);
+  }
+  Steps(const Steps&) = delete;
+  Steps& operator=(const Steps&) = delete;
+  ~Steps() {
+    for (int fd : {ready_[0], ready_[1], go_[0], go_[1]}) ::close(fd);
+  }
+  // The child's side: false if the test went away.
+  bool ready() { return ::write(ready_[1], "r", 1) == 1; }
+  bool wait_go() {
+    char x;
+    return ::read(go_[0], &x, 1) == 1;
+  }
+  // The test's side.
+  void wait_ready() {
+    char x;
+    REQUIRE(::read(ready_[0], &x, 1) == 1);
+  }
+  void go() { REQUIRE(::write(go_[1], "g", 1) == 1); }
+
+ private:
+  int ready_[2], go_[2];
+};
+
+template <typename Body>
+void fork_producer(ChildGuard* child, Steps* steps, const std::string& dir, const char* base,
+                   Body body) {
+  child->pid = ::fork();
+  REQUIRE(child->pid >= 0);
+  if (child->pid != 0) return;
+  rchan_callbacks cb{};
+  cb.create_buf_file = &make_global<0444>;
+  rchan* c = relay_open(base, dir.c_str(), 4096, 4, &cb, nullptr);
+  ::_exit(c ? body(c, *steps) : 100);
+}
+
+// Waits for the stepped producer to end, and checks that it ended with status 0; a status below
+// 100 is the errno of its relay_close.
+void producer_succeeded(ChildGuard* child) {
+  int st = 0;
+  REQUIRE(::waitpid(child->pid, &st, 0) == child->pid);
+  child->pid = -1;
+  REQUIRE(WIFEXITED(st));
+  CHECK_MESSAGE(WEXITSTATUS(st) == 0,
+                "the producer failed: " << std::string(std::strerror(WEXITSTATUS(st))));
+}
+
+}  // namespace
+
 TEST_CASE("readers opening and closing while their producer does not read cannot cut it off") {
   // Each bell the daemon gives a reader goes to the producer with two descriptors. A producer
   // that does not read its socket for a while (stopped here) must not have them queued until
   // the daemon cuts it off for not reading, which would end its channels: the readers then go
   // without a bell.
   Mount m;
-  int ready[2], go[2];
-  REQUIRE(::pipe(ready) == 0);
-  REQUIRE(::pipe(go) == 0);
+  Steps steps;
   ChildGuard child;
-  child.pid = ::fork();
-  REQUIRE(child.pid >= 0);
-  if (child.pid == 0) {
-    rchan_callbacks cb{};
-    cb.create_buf_file = &make_global<0444>;
-    rchan* c = relay_open("churn", m.dir.c_str(), 4096, 4, &cb, nullptr);
-    if (!c) ::_exit(100);
+  fork_producer(&child, &steps, m.dir, "churn", [](rchan* c, Steps& s) {
     const std::string r = record(0);
-    if (relay_write(c, r.data(), r.size()) != 0) ::_exit(101);
-    char x = 1;
-    if (::write(ready[1], &x, 1) != 1) ::_exit(102);
-    if (::read(go[0], &x, 1) != 1) ::_exit(103);
-    ::_exit(relay_close(c) == 0 ? 0 : errno);
-  }
-  char x;
-  REQUIRE(::read(ready[0], &x, 1) == 1);
+    if (relay_write(c, r.data(), r.size()) != 0) return 101;
+    if (!s.ready() || !s.wait_go()) return 102;
+    return relay_close(c) == 0 ? 0 : errno;
+  });
+  steps.wait_ready();
   REQUIRE(::kill(child.pid, SIGSTOP) == 0);
   // More than the 64 queued descriptors, and than the socket holds, many times over.
   int opened = 0, without_bell = 0;
@@ -1105,14 +1153,57 @@ TEST_CASE("readers opening and closing while their producer does not read cannot
   CHECK(without_bell > 0);  // the producer's socket was full: the case ran
   CHECK(exists(m.path("churn0")));
   REQUIRE(::kill(child.pid, SIGCONT) == 0);
-  REQUIRE(::write(go[1], &x, 1) == 1);
-  int st = 0;
-  REQUIRE(::waitpid(child.pid, &st, 0) == child.pid);
-  child.pid = -1;
-  REQUIRE(WIFEXITED(st));
-  CHECK_MESSAGE(WEXITSTATUS(st) == 0, "the producer's relay_close failed: "
-                                          << std::string(std::strerror(WEXITSTATUS(st))));
-  for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
+  steps.go();
+  producer_succeeded(&child);
+}
+
+TEST_CASE(
+    "a producer with no descriptor to spare for a reader's bell keeps its channel, and the "
+    "reader wakes through its file") {
+  // The bell's descriptors cannot be installed in the producer (at its limit). That must not
+  // end the producer's connection, and so its channel; and the reader, given a bell that the
+  // producer could not take, must not sleep on it: the daemon makes it fall back to its file.
+  Mount m;
+  Steps steps;
+  ChildGuard child;
+  fork_producer(&child, &steps, m.dir, "nofd", [](rchan* c, Steps& s) {
+    // No descriptor can be made from now on: the lowest free one is the limit.
+    const int lowest = ::dup(0);
+    ::close(lowest);
+    rlimit rl{};
+    ::getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = static_cast<rlim_t>(lowest);
+    if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) return 101;
+    if (!s.ready() || !s.wait_go()) return 102;
+    for (int i = 0; i < 3; ++i) {
+      const std::string r = record(i);
+      if (relay_write(c, r.data(), r.size()) != 0) return 103;
+    }
+    if (relay_flush(c) != 0) return 104;
+    if (!s.wait_go()) return 105;
+    return relay_close(c) == 0 ? 0 : errno;
+  });
+  steps.wait_ready();
+  relay_reader* r = relay_reader_open(m.path("nofd0").c_str());
+  REQUIRE(r != nullptr);
+  CHECK(r->fd != r->file);  // given a bell, which the producer cannot take
+  CHECK(drain(r) == 0);
+  steps.go();  // the producer writes three records and flushes
+  // Each poll must be woken, not time out: a spurious wake-up first (the fall-back's ring) is
+  // allowed.
+  int got = 0;
+  for (int i = 0; i < 3 && got == 0; ++i) {
+    pollfd p{r->fd, POLLIN, 0};
+    const int n = ::poll(&p, 1, 5000);
+    REQUIRE(n >= 0);
+    if (n == 0) break;  // not woken
+    got += drain(r);
+  }
+  CHECK_MESSAGE(got == 1, "the reader was not woken for the flushed sub-buffer");
+  CHECK(exists(m.path("nofd0")));
+  CHECK(relay_reader_close(r) == 0);
+  steps.go();
+  producer_succeeded(&child);
 }
 
 TEST_CASE("a buffer hands out at most 16 bells; the readers past them wake through the file, and "
