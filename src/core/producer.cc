@@ -291,7 +291,10 @@ bool Producer::claim_word(uint64_t* w, uint64_t to) noexcept {
   constexpr uint32_t kTicketMask = 0x3fffffff;
   static_assert(kOffRemoteFirst + kTicketMask <= kOffRemoteLast);
   const uint64_t mine = (before & ~uint64_t{0xffffffff}) | (kOffRemoteFirst + (ticket & kTicketMask));
-  if (!hdr_->wpos.compare_exchange_strong(*w, mine, std::memory_order_acquire,
+  // seq_cst (acquire would do for the word): remote_fence then loads the process's fork flag,
+  // and the pair of our CAS and the fork handler's store of that flag must not reorder (a
+  // locked instruction on x86, as acquire is).
+  if (!hdr_->wpos.compare_exchange_strong(*w, mine, std::memory_order_seq_cst,
                                           std::memory_order_relaxed))
     return false;
   rseq::remote_fence(cpu_);  // fails only for an offline CPU, where no section runs

@@ -23,9 +23,9 @@ long membarrier(int cmd, unsigned flags, int cpu) noexcept {
 // registers, and inherited set by the child. From then on the sections on a buffer's CPU may be
 // another process's too (a child writes the parent's buffers, relay_open(3) "fork(2)"), and
 // the membarrier of remote_fence reaches only the caller's own. seq_cst, and remote_fence loads
-// it after the claimer's CAS (an RMW with acquire, which the load cannot pass): a claimer that
-// finds it clear made its CAS before the store, so before the child existed, and every section
-// of the child loads the word after the CAS.
+// it after the claimer's seq_cst CAS (Producer::claim_word): a claimer that finds it clear made
+// its CAS before the store, so before the child existed, and every section of the child loads
+// the word after the CAS.
 std::atomic<bool> g_forked{false};
 
 void on_fork_prepare() noexcept {

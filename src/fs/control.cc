@@ -47,13 +47,14 @@ void refuse_connection(core::UniqueFd fd, int err) {
 }
 
 // How many descriptors the next message on fd may bring, by its type: a kAdopt one per buffer
-// and the doorbell, others up to 3 (a kRecord). Peeked, so that no client can make this daemon
-// take hundreds with any message; what comes beyond is closed by the kernel (-EPROTO).
+// and the doorbell, others up to 4 (a kRecord with its O_DIRECT descriptor; the control buffer
+// for 3 had room for a fourth only by the alignment CMSG_SPACE rounds to). Peeked, so that no
+// client can make this daemon take hundreds with any message; what comes beyond is closed by
+// the kernel (-EPROTO).
 size_t fds_allowed(int fd) {
   proto::Header h{};
   const ssize_t n = ::recv(fd, &h, sizeof h, MSG_PEEK | MSG_DONTWAIT);
-  return n == sizeof h && h.type == static_cast<uint16_t>(proto::Type::kAdopt) ? proto::kMaxFds
-                                                                               : 3;
+  return n == sizeof h && h.type == static_cast<uint16_t>(proto::Type::kAdopt) ? proto::kMaxFds : 4;
 }
 
 

@@ -169,6 +169,11 @@ struct Recorder {
         return report(b.src, "cannot record", st.status);
       }
       if (m.header.seq != my_seq) continue;
+      // A request the daemon could not take (no room for its descriptors: EMFILE) is answered
+      // with kError, and the connection goes on.
+      if (static_cast<proto::Type>(m.header.type) == proto::Type::kError &&
+          proto::decode(m.payload.data(), m.payload.size(), &st) == 0 && st.status < 0)
+        return report(b.src, "cannot record", st.status);
       proto::RecordReply reply;
       if (static_cast<proto::Type>(m.header.type) != proto::Type::kRecordReply ||
           proto::decode(m.payload.data(), m.payload.size(), &reply) != 0)
