@@ -365,8 +365,9 @@ void refuse_bell(Chan* c, const proto::BellEvent& ev) {
   proto::send_message(c->sock.get(), proto::encode_event(proto::Type::kBellRefused, ev));
 }
 
-// kBell or kBellGone. no_room: kBell's descriptors did not fit this process's descriptor table.
-void bell_event(Chan* c, proto::Received& r, bool no_room = false) {
+// kBell or kBellGone. A kBell whose descriptors did not fit this process's descriptor table
+// comes with fewer than its two.
+void bell_event(Chan* c, proto::Received& r) {
   const auto type = static_cast<proto::Type>(r.header.type);
   proto::BellEvent ev;
   if (proto::decode(r.payload.data(), r.payload.size(), &ev) != 0) return;
@@ -375,8 +376,7 @@ void bell_event(Chan* c, proto::Received& r, bool no_room = false) {
   if (type == proto::Type::kBellGone) return bells.remove(ev.bell);
   // Refused (no descriptors, full, a duplicate, not a page and a socket): said, so that the
   // reader wakes through its file.
-  if (no_room || r.fds.size() != 2 ||
-      bells.add(ev.bell, std::move(r.fds[0]), std::move(r.fds[1])) != 0)
+  if (r.fds.size() != 2 || bells.add(ev.bell, std::move(r.fds[0]), std::move(r.fds[1])) != 0)
     refuse_bell(c, ev);
 }
 
@@ -425,9 +425,9 @@ void serve(Chan* c, bool* answered) {
     const int rc = proto::recv_message(c->sock.get(), &r, 2);
     if (rc == -EAGAIN || rc == -EPROTO) continue;  // receive timeout, or noise: keep listening
     if (rc == -EMFILE) {
-      // Descriptors this process had no room for (its limit): only a bell carries any. The
-      // connection is fine, and so is the channel.
-      if (static_cast<proto::Type>(r.header.type) == proto::Type::kBell) bell_event(c, r, true);
+      // The message came, but this process had no room (its limit) for its descriptors, which
+      // only a bell carries: bell_event finds them missing and refuses it. The connection is fine.
+      if (static_cast<proto::Type>(r.header.type) == proto::Type::kBell) bell_event(c, r);
       continue;
     }
     if (rc <= 0) return;

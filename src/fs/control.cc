@@ -436,11 +436,18 @@ int ControlServer::do_close(Connection& c, const proto::Received& r) {
   return 0;
 }
 
+std::shared_ptr<Channel> ControlServer::owned(const Connection& c, uint32_t channel_id,
+                                              uint32_t buffer) {
+  std::shared_ptr<Channel> ch = registry_.find(channel_id);
+  if (!ch || ch->owner != c.id || buffer >= ch->buffers.size()) return nullptr;
+  return ch;
+}
+
 void ControlServer::do_consumed(Connection& c, const proto::Received& r) {
   proto::ConsumedRequest req;
   if (proto::decode(r.payload.data(), r.payload.size(), &req) != 0) return;
-  std::shared_ptr<Channel> ch = registry_.find(req.channel_id);
-  if (!ch || ch->owner != c.id || req.buffer >= ch->buffers.size()) return;
+  std::shared_ptr<Channel> ch = owned(c, req.channel_id, req.buffer);
+  if (!ch) return;
   std::shared_ptr<RelayBuffer> b = ch->buffers[req.buffer];
   {
     std::lock_guard lk(b->mu);
@@ -526,8 +533,8 @@ void ControlServer::give_bell(Connection& c, core::UniqueFd* page, core::UniqueF
 void ControlServer::do_bell_refused(Connection& c, const proto::Received& r) {
   proto::BellEvent ev;
   if (proto::decode(r.payload.data(), r.payload.size(), &ev) != 0) return;
-  std::shared_ptr<Channel> ch = registry_.find(ev.channel_id);
-  if (!ch || ch->owner != c.id || ev.buffer >= ch->buffers.size()) return;
+  std::shared_ptr<Channel> ch = owned(c, ev.channel_id, ev.buffer);
+  if (!ch) return;
   const std::shared_ptr<RelayBuffer>& b = ch->buffers[ev.buffer];
   std::lock_guard lk(b->mu);
   const auto it =

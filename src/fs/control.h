@@ -64,6 +64,8 @@ class ControlServer {
   int do_open(Connection& c, proto::Received& r, proto::OpenReply* reply,
               std::shared_ptr<Channel>* made);
   int do_close(Connection& c, const proto::Received& r);
+  // The channel channel_id if c's producer owns it and it has buffer `buffer`; null otherwise.
+  std::shared_ptr<Channel> owned(const Connection& c, uint32_t channel_id, uint32_t buffer);
   void do_consumed(Connection& c, const proto::Received& r);
   // *wants_bell: the request asked for a bell (kReaderBell).
   int do_reader_open(Connection& c, const proto::Received& r, proto::ReaderOpenReply* reply,
